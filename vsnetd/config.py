@@ -1,0 +1,403 @@
+"""Load and validate ``servers.yaml``: the operator's interface.
+
+Loading is two passes over one YAML node tree:
+
+1. structure: pydantic validates types, ranges and unknown keys;
+2. meaning: :func:`check_semantics` checks what a single field cannot know
+   (gateways inside a subnet, unique ids, non-overlapping numbers...).
+
+Every problem becomes a :class:`ConfigIssue` carrying file, line, column and the
+field path, and all of them are reported together. A config with any issue is
+refused as a whole (:class:`ConfigError`): the caller keeps its last good state.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    IPvAnyInterface,
+    IPvAnyNetwork,
+    StrictInt,
+    ValidationError,
+)
+
+from vsnetd import numbering
+
+DEFAULT_CONFIG_PATH = Path("/etc/vsnet/servers.yaml")
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+# A VS name becomes part of namespace and interface names ("vs-<name>", 15 bytes max
+# for an interface), so it is kept short and shell/filename-safe.
+SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,11}$")
+# Linux interface names: 1..15 bytes, no '/', ':' or whitespace.
+IFNAME_RE = re.compile(r"^[^/:\s]{1,15}$")
+
+
+def _as_list(value: Any) -> Any:
+    """Accept one item where a list is expected (``gateway: 10.0.1.1``)."""
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AddressConfig(_Strict):
+    """One address of a virtual server, with the gateway its replies leave through."""
+
+    address: IPvAnyInterface = Field(description="Address with prefix length, e.g. 10.0.0.5/24.")
+    gateway: IPvAnyAddress | None = Field(
+        default=None,
+        description="Where replies from this address go (reflection); inside the address's subnet.",
+    )
+
+
+class RouteConfig(_Strict):
+    """An extra route, placed in every table of the VS that can reach ``via``."""
+
+    to: IPvAnyNetwork = Field(description="Destination network, e.g. 192.168.50.0/24.")
+    via: IPvAnyAddress = Field(description="Next hop; must lie inside one of the VS's subnets.")
+
+
+class ServerConfig(_Strict):
+    """One virtual server."""
+
+    id: StrictInt = Field(
+        ge=1,
+        le=numbering.MAX_SERVER_ID,
+        description="Stable small integer chosen by the operator; all numbering derives from it.",
+    )
+    mode: Literal["pbr", "netns"] = Field(description="How the VS is sliced.")
+    uplink: Annotated[str, Field(pattern=IFNAME_RE.pattern)] = Field(
+        description="Parent device in the root namespace."
+    )
+    addresses: list[AddressConfig] = Field(min_length=1)
+    gateway: Annotated[list[IPvAnyAddress], BeforeValidator(_as_list)] = Field(
+        default_factory=list,
+        description="Default route for the VS's own (marked) traffic; one per family.",
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string", "format": "ipvanyaddress"},
+                {"type": "array", "items": {"type": "string", "format": "ipvanyaddress"}},
+                {"type": "null"},
+            ]
+        },
+    )
+    routes: list[RouteConfig] = Field(default_factory=list)
+    mark: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        le=0xFFFFFFFF,
+        description="fwmark of the VS's sockets; default mark_base + id.",
+    )
+
+
+class Settings(_Strict):
+    """Numbering ranges. Changing them renumbers every VS (an explicit operator action)."""
+
+    table_base: StrictInt = Field(default=10000, ge=1, le=0xFFFFFFFF)
+    priority_base: StrictInt = Field(default=10000, ge=1, le=0xFFFFFFFF)
+    mark_base: StrictInt = Field(default=0x5600000, ge=0, le=0xFFFFFFFF)
+    block_size: StrictInt = Field(
+        default=numbering.DEFAULT_BLOCK_SIZE,
+        ge=2,
+        le=256,
+        description="Tables and rule priorities reserved per VS (block_size - 1 addresses max).",
+    )
+
+
+class Config(_Strict):
+    """The whole of ``servers.yaml``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="vsnet servers.yaml",
+        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
+    )
+
+    version: Literal[1]
+    settings: Settings = Field(default_factory=Settings)
+    servers: dict[str, ServerConfig] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+FieldPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in a config file, pointing at the exact place."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+            "path": self.path,
+            "message": self.message,
+        }
+
+
+class ConfigError(Exception):
+    """A config refused as a whole; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: Sequence[ConfigIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+def render_path(path: FieldPath) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+@dataclass(frozen=True, slots=True)
+class _Position:
+    line: int
+    column: int
+
+
+class SourceMap:
+    """Where each value (and each mapping key) of a YAML document stands."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.values: dict[FieldPath, _Position] = {}
+        self.keys: dict[FieldPath, _Position] = {}
+
+    def locate(self, path: FieldPath, *, key: bool = False) -> tuple[FieldPath, _Position]:
+        """The longest prefix of ``path`` present in the document, and its position."""
+        for end in range(len(path), -1, -1):
+            prefix = path[:end]
+            table = self.keys if key and end == len(path) else self.values
+            if prefix in table:
+                return prefix, table[prefix]
+        return (), _Position(1, 1)
+
+    def issue(self, path: FieldPath, message: str, *, key: bool = False) -> ConfigIssue:
+        found, pos = self.locate(path, key=key)
+        return ConfigIssue(self.file, pos.line, pos.column, render_path(found), message)
+
+
+def _mark(node: yaml.Node) -> _Position:
+    return _Position(node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _construct(
+    node: yaml.Node, path: FieldPath, loader: yaml.SafeLoader, smap: SourceMap,
+    issues: list[ConfigIssue],
+) -> Any:
+    """Build plain Python data from a node tree, recording each node's position."""
+    smap.values[path] = _mark(node)
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+            if not isinstance(key, str | int):
+                issues.append(smap.issue(path, f"mapping key {key!r} must be a string"))
+                continue
+            child = (*path, key)
+            if key in result:
+                smap.keys[child] = _mark(key_node)
+                issues.append(smap.issue(child, "duplicate key", key=True))
+                continue
+            smap.keys[child] = _mark(key_node)
+            result[key] = _construct(value_node, child, loader, smap, issues)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _construct(item, (*path, index), loader, smap, issues)
+            for index, item in enumerate(node.value)
+        ]
+    return loader.construct_object(node)  # type: ignore[no-untyped-call]
+
+
+def _parse_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
+    smap = SourceMap(file)
+    loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster
+    loader = loader_cls(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            raise ConfigError(
+                [ConfigIssue(file, line, col, "", f"YAML syntax: {exc.problem or exc}")]
+            ) from None
+        if root is None:
+            raise ConfigError([ConfigIssue(file, 1, 1, "", "the file is empty")])
+        issues: list[ConfigIssue] = []
+        data = _construct(root, (), loader, smap, issues)
+        if issues:
+            raise ConfigError(issues)
+        return data, smap
+    finally:
+        loader.dispose()
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _describe(error: Any) -> str:
+    message = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required key is missing"
+    value = error.get("input")
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return f"{value}: {message}"
+    return message
+
+
+def _structure_issues(exc: ValidationError, smap: SourceMap) -> Iterator[ConfigIssue]:
+    for error in exc.errors():
+        # pydantic adds its own steps (union branches, validator names) to ``loc``:
+        # keep only the ones that exist in the document.
+        path: FieldPath = tuple(p for p in error["loc"] if isinstance(p, str | int))
+        is_key = error["type"] == "extra_forbidden"
+        yield smap.issue(path, _describe(error), key=is_key)
+
+
+def check_semantics(config: Config) -> list[tuple[FieldPath, str]]:
+    """Checks that need more than one field. Pure; returns (path, message) pairs."""
+    problems: list[tuple[FieldPath, str]] = []
+    settings = config.settings
+    ids: dict[int, str] = {}
+    address_owner: dict[IpAddress, str] = {}
+    marks: dict[int, str] = {}
+
+    for name, server in config.servers.items():
+        base: FieldPath = ("servers", name)
+        if not SERVER_NAME_RE.match(name):
+            problems.append(
+                (base, f"name {name!r} must be 1-12 letters, digits, '-' or '_' "
+                       "(it becomes part of interface and namespace names)")
+            )
+        if server.mode == "netns":
+            problems.append(((*base, "mode"), "mode netns is not supported by this version yet"))
+        if server.id in ids:
+            problems.append(((*base, "id"), f"id {server.id} is already used by {ids[server.id]}"))
+        else:
+            ids[server.id] = name
+
+        if len(server.addresses) > settings.block_size - 1:
+            problems.append(
+                ((*base, "addresses"),
+                 f"{len(server.addresses)} addresses, at most {settings.block_size - 1} "
+                 f"fit a block of {settings.block_size} (settings.block_size)")
+            )
+        subnets: list[IpInterface] = []
+        for index, entry in enumerate(server.addresses):
+            here = (*base, "addresses", index)
+            ip = entry.address.ip
+            if ip in address_owner:
+                owner = address_owner[ip]
+                where = "this server" if owner == name else owner
+                problems.append(((*here, "address"), f"{ip} is already an address of {where}"))
+            else:
+                address_owner[ip] = name
+            if entry.gateway is not None and not _inside(entry.gateway, entry.address):
+                problems.append(
+                    ((*here, "gateway"), f"{entry.gateway} is not inside {entry.address}")
+                )
+            subnets.append(entry.address)
+
+        seen_families: set[int] = set()
+        for index, gw in enumerate(server.gateway):
+            here = (*base, "gateway", index) if len(server.gateway) > 1 else (*base, "gateway")
+            if gw.version in seen_families:
+                problems.append((here, f"more than one IPv{gw.version} gateway"))
+            seen_families.add(gw.version)
+            if not any(_inside(gw, net) for net in subnets):
+                problems.append((here, f"{gw} is not inside any subnet of {name}"))
+
+        for index, route in enumerate(server.routes):
+            here = (*base, "routes", index)
+            if route.to.version != route.via.version:
+                problems.append(((*here, "via"), f"{route.via} is not of the family of {route.to}"))
+            elif not any(_inside(route.via, net) for net in subnets):
+                problems.append(((*here, "via"), f"{route.via} is not inside any subnet of {name}"))
+
+        layout = numbering.layout(settings, server.id, server.mark)
+        problems.extend(((*base, "id"), msg) for msg in numbering.check_reserved(layout, settings))
+        if layout.mark in marks:
+            where = (*base, "mark") if server.mark is not None else (*base, "id")
+            problems.append((where, f"mark {layout.mark:#x} is already used by {marks[layout.mark]}"))
+        else:
+            marks[layout.mark] = name
+    return problems
+
+
+def _inside(address: IpAddress, interface: IpInterface) -> bool:
+    return address.version == interface.version and address in interface.network
+
+
+def parse_config(text: str, file: str = "servers.yaml") -> Config:
+    """Validate config text; raise :class:`ConfigError` with every issue found."""
+    data, smap = _parse_yaml(text, file)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(list(_structure_issues(exc, smap))) from None
+    problems = check_semantics(config)
+    if problems:
+        raise ConfigError([smap.issue(path, message) for path, message in problems])
+    return config
+
+
+def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> Config:
+    """Read and validate a config file; raise :class:`ConfigError` naming file and line."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(file, 0, 0, "", f"cannot read: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigIssue(file, 1, 1, "", f"not UTF-8 text: {exc.reason}")]) from None
+    return parse_config(text, file)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of ``servers.yaml``, for editors and ``schemas/``."""
+    schema = Config.model_json_schema()
+    schema["$id"] = "https://vsnet.invalid/schemas/servers.schema.json"
+    return schema

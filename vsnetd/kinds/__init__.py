@@ -1,0 +1,19 @@
+"""Kernel object kinds vsnet manages. Each module is the one home of its kind: the plain
+data type (compared by :mod:`vsnetd.diff`), its netlink encoding (sent by
+:mod:`vsnetd.apply`) and its decoding (read by :mod:`vsnetd.observe`)."""
+
+from __future__ import annotations
+
+import socket
+
+from vsnetd.kinds.address import Address
+from vsnetd.kinds.route import Route
+from vsnetd.kinds.rule import Rule
+
+KernelObject = Address | Route | Rule
+
+__all__ = ["Address", "KernelObject", "Route", "Rule", "family_name"]
+
+
+def family_name(family: int) -> str:
+    return "inet6" if family == socket.AF_INET6 else "inet"

@@ -1,0 +1,120 @@
+"""The data that flows through the pipeline: desired state, observed state, plans.
+
+All plain, immutable-by-convention data: compile and diff produce and consume it
+without touching the kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from vsnetd.config import Settings
+from vsnetd.kinds import Address, KernelObject, Route, Rule
+from vsnetd.numbering import ServerNumbers
+
+# The routing protocol number on every route and rule vsnet creates (and IFA_PROTO on its
+# addresses): ``proto vsnet`` once packaging/rt_protos.d/vsnet.conf is installed.
+# 86 is 'V', unassigned in linux/rtnetlink.h and in iproute2's rt_protos.
+VSNET_PROTOCOL = 86
+
+ObjectKey = tuple[str, tuple[Any, ...]]
+
+
+def object_key(obj: KernelObject) -> ObjectKey:
+    """Identity of an object across kinds: (kind, the kind's own key)."""
+    return (obj.kind, obj.key)
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Where vsnet looks for foreign objects that would collide with its own."""
+
+    protocol: int = VSNET_PROTOCOL
+    tables: range = range(0)
+    priorities: range = range(0)
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredServer:
+    name: str
+    id: int
+    mode: str
+    uplink: str
+    numbers: ServerNumbers
+    addresses: tuple[str, ...]
+    objects: tuple[KernelObject, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    settings: Settings
+    scope: Scope
+    servers: dict[str, DesiredServer]
+
+    def server_by_id(self) -> dict[int, str]:
+        return {server.id: server.name for server in self.servers.values()}
+
+
+@dataclass(slots=True)
+class ObservedState:
+    """What the kernel holds: vsnet's own objects, and foreign ones that could collide."""
+
+    links: dict[str, int] = field(default_factory=dict)
+    owned: dict[ObjectKey, KernelObject] = field(default_factory=dict)
+    foreign_addresses: dict[str, Address] = field(default_factory=dict)  # by address text
+    foreign_routes: list[Route] = field(default_factory=list)  # in vsnet's table range
+    foreign_rules: list[Rule] = field(default_factory=list)  # in vsnet's priority range
+
+    def add(self, obj: KernelObject) -> None:
+        self.owned[object_key(obj)] = obj
+
+
+Action = Literal["add", "replace", "delete"]
+ACTION_SIGNS: dict[str, str] = {"add": "+", "replace": "~", "delete": "-"}
+
+ServerState = Literal["in-sync", "pending", "waiting", "conflict", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    action: Action
+    obj: KernelObject
+    server: str | None  # None: no VS of the config claims it any more
+
+    def describe(self) -> str:
+        return f"{ACTION_SIGNS[self.action]} {self.server or '(removed)'}: {self.obj.describe()}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"action": self.action, "server": self.server, "object": self.obj.as_json()}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerVerdict:
+    state: ServerState
+    reasons: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"state": self.state, "reasons": list(self.reasons)}
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Ordered changes that take the kernel from observed to desired."""
+
+    changes: tuple[Change, ...]
+    servers: dict[str, ServerVerdict]
+
+    def __bool__(self) -> bool:
+        return bool(self.changes)
+
+    def describe(self) -> str:
+        if not self.changes:
+            return "no changes: the kernel matches the config"
+        return "\n".join(change.describe() for change in self.changes)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "changes": [change.as_json() for change in self.changes],
+            "servers": {name: verdict.as_json() for name, verdict in self.servers.items()},
+        }
