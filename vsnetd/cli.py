@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vsnetd.compile import compile_config
-from vsnetd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from vsnetd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, json_schema, load_config
 from vsnetd.netlink import RtnlSocket
 from vsnetd.reconcile import ConvergeResult, converge, plan_for
 from vsnetd.state import DesiredState, Plan, ServerVerdict
@@ -175,6 +175,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if in_sync else EXIT_PENDING
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
 def cmd_teardown(args: argparse.Namespace) -> int:
     # Everything carrying vsnet's protocol goes, whatever the config says now; the config
     # (when readable) only lends its settings, so deletes are attributed to their VS.
@@ -195,6 +200,7 @@ COMMANDS = {
     "apply": (cmd_apply, "converge the kernel to the config once"),
     "status": (cmd_status, "per virtual server: numbers, addresses, in sync or why not"),
     "teardown": (cmd_teardown, "remove every object vsnet created"),
+    "schema": (cmd_schema, "print the JSON Schema of the config file"),
 }
 
 

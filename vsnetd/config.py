@@ -31,6 +31,7 @@ from pydantic import (
     IPvAnyNetwork,
     StrictInt,
     ValidationError,
+    WithJsonSchema,
 )
 
 from vsnetd import numbering
@@ -88,16 +89,19 @@ class ServerConfig(_Strict):
         description="Parent device in the root namespace."
     )
     addresses: list[AddressConfig] = Field(min_length=1)
-    gateway: Annotated[list[IPvAnyAddress], BeforeValidator(_as_list)] = Field(
-        default_factory=list,
-        description="Default route for the VS's own (marked) traffic; one per family.",
-        json_schema_extra={
+    gateway: Annotated[
+        list[IPvAnyAddress],
+        BeforeValidator(_as_list),
+        WithJsonSchema({
             "anyOf": [
                 {"type": "string", "format": "ipvanyaddress"},
                 {"type": "array", "items": {"type": "string", "format": "ipvanyaddress"}},
                 {"type": "null"},
             ]
-        },
+        }),
+    ] = Field(
+        default_factory=list,
+        description="Default route for the VS's own (marked) traffic; one per family.",
     )
     routes: list[RouteConfig] = Field(default_factory=list)
     mark: StrictInt | None = Field(
@@ -134,7 +138,11 @@ class Config(_Strict):
 
     version: Literal[1]
     settings: Settings = Field(default_factory=Settings)
-    servers: dict[str, ServerConfig] = Field(default_factory=dict)
+    servers: dict[str, ServerConfig] = Field(
+        default_factory=dict,
+        description="Virtual servers by name.",
+        json_schema_extra={"propertyNames": {"pattern": SERVER_NAME_RE.pattern}},
+    )
 
 
 # --------------------------------------------------------------------------- errors
@@ -280,8 +288,6 @@ def _describe(error: Any) -> str:
     message = str(error["msg"])
     if error["type"] == "extra_forbidden":
         return "unknown key"
-    if error["type"] == "missing":
-        return "required key is missing"
     value = error.get("input")
     if isinstance(value, str | int | float) and not isinstance(value, bool):
         return f"{value}: {message}"
@@ -293,12 +299,18 @@ def _structure_issues(exc: ValidationError, smap: SourceMap) -> Iterator[ConfigI
         # pydantic adds its own steps (union branches, validator names) to ``loc``:
         # keep only the ones that exist in the document.
         path: FieldPath = tuple(p for p in error["loc"] if isinstance(p, str | int))
-        is_key = error["type"] == "extra_forbidden"
-        yield smap.issue(path, _describe(error), key=is_key)
+        if error["type"] == "missing" and path:
+            # point at the mapping that lacks the key, not at a value that is not there
+            yield smap.issue(path[:-1], f"required key {path[-1]!r} is missing", key=True)
+            continue
+        yield smap.issue(path, _describe(error), key=error["type"] == "extra_forbidden")
 
 
 def check_semantics(config: Config) -> list[tuple[FieldPath, str]]:
-    """Checks that need more than one field. Pure; returns (path, message) pairs."""
+    """Checks that need more than one field. Pure; returns (path, message) pairs.
+
+    A path ending in a server name points at that name (the mapping key).
+    """
     problems: list[tuple[FieldPath, str]] = []
     settings = config.settings
     ids: dict[int, str] = {}
@@ -314,7 +326,8 @@ def check_semantics(config: Config) -> list[tuple[FieldPath, str]]:
             )
         if server.mode == "netns":
             problems.append(((*base, "mode"), "mode netns is not supported by this version yet"))
-        if server.id in ids:
+        duplicate_id = server.id in ids
+        if duplicate_id:
             problems.append(((*base, "id"), f"id {server.id} is already used by {ids[server.id]}"))
         else:
             ids[server.id] = name
@@ -359,7 +372,7 @@ def check_semantics(config: Config) -> list[tuple[FieldPath, str]]:
 
         layout = numbering.layout(settings, server.id, server.mark)
         problems.extend(((*base, "id"), msg) for msg in numbering.check_reserved(layout, settings))
-        if layout.mark in marks:
+        if layout.mark in marks and not (duplicate_id and server.mark is None):
             where = (*base, "mark") if server.mark is not None else (*base, "id")
             problems.append((where, f"mark {layout.mark:#x} is already used by {marks[layout.mark]}"))
         else:
@@ -374,14 +387,37 @@ def _inside(address: IpAddress, interface: IpInterface) -> bool:
 def parse_config(text: str, file: str = "servers.yaml") -> Config:
     """Validate config text; raise :class:`ConfigError` with every issue found."""
     data, smap = _parse_yaml(text, file)
+    issues: list[ConfigIssue] = []
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(list(_structure_issues(exc, smap))) from None
-    problems = check_semantics(config)
-    if problems:
-        raise ConfigError([smap.issue(path, message) for path, message in problems])
+        issues.extend(_structure_issues(exc, smap))
+        config = _valid_part(data)
+    issues.extend(
+        smap.issue(path, message, key=len(path) == 2)  # ("servers", name): the name itself
+        for path, message in check_semantics(config)
+    )
+    if issues:
+        raise ConfigError(sorted(issues, key=lambda i: (i.line, i.column)))
     return config
+
+
+def _valid_part(data: Any) -> Config:
+    """The servers that are valid on their own, so one pass reports every kind of error."""
+    if not isinstance(data, dict):
+        return Config(version=1)
+    try:
+        settings = Settings.model_validate(data.get("settings") or {})
+    except ValidationError:
+        settings = Settings()
+    servers = data.get("servers")
+    valid: dict[str, ServerConfig] = {}
+    for name, server in (servers.items() if isinstance(servers, dict) else ()):
+        try:
+            valid[str(name)] = ServerConfig.model_validate(server)
+        except ValidationError:
+            continue
+    return Config.model_construct(version=1, settings=settings, servers=valid)
 
 
 def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> Config:

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install the system packages vsnet's tests, demo and benchmarks need, only when missing.
+set -euo pipefail
+
+need=()
+command -v ip >/dev/null       || need+=(iproute2)
+command -v unshare >/dev/null  || need+=(util-linux)
+command -v mount >/dev/null    || need+=(mount)
+command -v python3 >/dev/null  || need+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+
+if ((${#need[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "missing packages: ${need[*]} (run as root, or install them)" >&2
+        exit 1
+    fi
+    echo "installing: ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}"
+fi

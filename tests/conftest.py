@@ -1,0 +1,53 @@
+"""Test harness: everything runs inside a sandbox (fresh network + mount namespaces).
+
+Running ``pytest`` directly as root re-executes it inside ``python -m vsnetd.sandbox``, so
+no test can ever touch the machine's own network. Each kernel test then gets its own,
+empty network namespace (``netns`` fixture).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vsnetd import sandbox
+
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.geteuid() == 0 and not sandbox.inside():
+        # Give the terminal back from pytest's output capture, then start over inside.
+        capture = config.pluginmanager.getplugin("capturemanager")
+        if capture is not None:
+            capture.stop_global_capturing()
+        sandbox.reexec([sys.executable, "-m", "pytest", *sys.argv[1:]])
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_CONFIG = ROOT / "etc" / "vsnet" / "servers.yaml"
+
+
+@pytest.fixture
+def netns() -> Iterator[None]:
+    """A fresh, empty network namespace for this test's thread (and its children)."""
+    if not sandbox.inside():
+        pytest.fail("kernel tests need root: they run inside a sandbox (see README, make test)")
+    named_before = set(os.listdir("/run/netns"))
+    with sandbox.fresh_netns():
+        try:
+            yield
+        finally:
+            for name in set(os.listdir("/run/netns")) - named_before:
+                sandbox.sh("ip", "netns", "del", name, check=False)
+
+
+@pytest.fixture
+def uplink(netns: None) -> str:
+    """A veth ``eth0`` in the test namespace; its peer ``peer0`` stays beside it."""
+    sandbox.ip("link", "add", "eth0", "type", "veth", "peer", "name", "peer0")
+    sandbox.ip("link", "set", "eth0", "up")
+    sandbox.ip("link", "set", "peer0", "up")
+    return "eth0"

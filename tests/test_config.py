@@ -1,0 +1,230 @@
+"""Config loading: accepted shapes, and errors that name file, line, column and field."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLE_CONFIG, ROOT
+from vsnetd.config import ConfigError, json_schema, load_config, parse_config
+
+ISSUE_EXAMPLE = """\
+version: 1
+settings:                  # all optional; defaults documented in README
+  table_base: 10000        # route tables vsnet may use start here
+  priority_base: 10000     # rule priorities vsnet may use start here
+  mark_base: 0x5600000     # fwmarks vsnet hands out start here
+servers:
+  nas1:
+    id: 1                  # stable small integer chosen by the operator
+    mode: pbr              # pbr | netns
+    uplink: eth0           # parent device in the root namespace
+    addresses:
+      - address: 10.0.0.5/24
+        gateway: 10.0.0.1  # optional: where replies from this address go (reflection)
+      - address: 10.0.1.5/24
+        gateway: 10.0.1.1
+      - address: 2001:db8:5::5/64
+        gateway: 2001:db8:5::1
+    gateway: 10.0.1.1      # optional: default route for the VS's own outgoing (marked) traffic
+    routes:                # optional extra routes
+      - to: 192.168.50.0/24
+        via: 10.0.0.1
+"""
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(textwrap.dedent(text), "servers.yaml")
+    return [str(issue) for issue in info.value.issues]
+
+
+def test_the_issue_example_is_accepted_as_written() -> None:
+    config = parse_config(ISSUE_EXAMPLE)
+    nas1 = config.servers["nas1"]
+    assert config.settings.mark_base == 0x5600000
+    assert [str(a.address) for a in nas1.addresses] == [
+        "10.0.0.5/24", "10.0.1.5/24", "2001:db8:5::5/64"]
+    assert [str(g) for g in nas1.gateway] == ["10.0.1.1"]
+    assert str(nas1.routes[0].to) == "192.168.50.0/24"
+
+
+def test_the_shipped_example_is_valid() -> None:
+    config = load_config(EXAMPLE_CONFIG)
+    assert set(config.servers) == {"nas1", "iscsi1"}
+    assert [str(g) for g in config.servers["nas1"].gateway] == ["10.0.1.1", "2001:db8:5::1"]
+
+
+def test_error_names_file_line_column_and_field() -> None:
+    text = ISSUE_EXAMPLE.replace("        gateway: 10.0.1.1\n", "        gateway: 10.0.9.1\n")
+    assert errors_of(text) == [
+        "servers.yaml:15:18: servers.nas1.addresses[1].gateway: 10.0.9.1 is not inside 10.0.1.5/24"
+    ]
+
+
+def test_every_error_is_reported_in_one_pass() -> None:
+    errors = errors_of("""\
+        version: 1
+        servers:
+          a:
+            id: 1
+            mode: pbr
+            uplink: eth0
+            colour: blue
+            addresses: [{address: 10.0.0.5/24}]
+          b:
+            id: 2
+            mode: pbr
+            uplink: eth0
+            addresses: [{address: 10.0.0.5/24, gateway: 10.9.0.1}]
+          c:
+            id: 2
+            mode: pbr
+            uplink: eth0
+            addresses: [{address: 10.0.0.300/24}]
+        """)
+    assert errors == [
+        "servers.yaml:7:5: servers.a.colour: unknown key",
+        "servers.yaml:13:49: servers.b.addresses[0].gateway: 10.9.0.1 is not inside 10.0.0.5/24",
+        "servers.yaml:18:27: servers.c.addresses[0].address: 10.0.0.300/24: "
+        "value is not a valid IPv4 or IPv6 interface",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ("    id: 1\n    id: 2\n", "servers.yaml:5:5: servers.a.id: duplicate key"),
+        ("    id: '1'\n", "servers.yaml:4:9: servers.a.id: 1: Input should be a valid integer"),
+        ("    id: 0\n", "servers.yaml:4:9: servers.a.id: 0: Input should be greater than or equal to 1"),
+        ("    id: 1\n    mark: 0\n",
+         "servers.yaml:5:11: servers.a.mark: 0: Input should be greater than or equal to 1"),
+    ],
+)
+def test_field_errors(snippet: str, expected: str) -> None:
+    text = ("version: 1\nservers:\n  a:\n" + snippet
+            + "    mode: pbr\n    uplink: eth0\n    addresses: [{address: 10.0.0.5/24}]\n")
+    assert errors_of(text) == [expected]
+
+
+def test_missing_keys_and_bad_modes() -> None:
+    errors = errors_of("""\
+        version: 1
+        servers:
+          a:
+            mode: bridge
+            uplink: eth0/1
+            addresses: []
+        """)
+    assert errors == [
+        "servers.yaml:3:3: servers.a: required key 'id' is missing",
+        "servers.yaml:4:11: servers.a.mode: bridge: Input should be 'pbr' or 'netns'",
+        "servers.yaml:5:13: servers.a.uplink: eth0/1: String should match pattern '^[^/:\\s]{1,15}$'",
+        "servers.yaml:6:16: servers.a.addresses: List should have at least 1 item after validation, not 0",
+    ]
+
+
+def test_semantic_checks() -> None:
+    errors = errors_of("""\
+        version: 1
+        settings: {table_base: 230, priority_base: 32000}
+        servers:
+          "bad name":
+            id: 1
+            mode: pbr
+            uplink: eth0
+            addresses: [{address: 10.0.0.5/24}]
+          b:
+            id: 1
+            mode: netns
+            uplink: eth0
+            addresses: [{address: 10.0.1.5/24}, {address: 2001:db8::5/64}]
+            gateway: [10.0.1.1, 10.0.1.2, 2001:db9::1]
+            routes: [{to: 192.168.0.0/16, via: 2001:db8::1}, {to: 10.9.0.0/16, via: 10.3.3.3}]
+        """)
+    assert errors[0] == (
+        "servers.yaml:4:3: servers.bad name: name 'bad name' must be 1-12 letters, digits, "
+        "'-' or '_' (it becomes part of interface and namespace names)")
+    assert errors[1:] == [
+        "servers.yaml:5:9: servers.bad name.id: route tables 246-261 include the kernel's "
+        "reserved table(s) 253, 254, 255 (settings.table_base)",
+        "servers.yaml:10:9: servers.b.id: id 1 is already used by bad name",
+        "servers.yaml:10:9: servers.b.id: route tables 246-261 include the kernel's "
+        "reserved table(s) 253, 254, 255 (settings.table_base)",
+        "servers.yaml:11:11: servers.b.mode: mode netns is not supported by this version yet",
+        "servers.yaml:14:25: servers.b.gateway[1]: more than one IPv4 gateway",
+        "servers.yaml:14:35: servers.b.gateway[2]: 2001:db9::1 is not inside any subnet of b",
+        "servers.yaml:15:40: servers.b.routes[0].via: 2001:db8::1 is not of the family of "
+        "192.168.0.0/16",
+        "servers.yaml:15:77: servers.b.routes[1].via: 10.3.3.3 is not inside any subnet of b",
+    ]
+
+
+def test_priorities_must_stay_before_the_main_table() -> None:
+    errors = errors_of("""\
+        version: 1
+        settings: {priority_base: 32000}
+        servers:
+          a: {id: 50, mode: pbr, uplink: eth0, addresses: [{address: 10.0.0.5/24}]}
+        """)
+    assert errors == [
+        "servers.yaml:4:11: servers.a.id: rule priorities 32800-32815 reach 32766 (the main "
+        "table's rule); lower settings.priority_base or the id"
+    ]
+
+
+def test_marks_must_not_collide() -> None:
+    errors = errors_of("""\
+        version: 1
+        servers:
+          a: {id: 1, mode: pbr, uplink: eth0, addresses: [{address: 10.0.0.5/24}]}
+          b: {id: 2, mode: pbr, uplink: eth0, addresses: [{address: 10.0.0.6/24}], mark: 0x5600001}
+        """)
+    assert errors == ["servers.yaml:4:82: servers.b.mark: mark 0x5600001 is already used by a"]
+
+
+def test_too_many_addresses_for_the_block() -> None:
+    addresses = ", ".join(f"{{address: 10.0.0.{i}/24}}" for i in range(2, 5))
+    errors = errors_of(f"""\
+        version: 1
+        settings: {{block_size: 3}}
+        servers:
+          a: {{id: 1, mode: pbr, uplink: eth0, addresses: [{addresses}]}}
+        """)
+    assert errors == ["servers.yaml:4:50: servers.a.addresses: 3 addresses, at most 2 fit a "
+                      "block of 3 (settings.block_size)"]
+
+
+def test_yaml_syntax_errors_point_at_the_problem() -> None:
+    assert errors_of("version: 1\nservers:\n  a: [1,\n") == [
+        "servers.yaml:4:1: YAML syntax: did not find expected node content"]
+    assert errors_of("") == ["servers.yaml:1:1: the file is empty"]
+    assert errors_of("- 1\n") == ["servers.yaml:1:1: Input should be a valid dictionary or "
+                                  "instance of Config"]
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "missing.yaml")
+    assert str(info.value).endswith("missing.yaml:0:0: cannot read: No such file or directory")
+
+
+def test_schema_file_is_fresh() -> None:
+    on_disk = json.loads((ROOT / "schemas" / "servers.schema.json").read_text())
+    assert on_disk == json_schema(), "schemas/servers.schema.json is stale: run `make schema`"
+
+
+def test_validate_cli_exit_codes(tmp_path: Path) -> None:
+    bad = tmp_path / "servers.yaml"
+    bad.write_text("version: 2\n")
+    cli = [sys.executable, "-m", "vsnetd.cli", "validate", "-c"]
+    good = subprocess.run([*cli, str(EXAMPLE_CONFIG)], capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
+    refused = subprocess.run([*cli, str(bad)], capture_output=True, text=True)
+    assert refused.returncode == 1
+    assert refused.stderr == f"{bad}:1:10: version: 2: Input should be 1\n"
