@@ -17,7 +17,6 @@ import pytest
 from vsnetd import sandbox
 
 
-
 def pytest_configure(config: pytest.Config) -> None:
     if os.geteuid() == 0 and not sandbox.inside():
         # Give the terminal back from pytest's output capture, then start over inside.

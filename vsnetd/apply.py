@@ -7,9 +7,9 @@ its own, and the first error of each VS is reported with the kernel's own words.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import errno
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -83,7 +83,7 @@ def server_status(desired: DesiredState, verdicts: dict[str, ServerVerdict], pla
 def _render_status(report: dict[str, dict[str, Any]]) -> str:
     rows = [["SERVER", "ID", "MODE", "UPLINK", "STATE", "MARK", "TABLES", "PRIORITIES",
              "ADDRESSES"]]
-    notes = []
+    notes: list[str] = []
     for name, s in report.items():
         rows.append([
             name, str(s["id"]), s["mode"], s["uplink"], s["state"], f"{s['mark']:#x}",

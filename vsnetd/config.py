@@ -237,7 +237,7 @@ def _construct(
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+            key = loader.construct_object(key_node)
             if not isinstance(key, str | int):
                 issues.append(smap.issue(path, f"mapping key {key!r} must be a string"))
                 continue
@@ -254,7 +254,7 @@ def _construct(
             _construct(item, (*path, index), loader, smap, issues)
             for index, item in enumerate(node.value)
         ]
-    return loader.construct_object(node)  # type: ignore[no-untyped-call]
+    return loader.construct_object(node)
 
 
 def _parse_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
@@ -373,8 +373,8 @@ def check_semantics(config: Config) -> list[tuple[FieldPath, str]]:
         layout = numbering.layout(settings, server.id, server.mark)
         problems.extend(((*base, "id"), msg) for msg in numbering.check_reserved(layout, settings))
         if layout.mark in marks and not (duplicate_id and server.mark is None):
-            where = (*base, "mark") if server.mark is not None else (*base, "id")
-            problems.append((where, f"mark {layout.mark:#x} is already used by {marks[layout.mark]}"))
+            mark_path: FieldPath = (*base, "mark") if server.mark is not None else (*base, "id")
+            problems.append((mark_path, f"mark {layout.mark:#x} is already used by {marks[layout.mark]}"))
         else:
             marks[layout.mark] = name
     return problems

@@ -1,0 +1,603 @@
+"""Benchmark of pbr mode: vsnet against ``ip -batch`` (the floor) and a naive pyroute2 loop.
+
+``bench/pbr.py --servers 1000`` builds N virtual servers with two IPv4 addresses each and
+measures, in one run, every measure in its own fresh network namespace inside a sandbox
+(the machine's own network is never touched):
+
+* ``ip -batch`` creating exactly the addresses, routes and rules vsnet creates: the floor;
+* a naive pyroute2 loop, one call per object: the peer;
+* vsnet's cold apply: ``parse_config`` + ``compile_config`` + ``converge``;
+* vsnet's no-op plan: ``plan_for`` when the kernel already matches;
+* vsnet's one-VS edit: one VS's second address moves to another host of its subnet.
+
+Each measure is repeated ``--repeat`` times and the median is reported, with its ratio to
+the floor of the same run. The targets are reported PASS/MISS; this is a benchmark, not a
+test, so it always exits 0 once it has measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from importlib.metadata import version
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from vsnetd import sandbox
+from vsnetd.compile import compile_config
+from vsnetd.config import Config, Settings, parse_config
+from vsnetd.diff import plan_changes
+from vsnetd.netlink import RtnlSocket
+from vsnetd.numbering import MAIN_RULE_PRIORITY
+from vsnetd.observe import observe
+from vsnetd.reconcile import converge, plan_for
+from vsnetd.state import VSNET_PROTOCOL, DesiredState, object_key
+
+UPLINK = "eth0"
+PEER = "peer0"
+SUBNETS = (IPv4Network("10.1.0.0/16"), IPv4Network("10.2.0.0/16"))
+FIRST_HOST = 10  # VS n gets host FIRST_HOST + n of each subnet: clear of the gateways (.0.1)
+EDIT_HOST = 65000  # the one-VS edit moves the second address here (no VS uses it)
+FULL_MASK = 0xFFFFFFFF
+RT_SCOPE_LINK = 253
+
+# Targets (from the issue).
+COLD_RATIO_TARGET = 1.5  # cold apply <= 1.5x ip -batch
+NOOP_PLAN_TARGET = 0.100  # seconds, at 1000 VS
+EDIT_TARGET = 0.010  # seconds
+TARGET_SERVERS = 1000
+
+
+# --------------------------------------------------------------------------- workload
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualServer:
+    name: str
+    id: int
+    addresses: tuple[IPv4Interface, ...]
+    gateways: tuple[IPv4Address, ...]  # one per address, inside its subnet
+
+    @property
+    def gateway(self) -> IPv4Address:
+        """The VS gateway (for its marked traffic): the first address's."""
+        return self.gateways[0]
+
+
+def make_servers(count: int) -> list[VirtualServer]:
+    servers = []
+    for number in range(1, count + 1):
+        addresses = tuple(
+            IPv4Interface((net[FIRST_HOST + number], net.prefixlen)) for net in SUBNETS
+        )
+        gateways = tuple(net[1] for net in SUBNETS)
+        servers.append(VirtualServer(f"vs{number}", number, addresses, gateways))
+    return servers
+
+
+def edit_one(servers: list[VirtualServer]) -> tuple[list[VirtualServer], str]:
+    """The same servers with the middle VS's second address moved; and that VS's name."""
+    index = len(servers) // 2
+    target = servers[index]
+    net = target.addresses[1].network
+    moved = IPv4Interface((net[EDIT_HOST], net.prefixlen))
+    edited = list(servers)
+    edited[index] = replace(target, addresses=(target.addresses[0], moved))
+    return edited, target.name
+
+
+def to_yaml(servers: Sequence[VirtualServer]) -> str:
+    lines = ["version: 1", "servers:"]
+    for vs in servers:
+        lines += [f"  {vs.name}:", f"    id: {vs.id}", "    mode: pbr", f"    uplink: {UPLINK}",
+                  "    addresses:"]
+        for address, gateway in zip(vs.addresses, vs.gateways, strict=True):
+            lines += [f"      - address: {address}", f"        gateway: {gateway}"]
+        lines.append(f"    gateway: {vs.gateway}")
+    return "\n".join(lines) + "\n"
+
+
+# The kernel objects of one VS, written out independently of vsnet (the layout documented
+# in vsnetd/compile.py and vsnetd/numbering.py), for the floor and for the naive peer.
+
+
+@dataclass(frozen=True, slots=True)
+class AddressOp:
+    interface: IPv4Interface
+
+
+@dataclass(frozen=True, slots=True)
+class RouteOp:
+    table: int
+    destination: IPv4Network | None  # None: the default route
+    source: IPv4Address
+    gateway: IPv4Address | None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleOp:
+    priority: int
+    table: int
+    source: IPv4Address | None = None
+    fwmark: int | None = None
+
+
+KernelOp = AddressOp | RouteOp | RuleOp
+
+
+@dataclass(frozen=True, slots=True)
+class Numbering:
+    table_base: int
+    priority_base: int
+    mark_base: int
+    block_size: int
+
+
+def server_ops(vs: VirtualServer, numbering: Numbering) -> list[KernelOp]:
+    """Addresses, then routes, then rules of one VS: what vsnet's pbr mode creates."""
+    block = vs.id * numbering.block_size
+    ops: list[KernelOp] = [AddressOp(address) for address in vs.addresses]
+    rules: list[KernelOp] = []
+    for index, (address, gateway) in enumerate(zip(vs.addresses, vs.gateways, strict=True)):
+        table = numbering.table_base + block + index
+        ops.append(RouteOp(table, address.network, address.ip, None))
+        ops.append(RouteOp(table, None, address.ip, gateway))
+        rules.append(RuleOp(numbering.priority_base + block + index, table, source=address.ip))
+    mark_table = numbering.table_base + block + numbering.block_size - 1
+    first = vs.addresses[0].ip
+    for subnet in dict.fromkeys(address.network for address in vs.addresses):
+        ops.append(RouteOp(mark_table, subnet, first, None))
+    ops.append(RouteOp(mark_table, None, first, vs.gateway))
+    rules.append(RuleOp(numbering.priority_base + block + numbering.block_size - 1, mark_table,
+                        fwmark=numbering.mark_base + vs.id))
+    return ops + rules
+
+
+def ip_command(op: KernelOp, protocol: int) -> str:
+    """One line of an ``ip -batch`` file."""
+    if isinstance(op, AddressOp):
+        # iproute2 < 6.3 cannot set IFA_PROTO: the floor's addresses carry no owner tag.
+        return f"address add {op.interface} dev {UPLINK}"
+    if isinstance(op, RouteOp):
+        destination = "default" if op.destination is None else str(op.destination)
+        via = f" via {op.gateway}" if op.gateway is not None else ""
+        return (f"route add {destination}{via} dev {UPLINK} src {op.source} table {op.table} "
+                f"proto {protocol}")
+    mark = f"fwmark {op.fwmark:#x}/{FULL_MASK:#x}"
+    selector = f"from {op.source}" if op.source is not None else mark
+    return f"rule add {selector} lookup {op.table} pref {op.priority} proto {protocol}"
+
+
+def naive_call(ipr: Any, index: int, op: KernelOp, protocol: int) -> None:
+    """One pyroute2 call for one object, as a straightforward program would do it."""
+    if isinstance(op, AddressOp):
+        ipr.addr("add", index=index, address=str(op.interface.ip),
+                 prefixlen=op.interface.network.prefixlen, proto=protocol)
+    elif isinstance(op, RouteOp):
+        destination = "0.0.0.0/0" if op.destination is None else str(op.destination)
+        if op.gateway is not None:
+            ipr.route("add", dst=destination, gateway=str(op.gateway), prefsrc=str(op.source),
+                      oif=index, table=op.table, proto=protocol)
+        else:
+            ipr.route("add", dst=destination, prefsrc=str(op.source), oif=index,
+                      table=op.table, proto=protocol, scope=RT_SCOPE_LINK)
+    elif op.source is not None:
+        ipr.rule("add", src=str(op.source), src_len=32, table=op.table, priority=op.priority,
+                 protocol=protocol)
+    else:
+        ipr.rule("add", fwmark=op.fwmark, fwmask=FULL_MASK, table=op.table,
+                 priority=op.priority, protocol=protocol)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@dataclass(slots=True)
+class Results:
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    counts: dict[str, list[int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def time(self, name: str, seconds: float) -> None:
+        self.samples.setdefault(name, []).append(seconds)
+
+    def count(self, name: str, value: int) -> None:
+        self.counts.setdefault(name, []).append(value)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.samples[name])
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+def progress(text: str) -> None:
+    """Progress on a terminal only: redirected output stays the report alone."""
+    if sys.stderr.isatty():
+        print(text, end="", file=sys.stderr, flush=True)
+
+
+def timed(action: Callable[[], Any]) -> tuple[float, Any]:
+    gc.collect()
+    started = time.perf_counter()
+    value = action()
+    return time.perf_counter() - started, value
+
+
+def add_uplink() -> None:
+    sandbox.ip("link", "add", UPLINK, "type", "veth", "peer", "name", PEER)
+    sandbox.ip("link", "set", UPLINK, "up")
+    sandbox.ip("link", "set", PEER, "up")
+
+
+@contextmanager
+def uplinked_netns() -> Iterator[RtnlSocket]:
+    """A fresh namespace with the uplink and an open vsnet socket; emptied afterwards.
+
+    The namespace is emptied (untimed) before it is left, so the kernel's asynchronous
+    clean-up of a namespace full of objects does not run during the next measure.
+    """
+    with sandbox.fresh_netns():
+        add_uplink()
+        with RtnlSocket() as sock:
+            try:
+                yield sock
+            finally:
+                converge(sock, compile_config(Config(version=1)))
+                sandbox.ip("link", "del", UPLINK)
+
+
+def mismatch(sock: RtnlSocket, desired: DesiredState) -> str:
+    """How the kernel differs from what vsnet wants ("" when it holds exactly that).
+
+    Addresses the floor added are foreign to vsnet (no IFA_PROTO tag): they count as
+    present when they stand where vsnet wants its own.
+    """
+    observed = observe(sock, desired.scope)
+    want = {object_key(obj): obj for server in desired.servers.values() for obj in server.objects}
+    have = dict(observed.owned)
+    for found in observed.foreign_addresses.values():
+        key = object_key(found)
+        if key in want:
+            have.setdefault(key, found)
+    missing = [obj for key, obj in want.items() if have.get(key) != obj]
+    extra = [obj for key, obj in have.items() if key not in want]
+    if not missing and not extra:
+        return ""
+    example = (missing or extra)[0].describe()
+    return f"{len(missing)} missing or different, {len(extra)} extra (e.g. {example})"
+
+
+def measure_floor(
+    results: Results, ops: list[KernelOp], desired: DesiredState, protocol: int
+) -> None:
+    kinds = (AddressOp, RouteOp, RuleOp)  # vsnet's order: a rule only once its table is full
+    lines = [ip_command(op, protocol) for kind in kinds for op in ops if isinstance(op, kind)]
+    with tempfile.NamedTemporaryFile("w", prefix="vsnet-bench-", suffix=".batch") as batch:
+        batch.write("\n".join(lines) + "\n")
+        batch.flush()
+        with uplinked_netns() as sock:
+            seconds, process = timed(lambda: subprocess.run(
+                ["ip", "-batch", batch.name], capture_output=True, text=True))
+            if process.returncode != 0:
+                results.note(f"ip -batch failed ({process.returncode}): "
+                             f"{process.stderr.strip()[:300]}")
+            problem = mismatch(sock, desired)
+    if problem:
+        results.note(f"ip -batch result differs from vsnet's desired state: {problem}")
+    results.time("floor", seconds)
+    results.count("floor_objects", len(lines))
+
+
+def measure_naive(
+    results: Results, per_server: list[list[KernelOp]], desired: DesiredState, protocol: int,
+    budget: float,
+) -> None:
+    calls = 0
+    done = 0
+    with uplinked_netns() as sock:
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=UPLINK)[0]
+            gc.collect()
+            started = time.perf_counter()
+            for ops in per_server:
+                for op in ops:
+                    naive_call(ipr, index, op, protocol)
+                calls += len(ops)
+                done += 1
+                if time.perf_counter() - started > budget:
+                    break
+            seconds = time.perf_counter() - started
+        problem = mismatch(sock, desired) if done == len(per_server) else ""
+    if problem:
+        results.note(f"naive pyroute2 result differs from vsnet's desired state: {problem}")
+    total = len(per_server)
+    if done < total:
+        results.note(f"naive pyroute2 loop: stopped after {done} of {total} VS "
+                     f"(--naive-budget {budget:g} s); its time is extrapolated linearly "
+                     f"(x{total / done:.2f}), a lower bound: later VS find longer rule lists")
+    results.time("naive", seconds * total / done)
+    results.count("naive_calls", calls)
+    results.count("naive_servers", done)
+
+
+def measure_vsnet(results: Results, text: str, edited_text: str, edited_name: str) -> None:
+    with uplinked_netns() as sock:
+        # cold apply
+        parse_s, config = timed(lambda: parse_config(text, file="bench.yaml"))
+        compile_s, desired = timed(lambda: compile_config(config))
+        converge_s, result = timed(lambda: converge(sock, desired))
+        results.time("cold_parse", parse_s)
+        results.time("cold_compile", compile_s)
+        results.time("cold_converge", converge_s)
+        results.time("cold_total", parse_s + compile_s + converge_s)
+        results.count("vsnet_applied", len(result.applied))
+        if not result.converged:
+            results.note(f"vsnet cold apply did not converge: {len(result.failures)} VS failed, "
+                         f"{len(result.final_plan.changes)} changes left")
+        problem = mismatch(sock, desired)
+        if problem:
+            results.note(f"vsnet's own result differs from its desired state: {problem}")
+
+        # no-op plan
+        plan_s, plan = timed(lambda: plan_for(sock, desired))
+        results.time("noop_plan", plan_s)
+        if plan.changes:
+            results.note(f"no-op plan was not empty: {len(plan.changes)} changes")
+        observe_s, observed = timed(lambda: observe(sock, desired.scope))
+        diff_s, _ = timed(lambda: plan_changes(desired, observed))
+        results.time("noop_observe", observe_s)
+        results.time("noop_diff", diff_s)
+        full_s, _ = timed(lambda: plan_for(sock, compile_config(parse_config(text, "bench.yaml"))))
+        results.time("noop_total", full_s)
+
+        # one-VS edit
+        edit_compile_s, edited = timed(
+            lambda: compile_config(parse_config(edited_text, file="bench.yaml")))
+        edit_s, edit = timed(lambda: converge(sock, edited))
+        results.time("edit_converge", edit_s)
+        results.time("edit_total", edit_compile_s + edit_s)
+        results.count("edit_applied", len(edit.applied))
+        if not edit.converged:
+            results.note("vsnet one-VS edit did not converge")
+        touched = {change.server or "(removed)" for change in edit.applied}
+        if touched != {edited_name}:
+            results.note(f"one-VS edit: its changes were attributed to {sorted(touched)}, "
+                         f"expected only {edited_name}")
+
+        # extra: back to an empty config (what the namespace clean-up then finds done)
+        teardown_s, _ = timed(lambda: converge(sock, compile_config(Config(version=1))))
+        results.time("teardown", teardown_s)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    iproute2 = subprocess.run(["ip", "-V"], capture_output=True, text=True).stdout.strip()
+    return {
+        "kernel": os.uname().release,
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": sys.version.split()[0],
+        "iproute2": iproute2.removeprefix("ip utility, ").split(",")[0],
+        "pyroute2": version("pyroute2"),
+    }
+
+
+ROWS: list[tuple[str, str]] = [
+    ("floor", "ip -batch (floor)"),
+    ("naive", "naive pyroute2 loop, one call per object"),
+    ("cold_total", "vsnet cold apply: parse + compile + converge"),
+    ("cold_parse", "  parse_config"),
+    ("cold_compile", "  compile_config"),
+    ("cold_converge", "  converge (observe, diff, apply, verify)"),
+    ("noop_plan", "vsnet no-op plan: plan_for"),
+    ("noop_observe", "  observe alone"),
+    ("noop_diff", "  diff (plan_changes) alone"),
+    ("noop_total", "  parse + compile + plan_for"),
+    ("edit_converge", "vsnet one-VS edit: converge"),
+    ("edit_total", "  parse + compile + converge"),
+    ("teardown", "vsnet teardown to empty config (extra)"),
+]
+
+
+def targets(results: Results, servers: int) -> list[dict[str, Any]]:
+    floor = results.median("floor")
+    at = "" if servers == TARGET_SERVERS else f" (target set for {TARGET_SERVERS} VS)"
+    cold = results.median("cold_total")
+    noop = results.median("noop_plan")
+    edit = results.median("edit_converge")
+    edit_total = results.median("edit_total")
+    return [
+        {"name": "cold apply <= 1.5x ip -batch", "measure": "cold_total",
+         "value": cold / floor, "limit": COLD_RATIO_TARGET, "unit": "x floor",
+         "pass": cold <= COLD_RATIO_TARGET * floor},
+        {"name": f"no-op plan <= 100 ms{at}", "measure": "noop_plan",
+         "value": noop, "limit": NOOP_PLAN_TARGET, "unit": "s", "pass": noop <= NOOP_PLAN_TARGET},
+        {"name": "one-VS edit <= 10 ms (converge)", "measure": "edit_converge",
+         "value": edit, "limit": EDIT_TARGET, "unit": "s", "pass": edit <= EDIT_TARGET},
+        {"name": "one-VS edit <= 10 ms (with parse + compile)", "measure": "edit_total",
+         "value": edit_total, "limit": EDIT_TARGET, "unit": "s",
+         "pass": edit_total <= EDIT_TARGET},
+    ]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:10.1f} ms"
+
+
+def counts_text(results: Results) -> list[str]:
+    def one(name: str) -> str:
+        values = sorted(set(results.counts.get(name, [])))
+        return "/".join(map(str, values)) if values else "-"
+
+    return [
+        f"objects: ip -batch lines {one('floor_objects')}, vsnet cold apply applied "
+        f"{one('vsnet_applied')}, naive pyroute2 calls {one('naive_calls')} "
+        f"(over {one('naive_servers')} VS)",
+        f"one-VS edit: {one('edit_applied')} changes applied",
+    ]
+
+
+def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results) -> None:
+    objects = results.counts["floor_objects"][0]
+    print(f"vsnet pbr benchmark: {args.servers} VS x 2 IPv4 addresses = {objects} kernel "
+          f"objects; median of {args.repeat} runs, each in a fresh network namespace")
+    print(f"machine: Linux {info['kernel']}, {info['cpus']} CPUs, {info['cpu_model']}; "
+          f"Python {info['python']}, {info['iproute2']}, pyroute2 {info['pyroute2']}")
+    print()
+    floor = results.median("floor")
+    print(f"{'measure':<46} {'median':>13} {'min':>13} {'max':>13} {'x floor':>8}")
+    done = min(results.counts["naive_servers"])
+    for name, label in ROWS:
+        values = results.samples.get(name)
+        if not values:
+            continue
+        median = statistics.median(values)
+        if name == "naive" and done < args.servers:
+            label = f"naive pyroute2 loop (extrapolated from {done} VS)"
+        print(f"{label:<46} {ms(median)} {ms(min(values))} {ms(max(values))} "
+              f"{median / floor:8.2f}")
+    print()
+    for line in counts_text(results):
+        print(line)
+    print()
+    print("targets:")
+    for target in targets(results, args.servers):
+        if target["unit"] == "s":
+            shown = f"{target['value'] * 1000:.1f} ms (limit {target['limit'] * 1000:.0f} ms)"
+        else:
+            shown = f"{target['value']:.2f}x floor (limit {target['limit']:.1f}x)"
+        verdict = "PASS" if target["pass"] else "MISS"
+        print(f"  {verdict}  {target['name']:<52} {shown}")
+    if results.notes:
+        print()
+        print("notes:")
+        for text in results.notes:
+            print(f"  - {text}")
+
+
+def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) -> dict[str, Any]:
+    floor = results.median("floor")
+    measures = {
+        name: {
+            "label": label.strip(),
+            "median_s": statistics.median(results.samples[name]),
+            "min_s": min(results.samples[name]),
+            "max_s": max(results.samples[name]),
+            "samples_s": results.samples[name],
+            "ratio_to_floor": statistics.median(results.samples[name]) / floor,
+        }
+        for name, label in ROWS
+        if results.samples.get(name)
+    }
+    return {
+        "benchmark": "pbr",
+        "servers": args.servers,
+        "addresses_per_server": len(SUBNETS),
+        "repeat": args.repeat,
+        "machine": info,
+        "measures": measures,
+        "counts": results.counts,
+        "targets": targets(results, args.servers),
+        "notes": results.notes,
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def max_servers() -> int:
+    """How many VS ids the default numbering fits below the main table's rule."""
+    settings = Settings()
+    size = settings.block_size
+    return (MAIN_RULE_PRIORITY - settings.priority_base - size) // size
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--servers", type=int, default=1000, help="number of VS (default 1000)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each measure; the median is reported (default 3)")
+    parser.add_argument("--naive-budget", type=float, default=20.0, metavar="SECONDS",
+                        help="stop the naive pyroute2 loop after this long per run and "
+                             "extrapolate linearly (default 20)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    limit = max_servers()
+    if not 1 <= args.servers <= limit:
+        parser.error(f"--servers must be 1..{limit} (default numbering)")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    if not sandbox.inside():
+        if os.geteuid() != 0:
+            print("bench/pbr.py: must run as root (it creates namespaces)", file=sys.stderr)
+            return 1
+        sandbox.reexec([sys.executable, str(Path(__file__).resolve()), *argv])
+
+    servers = make_servers(args.servers)
+    edited, edited_name = edit_one(servers)
+    text, edited_text = to_yaml(servers), to_yaml(edited)
+    desired = compile_config(parse_config(text, file="bench.yaml"))
+    settings = desired.settings
+    numbering = Numbering(settings.table_base, settings.priority_base, settings.mark_base,
+                          settings.block_size)
+    per_server = [server_ops(vs, numbering) for vs in servers]
+    ops = [op for server in per_server for op in server]
+
+    results = Results()
+    for run in range(1, args.repeat + 1):  # interleaved, so drift hits every measure alike
+        progress(f"run {run}/{args.repeat}: ip -batch")
+        measure_floor(results, ops, desired, VSNET_PROTOCOL)
+        progress(", vsnet")
+        measure_vsnet(results, text, edited_text, edited_name)
+        progress(", naive pyroute2")
+        measure_naive(results, per_server, desired, VSNET_PROTOCOL, args.naive_budget)
+        progress("\r\033[K")
+
+    applied = set(results.counts["vsnet_applied"])
+    floor_objects = set(results.counts["floor_objects"])
+    if applied != floor_objects:
+        results.note(f"object counts differ: ip -batch creates {sorted(floor_objects)}, "
+                     f"vsnet applied {sorted(applied)}")
+    if results.counts["floor_objects"][0] != len(ops):
+        results.note("internal: floor line count differs from the object list")
+
+    info = machine()
+    if args.json:
+        print(json.dumps(as_json(info, args, results), indent=2))
+    else:
+        print_table(info, args, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

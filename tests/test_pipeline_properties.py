@@ -1,0 +1,234 @@
+"""Property tests of compile and diff against a simulated kernel (no root needed).
+
+The simulated kernel applies a Plan the way the real one does for vsnet's purposes:
+deletes remove an object by identity, adds and replaces store it.
+"""
+
+from __future__ import annotations
+
+import copy
+import socket
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vsnetd.compile import compile_config
+from vsnetd.config import Config, check_semantics
+from vsnetd.diff import plan_changes
+from vsnetd.kinds import Address, Route, Rule
+from vsnetd.state import DesiredState, ObservedState, Plan, object_key
+
+UPLINKS = {"eth0": 2, "eth1": 3}
+
+
+@st.composite
+def server_specs(draw: st.DrawFn, server_id: int) -> dict[str, Any]:
+    count = draw(st.integers(1, 4))
+    addresses = []
+    for k in range(count):
+        if draw(st.booleans()):
+            entry: dict[str, Any] = {"address": f"10.{server_id // 64}.{server_id % 64 * 4 + k}.5/24"}
+            gateway = f"10.{server_id // 64}.{server_id % 64 * 4 + k}.1"
+        else:
+            entry = {"address": f"2001:db8:{server_id:x}:{k}::5/64"}
+            gateway = f"2001:db8:{server_id:x}:{k}::1"
+        if draw(st.booleans()):
+            entry["gateway"] = gateway
+        addresses.append(entry)
+    spec: dict[str, Any] = {
+        "id": server_id,
+        "mode": "pbr",
+        "uplink": draw(st.sampled_from(sorted(UPLINKS))),
+        "addresses": addresses,
+    }
+    with_gateway = [a for a in addresses if "gateway" in a]
+    if with_gateway and draw(st.booleans()):
+        spec["gateway"] = with_gateway[0]["gateway"]
+    if draw(st.booleans()):
+        first = addresses[0]["address"].split("/")[0]
+        via = first.rsplit(".", 1)[0] + ".254" if "." in first else first.rsplit(":", 1)[0] + ":fe"
+        to = "192.168.0.0/16" if "." in first else "2001:db8:ffff::/48"
+        spec["routes"] = [{"to": to, "via": via}]
+    if draw(st.integers(0, 9)) == 0:
+        spec["mark"] = 0x7000000 + server_id
+    return spec
+
+
+@st.composite
+def configs(draw: st.DrawFn, max_servers: int = 6) -> Config:
+    ids = draw(st.lists(st.integers(1, 300), max_size=max_servers, unique=True))
+    servers = {f"vs{i}": draw(server_specs(i)) for i in ids}
+    config = Config.model_validate({"version": 1, "servers": servers})
+    assert check_semantics(config) == []
+    return config
+
+
+def simulate(observed: ObservedState, plan: Plan) -> ObservedState:
+    after = copy.deepcopy(observed)
+    for change in plan.changes:
+        key = object_key(change.obj)
+        if change.action == "delete":
+            assert key in after.owned, f"deletes only what vsnet owns: {change.describe()}"
+            del after.owned[key]
+        else:
+            after.owned[key] = change.obj
+    return after
+
+
+def kernel_holding(desired: DesiredState) -> ObservedState:
+    observed = ObservedState(links=dict(UPLINKS))
+    for server in desired.servers.values():
+        for obj in server.objects:
+            observed.add(obj)
+    return observed
+
+
+def all_objects(desired: DesiredState) -> dict[Any, Any]:
+    return {object_key(o): o for s in desired.servers.values() for o in s.objects}
+
+
+@given(before=configs(), after=configs())
+@settings(max_examples=150, deadline=None)
+def test_one_plan_converges_from_any_owned_state(before: Config, after: Config) -> None:
+    observed = kernel_holding(compile_config(before))
+    desired = compile_config(after)
+    plan = plan_changes(desired, observed)
+    converged = simulate(observed, plan)
+    assert converged.owned == all_objects(desired)
+    second = plan_changes(desired, converged)
+    assert not second.changes
+    assert all(v.state == "in-sync" for v in second.servers.values())
+
+
+@given(config=configs())
+@settings(max_examples=100, deadline=None)
+def test_plan_order_is_creates_after_deletes_in_dependency_order(config: Config) -> None:
+    empty = ObservedState(links=dict(UPLINKS))
+    plan = plan_changes(compile_config(config), empty)
+    kinds = [c.obj.kind for c in plan.changes]
+    assert kinds == sorted(kinds, key=["address", "route", "rule"].index)
+    teardown = plan_changes(compile_config(Config(version=1)), simulate(empty, plan))
+    kinds = [c.obj.kind for c in teardown.changes]
+    assert all(c.action == "delete" for c in teardown.changes)
+    assert kinds == sorted(kinds, key=["rule", "route", "address"].index)
+    assert simulate(simulate(empty, plan), teardown).owned == {}
+
+
+foreign_objects = st.one_of(
+    st.builds(Address, st.sampled_from(["eth0", "eth1", "mgmt0"]),
+              st.sampled_from(["10.1.0.5", "10.9.9.9", "192.0.2.1"]), st.just(24)),
+    st.builds(Route, st.just(socket.AF_INET), st.integers(10000, 10000 + 16 * 301),
+              st.sampled_from(["0.0.0.0/0", "10.1.0.0/24", "198.51.100.0/24"]), st.just(0),
+              device=st.just("eth0")),
+    st.builds(Rule, st.sampled_from([socket.AF_INET, socket.AF_INET6]),
+              st.integers(10000, 10000 + 16 * 301), st.integers(1, 20000)),
+)
+
+
+@given(config=configs(), foreign=st.lists(foreign_objects, max_size=8))
+@settings(max_examples=200, deadline=None)
+def test_foreign_objects_never_appear_and_block_only_their_server(
+    config: Config, foreign: list[Address | Route | Rule]
+) -> None:
+    observed = ObservedState(links=dict(UPLINKS) | {"mgmt0": 4})
+    for obj in foreign:
+        if isinstance(obj, Address):
+            observed.foreign_addresses[obj.address] = obj
+        elif isinstance(obj, Route):
+            observed.foreign_routes.append(obj)
+        else:
+            observed.foreign_rules.append(obj)
+    desired = compile_config(config)
+    plan = plan_changes(desired, observed)
+
+    for change in plan.changes:
+        assert change.obj not in foreign
+        assert change.action == "add"  # nothing owned yet: nothing to delete or replace
+    for name, server in desired.servers.items():
+        tables = {o.table for o in server.objects if isinstance(o, Route)}
+        rule_slots = {(o.family, o.priority) for o in server.objects if isinstance(o, Rule)}
+        addresses = {o.address for o in server.objects if isinstance(o, Address)}
+        collides = any(
+            (isinstance(f, Address) and f.address in addresses)
+            or (isinstance(f, Route) and f.table in tables)
+            or (isinstance(f, Rule) and (f.family, f.priority) in rule_slots)
+            for f in foreign
+        )
+        mine = [c for c in plan.changes if c.server == name]
+        assert plan.servers[name].state == ("conflict" if collides else "pending")
+        assert (mine == []) == collides
+        if collides:
+            assert plan.servers[name].reasons
+
+
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["add", "remove"]), st.integers(1, 40)), min_size=1, max_size=25
+    ),
+    data=st.data(),
+)
+@settings(max_examples=100, deadline=None)
+def test_numbering_is_stable_under_add_and_remove(
+    steps: list[tuple[str, int]], data: st.DataObject
+) -> None:
+    servers: dict[str, dict[str, Any]] = {}
+    compiled: dict[str, Any] = {}
+    for action, server_id in steps:
+        name = f"vs{server_id}"
+        if action == "add" and name not in servers:
+            servers[name] = data.draw(server_specs(server_id))
+        elif action == "remove":
+            servers.pop(name, None)
+            compiled.pop(name, None)
+        desired = compile_config(Config.model_validate({"version": 1, "servers": servers}))
+        for vs_name, server in desired.servers.items():
+            before = compiled.setdefault(vs_name, server)
+            assert before.numbers == server.numbers
+            assert before.objects == server.objects
+
+
+def test_paper_table_1() -> None:
+    """The paper's example compiles to exactly Table 1 (renumbered into vsnet's ranges)."""
+    config = Config.model_validate({"version": 1, "servers": {"nas1": {
+        "id": 1, "mode": "pbr", "uplink": "eth0", "gateway": "10.0.1.1",
+        "addresses": [{"address": "10.0.0.5/24", "gateway": "10.0.0.1"},
+                      {"address": "10.0.1.5/24", "gateway": "10.0.1.1"}]}}})
+    objects = compile_config(config).servers["nas1"].objects
+    assert [o.describe() for o in objects if isinstance(o, Rule)] == [
+        "rule 10016 from 10.0.0.5 lookup 10016",
+        "rule 10017 from 10.0.1.5 lookup 10017",
+        "rule 10031 from all fwmark 0x5600001 lookup 10031",
+    ]
+    assert sorted(o.describe() for o in objects if isinstance(o, Route)) == sorted([
+        "route 10.0.0.0/24 dev eth0 src 10.0.0.5 table 10016",
+        "route default via 10.0.0.1 dev eth0 src 10.0.0.5 table 10016",
+        "route 10.0.1.0/24 dev eth0 src 10.0.1.5 table 10017",
+        "route default via 10.0.1.1 dev eth0 src 10.0.1.5 table 10017",
+        "route 10.0.0.0/24 dev eth0 src 10.0.0.5 table 10031",
+        "route 10.0.1.0/24 dev eth0 src 10.0.0.5 table 10031",
+        "route default via 10.0.1.1 dev eth0 src 10.0.0.5 table 10031",
+    ])
+    assert [o.describe() for o in objects if isinstance(o, Address)] == [
+        "address 10.0.0.5/24 dev eth0", "address 10.0.1.5/24 dev eth0"]
+
+
+def test_marked_traffic_without_gateway_is_unreachable_not_leaked() -> None:
+    config = Config.model_validate({"version": 1, "servers": {"a": {
+        "id": 3, "mode": "pbr", "uplink": "eth0",
+        "addresses": [{"address": "2001:db8::5/64"}]}}})
+    routes = [o for o in compile_config(config).servers["a"].objects if isinstance(o, Route)]
+    assert "route -6 unreachable default table 10063" in [r.describe() for r in routes]
+
+
+def test_waiting_server_keeps_its_objects() -> None:
+    config = Config.model_validate({"version": 1, "servers": {"a": {
+        "id": 1, "mode": "pbr", "uplink": "eth9", "addresses": [{"address": "10.0.0.5/24"}]}}})
+    desired = compile_config(config)
+    observed = kernel_holding(compile_config(Config.model_validate({"version": 1, "servers": {
+        "a": {"id": 1, "mode": "pbr", "uplink": "eth0",
+              "addresses": [{"address": "10.0.0.5/24"}]}}})))
+    plan = plan_changes(desired, observed)
+    assert plan.servers["a"].state == "waiting"
+    assert plan.servers["a"].reasons == ("uplink eth9 does not exist",)
+    assert plan.changes == ()
