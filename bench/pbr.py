@@ -176,9 +176,10 @@ def ip_command(op: KernelOp, protocol: int) -> str:
         via = f" via {op.gateway}" if op.gateway is not None else ""
         return (f"route add {destination}{via} dev {UPLINK} src {op.source} table {op.table} "
                 f"proto {protocol}")
-    mark = f"fwmark {op.fwmark:#x}/{FULL_MASK:#x}"
-    selector = f"from {op.source}" if op.source is not None else mark
-    return f"rule add {selector} lookup {op.table} pref {op.priority} proto {protocol}"
+    action = f"lookup {op.table} pref {op.priority} proto {protocol}"
+    if op.source is not None:
+        return f"rule add from {op.source} {action}"
+    return f"rule add fwmark {op.fwmark:#x}/{FULL_MASK:#x} {action}"
 
 
 def naive_call(ipr: Any, index: int, op: KernelOp, protocol: int) -> None:

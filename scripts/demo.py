@@ -90,8 +90,8 @@ TOPOLOGY = [
     "ip -n gw-b link set b-cl up",
     "ip -n gw-b route add 198.51.100.10/32 via 172.16.2.2",
     "ip -n gw-b route add 2001:db8:100::10/128 via fd00:2::2",
-    # gw-b also reaches 10.0.0.0/24 on the LAN: the return path of nas1's marked
-    # connection, which leaves via gw-b with source 10.0.0.5
+    # gw-b also reaches 10.0.0.0/24 on the LAN, and the client can answer it through
+    # gw-b: the way back for traffic from 10.0.0.5 sent out via gw-b (nas1's mark table)
     "ip -n gw-b route add 10.0.0.0/24 dev b-lan",
     # client: one address, reachable through either gateway
     "ip -n client addr add 198.51.100.10/32 dev lo",
@@ -158,9 +158,9 @@ def show(argv: Sequence[str], *, shown: str | None = None, expect: Sequence[int]
     """Run a command as an operator would, print it and its output; was the status expected?"""
     print(f"\n$ {shown or shlex.join(argv)}", flush=True)
     result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
-    output = (result.stdout + result.stderr).rstrip()
-    if output:
-        print(textwrap.indent(output, "  "))
+    lines = (result.stdout + result.stderr).rstrip().splitlines()
+    for line in lines:
+        print(f"  {line}".rstrip())
     if result.returncode != 0:
         print(f"  [exit status {result.returncode}]")
     return result.returncode in expect
