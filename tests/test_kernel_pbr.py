@@ -20,6 +20,7 @@ from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.netlink import RtnlSocket
 from vsnetd.observe import observe
+from vsnetd.reconcile import Reconciler, plan_for
 from vsnetd.sandbox import ip, ip_json
 from vsnetd.state import VSNET_PROTOCOL
 
@@ -240,8 +241,8 @@ servers:
     assert servers["good"]["state"] == "in-sync"
     assert servers["bad"]["state"] == "failed"
     assert servers["bad"]["reasons"][0] == (
-        "route default via 10.1.0.1 dev down0 src 10.1.0.5 table 10032: "
-        "Network is unreachable: Nexthop has invalid gateway")
+        "route 10.1.0.0/24 dev down0 src 10.1.0.5 table 10032: "
+        "Network is down: Device for nexthop is not up")
     assert servers["later"] == {"state": "waiting", "reasons": ["uplink nosuch0 does not exist"]}
     human = vsnetctl("status", "-c", str(path)).stdout
     assert "later: uplink nosuch0 does not exist" in human
@@ -375,3 +376,32 @@ def test_marked_socket_connects_out_with_the_vs_source(network: None, config_fil
     apply_ok(config_file)
     assert outgoing_peer(0x5600001, 9000) == "10.0.0.5"
     assert outgoing_peer(None, 9001) == "10.0.0.2"  # unmarked: the box's own address
+
+
+def test_reconciler_applies_one_vs_edits_without_full_dumps(uplink: str) -> None:
+    """Edits through the warm Reconciler leave the kernel exactly as a full run would."""
+    def config(servers: dict[int, str]) -> str:
+        lines = ["version: 1", "servers:"]
+        for server_id, address in servers.items():
+            lines.append(f"  vs{server_id}: {{id: {server_id}, mode: pbr, uplink: eth0, "
+                         f"addresses: [{{address: {address}, gateway: 10.0.0.1}}], "
+                         f"gateway: 10.0.0.1}}")
+        return "\n".join(lines) + "\n"
+
+    servers = {i: f"10.0.0.{10 + i}/24" for i in range(1, 21)}
+    with RtnlSocket() as sock:
+        reconciler = Reconciler(sock)
+        first = reconciler.converge(compile_config(parse_config(config(servers))))
+        assert first.converged and len(first.applied) == 20 * 7
+        servers[7] = "10.0.0.99/24"  # one address moves
+        edits = [("vs7", dict(servers))]
+        del servers[3]  # one VS goes
+        edits.append(("vs3", dict(servers)))
+        servers[40] = "10.0.0.140/24"  # one VS comes
+        edits.append(("vs40", dict(servers)))
+        for edited, state in edits:
+            desired = compile_config(parse_config(config(state)))
+            result = reconciler.converge(desired)
+            assert result.converged, result.failures
+            assert {c.server for c in result.applied} == {edited}
+            assert not plan_for(sock, desired)  # a full look finds nothing left to do

@@ -232,3 +232,25 @@ def test_waiting_server_keeps_its_objects() -> None:
     assert plan.servers["a"].state == "waiting"
     assert plan.servers["a"].reasons == ("uplink eth9 does not exist",)
     assert plan.changes == ()
+
+
+def test_a_server_in_conflict_keeps_even_its_stale_objects() -> None:
+    """An edited-away address of a VS in conflict stays: deleting it would make the kernel
+    drop the VS's routes that use it as ``src`` (a half-built VS)."""
+    old = Config.model_validate({"version": 1, "servers": {"a": {
+        "id": 1, "mode": "pbr", "uplink": "eth0",
+        "addresses": [{"address": "10.0.0.5/24"}, {"address": "10.0.1.5/24"}]}}})
+    new = Config.model_validate({"version": 1, "servers": {"a": {
+        "id": 1, "mode": "pbr", "uplink": "eth0",
+        "addresses": [{"address": "10.0.0.5/24"}, {"address": "10.0.1.9/24"}]}}})
+    observed = kernel_holding(compile_config(old))
+    observed.foreign_addresses["10.0.1.9"] = Address("eth1", "10.0.1.9", 24)
+    plan = plan_changes(compile_config(new), observed)
+    assert plan.servers["a"].state == "conflict"
+    assert plan.changes == ()
+    # without the conflict, the stale address is deleted and attributed to its VS
+    del observed.foreign_addresses["10.0.1.9"]
+    deletes = [c for c in plan_changes(compile_config(new), observed).changes
+               if c.action == "delete"]
+    assert {(c.server, c.obj.describe()) for c in deletes if isinstance(c.obj, Address)} == {
+        ("a", "address 10.0.1.5/24 dev eth0")}

@@ -46,7 +46,7 @@ def apply_plan(
 ) -> ApplyResult:
     result = ApplyResult()
     for device in sorted({c.obj.device for c in plan.changes
-                          if c.action == "delete" and c.obj.kind == "address"
+                          if c.action == "delete" and isinstance(c.obj, address.Address)
                           and c.obj.family == socket.AF_INET}):
         address.protect_secondaries(device)
     requests = []

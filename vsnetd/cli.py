@@ -16,6 +16,7 @@ teardown   0 everything vsnet owned is gone, 1 otherwise
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -187,7 +188,10 @@ def cmd_teardown(args: argparse.Namespace) -> int:
         base = _load(args)
     except ConfigError:
         base = Config(version=1)
-    empty = compile_config(Config(version=1, settings=base.settings))
+    empty = dataclasses.replace(
+        compile_config(Config(version=1, settings=base.settings)),
+        former_names={server.id: name for name, server in base.servers.items()},
+    )
     with RtnlSocket() as sock:
         result = converge(sock, empty)
     _report_converge(result, args)

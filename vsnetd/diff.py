@@ -13,7 +13,7 @@ routes -> rules (a rule only appears once its table is complete).
 from __future__ import annotations
 
 from vsnetd import numbering
-from vsnetd.kinds import KernelObject
+from vsnetd.kinds import Address, KernelObject, Route, Rule
 from vsnetd.state import (
     Change,
     DesiredServer,
@@ -25,46 +25,69 @@ from vsnetd.state import (
     object_key,
 )
 
-CREATE_ORDER = {"address": 0, "route": 1, "rule": 2}
-DELETE_ORDER = {"rule": 0, "route": 1, "address": 2}
+CREATE_ORDER = ("address", "route", "rule")
+DELETE_ORDER = ("rule", "route", "address")
 
 
 def find_conflicts(server: DesiredServer, observed: ObservedState) -> list[str]:
     """Foreign objects standing where this VS wants its own."""
-    reasons: list[str] = []
-    tables = {obj.table for obj in server.objects if obj.kind == "route"}
-    priorities = {(obj.family, obj.priority) for obj in server.objects if obj.kind == "rule"}
-    for obj in server.objects:
-        if obj.kind == "address":
-            foreign = observed.foreign_addresses.get(obj.address)
-            if foreign is not None:
-                reasons.append(
-                    f"address {obj.address} is already on {foreign.device} "
-                    f"(not created by vsnet)"
-                )
-    reasons.extend(
-        f"table {route.table} holds a foreign {route.describe()}"
-        for route in observed.foreign_routes
-        if route.table in tables
-    )
-    reasons.extend(
-        f"priority {rule.priority} is taken by a foreign {rule.describe()}"
-        for rule in observed.foreign_rules
-        if (rule.family, rule.priority) in priorities
-    )
+    reasons = [
+        f"address {obj.address} is already on {foreign.device} (not created by vsnet)"
+        for obj in server.objects
+        if isinstance(obj, Address)
+        and (foreign := observed.foreign_addresses.get(obj.address)) is not None
+    ]
+    if observed.foreign_routes:
+        tables = {obj.table for obj in server.objects if isinstance(obj, Route)}
+        reasons.extend(
+            f"table {route.table} holds a foreign {route.describe()}"
+            for route in observed.foreign_routes
+            if route.table in tables
+        )
+    if observed.foreign_rules:
+        slots = {(obj.family, obj.priority) for obj in server.objects if isinstance(obj, Rule)}
+        reasons.extend(
+            f"priority {rule.priority} is taken by a foreign {rule.describe()}"
+            for rule in observed.foreign_rules
+            if (rule.family, rule.priority) in slots
+        )
     return reasons
 
 
-def _owner(obj: KernelObject, desired: DesiredState, by_id: dict[int, str]) -> str | None:
-    """The VS an owned object belongs to, from its numbers (it may no longer be desired)."""
-    settings = desired.settings
-    if obj.kind == "route":
-        server_id = numbering.server_id_of_table(settings, obj.table)
-    elif obj.kind == "rule":
-        server_id = numbering.server_id_of_priority(settings, obj.priority)
-    else:
-        return None
-    return by_id.get(server_id) if server_id is not None else None
+class _Owners:
+    """Which VS an owned object belongs to, even when no VS wants it any more: routes
+    and rules by their numbers, addresses by the routes that use them as ``src``."""
+
+    def __init__(self, desired: DesiredState, observed: ObservedState) -> None:
+        self.settings = desired.settings
+        self.names = desired.names_by_id()
+        self.by_address = {
+            obj.address: server.name
+            for server in desired.servers.values()
+            for obj in server.objects
+            if isinstance(obj, Address)
+        }
+        self._by_source: dict[str, str] | None = None
+        self._observed = observed
+
+    def __call__(self, obj: KernelObject) -> str | None:
+        if isinstance(obj, Route):
+            server_id = numbering.server_id_of_table(self.settings, obj.table)
+        elif isinstance(obj, Rule):
+            server_id = numbering.server_id_of_priority(self.settings, obj.priority)
+        else:
+            return self.by_address.get(obj.address) or self.by_source().get(obj.address)
+        return self.names.get(server_id) if server_id is not None else None
+
+    def by_source(self) -> dict[str, str]:
+        if self._by_source is None:
+            self._by_source = {}
+            for obj in self._observed.owned.values():
+                if isinstance(obj, Route) and obj.source is not None:
+                    owner = self(obj)
+                    if owner is not None:
+                        self._by_source.setdefault(obj.source, owner)
+        return self._by_source
 
 
 def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
@@ -80,40 +103,37 @@ def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
         if conflicts:
             verdicts[server.name] = ServerVerdict("conflict", tuple(conflicts))
             continue
-        for obj in server.objects:
-            wanted[object_key(obj)] = (obj, server.name)
+        name = server.name
+        for key, obj in server.keyed.items():
+            wanted[key] = (obj, name)
     held = set(verdicts)  # VS whose objects stay exactly as they are
 
-    by_id = desired.server_by_id()
-    address_owner = {
-        obj.address: server.name
-        for server in desired.servers.values()
-        for obj in server.objects
-        if obj.kind == "address"
-    }
-    deletes: list[Change] = []
+    owner_of = _Owners(desired, observed)
+    deletes: dict[str, list[Change]] = {kind: [] for kind in DELETE_ORDER}
     for key, obj in observed.owned.items():
         if key in wanted:
             continue
-        owner = address_owner.get(obj.address) if obj.kind == "address" else (
-            _owner(obj, desired, by_id)
-        )
-        if owner in held:
-            continue
-        deletes.append(Change("delete", obj, owner))
+        owner = owner_of(obj)
+        if owner not in held:
+            deletes[key[0]].append(Change("delete", obj, owner))
 
-    creates: list[Change] = []
+    # Creates come out in (kind, VS, config) order by construction: no sort needed.
+    creates: dict[str, list[Change]] = {kind: [] for kind in CREATE_ORDER}
+    owned = observed.owned
     for key, (obj, name) in wanted.items():
-        have = observed.owned.get(key)
+        have = owned.get(key)
         if have is None:
-            creates.append(Change("add", obj, name))
+            creates[key[0]].append(Change("add", obj, name))
         elif have != obj:
-            creates.append(Change("replace", obj, name))
+            creates[key[0]].append(Change("replace", obj, name))
 
-    deletes.sort(key=lambda c: (DELETE_ORDER[c.obj.kind], c.server or "", object_key(c.obj)))
-    creates.sort(key=lambda c: (CREATE_ORDER[c.obj.kind], c.server or "", object_key(c.obj)))
-    pending = {c.server for c in deletes} | {c.server for c in creates}
+    changes: list[Change] = []
+    for kind in DELETE_ORDER:
+        changes.extend(sorted(deletes[kind], key=lambda c: (c.server or "", object_key(c.obj))))
+    for kind in CREATE_ORDER:
+        changes.extend(creates[kind])
+    pending = {c.server for c in changes}
     for name in desired.servers:
         if name not in verdicts:
             verdicts[name] = ServerVerdict("pending" if name in pending else "in-sync")
-    return Plan(changes=tuple(deletes + creates), servers=verdicts)
+    return Plan(changes=tuple(changes), servers=verdicts)

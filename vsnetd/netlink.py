@@ -16,8 +16,9 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 # netlink message types and flags (linux/netlink.h, linux/rtnetlink.h)
 NLMSG_ERROR = 2
@@ -63,15 +64,19 @@ def attr(kind: int, payload: bytes) -> bytes:
     return ATTR.pack(length, kind) + payload + b"\0" * (-length & 3)
 
 
+_ATTR_U32 = struct.Struct("=HHI")
+_ATTR_U8 = struct.Struct("=HHBxxx")
+
+
 def attr_u32(kind: int, value: int) -> bytes:
-    return attr(kind, U32.pack(value))
+    return _ATTR_U32.pack(8, kind, value)
 
 
 def attr_u8(kind: int, value: int) -> bytes:
-    return attr(kind, U8.pack(value))
+    return _ATTR_U8.pack(5, kind, value)
 
 
-def parse_attrs(data: bytes | memoryview, offset: int, end: int) -> dict[int, bytes]:
+def parse_attrs(data: bytes | bytearray, offset: int, end: int) -> dict[int, bytes]:
     """Attributes of one message as {type: payload}; nested ones are left packed."""
     attrs: dict[int, bytes] = {}
     unpack = ATTR.unpack_from
@@ -84,13 +89,9 @@ def parse_attrs(data: bytes | memoryview, offset: int, end: int) -> dict[int, by
     return attrs
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One received netlink message: its type, flags and body (after the header)."""
-
-    kind: int
-    flags: int
-    body: bytes
+T = TypeVar("T")
+# Decodes one message body from the receive buffer: (buffer, body start, body end).
+Decoder = Callable[[bytearray, int, int], T | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,13 +153,13 @@ class RtnlSocket:
         self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
         return self._seq
 
-    def _receive(self) -> Iterator[tuple[int, int, int, memoryview, int, int]]:
+    def _receive(self) -> Iterator[tuple[int, int, int, bytearray, int, int]]:
         """Yield (type, flags, seq, buffer, body_start, body_end) for one recv().
 
         The buffer is reused by the next call: copy out what must outlive it.
         """
         received = self._sock.recv_into(self._buffer)
-        data = memoryview(self._buffer)[:received]
+        data = self._buffer
         offset = 0
         while offset + NLMSGHDR.size <= received:
             length, kind, flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
@@ -169,23 +170,24 @@ class RtnlSocket:
 
     # ------------------------------------------------------------------ dumps
 
-    def dump(self, kind: int, header: bytes, attrs: bytes = b"") -> list[Message]:
-        """A dump request; retried while the kernel reports it was interrupted."""
+    def dump(self, kind: int, header: bytes, decode: Decoder[T], attrs: bytes = b"") -> list[T]:
+        """A dump request, each message passed to ``decode`` straight from the receive
+        buffer (no copy); what it returns, None excepted, is collected. Retried while the
+        kernel reports the dump was interrupted by a change."""
         for _attempt in range(10):
             try:
-                return self._dump_once(kind, header, attrs)
+                return self._dump_once(kind, header + attrs, decode)
             except DumpInterrupted:
                 continue
         raise NetlinkError(errno.EAGAIN, "netlink dump kept being interrupted")
 
-    def _dump_once(self, kind: int, header: bytes, attrs: bytes) -> list[Message]:
+    def _dump_once(self, kind: int, body: bytes, decode: Decoder[T]) -> list[T]:
         seq = self._next_seq()
-        body = header + attrs
         self._sock.send(
             NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
             + body
         )
-        messages: list[Message] = []
+        found: list[T] = []
         interrupted = False
         while True:
             for mtype, flags, mseq, data, start, end in self._receive():
@@ -196,13 +198,15 @@ class RtnlSocket:
                 if mtype == NLMSG_DONE:
                     if interrupted:
                         raise DumpInterrupted
-                    return messages
+                    return found
                 if mtype == NLMSG_ERROR:
                     error = I32.unpack_from(data, start)[0]
                     if error:
                         raise NetlinkError(-error, os.strerror(-error))
                     continue
-                messages.append(Message(mtype, flags, bytes(data[start:end])))
+                item = decode(data, start, end)
+                if item is not None:
+                    found.append(item)
 
     # ------------------------------------------------------------------ batches
 

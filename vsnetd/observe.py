@@ -3,7 +3,7 @@
 What is kept: every object carrying vsnet's protocol (its own, wherever it is), and the
 foreign objects that could collide with vsnet's: all foreign addresses, foreign routes in
 vsnet's table range, foreign rules in its priority range. Everything else is dropped
-while decoding.
+while decoding, straight from the receive buffer.
 """
 
 from __future__ import annotations
@@ -20,34 +20,21 @@ def observe(sock: netlink.RtnlSocket, scope: Scope) -> ObservedState:
     names = {index: name for name, index in state.links.items()}
     protocol = scope.protocol
 
-    for message in address.dump(sock):
-        decoded_address = address.decode(message, names)
-        if decoded_address is None:
-            continue
-        found_address, owner = decoded_address
+    for found_address, owner in address.observe(sock, names):
         if owner == protocol:
             state.add(found_address)
         else:
             state.foreign_addresses[found_address.address] = found_address
 
     for family in (socket.AF_INET, socket.AF_INET6):
-        for message in route.dump(sock, family):
-            decoded_route = route.decode(message, names)
-            if decoded_route is None:
-                continue
-            found_route, owner = decoded_route
-            if owner == protocol:
+        for found_route, owned in route.observe(sock, family, names, protocol, scope.tables):
+            if owned:
                 state.add(found_route)
-            elif found_route.table in scope.tables:
+            else:
                 state.foreign_routes.append(found_route)
-
-        for message in rule.dump(sock, family):
-            decoded_rule = rule.decode(message)
-            if decoded_rule is None:
-                continue
-            found_rule, owner = decoded_rule
-            if owner == protocol:
+        for found_rule, owned in rule.observe(sock, family, protocol, scope.priorities):
+            if owned:
                 state.add(found_rule)
-            elif found_rule.priority in scope.priorities:
+            else:
                 state.foreign_rules.append(found_rule)
     return state

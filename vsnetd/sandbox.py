@@ -11,7 +11,6 @@ namespace for the length of a ``with`` block: one per test.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import subprocess
@@ -22,12 +21,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from vsnetd.state import VSNET_PROTOCOL
+from vsnetd.syscalls import CLONE_NEWNET, setns, unshare
 
 MARKER = "VSNET_SANDBOX"
-CLONE_NEWNET = 0x40000000
 PROTOCOL_NAMES = f"{VSNET_PROTOCOL} vsnet\n"
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def inside() -> bool:
@@ -65,12 +62,6 @@ def _prepare() -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 
 
-def _check(result: int) -> None:
-    if result != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error))
-
-
 @contextmanager
 def fresh_netns() -> Iterator[None]:
     """Move the calling thread into a new, empty network namespace; back afterwards.
@@ -81,12 +72,12 @@ def fresh_netns() -> Iterator[None]:
     if not inside():
         raise RuntimeError("fresh_netns() is only for use inside a sandbox")
     with open("/proc/thread-self/ns/net") as previous:
-        _check(_libc.unshare(CLONE_NEWNET))
+        unshare(CLONE_NEWNET)
         try:
             subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
             yield
         finally:
-            _check(_libc.setns(previous.fileno(), CLONE_NEWNET))
+            setns(previous.fileno(), CLONE_NEWNET)
 
 
 def sh(*argv: str, netns: str | None = None, check: bool = True) -> str:

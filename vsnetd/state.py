@@ -44,6 +44,11 @@ class DesiredServer:
     numbers: ServerNumbers
     addresses: tuple[str, ...]
     objects: tuple[KernelObject, ...]
+    keyed: dict[ObjectKey, KernelObject] = field(default_factory=dict)  # objects by identity
+
+    def __post_init__(self) -> None:
+        if not self.keyed:
+            self.keyed.update((object_key(obj), obj) for obj in self.objects)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +56,12 @@ class DesiredState:
     settings: Settings
     scope: Scope
     servers: dict[str, DesiredServer]
+    # Names of VS ids that are not desired but whose leftovers may still be in the kernel
+    # (a teardown knows the config it tears down): deletes are attributed to them.
+    former_names: dict[int, str] = field(default_factory=dict)
 
-    def server_by_id(self) -> dict[int, str]:
-        return {server.id: server.name for server in self.servers.values()}
+    def names_by_id(self) -> dict[int, str]:
+        return self.former_names | {server.id: server.name for server in self.servers.values()}
 
 
 @dataclass(slots=True)

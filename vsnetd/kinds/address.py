@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal, NamedTuple
 
 from vsnetd import netlink
 from vsnetd.kinds import _ip
@@ -24,13 +23,14 @@ IFA_F_NODAD = 0x02
 AddressKey = tuple[str, str, int]
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Address:
+class Address(NamedTuple):
     device: str
     address: str
     prefixlen: int
 
-    kind: ClassVar[Literal["address"]] = "address"
+    @property
+    def kind(self) -> Literal["address"]:
+        return "address"
 
     @property
     def family(self) -> int:
@@ -44,7 +44,7 @@ class Address:
         return f"address {self.address}/{self.prefixlen} dev {self.device}"
 
     def as_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "device": self.device, "address": self.address,
+        return {"kind": "address", "device": self.device, "address": self.address,
                 "prefixlen": self.prefixlen}
 
 
@@ -80,19 +80,32 @@ def protect_secondaries(device: str) -> bool:
     return True
 
 
-def dump(sock: netlink.RtnlSocket) -> list[netlink.Message]:
-    return sock.dump(netlink.RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+def observe(sock: netlink.RtnlSocket, names: dict[int, str]) -> list[tuple[Address, int]]:
+    """Every IPv4/IPv6 address as (address, IFA_PROTO)."""
+    unpack_attr = netlink.ATTR.unpack_from
 
+    def decode(data: bytearray, start: int, end: int) -> tuple[Address, int] | None:
+        family, prefixlen, _flags, _scope, index = IFADDRMSG.unpack_from(data, start)
+        if family != socket.AF_INET and family != socket.AF_INET6:
+            return None
+        local = address = None
+        protocol = 0
+        pos = start + IFADDRMSG.size
+        while pos + 4 <= end:
+            length, kind = unpack_attr(data, pos)
+            if length < 4:
+                break
+            if kind == IFA_LOCAL:
+                local = data[pos + 4 : pos + length]
+            elif kind == IFA_ADDRESS:
+                address = data[pos + 4 : pos + length]
+            elif kind == IFA_PROTO:
+                protocol = data[pos + 4]
+            pos += (length + 3) & ~3
+        raw = local or address
+        if raw is None:
+            return None
+        device = names.get(index) or f"if{index}"
+        return Address(device, _ip.unpack(family, raw), prefixlen), protocol
 
-def decode(message: netlink.Message, names: dict[int, str]) -> tuple[Address, int] | None:
-    """(address, IFA_PROTO) of one RTM_NEWADDR, or None for what vsnet never manages."""
-    family, prefixlen, _flags, _scope, index = IFADDRMSG.unpack_from(message.body)
-    if family not in (socket.AF_INET, socket.AF_INET6):
-        return None
-    attrs = netlink.parse_attrs(message.body, IFADDRMSG.size, len(message.body))
-    raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
-    if raw is None:
-        return None
-    protocol = attrs[IFA_PROTO][0] if IFA_PROTO in attrs else 0
-    device = names.get(index, f"if{index}")
-    return Address(device, _ip.unpack(family, raw), prefixlen), protocol
+    return sock.dump(netlink.RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), decode)

@@ -12,11 +12,10 @@ IFLA_IFNAME = 3
 
 def observe_links(sock: netlink.RtnlSocket) -> dict[str, int]:
     """Device name -> ifindex for the namespace of ``sock``."""
-    links: dict[str, int] = {}
-    for message in sock.dump(netlink.RTM_GETLINK, IFINFOMSG.pack(0, 0, 0, 0, 0)):
-        _family, _type, index, _flags, _change = IFINFOMSG.unpack_from(message.body)
-        attrs = netlink.parse_attrs(message.body, IFINFOMSG.size, len(message.body))
-        name = attrs.get(IFLA_IFNAME)
-        if name:
-            links[name.rstrip(b"\0").decode()] = index
-    return links
+
+    def decode(data: bytearray, start: int, end: int) -> tuple[str, int] | None:
+        index = IFINFOMSG.unpack_from(data, start)[2]
+        name = netlink.parse_attrs(data, start + IFINFOMSG.size, end).get(IFLA_IFNAME)
+        return (name.rstrip(b"\0").decode(), index) if name else None
+
+    return dict(sock.dump(netlink.RTM_GETLINK, IFINFOMSG.pack(0, 0, 0, 0, 0), decode))

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal, NamedTuple
 
 from vsnetd import netlink
 from vsnetd.kinds import _ip
 
-RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type, flags
+# family, dst_len, src_len, tos, table, protocol, scope, type, flags
+RTMSG = struct.Struct("=BBBBBBBBI")
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 6, 7, 15
 RT_TABLE_COMPAT = 252  # the header's 8-bit table field when the real one is in RTA_TABLE
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
@@ -27,8 +27,7 @@ IPV6_DEFAULT_METRIC = 1024  # what the kernel stores for an IPv6 route added wit
 RouteKey = tuple[int, int, str, int]
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Route:
+class Route(NamedTuple):
     family: int
     table: int
     destination: str  # "10.0.0.0/24"; "0.0.0.0/0" and "::/0" are the defaults
@@ -39,7 +38,9 @@ class Route:
     source: str | None = None
     scope: int = RT_SCOPE_UNIVERSE
 
-    kind: ClassVar[Literal["route"]] = "route"
+    @property
+    def kind(self) -> Literal["route"]:
+        return "route"
 
     @property
     def key(self) -> RouteKey:
@@ -56,13 +57,13 @@ class Route:
         if self.source:
             words.append(f"src {self.source}")
         words.append(f"table {self.table}")
-        if self.metric and not (self.family == socket.AF_INET6 and self.metric == IPV6_DEFAULT_METRIC):
+        v6 = self.family == socket.AF_INET6
+        if self.metric and not (v6 and self.metric == IPV6_DEFAULT_METRIC):
             words.append(f"metric {self.metric}")
-        prefix = "route -6" if self.family == socket.AF_INET6 else "route"
-        return f"{prefix} {' '.join(words)}"
+        return f"{'route -6' if v6 else 'route'} {' '.join(words)}"
 
     def as_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "family": 6 if self.family == socket.AF_INET6 else 4,
+        return {"kind": "route", "family": 6 if self.family == socket.AF_INET6 else 4,
                 "table": self.table, "destination": self.destination, "metric": self.metric,
                 "type": self.type, "device": self.device, "gateway": self.gateway,
                 "source": self.source}
@@ -90,41 +91,51 @@ def request(action: str, obj: Route, protocol: int, links: dict[str, int]) -> tu
     return netlink.RTM_NEWROUTE, netlink.NLM_F_CREATE | mode, body
 
 
-def dump(sock: netlink.RtnlSocket, family: int) -> list[netlink.Message]:
-    # Every table: a foreign route inside one of vsnet's tables must be seen to be
-    # reported. The host's own tables are small next to vsnet's.
-    return sock.dump(netlink.RTM_GETROUTE, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
+def observe(
+    sock: netlink.RtnlSocket, family: int, names: dict[int, str], protocol: int, tables: range
+) -> list[tuple[Route, bool]]:
+    """Routes of ``family`` as (route, owned): those carrying ``protocol`` (vsnet's own),
+    and foreign ones in ``tables`` (they could collide). Every table is dumped: the
+    host's own tables are small next to vsnet's, and foreign routes in vsnet's tables
+    must be seen."""
+    unpack_attr = netlink.ATTR.unpack_from
+    unpack_u32 = netlink.U32.unpack_from
+    unpack_ip = _ip.unpack
+    default = "::" if family == socket.AF_INET6 else "0.0.0.0"
 
+    def decode(data: bytearray, start: int, end: int) -> tuple[Route, bool] | None:
+        _f, dst_len, src_len, _tos, table, proto, scope, rtype, _fl = RTMSG.unpack_from(data, start)
+        if src_len or (rtype != RTN_UNICAST and rtype != RTN_UNREACHABLE):
+            return None
+        owned = proto == protocol
+        if not owned and table != RT_TABLE_COMPAT and table not in tables:
+            return None  # a foreign route in a table vsnet never uses (main, local...)
+        dst = gateway = source = None
+        oif = metric = 0
+        pos = start + RTMSG.size
+        while pos + 4 <= end:
+            length, kind = unpack_attr(data, pos)
+            if length < 4:
+                break
+            if kind == RTA_TABLE:
+                table = unpack_u32(data, pos + 4)[0]
+            elif kind == RTA_DST:
+                dst = unpack_ip(family, data[pos + 4 : pos + length])
+            elif kind == RTA_GATEWAY:
+                gateway = unpack_ip(family, data[pos + 4 : pos + length])
+            elif kind == RTA_PREFSRC:
+                source = unpack_ip(family, data[pos + 4 : pos + length])
+            elif kind == RTA_OIF:
+                oif = unpack_u32(data, pos + 4)[0]
+            elif kind == RTA_PRIORITY:
+                metric = unpack_u32(data, pos + 4)[0]
+            pos += (length + 3) & ~3
+        if not owned and table not in tables:
+            return None
+        unicast = rtype == RTN_UNICAST
+        device = (names.get(oif) or f"if{oif}") if unicast and oif else None
+        route = Route(family, table, f"{dst or default}/{dst_len}", metric,
+                      "unicast" if unicast else "unreachable", device, gateway, source, scope)
+        return route, owned
 
-def decode(message: netlink.Message, names: dict[int, str]) -> tuple[Route, int] | None:
-    """(route, protocol) of one RTM_NEWROUTE, or None for kinds vsnet never creates."""
-    body = message.body
-    family, dst_len, src_len, _tos, table, protocol, scope, rtype, _flags = RTMSG.unpack_from(body)
-    if rtype not in ROUTE_TYPES or src_len:
-        return None
-    attrs = netlink.parse_attrs(body, RTMSG.size, len(body))
-    if RTA_TABLE in attrs:
-        table = netlink.U32.unpack(attrs[RTA_TABLE])[0]
-    raw_dst = attrs.get(RTA_DST)
-    destination = (
-        _ip.unpack(family, raw_dst) if raw_dst else ("::" if family == socket.AF_INET6 else "0.0.0.0")
-    )
-    device = None
-    if rtype == RTN_UNICAST and RTA_OIF in attrs:
-        index = netlink.U32.unpack(attrs[RTA_OIF])[0]
-        device = names.get(index, f"if{index}")
-    gateway = attrs.get(RTA_GATEWAY)
-    source = attrs.get(RTA_PREFSRC)
-    metric = netlink.U32.unpack(attrs[RTA_PRIORITY])[0] if RTA_PRIORITY in attrs else 0
-    route = Route(
-        family=family,
-        table=table,
-        destination=f"{destination}/{dst_len}",
-        metric=metric,
-        type=ROUTE_TYPES[rtype],
-        device=device,
-        gateway=_ip.unpack(family, gateway) if gateway else None,
-        source=_ip.unpack(family, source) if source else None,
-        scope=scope,
-    )
-    return route, protocol
+    return sock.dump(netlink.RTM_GETROUTE, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0), decode)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal, NamedTuple
 
 from vsnetd import netlink
 from vsnetd.kinds import _ip
 
-FIB_RULE_HDR = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, res1, res2, action, flags
+# family, dst_len, src_len, tos, table, res1, res2, action, flags
+FIB_RULE_HDR = struct.Struct("=BBBBBBBBI")
 FRA_SRC, FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK, FRA_PROTOCOL = 2, 6, 10, 15, 16, 21
 FR_ACT_TO_TBL = 1
 FULL_MASK = 0xFFFFFFFF
@@ -22,8 +22,7 @@ FULL_MASK = 0xFFFFFFFF
 RuleKey = tuple[int, int, int, str, int, int]
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Rule:
+class Rule(NamedTuple):
     family: int
     priority: int
     table: int
@@ -31,7 +30,9 @@ class Rule:
     fwmark: int | None = None
     fwmask: int | None = None
 
-    kind: ClassVar[Literal["rule"]] = "rule"
+    @property
+    def kind(self) -> Literal["rule"]:
+        return "rule"
 
     @property
     def key(self) -> RuleKey:
@@ -54,7 +55,7 @@ class Rule:
         return " ".join(words)
 
     def as_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "family": 6 if self.family == socket.AF_INET6 else 4,
+        return {"kind": "rule", "family": 6 if self.family == socket.AF_INET6 else 4,
                 "priority": self.priority, "table": self.table, "source": self.source,
                 "fwmark": self.fwmark, "fwmask": self.fwmask}
 
@@ -76,27 +77,42 @@ def request(action: str, obj: Rule, protocol: int, links: dict[str, int]) -> tup
     return netlink.RTM_NEWRULE, netlink.NLM_F_CREATE | netlink.NLM_F_EXCL, header + attrs
 
 
-def dump(sock: netlink.RtnlSocket, family: int) -> list[netlink.Message]:
-    return sock.dump(netlink.RTM_GETRULE, FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
+def observe(
+    sock: netlink.RtnlSocket, family: int, protocol: int, priorities: range
+) -> list[tuple[Rule, bool]]:
+    """``lookup`` rules of ``family`` as (rule, owned): vsnet's own (``protocol``) and
+    foreign ones in ``priorities`` (they could collide)."""
+    unpack_attr = netlink.ATTR.unpack_from
+    unpack_u32 = netlink.U32.unpack_from
 
+    def decode(data: bytearray, start: int, end: int) -> tuple[Rule, bool] | None:
+        _f, _dl, src_len, _tos, table, _r1, _r2, action, _fl = FIB_RULE_HDR.unpack_from(data, start)
+        if action != FR_ACT_TO_TBL:
+            return None
+        source = fwmark = fwmask = None
+        priority = proto = 0
+        pos = start + FIB_RULE_HDR.size
+        while pos + 4 <= end:
+            length, kind = unpack_attr(data, pos)
+            if length < 4:
+                break
+            if kind == FRA_PRIORITY:
+                priority = unpack_u32(data, pos + 4)[0]
+            elif kind == FRA_TABLE:
+                table = unpack_u32(data, pos + 4)[0]
+            elif kind == FRA_SRC:
+                source = f"{_ip.unpack(family, data[pos + 4 : pos + length])}/{src_len}"
+            elif kind == FRA_FWMARK:
+                fwmark = unpack_u32(data, pos + 4)[0]
+            elif kind == FRA_FWMASK:
+                fwmask = unpack_u32(data, pos + 4)[0]
+            elif kind == FRA_PROTOCOL:
+                proto = data[pos + 4]
+            pos += (length + 3) & ~3
+        owned = proto == protocol
+        if not owned and priority not in priorities:
+            return None
+        return Rule(family, priority, table, source, fwmark, fwmask), owned
 
-def decode(message: netlink.Message) -> tuple[Rule, int] | None:
-    """(rule, protocol) of one RTM_NEWRULE; None for actions other than ``lookup``."""
-    body = message.body
-    family, _dst_len, src_len, _tos, table, _r1, _r2, action, _flags = FIB_RULE_HDR.unpack_from(body)
-    if action != FR_ACT_TO_TBL:
-        return None
-    attrs = netlink.parse_attrs(body, FIB_RULE_HDR.size, len(body))
-    if FRA_TABLE in attrs:
-        table = netlink.U32.unpack(attrs[FRA_TABLE])[0]
-    raw_src = attrs.get(FRA_SRC)
-    rule = Rule(
-        family=family,
-        priority=netlink.U32.unpack(attrs[FRA_PRIORITY])[0] if FRA_PRIORITY in attrs else 0,
-        table=table,
-        source=f"{_ip.unpack(family, raw_src)}/{src_len}" if raw_src else None,
-        fwmark=netlink.U32.unpack(attrs[FRA_FWMARK])[0] if FRA_FWMARK in attrs else None,
-        fwmask=netlink.U32.unpack(attrs[FRA_FWMASK])[0] if FRA_FWMASK in attrs else None,
-    )
-    protocol = attrs[FRA_PROTOCOL][0] if FRA_PROTOCOL in attrs else 0
-    return rule, protocol
+    header = FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+    return sock.dump(netlink.RTM_GETRULE, header, decode)

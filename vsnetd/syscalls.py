@@ -1,0 +1,57 @@
+"""The few Linux system calls Python 3.11's ``os`` lacks: unshare, setns, mount, umount2."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+CLONE_NEWNET = 0x40000000
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_SHARED = 1 << 20
+MNT_DETACH = 0x2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"{what}: {os.strerror(error)}")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(fd, nstype), "setns")
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int) -> None:
+    _check(
+        _libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
+                    ctypes.c_ulong(flags), None),
+        f"mount {target}",
+    )
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+
+
+@contextmanager
+def entered_netns(fd: int) -> Iterator[None]:
+    """Run a block with the calling thread in the network namespace ``fd`` refers to.
+
+    Only this thread moves (the rest of the process stays where it is); sockets opened
+    inside the block belong to that namespace for good.
+    """
+    with open("/proc/thread-self/ns/net") as home:
+        setns(fd, CLONE_NEWNET)
+        try:
+            yield
+        finally:
+            setns(home.fileno(), CLONE_NEWNET)
