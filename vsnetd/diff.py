@@ -7,7 +7,8 @@ collide with a foreign one makes its VS a *conflict* and that VS gets no changes
 
 Order: deletes first, rules -> routes -> addresses (a rule never points at a table being
 emptied, a route never outlives its ``src`` address); then adds and replaces, addresses ->
-routes -> rules (a rule only appears once its table is complete).
+routes -> rules (a rule only appears once its table is complete). Within a kind, deletes
+keep the kernel's order and creates the config's: plans are deterministic without sorting.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from vsnetd.state import (
     ObservedState,
     Plan,
     ServerVerdict,
-    object_key,
 )
 
 CREATE_ORDER = ("address", "route", "rule")
@@ -127,9 +127,12 @@ def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
         elif have != obj:
             creates[key[0]].append(Change("replace", obj, name))
 
+    # Addresses go newest first, as the kernel lists them reversed: secondaries before
+    # their primary, so no deletion makes the kernel promote (and re-route) another one.
+    deletes["address"].reverse()
     changes: list[Change] = []
     for kind in DELETE_ORDER:
-        changes.extend(sorted(deletes[kind], key=lambda c: (c.server or "", object_key(c.obj))))
+        changes.extend(deletes[kind])
     for kind in CREATE_ORDER:
         changes.extend(creates[kind])
     pending = {c.server for c in changes}

@@ -196,9 +196,13 @@ class Reconciler:
 
 def changed_servers(previous: DesiredState, desired: DesiredState) -> set[str]:
     """VS added, removed, or whose desired objects differ."""
-    names = previous.servers.keys() | desired.servers.keys()
-    return {name for name in names
-            if previous.servers.get(name) != desired.servers.get(name)}
+    changed = previous.servers.keys() ^ desired.servers.keys()
+    for name, server in desired.servers.items():
+        before = previous.servers.get(name)
+        # the objects say everything the kernel holds for a VS (numbers, uplink included)
+        if before is not None and (before.objects != server.objects or before.mode != server.mode):
+            changed.add(name)
+    return changed
 
 
 def _each(previous: DesiredState, desired: DesiredState, names: set[str]) -> Iterator[DesiredServer]:

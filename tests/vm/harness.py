@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import lzma
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -99,18 +100,20 @@ mount --bind /newroot@MODULES_DIR@ /newroot/lib/modules/@VERSION@
 
 mkdir /newroot/run/vsnet-vm
 cp /stage2 /newroot/run/vsnet-vm/stage2
-script=
+run=
 for arg in $(cat /newroot/proc/cmdline); do
-    case "$arg" in vsnet.run=*) script="${arg#vsnet.run=}" ;; esac
+    case "$arg" in vsnet.run=*) run="${arg#vsnet.run=}" ;; esac
 done
-[ -n "$script" ] || fail "no vsnet.run= on the kernel command line"
-exec switch_root /newroot /bin/bash /run/vsnet-vm/stage2 "$script"
+[ -n "$run" ] || fail "no vsnet.run= on the kernel command line"
+exec switch_root /newroot /bin/bash /run/vsnet-vm/stage2 "$run"
 """
 
 # PID 1 after switch_root: the host's userland on the VM's kernel.
 STAGE2 = r"""# vsnet VM, stage 2: run the script, report its exit status, power off.
+# $1 is the run directory (on the host, seen through the overlay): script.sh, env.sh.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 TERM=dumb
+. "$1/env.sh"
 echo vsnet-vm >/proc/sys/kernel/hostname
 mkdir -p /run/netns /run/lock
 ip link set lo up
@@ -118,7 +121,7 @@ ip link set lo up
 # ttyS1 carries only the script's output: raw, so "\n" is not turned into "\r\n".
 out=/dev/ttyS1
 stty -F "$out" raw -echo
-(cd /work/main && exec bash "$1") </dev/null >"$out" 2>&1
+(cd /work/main && exec bash "$1/script.sh") </dev/null >"$out" 2>&1
 status=$?
 echo "@MARKER@$status" >"$out"
 echo "@MARKER@$status"
@@ -308,11 +311,11 @@ def ensure_image() -> Image:
                  initramfs=initramfs, modules=modules)
 
 
-def qemu_command(image: Image, script: Path, console: Path, output: Path) -> list[str]:
-    """The qemu command line booting `image` to run `script` (a host path)."""
-    if any(c.isspace() for c in str(script)):
-        raise ValueError(f"the script path goes on the kernel command line: {script!r}")
-    cmdline = f"console=ttyS0 panic=-1 vsnet.run={script}"
+def qemu_command(image: Image, run_dir: Path) -> list[str]:
+    """The qemu command line booting `image` to run ``run_dir/script.sh`` (host paths)."""
+    if any(c.isspace() for c in str(run_dir)):
+        raise ValueError(f"the run directory goes on the kernel command line: {run_dir!r}")
+    cmdline = f"console=ttyS0 panic=-1 vsnet.run={run_dir}"
     return [
         "qemu-system-x86_64",
         "-accel", "tcg",  # KVM hangs on this machine
@@ -321,9 +324,18 @@ def qemu_command(image: Image, script: Path, console: Path, output: Path) -> lis
         "-net", "none",  # no network devices: the VM cannot reach anything
         "-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", cmdline,
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        "-serial", f"file:{console}",  # ttyS0: kernel console
-        "-serial", f"file:{output}",  # ttyS1: the script's output and exit status
+        "-serial", f"file:{run_dir / 'console.log'}",  # ttyS0: the kernel's console
+        "-serial", f"file:{run_dir / 'output.log'}",  # ttyS1: the script's output, exit status
     ]
+
+
+def _vm_path() -> str:
+    """PATH inside the VM: the interpreter behind this one first, so `python3` there is
+    the project's Python (not Debian's); not the caller's PATH, as pyenv's shims cost ~5 s
+    per call under emulation."""
+    interpreter = Path(sys.base_prefix) / "bin"
+    return ":".join([str(interpreter), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin",
+                     "/sbin", "/bin"])
 
 
 def _text(stream: str | bytes | None) -> str:
@@ -344,30 +356,30 @@ def run_in_vm(script: str, timeout: float = 180) -> VmResult:
     image = ensure_image()
     runs = CACHE / "runs"
     runs.mkdir(parents=True, exist_ok=True)
+    # The host's / is visible in the VM, so the run directory is how the script gets in.
     with tempfile.TemporaryDirectory(dir=runs, prefix="run-") as run_name:
         run_dir = Path(run_name)
-        script_file, console, output = run_dir / "script.sh", run_dir / "console.log", run_dir / "output.log"
-        script_file.write_text(script)
-        command = qemu_command(image, script_file, console, output)
+        (run_dir / "script.sh").write_text(script)
+        (run_dir / "env.sh").write_text(f"export PATH={shlex.quote(_vm_path())}\n")
         timed_out = False
         try:
-            qemu = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
-                                  text=True, timeout=timeout)
+            qemu = subprocess.run(qemu_command(image, run_dir), stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, timeout=timeout)
             ending = f"qemu exited with status {qemu.returncode}"
             qemu_messages = qemu.stdout + qemu.stderr
         except subprocess.TimeoutExpired as expired:  # subprocess.run has killed qemu
             timed_out = True
             ending = f"timed out after {timeout:g} s, qemu killed"
             qemu_messages = _text(expired.stdout) + _text(expired.stderr)
-        text = _read(output)
-        console_log = _read(console)
+        output = _read(run_dir / "output.log")
+        console = _read(run_dir / "console.log")
 
-    head, marker, tail = text.rpartition(EXIT_MARKER)
+    head, marker, tail = output.rpartition(EXIT_MARKER)
     if marker and tail.strip().isdigit():  # the script finished, even if power-off did not
         return VmResult(returncode=int(tail), output=head, timed_out=timed_out)
     report = (f"[vsnet vm] no exit status from the VM ({ending})\n"
-              f"--- console ---\n{console_log}\n"
-              f"--- script output ---\n{text}\n"
+              f"--- console ---\n{console}\n"
+              f"--- script output ---\n{output}\n"
               + (f"--- qemu ---\n{qemu_messages}\n" if qemu_messages else ""))
     return VmResult(returncode=-1, output=report, timed_out=timed_out)
 
