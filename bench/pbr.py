@@ -40,7 +40,7 @@ from vsnetd import sandbox
 from vsnetd.compile import compile_config
 from vsnetd.config import Config, Settings, parse_config
 from vsnetd.diff import plan_changes
-from vsnetd.netlink import RtnlSocket
+from vsnetd.kernel import Kernel
 from vsnetd.numbering import MAIN_RULE_PRIORITY
 from vsnetd.observe import observe
 from vsnetd.reconcile import Reconciler, converge, gc_paused, plan_for
@@ -246,7 +246,7 @@ def add_uplink() -> None:
 
 
 @contextmanager
-def uplinked_netns() -> Iterator[RtnlSocket]:
+def uplinked_netns() -> Iterator[Kernel]:
     """A fresh namespace with the uplink and an open vsnet socket; emptied afterwards.
 
     The namespace is emptied (untimed) before it is left, so the kernel's asynchronous
@@ -254,7 +254,7 @@ def uplinked_netns() -> Iterator[RtnlSocket]:
     """
     with sandbox.fresh_netns():
         add_uplink()
-        with RtnlSocket() as sock:
+        with Kernel() as sock:
             try:
                 yield sock
             finally:
@@ -262,7 +262,7 @@ def uplinked_netns() -> Iterator[RtnlSocket]:
                 sandbox.ip("link", "del", UPLINK)
 
 
-def mismatch(sock: RtnlSocket, desired: DesiredState) -> str:
+def mismatch(sock: Kernel, desired: DesiredState) -> str:
     """How the kernel differs from what vsnet wants ("" when it holds exactly that).
 
     Addresses the floor added are foreign to vsnet (no IFA_PROTO tag): they count as

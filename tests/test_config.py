@@ -156,7 +156,6 @@ def test_semantic_checks() -> None:
         "servers.yaml:10:9: servers.b.id: id 1 is already used by bad name",
         "servers.yaml:10:9: servers.b.id: route tables 246-261 include the kernel's "
         "reserved table(s) 253, 254, 255 (settings.table_base)",
-        "servers.yaml:11:11: servers.b.mode: mode netns is not supported by this version yet",
         "servers.yaml:14:25: servers.b.gateway[1]: more than one IPv4 gateway",
         "servers.yaml:14:35: servers.b.gateway[2]: 2001:db9::1 is not inside any subnet of b",
         "servers.yaml:15:40: servers.b.routes[0].via: 2001:db8::1 is not of the family of "
@@ -228,3 +227,61 @@ def test_validate_cli_exit_codes(tmp_path: Path) -> None:
     refused = subprocess.run([*cli, str(bad)], capture_output=True, text=True)
     assert refused.returncode == 1
     assert refused.stderr == f"{bad}:1:10: version: 2: Input should be 1\n"
+
+
+def test_netns_mode_checks() -> None:
+    errors = errors_of("""\
+        version: 1
+        servers:
+          a:
+            id: 1
+            mode: pbr
+            uplink: eth0
+            namespace: vs-a
+            addresses: [{address: 10.1.1.5/24}]
+          b:
+            id: 2
+            mode: netns
+            uplink: eth0
+            link: vlan
+            addresses: [{address: 10.1.1.5/24}]
+            sysctl: {net.ipv4.ip_forward: 1}
+            namespace: shared
+          c:
+            id: 3
+            mode: netns
+            uplink: eth0
+            link: macvlan
+            vlan: 7
+            namespace: shared
+            sysctl: {net.ipv4.ip_forward: 0}
+            addresses: [{address: 10.1.1.5/24}]
+          d:
+            id: 4
+            mode: netns
+            uplink: eth1
+            link: move
+            addresses: [{address: 10.1.1.5/24}]
+          e: {id: 5, mode: pbr, uplink: eth1, addresses: [{address: 10.2.1.5/24}]}
+        """)
+    assert errors == [
+        "servers.yaml:7:16: servers.a.namespace: namespace is for mode netns only",
+        "servers.yaml:13:11: servers.b.link: link vlan needs a vlan id",
+        "servers.yaml:22:11: servers.c.vlan: vlan is for link vlan, not macvlan",
+        "servers.yaml:24:35: servers.c.sysctl.net.ipv4.ip_forward: b shares namespace shared "
+        "and sets net.ipv4.ip_forward to 1",
+        "servers.yaml:25:27: servers.c.addresses[0].address: 10.1.1.5 is already an address of b",
+        "servers.yaml:32:33: servers.e.uplink: uplink eth1 is handed whole to d (link: move)",
+    ]
+
+
+def test_overlapping_plans_in_separate_namespaces_are_fine() -> None:
+    config = parse_config(textwrap.dedent("""\
+        version: 1
+        servers:
+          a: {id: 1, mode: netns, uplink: eth0, vlan: 100, addresses: [{address: 10.1.1.5/24}]}
+          b: {id: 2, mode: netns, uplink: eth0, vlan: 200, addresses: [{address: 10.1.1.5/24}],
+              dns: {servers: [10.1.1.53], search: [corp.example]}}
+        """))
+    assert config.servers["a"].namespace_name("a") == "vs-a"
+    assert config.servers["b"].link_type() == "vlan"

@@ -18,7 +18,7 @@ from tests import lab
 from tests.test_config import ISSUE_EXAMPLE
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
-from vsnetd.netlink import RtnlSocket
+from vsnetd.kernel import Kernel
 from vsnetd.observe import observe
 from vsnetd.reconcile import Reconciler, plan_for
 from vsnetd.sandbox import ip, ip_json
@@ -132,7 +132,7 @@ def test_observe_agrees_with_pyroute2(uplink: str, config_file: Path) -> None:
     """Cross-check vsnet's struct decoder against pyroute2's on the same kernel state."""
     apply_ok(config_file)
     config = parse_config(config_file.read_text())
-    with RtnlSocket() as sock:
+    with Kernel() as sock:
         observed = observe(sock, compile_config(config).scope)
     ours = {(o.family, o.table, o.destination, o.gateway, o.source)
             for o in observed.owned.values() if o.kind == "route"}
@@ -389,7 +389,7 @@ def test_reconciler_applies_one_vs_edits_without_full_dumps(uplink: str) -> None
         return "\n".join(lines) + "\n"
 
     servers = {i: f"10.0.0.{10 + i}/24" for i in range(1, 21)}
-    with RtnlSocket() as sock:
+    with Kernel() as sock:
         reconciler = Reconciler(sock)
         first = reconciler.converge(compile_config(parse_config(config(servers))))
         assert first.converged and len(first.applied) == 20 * 7

@@ -77,7 +77,7 @@ def simulate(observed: ObservedState, plan: Plan) -> ObservedState:
 
 
 def kernel_holding(desired: DesiredState) -> ObservedState:
-    observed = ObservedState(links=dict(UPLINKS))
+    observed = ObservedState(links={"": dict(UPLINKS)})
     for server in desired.servers.values():
         for obj in server.objects:
             observed.add(obj)
@@ -104,7 +104,7 @@ def test_one_plan_converges_from_any_owned_state(before: Config, after: Config) 
 @given(config=configs())
 @settings(max_examples=100, deadline=None)
 def test_plan_order_is_creates_after_deletes_in_dependency_order(config: Config) -> None:
-    empty = ObservedState(links=dict(UPLINKS))
+    empty = ObservedState(links={"": dict(UPLINKS)})
     plan = plan_changes(compile_config(config), empty)
     kinds = [c.obj.kind for c in plan.changes]
     assert kinds == sorted(kinds, key=["address", "route", "rule"].index)
@@ -131,10 +131,10 @@ foreign_objects = st.one_of(
 def test_foreign_objects_never_appear_and_block_only_their_server(
     config: Config, foreign: list[Address | Route | Rule]
 ) -> None:
-    observed = ObservedState(links=dict(UPLINKS) | {"mgmt0": 4})
+    observed = ObservedState(links={"": dict(UPLINKS) | {"mgmt0": 4}})
     for obj in foreign:
         if isinstance(obj, Address):
-            observed.foreign_addresses[obj.address] = obj
+            observed.foreign_addresses[("", obj.address)] = obj
         elif isinstance(obj, Route):
             observed.foreign_routes.append(obj)
         else:
@@ -244,12 +244,12 @@ def test_a_server_in_conflict_keeps_even_its_stale_objects() -> None:
         "id": 1, "mode": "pbr", "uplink": "eth0",
         "addresses": [{"address": "10.0.0.5/24"}, {"address": "10.0.1.9/24"}]}}})
     observed = kernel_holding(compile_config(old))
-    observed.foreign_addresses["10.0.1.9"] = Address("eth1", "10.0.1.9", 24)
+    observed.foreign_addresses[("", "10.0.1.9")] = Address("eth1", "10.0.1.9", 24)
     plan = plan_changes(compile_config(new), observed)
     assert plan.servers["a"].state == "conflict"
     assert plan.changes == ()
     # without the conflict, the stale address is deleted and attributed to its VS
-    del observed.foreign_addresses["10.0.1.9"]
+    del observed.foreign_addresses[("", "10.0.1.9")]
     deletes = [c for c in plan_changes(compile_config(new), observed).changes
                if c.action == "delete"]
     assert {(c.server, c.obj.describe()) for c in deletes if isinstance(c.obj, Address)} == {

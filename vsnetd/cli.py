@@ -26,7 +26,7 @@ from typing import Any
 
 from vsnetd.compile import compile_config
 from vsnetd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, json_schema, load_config
-from vsnetd.netlink import RtnlSocket
+from vsnetd.kernel import Kernel
 from vsnetd.reconcile import ConvergeResult, converge, plan_for
 from vsnetd.state import DesiredState, Plan, ServerVerdict
 
@@ -123,8 +123,8 @@ def _render_verdicts(verdicts: dict[str, ServerVerdict]) -> str:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     desired = compile_config(_load(args))
-    with RtnlSocket() as sock:
-        plan = plan_for(sock, desired)
+    with Kernel() as kernel:
+        plan = plan_for(kernel, desired)
     in_sync = all(v.state == "in-sync" for v in plan.servers.values()) and not plan
     if args.json:
         _print_json({"in_sync": in_sync, **plan.as_json()})
@@ -158,16 +158,16 @@ def _report_converge(result: ConvergeResult, args: argparse.Namespace) -> None:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     desired = compile_config(_load(args))
-    with RtnlSocket() as sock:
-        result = converge(sock, desired)
+    with Kernel() as kernel:
+        result = converge(kernel, desired)
     _report_converge(result, args)
     return EXIT_OK if result.converged else EXIT_ERROR
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     desired = compile_config(_load(args))
-    with RtnlSocket() as sock:
-        plan = plan_for(sock, desired)
+    with Kernel() as kernel:
+        plan = plan_for(kernel, desired)
     report = server_status(desired, plan.servers, plan)
     if args.json:
         _print_json({"config": str(args.config), "servers": report})
@@ -193,8 +193,8 @@ def cmd_teardown(args: argparse.Namespace) -> int:
         compile_config(Config(version=1, settings=base.settings)),
         former_names={server.id: name for name, server in base.servers.items()},
     )
-    with RtnlSocket() as sock:
-        result = converge(sock, empty)
+    with Kernel() as kernel:
+        result = converge(kernel, empty)
     _report_converge(result, args)
     return EXIT_OK if result.converged else EXIT_ERROR
 

@@ -19,9 +19,25 @@ from collections.abc import Iterable
 
 from vsnetd import numbering
 from vsnetd.config import Config, IpAddress, IpInterface, ServerConfig, Settings
-from vsnetd.kinds import Address, KernelObject, Route, Rule
+from vsnetd.kinds import (
+    Address,
+    KernelObject,
+    Link,
+    Namespace,
+    ResolverFile,
+    Route,
+    Rule,
+    Sysctl,
+    link,
+    resolver,
+)
 from vsnetd.kinds._ip import normal
-from vsnetd.kinds.route import IPV6_DEFAULT_METRIC, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE
+from vsnetd.kinds.route import (
+    IPV6_DEFAULT_METRIC,
+    RT_SCOPE_LINK,
+    RT_SCOPE_UNIVERSE,
+    RT_TABLE_MAIN,
+)
 from vsnetd.kinds.rule import FULL_MASK
 from vsnetd.state import VSNET_PROTOCOL, DesiredServer, DesiredState, Scope
 
@@ -45,54 +61,75 @@ def _network(interface: IpInterface | ipaddress.IPv4Network | ipaddress.IPv6Netw
 
 
 def _table_routes(
-    family: int, table: int, uplink: str, source: str, subnets: Iterable[IpInterface],
-    gateway: IpAddress | None, server: ServerConfig,
+    family: int, table: int, device: str, source: str | None, subnets: Iterable[IpInterface],
+    gateway: IpAddress | None, server: ServerConfig, netns: str = "",
 ) -> list[Route]:
-    """The routes of one table: connected subnets, the default, reachable extra routes."""
+    """The routes of one table: connected subnets (with a ``source``), the default, and the
+    reachable extra routes."""
     metric = _metric(family)
     link_scope = RT_SCOPE_LINK if family == socket.AF_INET else RT_SCOPE_UNIVERSE
     routes: dict[str, Route] = {}
     subnets = list(subnets)
-    for subnet in subnets:
-        destination = _network(subnet)
-        routes.setdefault(destination, Route(family, table, destination, metric, device=uplink,
-                                             source=source, scope=link_scope))
+    if source is not None:
+        for subnet in subnets:
+            destination = _network(subnet)
+            routes.setdefault(destination, Route(family, table, destination, metric,
+                                                 device=device, source=source,
+                                                 scope=link_scope, netns=netns))
     default = _default(family)
     if gateway is not None:
-        routes[default] = Route(family, table, default, metric, device=uplink,
-                                gateway=normal(str(gateway)), source=source)
+        routes[default] = Route(family, table, default, metric, device=device,
+                                gateway=normal(str(gateway)), source=source, netns=netns)
     for extra in server.routes:
         if any(extra.via.version == s.version and extra.via in s.network for s in subnets):
             destination = _network(extra.to)
             routes.setdefault(destination, Route(family, table, destination, metric,
-                                                 device=uplink, gateway=normal(str(extra.via)),
-                                                 source=source))
+                                                 device=device, gateway=normal(str(extra.via)),
+                                                 source=source, netns=netns))
     return list(routes.values())
 
 
-def compile_server(name: str, server: ServerConfig, settings: Settings) -> DesiredServer:
-    numbers = numbering.layout(settings, server.id, server.mark)
-    uplink = server.uplink
+def _address_tables(
+    server: ServerConfig, numbers: numbering.ServerNumbers, device: str, netns: str,
+    only_with_gateway: bool,
+) -> list[KernelObject]:
+    """Per address: the address, its table and its ``from`` rule (reflection)."""
     objects: list[KernelObject] = []
-    by_family: dict[int, list[IpInterface]] = {}
-
     for index, entry in enumerate(server.addresses):
         family = _family(entry.address.version)
         ip = normal(str(entry.address.ip))
-        by_family.setdefault(family, []).append(entry.address)
+        objects.append(Address(device, ip, entry.address.network.prefixlen, netns))
+        if only_with_gateway and entry.gateway is None:
+            continue
         table = numbers.address_table(index)
-        objects.append(Address(uplink, ip, entry.address.network.prefixlen))
-        objects.extend(_table_routes(family, table, uplink, ip, [entry.address], entry.gateway,
-                                     server))
-        host_length = entry.address.max_prefixlen
+        objects.extend(_table_routes(family, table, device, ip, [entry.address], entry.gateway,
+                                     server, netns))
         objects.append(Rule(family, numbers.address_priority(index), table,
-                            source=f"{ip}/{host_length}"))
+                            source=f"{ip}/{entry.address.max_prefixlen}", netns=netns))
+    return objects
 
+
+def _by_family(server: ServerConfig) -> dict[int, list[IpInterface]]:
+    by_family: dict[int, list[IpInterface]] = {}
+    for entry in server.addresses:
+        by_family.setdefault(_family(entry.address.version), []).append(entry.address)
+    return by_family
+
+
+def compile_pbr(name: str, server: ServerConfig, numbers: numbering.ServerNumbers
+                ) -> tuple[list[KernelObject], str]:
+    """The paper's Table 1 in the root namespace, on the uplink or a VLAN device on it."""
+    objects: list[KernelObject] = []
+    device = server.uplink
+    if server.vlan is not None:
+        device = f"{server.uplink}.{server.vlan}"
+        objects.append(Link("", device, "vlan", parent=server.uplink, vlan=server.vlan))
+    objects.extend(_address_tables(server, numbers, device, "", only_with_gateway=False))
     gateways = {_family(gw.version): gw for gw in server.gateway}
-    for family, subnets in by_family.items():
+    for family, subnets in _by_family(server).items():
         source = normal(str(subnets[0].ip))
         table = numbers.mark_table
-        routes = _table_routes(family, table, uplink, source, subnets, gateways.get(family),
+        routes = _table_routes(family, table, device, source, subnets, gateways.get(family),
                                server)
         if family not in gateways:
             default = _default(family)
@@ -100,26 +137,70 @@ def compile_server(name: str, server: ServerConfig, settings: Settings) -> Desir
         objects.extend(routes)
         objects.append(Rule(family, numbers.mark_priority, table, fwmark=numbers.mark,
                             fwmask=FULL_MASK))
+    return objects, device
 
+
+def compile_netns(name: str, server: ServerConfig, numbers: numbering.ServerNumbers
+                  ) -> tuple[list[KernelObject], str]:
+    """A namespace of its own (the paper's Figure 2): the VS device inside it, created
+    there directly; addresses, the default route, extra routes in its main table; an
+    address with a gateway of its own gets a table and rule there too (reflection)."""
+    netns = server.namespace_name(name)
+    link_type = server.link_type()
+    device = server.uplink if link_type == "move" else name
+    objects: list[KernelObject] = [
+        Namespace(netns),
+        Link(netns, "lo", "loopback"),
+        Link(netns, device, link_type, parent=server.uplink, vlan=server.vlan,
+             ifindex=0 if link_type == "move" else link.IFINDEX_BASE + server.id),
+    ]
+    objects.extend(_address_tables(server, numbers, device, netns, only_with_gateway=True))
+    gateways = {_family(gw.version): gw for gw in server.gateway}
+    for family, subnets in _by_family(server).items():
+        objects.extend(_table_routes(family, RT_TABLE_MAIN, device, None, subnets,
+                                     gateways.get(family), server, netns))
+    objects.extend(Sysctl(netns, key, str(value)) for key, value in sorted(server.sysctl.items()))
+    if server.dns is not None:
+        content = resolver.render([str(ip) for ip in server.dns.servers], server.dns.search,
+                                  server.dns.options)
+        objects.append(ResolverFile(netns, content))
+    return objects, device
+
+
+def compile_server(name: str, server: ServerConfig, settings: Settings) -> DesiredServer:
+    numbers = numbering.layout(settings, server.id, server.mark)
+    build = compile_netns if server.mode == "netns" else compile_pbr
+    objects, device = build(name, server, numbers)
     return DesiredServer(
         name=name,
         id=server.id,
         mode=server.mode,
-        uplink=uplink,
+        uplink=server.uplink,
         numbers=numbers,
         addresses=tuple(str(entry.address) for entry in server.addresses),
         objects=tuple(objects),
+        netns=server.namespace_name(name),
+        device=device,
+        moves_uplink=server.mode == "netns" and server.link_type() == "move",
     )
 
 
-def scope_of(settings: Settings, ids: Iterable[int]) -> Scope:
-    """The table and priority ranges the configured VS ids can reach."""
-    top = max(ids, default=-1) + 1
+def scope_of(settings: Settings, servers: Iterable[DesiredServer]) -> Scope:
+    """Where observe looks: the table and priority ranges the configured VS ids reach, and
+    the sysctls each namespace is configured with."""
+    servers = list(servers)
+    top = max((s.id for s in servers), default=-1) + 1
     size = settings.block_size
+    sysctls: dict[str, set[str]] = {}
+    for server in servers:
+        for obj in server.objects:
+            if isinstance(obj, Sysctl):
+                sysctls.setdefault(obj.netns, set()).add(obj.name)
     return Scope(
         protocol=VSNET_PROTOCOL,
         tables=range(settings.table_base, settings.table_base + top * size),
         priorities=range(settings.priority_base, settings.priority_base + top * size),
+        sysctls={netns: tuple(sorted(names)) for netns, names in sysctls.items()},
     )
 
 
@@ -130,6 +211,6 @@ def compile_config(config: Config) -> DesiredState:
     }
     return DesiredState(
         settings=config.settings,
-        scope=scope_of(config.settings, (s.id for s in config.servers.values())),
+        scope=scope_of(config.settings, servers.values()),
         servers=servers,
     )

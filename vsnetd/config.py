@@ -46,6 +46,8 @@ IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,11}$")
 # Linux interface names: 1..15 bytes, no '/', ':' or whitespace.
 IFNAME_RE = re.compile(r"^[^/:\s]{1,15}$")
+NETNS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SYSCTL_KEY_RE = re.compile(r"^net\.[A-Za-z0-9_.-]+$")
 
 
 def _as_list(value: Any) -> Any:
@@ -74,6 +76,18 @@ class RouteConfig(_Strict):
 
     to: IPvAnyNetwork = Field(description="Destination network, e.g. 192.168.50.0/24.")
     via: IPvAnyAddress = Field(description="Next hop; must lie inside one of the VS's subnets.")
+
+
+class DnsConfig(_Strict):
+    """Resolver settings of a netns VS."""
+
+    servers: list[IPvAnyAddress] = Field(min_length=1, max_length=3)
+    search: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,253}$")]] = Field(
+        default_factory=list
+    )
+    options: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_:.-]{1,64}$")]] = Field(
+        default_factory=list
+    )
 
 
 class ServerConfig(_Strict):
@@ -110,6 +124,35 @@ class ServerConfig(_Strict):
         le=0xFFFFFFFF,
         description="fwmark of the VS's sockets; default mark_base + id.",
     )
+    vlan: StrictInt | None = Field(
+        default=None, ge=1, le=4094,
+        description="802.1Q VLAN id: the VS's device is a VLAN on the uplink.",
+    )
+    link: Literal["vlan", "macvlan", "move"] | None = Field(
+        default=None,
+        description="netns mode: the VS device: vlan (default with vlan), macvlan (default "
+                    "otherwise) or move (the uplink itself is handed to the VS).",
+    )
+    namespace: Annotated[str, Field(pattern=NETNS_NAME_RE.pattern)] | None = Field(
+        default=None,
+        description="netns mode: the namespace's name (default vs-<name>); VS may share one.",
+    )
+    sysctl: dict[Annotated[str, Field(pattern=SYSCTL_KEY_RE.pattern)], StrictInt | str] = Field(
+        default_factory=dict,
+        description="netns mode: net.* sysctls set inside the namespace.",
+    )
+    dns: DnsConfig | None = Field(
+        default=None, description="netns mode: /etc/netns/<namespace>/resolv.conf."
+    )
+
+    def namespace_name(self, name: str) -> str:
+        """The namespace this VS lives in ("" for pbr: the root namespace)."""
+        if self.mode != "netns":
+            return ""
+        return self.namespace or f"vs-{name}"
+
+    def link_type(self) -> str:
+        return self.link or ("vlan" if self.vlan is not None else "macvlan")
 
 
 class Settings(_Strict):
@@ -314,8 +357,9 @@ def check_semantics(config: Config) -> list[tuple[FieldPath, str]]:
     problems: list[tuple[FieldPath, str]] = []
     settings = config.settings
     ids: dict[int, str] = {}
-    address_owner: dict[IpAddress, str] = {}
+    address_owner: dict[tuple[str, IpAddress], str] = {}  # per namespace: plans may overlap
     marks: dict[int, str] = {}
+    problems.extend(_shared_namespace_problems(config))
 
     for name, server in config.servers.items():
         base: FieldPath = ("servers", name)
@@ -324,8 +368,7 @@ def check_semantics(config: Config) -> list[tuple[FieldPath, str]]:
                 (base, f"name {name!r} must be 1-12 letters, digits, '-' or '_' "
                        "(it becomes part of interface and namespace names)")
             )
-        if server.mode == "netns":
-            problems.append(((*base, "mode"), "mode netns is not supported by this version yet"))
+        problems.extend(_mode_problems(name, server, base))
         duplicate_id = server.id in ids
         if duplicate_id:
             problems.append(((*base, "id"), f"id {server.id} is already used by {ids[server.id]}"))
@@ -342,12 +385,13 @@ def check_semantics(config: Config) -> list[tuple[FieldPath, str]]:
         for index, entry in enumerate(server.addresses):
             here = (*base, "addresses", index)
             ip = entry.address.ip
-            if ip in address_owner:
-                owner = address_owner[ip]
+            slot = (server.namespace_name(name), ip)
+            if slot in address_owner:
+                owner = address_owner[slot]
                 where = "this server" if owner == name else owner
                 problems.append(((*here, "address"), f"{ip} is already an address of {where}"))
             else:
-                address_owner[ip] = name
+                address_owner[slot] = name
             if entry.gateway is not None and not _inside(entry.gateway, entry.address):
                 problems.append(
                     ((*here, "gateway"), f"{entry.gateway} is not inside {entry.address}")
@@ -377,6 +421,57 @@ def check_semantics(config: Config) -> list[tuple[FieldPath, str]]:
             problems.append((mark_path, f"mark {layout.mark:#x} is already used by {marks[layout.mark]}"))
         else:
             marks[layout.mark] = name
+    return problems
+
+
+def _mode_problems(name: str, server: ServerConfig, base: FieldPath) -> list[tuple[FieldPath, str]]:
+    problems: list[tuple[FieldPath, str]] = []
+    if server.mode == "pbr":
+        for key in ("link", "namespace", "sysctl", "dns"):
+            if getattr(server, key):
+                problems.append(((*base, key), f"{key} is for mode netns only"))
+        if server.vlan is not None and len(f"{server.uplink}.{server.vlan}") > 15:
+            problems.append(((*base, "vlan"), f"the VLAN device name {server.uplink}.{server.vlan}"
+                                               " would exceed 15 characters"))
+        return problems
+    link = server.link_type()
+    if link == "vlan" and server.vlan is None:
+        problems.append(((*base, "link"), "link vlan needs a vlan id"))
+    if link != "vlan" and server.vlan is not None:
+        problems.append(((*base, "vlan"), f"vlan is for link vlan, not {link}"))
+    return problems
+
+
+def _shared_namespace_problems(config: Config) -> list[tuple[FieldPath, str]]:
+    """VS sharing a namespace must agree on what belongs to the namespace."""
+    problems: list[tuple[FieldPath, str]] = []
+    first: dict[str, tuple[str, ServerConfig]] = {}
+    moved: dict[str, str] = {}
+    for name, server in config.servers.items():
+        base: FieldPath = ("servers", name)
+        if server.mode == "netns" and server.link_type() == "move":
+            if server.uplink in moved:
+                problems.append(((*base, "uplink"), f"uplink {server.uplink} is already "
+                                                     f"handed to {moved[server.uplink]}"))
+            moved[server.uplink] = name
+        netns = server.namespace_name(name)
+        if not netns:
+            continue
+        if netns not in first:
+            first[netns] = (name, server)
+            continue
+        other_name, other = first[netns]
+        for key, value in server.sysctl.items():
+            if key in other.sysctl and str(other.sysctl[key]) != str(value):
+                problems.append(((*base, "sysctl", key), f"{other_name} shares namespace "
+                                 f"{netns} and sets {key} to {other.sysctl[key]}"))
+        if server.dns and other.dns and server.dns != other.dns:
+            problems.append(((*base, "dns"), f"{other_name} shares namespace {netns} with "
+                                              "other dns settings"))
+    for name, server in config.servers.items():
+        if server.uplink in moved and moved[server.uplink] != name:
+            problems.append(((*("servers", name), "uplink"), f"uplink {server.uplink} is "
+                             f"handed whole to {moved[server.uplink]} (link: move)"))
     return problems
 
 

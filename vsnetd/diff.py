@@ -5,16 +5,18 @@ time. Only objects vsnet owns are ever deleted or replaced; a desired object tha
 collide with a foreign one makes its VS a *conflict* and that VS gets no changes at all
 (a half-built VS could misroute its traffic).
 
-Order: deletes first, rules -> routes -> addresses (a rule never points at a table being
-emptied, a route never outlives its ``src`` address); then adds and replaces, addresses ->
-routes -> rules (a rule only appears once its table is complete). Within a kind, deletes
-keep the kernel's order and creates the config's: plans are deterministic without sorting.
+Order: deletes first, resolver files -> rules -> routes -> addresses -> links ->
+namespaces (a rule never points at a table being emptied, a route never outlives its
+``src`` address, a device goes before its namespace); then creates and replaces in the
+opposite order, sysctls and resolver files last. Within a kind, deletes keep the
+kernel's order and creates the config's: plans are deterministic without sorting.
+Objects inside a namespace that goes are not deleted one by one: they go with it.
 """
 
 from __future__ import annotations
 
 from vsnetd import numbering
-from vsnetd.kinds import Address, KernelObject, Route, Rule
+from vsnetd.kinds import Address, KernelObject, Link, Namespace, ResolverFile, Route, Rule
 from vsnetd.state import (
     Change,
     DesiredServer,
@@ -25,79 +27,120 @@ from vsnetd.state import (
     ServerVerdict,
 )
 
-CREATE_ORDER = ("address", "route", "rule")
-DELETE_ORDER = ("rule", "route", "address")
+CREATE_ORDER = ("namespace", "link", "address", "route", "rule", "sysctl", "resolver")
+DELETE_ORDER = ("resolver", "rule", "route", "address", "link", "namespace")
 
 
 def find_conflicts(server: DesiredServer, observed: ObservedState) -> list[str]:
     """Foreign objects standing where this VS wants its own."""
-    reasons = [
-        f"address {obj.address} is already on {foreign.device} (not created by vsnet)"
-        for obj in server.objects
-        if isinstance(obj, Address)
-        and (foreign := observed.foreign_addresses.get(obj.address)) is not None
-    ]
+    reasons: list[str] = []
+    for obj in server.objects:
+        if isinstance(obj, Address):
+            foreign = observed.foreign_addresses.get((obj.netns, obj.address))
+            if foreign is not None:
+                reasons.append(f"address {obj.address} is already on {foreign.device} "
+                               f"(not created by vsnet)")
+        elif isinstance(obj, Namespace) and obj.name in observed.foreign_namespaces:
+            reasons.append(f"namespace {obj.name} exists and was not created by vsnet")
+        elif isinstance(obj, Link) and obj.type in ("vlan", "macvlan") and (
+            (obj.netns, obj.name) in observed.foreign_links
+        ):
+            where = f" in namespace {obj.netns}" if obj.netns else ""
+            reasons.append(f"device {obj.name}{where} exists and was not created by vsnet")
+        elif isinstance(obj, ResolverFile) and obj.netns in observed.foreign_resolvers:
+            reasons.append(f"/etc/netns/{obj.netns}/resolv.conf was not written by vsnet")
     if observed.foreign_routes:
-        tables = {obj.table for obj in server.objects if isinstance(obj, Route)}
+        tables = {(obj.netns, obj.table) for obj in server.objects if isinstance(obj, Route)}
         reasons.extend(
             f"table {route.table} holds a foreign {route.describe()}"
             for route in observed.foreign_routes
-            if route.table in tables
+            if (route.netns, route.table) in tables and route.table != 254
         )
     if observed.foreign_rules:
-        slots = {(obj.family, obj.priority) for obj in server.objects if isinstance(obj, Rule)}
+        slots = {(obj.netns, obj.family, obj.priority)
+                 for obj in server.objects if isinstance(obj, Rule)}
         reasons.extend(
             f"priority {rule.priority} is taken by a foreign {rule.describe()}"
             for rule in observed.foreign_rules
-            if (rule.family, rule.priority) in slots
+            if (rule.netns, rule.family, rule.priority) in slots
         )
     return reasons
 
 
+def _waiting(server: DesiredServer, observed: ObservedState) -> str | None:
+    if server.uplink in observed.links.get("", {}):
+        return None
+    if server.moves_uplink and server.uplink in observed.links.get(server.netns, {}):
+        return None  # already lent to the VS
+    return f"uplink {server.uplink} does not exist"
+
+
 class _Owners:
-    """Which VS an owned object belongs to, even when no VS wants it any more: routes
-    and rules by their numbers, addresses by the routes that use them as ``src``."""
+    """Which VS an owned object belongs to, even when no VS wants it any more: routes and
+    rules of the root namespace by their numbers, addresses by the routes that use them
+    as ``src``, objects in a namespace by the VS living there."""
 
     def __init__(self, desired: DesiredState, observed: ObservedState) -> None:
         self.settings = desired.settings
         self.names = desired.names_by_id()
-        self.by_address = {
-            obj.address: server.name
-            for server in desired.servers.values()
-            for obj in server.objects
-            if isinstance(obj, Address)
-        }
-        self._by_source: dict[str, str] | None = None
+        self.by_address: dict[tuple[str, str], str] = {}
+        self.by_netns: dict[str, str] = {}
+        for server in desired.servers.values():
+            if server.netns:
+                self.by_netns.setdefault(server.netns, server.name)
+            for obj in server.objects:
+                if isinstance(obj, Address):
+                    self.by_address[(obj.netns, obj.address)] = server.name
+        self._by_source: dict[tuple[str, str], str] | None = None
         self._observed = observed
 
     def __call__(self, obj: KernelObject) -> str | None:
+        if isinstance(obj, Namespace):
+            return self.by_netns.get(obj.name)
+        if obj.netns and not isinstance(obj, Address):
+            return self.by_netns.get(obj.netns)
         if isinstance(obj, Route):
             server_id = numbering.server_id_of_table(self.settings, obj.table)
         elif isinstance(obj, Rule):
             server_id = numbering.server_id_of_priority(self.settings, obj.priority)
+        elif isinstance(obj, Address):
+            slot = (obj.netns, obj.address)
+            return self.by_address.get(slot) or self.by_source().get(slot) or (
+                self.by_netns.get(obj.netns) if obj.netns else None)
         else:
-            return self.by_address.get(obj.address) or self.by_source().get(obj.address)
+            return None
         return self.names.get(server_id) if server_id is not None else None
 
-    def by_source(self) -> dict[str, str]:
+    def by_source(self) -> dict[tuple[str, str], str]:
         if self._by_source is None:
             self._by_source = {}
             for obj in self._observed.owned.values():
                 if isinstance(obj, Route) and obj.source is not None:
                     owner = self(obj)
                     if owner is not None:
-                        self._by_source.setdefault(obj.source, owner)
+                        self._by_source.setdefault((obj.netns, obj.source), owner)
         return self._by_source
+
+
+def _recreated(have: KernelObject, want: KernelObject) -> bool:
+    """A device whose type, parent or VLAN changed cannot be edited: delete, then create."""
+    return isinstance(have, Link) and isinstance(want, Link) and not want.same_device(have)
+
+
+def _differs(have: KernelObject, want: KernelObject) -> bool:
+    if isinstance(have, Link) and isinstance(want, Link):
+        # the ifindex vsnet asked for is not part of what a device is
+        return not want.same_device(have) or want.up != have.up
+    return have != want
 
 
 def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
     verdicts: dict[str, ServerVerdict] = {}
     wanted: dict[ObjectKey, tuple[KernelObject, str]] = {}
     for server in desired.servers.values():
-        if server.uplink not in observed.links:
-            verdicts[server.name] = ServerVerdict(
-                "waiting", (f"uplink {server.uplink} does not exist",)
-            )
+        waiting = _waiting(server, observed)
+        if waiting is not None:
+            verdicts[server.name] = ServerVerdict("waiting", (waiting,))
             continue
         conflicts = find_conflicts(server, observed)
         if conflicts:
@@ -105,27 +148,38 @@ def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
             continue
         name = server.name
         for key, obj in server.keyed.items():
-            wanted[key] = (obj, name)
+            wanted.setdefault(key, (obj, name))
     held = set(verdicts)  # VS whose objects stay exactly as they are
+    held_namespaces = {s.netns for s in desired.servers.values() if s.name in held and s.netns}
 
     owner_of = _Owners(desired, observed)
     deletes: dict[str, list[Change]] = {kind: [] for kind in DELETE_ORDER}
+    creates: dict[str, list[Change]] = {kind: [] for kind in CREATE_ORDER}
+    going: set[str] = set()  # namespaces to delete: what is inside goes with them
     for key, obj in observed.owned.items():
-        if key in wanted:
+        if isinstance(obj, Namespace) and key not in wanted and obj.name not in held_namespaces:
+            going.add(obj.name)
+    for key, obj in observed.owned.items():
+        want = wanted.get(key)
+        if want is not None and not _recreated(obj, want[0]):
             continue
+        netns = obj.name if isinstance(obj, Namespace) else obj.netns
+        if obj.kind == "sysctl" or netns in held_namespaces:
+            continue  # sysctls are set, never unset; a held VS keeps its namespace whole
+        inside_going = obj.netns in going and not isinstance(obj, Namespace)
+        if inside_going and not (isinstance(obj, Link) and obj.type == "move"):
+            continue  # a lent uplink is handed back before its namespace goes
         owner = owner_of(obj)
         if owner not in held:
-            deletes[key[0]].append(Change("delete", obj, owner))
+            deletes[obj.kind].append(Change("delete", obj, owner))
 
-    # Creates come out in (kind, VS, config) order by construction: no sort needed.
-    creates: dict[str, list[Change]] = {kind: [] for kind in CREATE_ORDER}
     owned = observed.owned
     for key, (obj, name) in wanted.items():
         have = owned.get(key)
-        if have is None:
-            creates[key[0]].append(Change("add", obj, name))
-        elif have != obj:
-            creates[key[0]].append(Change("replace", obj, name))
+        if have is None or _recreated(have, obj):
+            creates[obj.kind].append(Change("add", obj, name))
+        elif _differs(have, obj):
+            creates[obj.kind].append(Change("replace", obj, name))
 
     # Addresses go newest first, as the kernel lists them reversed: secondaries before
     # their primary, so no deletion makes the kernel promote (and re-route) another one.
@@ -135,6 +189,7 @@ def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
         changes.extend(deletes[kind])
     for kind in CREATE_ORDER:
         changes.extend(creates[kind])
+
     pending = {c.server for c in changes}
     for name in desired.servers:
         if name not in verdicts:

@@ -17,7 +17,7 @@ from vsnetd.apply import ApplyResult, apply_plan
 from vsnetd.compile import compile_config
 from vsnetd.config import Config
 from vsnetd.diff import plan_changes
-from vsnetd.netlink import RtnlSocket
+from vsnetd.kernel import Kernel
 from vsnetd.observe import observe
 from vsnetd.state import (
     Change,
@@ -56,9 +56,9 @@ class ConvergeResult:
         return all(v.state == "in-sync" for v in self.servers.values()) and not self.final_plan
 
 
-def plan_for(sock: RtnlSocket, desired: DesiredState) -> Plan:
+def plan_for(kernel: Kernel, desired: DesiredState) -> Plan:
     with gc_paused():
-        return plan_changes(desired, observe(sock, desired.scope))
+        return plan_changes(desired, observe(kernel, desired.scope))
 
 
 @contextmanager
@@ -78,15 +78,15 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def converge(sock: RtnlSocket, desired: DesiredState) -> ConvergeResult:
+def converge(kernel: Kernel, desired: DesiredState) -> ConvergeResult:
     """Apply until the kernel matches ``desired`` (verified by observing again)."""
     with gc_paused():
-        return _converge(sock, desired)
+        return _converge(kernel, desired)
 
 
-def _converge(sock: RtnlSocket, desired: DesiredState) -> ConvergeResult:
+def _converge(kernel: Kernel, desired: DesiredState) -> ConvergeResult:
     started = time.perf_counter()
-    observed = observe(sock, desired.scope)
+    observed = observe(kernel, desired.scope)
     plan = plan_changes(desired, observed)
     result = ConvergeResult(first_plan=plan, final_plan=plan)
     for _round in range(MAX_ROUNDS):
@@ -96,11 +96,11 @@ def _converge(sock: RtnlSocket, desired: DesiredState) -> ConvergeResult:
         )
         if not todo:
             break
-        outcome: ApplyResult = apply_plan(sock, todo, observed.links, desired.scope.protocol)
+        outcome: ApplyResult = apply_plan(kernel, todo, observed.links, desired.scope.protocol)
         result.applied.extend(outcome.applied)
         for name, reason in outcome.failures_by_server().items():
             result.failures.setdefault(name, reason)
-        observed = observe(sock, desired.scope)
+        observed = observe(kernel, desired.scope)
         plan = plan_changes(desired, observed)
         result.final_plan = plan
     result.observed = observed
@@ -108,8 +108,8 @@ def _converge(sock: RtnlSocket, desired: DesiredState) -> ConvergeResult:
     return result
 
 
-def converge_config(sock: RtnlSocket, config: Config) -> ConvergeResult:
-    return converge(sock, compile_config(config))
+def converge_config(kernel: Kernel, config: Config) -> ConvergeResult:
+    return converge(kernel, compile_config(config))
 
 
 class Reconciler:
@@ -123,8 +123,8 @@ class Reconciler:
     its netlink notifications).
     """
 
-    def __init__(self, sock: RtnlSocket) -> None:
-        self.sock = sock
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
         self.desired: DesiredState | None = None
         self.observed: ObservedState | None = None
         self.verdicts: dict[str, ServerVerdict] = {}
@@ -137,7 +137,7 @@ class Reconciler:
             return self._scoped(previous, observed, desired)
 
     def _full(self, desired: DesiredState) -> ConvergeResult:
-        result = converge(self.sock, desired)
+        result = converge(self.kernel, desired)
         self.desired, self.observed = desired, result.observed
         self.verdicts = result.servers
         if result.failures:
@@ -166,7 +166,7 @@ class Reconciler:
                 if obj is not None:
                     subset.owned[key] = obj
         plan = plan_changes(subset_desired, subset)
-        outcome = apply_plan(self.sock, plan, observed.links, desired.scope.protocol)
+        outcome = apply_plan(self.kernel, plan, observed.links, desired.scope.protocol)
         for change in outcome.applied:
             key = object_key(change.obj)
             if change.action == "delete":

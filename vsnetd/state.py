@@ -33,6 +33,7 @@ class Scope:
     protocol: int = VSNET_PROTOCOL
     tables: range = range(0)
     priorities: range = range(0)
+    sysctls: dict[str, tuple[str, ...]] = field(default_factory=dict)  # by namespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,9 @@ class DesiredServer:
     numbers: ServerNumbers
     addresses: tuple[str, ...]
     objects: tuple[KernelObject, ...]
+    netns: str = ""  # the VS's namespace; "" for pbr (the namespace vsnet runs in)
+    device: str = ""  # the device carrying its addresses
+    moves_uplink: bool = False  # netns with link: move
     keyed: dict[ObjectKey, KernelObject] = field(default_factory=dict)  # objects by identity
 
     def __post_init__(self) -> None:
@@ -66,13 +70,19 @@ class DesiredState:
 
 @dataclass(slots=True)
 class ObservedState:
-    """What the kernel holds: vsnet's own objects, and foreign ones that could collide."""
+    """What the kernel holds: vsnet's own objects, and foreign ones that could collide.
 
-    links: dict[str, int] = field(default_factory=dict)
+    Namespaces are named as in the config; "" is the namespace vsnet runs in.
+    """
+
+    links: dict[str, dict[str, int]] = field(default_factory=dict)  # netns -> name -> ifindex
     owned: dict[ObjectKey, KernelObject] = field(default_factory=dict)
-    foreign_addresses: dict[str, Address] = field(default_factory=dict)  # by address text
+    foreign_addresses: dict[tuple[str, str], Address] = field(default_factory=dict)
     foreign_routes: list[Route] = field(default_factory=list)  # in vsnet's table range
     foreign_rules: list[Rule] = field(default_factory=list)  # in vsnet's priority range
+    foreign_links: set[tuple[str, str]] = field(default_factory=set)  # (netns, name)
+    foreign_namespaces: set[str] = field(default_factory=set)
+    foreign_resolvers: set[str] = field(default_factory=set)  # namespaces
 
     def add(self, obj: KernelObject) -> None:
         self.owned[object_key(obj)] = obj

@@ -7,12 +7,17 @@ from __future__ import annotations
 import socket
 
 from vsnetd.kinds.address import Address
+from vsnetd.kinds.link import Link
+from vsnetd.kinds.namespace import Namespace
+from vsnetd.kinds.resolver import ResolverFile
 from vsnetd.kinds.route import Route
 from vsnetd.kinds.rule import Rule
+from vsnetd.kinds.sysctl import Sysctl
 
-KernelObject = Address | Route | Rule
+KernelObject = Namespace | Link | Address | Route | Rule | Sysctl | ResolverFile
 
-__all__ = ["Address", "KernelObject", "Route", "Rule", "family_name"]
+__all__ = ["Address", "KernelObject", "Link", "Namespace", "ResolverFile", "Route", "Rule",
+           "Sysctl", "family_name"]
 
 
 def family_name(family: int) -> str:

@@ -20,13 +20,14 @@ IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS, IFA_PROTO = 1, 2, 8, 11
 IFA_F_NODAD = 0x02
 
-AddressKey = tuple[str, str, int]
+AddressKey = tuple[str, str, str, int]
 
 
 class Address(NamedTuple):
     device: str
     address: str
     prefixlen: int
+    netns: str = ""  # "": the namespace vsnet runs in
 
     @property
     def kind(self) -> Literal["address"]:
@@ -38,14 +39,15 @@ class Address(NamedTuple):
 
     @property
     def key(self) -> AddressKey:
-        return (self.device, self.address, self.prefixlen)
+        return (self.netns, self.device, self.address, self.prefixlen)
 
     def describe(self) -> str:
-        return f"address {self.address}/{self.prefixlen} dev {self.device}"
+        where = f" netns {self.netns}" if self.netns else ""
+        return f"address {self.address}/{self.prefixlen} dev {self.device}{where}"
 
     def as_json(self) -> dict[str, Any]:
-        return {"kind": "address", "device": self.device, "address": self.address,
-                "prefixlen": self.prefixlen}
+        return {"kind": "address", "netns": self.netns, "device": self.device,
+                "address": self.address, "prefixlen": self.prefixlen}
 
 
 def request(action: str, obj: Address, protocol: int, links: dict[str, int]) -> tuple[int, int, bytes]:
@@ -80,7 +82,9 @@ def protect_secondaries(device: str) -> bool:
     return True
 
 
-def observe(sock: netlink.RtnlSocket, names: dict[int, str]) -> list[tuple[Address, int]]:
+def observe(
+    sock: netlink.RtnlSocket, names: dict[int, str], netns: str = ""
+) -> list[tuple[Address, int]]:
     """Every IPv4/IPv6 address as (address, IFA_PROTO)."""
     unpack_attr = netlink.ATTR.unpack_from
 
@@ -106,6 +110,6 @@ def observe(sock: netlink.RtnlSocket, names: dict[int, str]) -> list[tuple[Addre
         if raw is None:
             return None
         device = names.get(index) or f"if{index}"
-        return Address(device, _ip.unpack(family, raw), prefixlen), protocol
+        return Address(device, _ip.unpack(family, raw), prefixlen, netns), protocol
 
     return sock.dump(netlink.RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), decode)

@@ -1,21 +1,167 @@
-"""Network devices. vsnet only reads them so far: uplinks are looked up by name."""
+"""Network devices: the VS devices vsnet creates (macvlan or 802.1Q VLAN on an uplink), an
+uplink handed to a VS whole (``move``), and the loopback of each VS namespace.
+
+Devices are created *directly inside* their target namespace: the request goes out on the
+root namespace's socket, naming the parent by its root ifindex and the target with
+IFLA_NET_NS_FD (~0.14 ms), instead of create-then-move (~17 ms, under the RTNL lock).
+A device created in a namespace gets a requested, stable ifindex (10000 + VS id), so the
+addresses and routes of the same apply can name it without a dump in between.
+
+Ownership: devices vsnet creates carry the alias (IFLA_IFALIAS) ``vsnet``; a moved uplink
+gets it too while it is lent. Loopbacks of vsnet's namespaces are vsnet's by extension.
+"""
 
 from __future__ import annotations
 
 import struct
+from typing import Any, Literal, NamedTuple
 
 from vsnetd import netlink
 
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-IFLA_IFNAME = 3
+IFLA_IFNAME, IFLA_LINK, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD = 3, 5, 18, 20, 28
+IFLA_LINK_NETNSID = 37
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_MACVLAN_MODE, MACVLAN_MODE_BRIDGE = 1, 4
+IFLA_VLAN_ID = 1
+NLA_F_NESTED = 0x8000
+IFF_UP = 0x1
+ALIAS = "vsnet"
+IFINDEX_BASE = 10000  # requested ifindex of a VS device: IFINDEX_BASE + VS id
+
+LinkType = Literal["macvlan", "vlan", "move", "loopback"]
+
+
+class Link(NamedTuple):
+    netns: str
+    name: str
+    type: str  # LinkType
+    parent: str | None = None  # the uplink, by its name in the root namespace
+    vlan: int | None = None
+    up: bool = True
+    ifindex: int = 0  # the ifindex vsnet asks for when creating (0: the kernel's choice)
+
+    @property
+    def kind(self) -> Literal["link"]:
+        return "link"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.netns, self.name)
+
+    def same_device(self, other: Link) -> bool:
+        """Whether ``other`` is this device, up/down aside (otherwise: delete, create)."""
+        return (self.type, self.parent, self.vlan) == (other.type, other.parent, other.vlan)
+
+    def describe(self) -> str:
+        words = ["link", self.name]
+        if self.type == "vlan":
+            words.append(f"vlan {self.vlan} on {self.parent}")
+        elif self.type == "macvlan":
+            words.append(f"macvlan on {self.parent}")
+        elif self.type == "move":
+            words.append("(the uplink itself)")
+        if self.netns:
+            words.append(f"netns {self.netns}")
+        if not self.up:
+            words.append("down")
+        return " ".join(words)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": "link", "netns": self.netns, "name": self.name, "type": self.type,
+                "parent": self.parent, "vlan": self.vlan, "up": self.up}
+
+
+def _nested(kind: int, payload: bytes) -> bytes:
+    return netlink.attr(kind | NLA_F_NESTED, payload)
+
+
+def create_request(obj: Link, parent_index: int, target_fd: int | None) -> tuple[int, int, bytes]:
+    """RTM_NEWLINK for a macvlan/vlan device, sent on the root namespace's socket."""
+    index = obj.ifindex if target_fd is not None else 0
+    body = IFINFOMSG.pack(0, 0, index, IFF_UP if obj.up else 0, IFF_UP)
+    body += netlink.attr(IFLA_IFNAME, obj.name.encode() + b"\0")
+    body += netlink.attr_u32(IFLA_LINK, parent_index)
+    body += netlink.attr(IFLA_IFALIAS, ALIAS.encode())
+    if target_fd is not None:
+        body += netlink.attr_u32(IFLA_NET_NS_FD, target_fd)
+    if obj.type == "vlan":
+        assert obj.vlan is not None
+        data = netlink.attr(IFLA_VLAN_ID, struct.pack("=H", obj.vlan))
+    else:
+        data = netlink.attr_u32(IFLA_MACVLAN_MODE, MACVLAN_MODE_BRIDGE)
+    body += _nested(IFLA_LINKINFO, netlink.attr(IFLA_INFO_KIND, obj.type.encode())
+                    + _nested(IFLA_INFO_DATA, data))
+    return netlink.RTM_NEWLINK, netlink.NLM_F_CREATE | netlink.NLM_F_EXCL, body
+
+
+def move_request(index: int, target_fd: int, alias: str, up: bool) -> tuple[int, int, bytes]:
+    """Move an existing device (by its index where it is now) into ``target_fd``."""
+    body = IFINFOMSG.pack(0, 0, index, IFF_UP if up else 0, IFF_UP)
+    body += netlink.attr_u32(IFLA_NET_NS_FD, target_fd)
+    body += netlink.attr(IFLA_IFALIAS, alias.encode())
+    return netlink.RTM_NEWLINK, 0, body
+
+
+def set_up_request(index: int, up: bool) -> tuple[int, int, bytes]:
+    return netlink.RTM_NEWLINK, 0, IFINFOMSG.pack(0, 0, index, IFF_UP if up else 0, IFF_UP)
+
+
+def delete_request(index: int) -> tuple[int, int, bytes]:
+    return netlink.RTM_DELLINK, 0, IFINFOMSG.pack(0, 0, index, 0, 0)
+
+
+class ObservedLink(NamedTuple):
+    name: str
+    ifindex: int
+    alias: str
+    type: str
+    parent_index: int
+    parent_elsewhere: bool  # the parent is in another namespace (IFLA_LINK_NETNSID)
+    vlan: int | None
+    up: bool
+
+
+def observe(sock: netlink.RtnlSocket) -> list[ObservedLink]:
+    """Every device of the namespace of ``sock``."""
+    unpack_attr = netlink.ATTR.unpack_from
+    unpack_u32 = netlink.U32.unpack_from
+
+    def decode(data: bytearray, start: int, end: int) -> ObservedLink | None:
+        _family, _type, index, flags, _change = IFINFOMSG.unpack_from(data, start)
+        name = alias = kind = ""
+        parent = 0
+        elsewhere = False
+        vlan = None
+        pos = start + IFINFOMSG.size
+        while pos + 4 <= end:
+            length, attr_type = unpack_attr(data, pos)
+            if length < 4:
+                break
+            attr_type &= netlink.NLA_TYPE_MASK
+            if attr_type == IFLA_IFNAME:
+                name = bytes(data[pos + 4 : pos + length]).rstrip(b"\0").decode()
+            elif attr_type == IFLA_IFALIAS:
+                alias = bytes(data[pos + 4 : pos + length]).rstrip(b"\0").decode()
+            elif attr_type == IFLA_LINK:
+                parent = unpack_u32(data, pos + 4)[0]
+            elif attr_type == IFLA_LINK_NETNSID:
+                elsewhere = True
+            elif attr_type == IFLA_LINKINFO:
+                info = netlink.parse_attrs(data, pos + 4, pos + length)
+                kind = info.get(IFLA_INFO_KIND, b"").rstrip(b"\0").decode()
+                if kind == "vlan" and IFLA_INFO_DATA in info:
+                    raw = netlink.parse_attrs(info[IFLA_INFO_DATA], 0,
+                                              len(info[IFLA_INFO_DATA])).get(IFLA_VLAN_ID)
+                    vlan = struct.unpack("=H", raw[:2])[0] if raw else None
+            pos += (length + 3) & ~3
+        if not name:
+            return None
+        return ObservedLink(name, index, alias, kind, parent, elsewhere, vlan, bool(flags & IFF_UP))
+
+    return sock.dump(netlink.RTM_GETLINK, IFINFOMSG.pack(0, 0, 0, 0, 0), decode)
 
 
 def observe_links(sock: netlink.RtnlSocket) -> dict[str, int]:
     """Device name -> ifindex for the namespace of ``sock``."""
-
-    def decode(data: bytearray, start: int, end: int) -> tuple[str, int] | None:
-        index = IFINFOMSG.unpack_from(data, start)[2]
-        name = netlink.parse_attrs(data, start + IFINFOMSG.size, end).get(IFLA_IFNAME)
-        return (name.rstrip(b"\0").decode(), index) if name else None
-
-    return dict(sock.dump(netlink.RTM_GETLINK, IFINFOMSG.pack(0, 0, 0, 0, 0), decode))
+    return {found.name: found.ifindex for found in observe(sock)}

@@ -17,14 +17,14 @@ from vsnetd.kinds import _ip
 # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 RTMSG = struct.Struct("=BBBBBBBBI")
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 6, 7, 15
-RT_TABLE_COMPAT = 252  # the header's 8-bit table field when the real one is in RTA_TABLE
+RT_TABLE_COMPAT, RT_TABLE_MAIN = 252, 254  # the header's 8-bit table field when the real one is in RTA_TABLE
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 RTN_UNICAST, RTN_UNREACHABLE = 1, 7
 ROUTE_TYPES = {RTN_UNICAST: "unicast", RTN_UNREACHABLE: "unreachable"}
 ROUTE_TYPE_CODES = {name: code for code, name in ROUTE_TYPES.items()}
 IPV6_DEFAULT_METRIC = 1024  # what the kernel stores for an IPv6 route added with metric 0
 
-RouteKey = tuple[int, int, str, int]
+RouteKey = tuple[str, int, int, str, int]
 
 
 class Route(NamedTuple):
@@ -37,6 +37,7 @@ class Route(NamedTuple):
     gateway: str | None = None
     source: str | None = None
     scope: int = RT_SCOPE_UNIVERSE
+    netns: str = ""  # "": the namespace vsnet runs in
 
     @property
     def kind(self) -> Literal["route"]:
@@ -45,7 +46,7 @@ class Route(NamedTuple):
     @property
     def key(self) -> RouteKey:
         """What the kernel itself uses to tell two routes apart."""
-        return (self.family, self.table, self.destination, self.metric)
+        return (self.netns, self.family, self.table, self.destination, self.metric)
 
     def describe(self) -> str:
         words = [] if self.type == "unicast" else [self.type]
@@ -56,7 +57,10 @@ class Route(NamedTuple):
             words.append(f"dev {self.device}")
         if self.source:
             words.append(f"src {self.source}")
-        words.append(f"table {self.table}")
+        if self.table != RT_TABLE_MAIN:
+            words.append(f"table {self.table}")
+        if self.netns:
+            words.append(f"netns {self.netns}")
         v6 = self.family == socket.AF_INET6
         if self.metric and not (v6 and self.metric == IPV6_DEFAULT_METRIC):
             words.append(f"metric {self.metric}")
@@ -66,7 +70,7 @@ class Route(NamedTuple):
         return {"kind": "route", "family": 6 if self.family == socket.AF_INET6 else 4,
                 "table": self.table, "destination": self.destination, "metric": self.metric,
                 "type": self.type, "device": self.device, "gateway": self.gateway,
-                "source": self.source}
+                "source": self.source, "netns": self.netns}
 
 
 def request(action: str, obj: Route, protocol: int, links: dict[str, int]) -> tuple[int, int, bytes]:
@@ -92,7 +96,8 @@ def request(action: str, obj: Route, protocol: int, links: dict[str, int]) -> tu
 
 
 def observe(
-    sock: netlink.RtnlSocket, family: int, names: dict[int, str], protocol: int, tables: range
+    sock: netlink.RtnlSocket, family: int, names: dict[int, str], protocol: int,
+    tables: range | frozenset[int], netns: str = "",
 ) -> list[tuple[Route, bool]]:
     """Routes of ``family`` as (route, owned): those carrying ``protocol`` (vsnet's own),
     and foreign ones in ``tables`` (they could collide). Every table is dumped: the
@@ -135,7 +140,8 @@ def observe(
         unicast = rtype == RTN_UNICAST
         device = (names.get(oif) or f"if{oif}") if unicast and oif else None
         route = Route(family, table, f"{dst or default}/{dst_len}", metric,
-                      "unicast" if unicast else "unreachable", device, gateway, source, scope)
+                      "unicast" if unicast else "unreachable", device, gateway, source, scope,
+                      netns)
         return route, owned
 
     return sock.dump(netlink.RTM_GETROUTE, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0), decode)

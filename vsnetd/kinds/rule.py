@@ -19,7 +19,7 @@ FRA_SRC, FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK, FRA_PROTOCOL = 2, 6, 1
 FR_ACT_TO_TBL = 1
 FULL_MASK = 0xFFFFFFFF
 
-RuleKey = tuple[int, int, int, str, int, int]
+RuleKey = tuple[str, int, int, int, str, int, int]
 
 
 class Rule(NamedTuple):
@@ -29,6 +29,7 @@ class Rule(NamedTuple):
     source: str | None = None  # "10.0.0.5/32"
     fwmark: int | None = None
     fwmask: int | None = None
+    netns: str = ""  # "": the namespace vsnet runs in
 
     @property
     def kind(self) -> Literal["rule"]:
@@ -37,7 +38,7 @@ class Rule(NamedTuple):
     @property
     def key(self) -> RuleKey:
         """Rules have no identity but their whole content."""
-        return (self.family, self.priority, self.table, self.source or "",
+        return (self.netns, self.family, self.priority, self.table, self.source or "",
                 self.fwmark or 0, self.fwmask or 0)
 
     def describe(self) -> str:
@@ -52,12 +53,14 @@ class Rule(NamedTuple):
             mask = "" if self.fwmask in (None, FULL_MASK) else f"/{self.fwmask:#x}"
             words.append(f"fwmark {self.fwmark:#x}{mask}")
         words.append(f"lookup {self.table}")
+        if self.netns:
+            words.append(f"netns {self.netns}")
         return " ".join(words)
 
     def as_json(self) -> dict[str, Any]:
         return {"kind": "rule", "family": 6 if self.family == socket.AF_INET6 else 4,
                 "priority": self.priority, "table": self.table, "source": self.source,
-                "fwmark": self.fwmark, "fwmask": self.fwmask}
+                "fwmark": self.fwmark, "fwmask": self.fwmask, "netns": self.netns}
 
 
 def request(action: str, obj: Rule, protocol: int, links: dict[str, int]) -> tuple[int, int, bytes]:
@@ -78,7 +81,7 @@ def request(action: str, obj: Rule, protocol: int, links: dict[str, int]) -> tup
 
 
 def observe(
-    sock: netlink.RtnlSocket, family: int, protocol: int, priorities: range
+    sock: netlink.RtnlSocket, family: int, protocol: int, priorities: range, netns: str = ""
 ) -> list[tuple[Rule, bool]]:
     """``lookup`` rules of ``family`` as (rule, owned): vsnet's own (``protocol``) and
     foreign ones in ``priorities`` (they could collide)."""
@@ -112,7 +115,7 @@ def observe(
         owned = proto == protocol
         if not owned and priority not in priorities:
             return None
-        return Rule(family, priority, table, source, fwmark, fwmask), owned
+        return Rule(family, priority, table, source, fwmark, fwmask, netns), owned
 
     header = FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
     return sock.dump(netlink.RTM_GETRULE, header, decode)

@@ -1,0 +1,73 @@
+"""The netlink sockets vsnet talks through: one in its own namespace, one per managed
+namespace, opened once (a thread ``setns``es in, opens, comes back: no fork) and kept."""
+
+from __future__ import annotations
+
+import os
+import resource
+
+from vsnetd.kinds import namespace
+from vsnetd.netlink import RtnlSocket
+from vsnetd.syscalls import entered_netns
+
+ROOT = ""  # the namespace vsnet itself runs in
+
+
+def _raise_fd_limit() -> None:
+    # one socket and one namespace fd per managed namespace: 1,000 VS outgrow 1,024 fds
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Kernel:
+    def __init__(self) -> None:
+        _raise_fd_limit()
+        self.root_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self.root = RtnlSocket()
+        self._sockets: dict[str, RtnlSocket] = {ROOT: self.root}
+        self._fds: dict[str, tuple[int, int]] = {}  # name -> (fd, inode)
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for name in list(self._fds):
+            self.forget(name)
+        self.root.close()
+        os.close(self.root_fd)
+
+    def netns_fd(self, name: str) -> int:
+        """An open fd of namespace ``name``, reopened if the name now means another one."""
+        cached = self._fds.get(name)
+        inode = os.stat(namespace.NETNS_DIR / name).st_ino
+        if cached is not None and cached[1] == inode:
+            return cached[0]
+        self.forget(name)
+        fd = namespace.open_fd(name)
+        self._fds[name] = (fd, inode)
+        return fd
+
+    def socket(self, name: str) -> RtnlSocket:
+        """The netlink socket inside namespace ``name`` (ROOT: vsnet's own)."""
+        if name == ROOT:
+            return self.root
+        fd = self.netns_fd(name)
+        sock = self._sockets.get(name)
+        if sock is None:
+            with entered_netns(fd):
+                sock = RtnlSocket()
+            self._sockets[name] = sock
+        return sock
+
+    def forget(self, name: str) -> None:
+        """Close what vsnet holds of a namespace (before it is deleted, or when stale)."""
+        sock = self._sockets.pop(name, None) if name != ROOT else None
+        if sock is not None:
+            sock.close()
+        cached = self._fds.pop(name, None)
+        if cached is not None:
+            os.close(cached[0])

@@ -1,0 +1,74 @@
+"""Resolver settings of a VS namespace: ``/etc/netns/<name>/resolv.conf``.
+
+That is the iproute2 convention: ``ip netns exec`` bind-mounts it over /etc/resolv.conf,
+and so can anything that resolves names on behalf of a VS. Ownership: the file starts with
+vsnet's header line; a resolv.conf without it is foreign and never overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+ETC_NETNS = Path("/etc/netns")
+HEADER = "# managed by vsnet: edit /etc/vsnet/servers.yaml instead\n"
+
+
+class ResolverFile(NamedTuple):
+    netns: str
+    content: str  # without the header
+
+    @property
+    def kind(self) -> Literal["resolver"]:
+        return "resolver"
+
+    @property
+    def key(self) -> tuple[str]:
+        return (self.netns,)
+
+    def describe(self) -> str:
+        lines = "; ".join(line for line in self.content.splitlines() if line)
+        return f"resolv.conf netns {self.netns}: {lines}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": "resolver", "netns": self.netns, "content": self.content}
+
+
+def render(servers: list[str], search: list[str], options: list[str]) -> str:
+    lines = [f"nameserver {server}" for server in servers]
+    if search:
+        lines.append("search " + " ".join(search))
+    if options:
+        lines.append("options " + " ".join(options))
+    return "\n".join(lines) + "\n"
+
+
+def path_of(netns: str) -> Path:
+    return ETC_NETNS / netns / "resolv.conf"
+
+
+def observe(netns: str) -> tuple[ResolverFile | None, bool]:
+    """(vsnet's file, whether a foreign one stands there)."""
+    try:
+        text = path_of(netns).read_text()
+    except OSError:
+        return None, False
+    if text.startswith(HEADER):
+        return ResolverFile(netns, text[len(HEADER):]), False
+    return None, True
+
+
+def write(obj: ResolverFile) -> None:
+    path = path_of(obj.netns)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(".resolv.conf.vsnet")
+    partial.write_text(HEADER + obj.content)
+    partial.replace(path)  # readers see the old file or the new one, never half of one
+
+
+def delete(obj: ResolverFile) -> None:
+    path = path_of(obj.netns)
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()  # only when vsnet's file was all there was
