@@ -142,20 +142,36 @@ class _Applier:
         return self.kernel.root, link.create_request(obj, root[obj.parent], target)
 
     def _links(self, changes: list[Change]) -> None:
+        failed_before = len(self.result.failed)
         self._send(changes, self._link)
+        failed = {id(c) for c, _error in self.result.failed[failed_before:]}
+        created = [c for c in changes if c.action == "add" and id(c) not in failed
+                   and isinstance(c.obj, Link) and c.obj.type in ("vlan", "macvlan")]
         # learn the indexes of devices that appeared where vsnet did not choose them
         touched = {c.obj.netns for c in changes
                    if c.action == "add" and isinstance(c.obj, Link)
                    and (c.obj.type == "move" or not c.obj.netns)}
-        for change in changes:
+        for change in created:
             obj = change.obj
-            if change.action == "add" and isinstance(obj, Link) and obj.ifindex and obj.netns:
+            assert isinstance(obj, Link)
+            if obj.netns:
                 self.links.setdefault(obj.netns, {})[obj.name] = obj.ifindex
         for netns in touched:
             try:
                 self.links[netns] = link.observe_links(self.kernel.socket(netns))
             except OSError:
                 continue
+        # the ownership tag, in a second request: the kernel ignores it on create. A device
+        # counts as applied once tagged (untagged, vsnet would not recognise it as its own).
+        untagged = {id(c) for c in created}
+        self.result.applied = [c for c in self.result.applied if id(c) not in untagged]
+        self._send(created, self._tag)
+
+    def _tag(self, change: Change) -> tuple[RtnlSocket, Request]:
+        obj = change.obj
+        assert isinstance(obj, Link)
+        index = self.links[obj.netns][obj.name]
+        return self.kernel.socket(obj.netns), link.alias_request(index, link.ALIAS)
 
     def _send(
         self, changes: list[Change], encode: Callable[[Change], tuple[RtnlSocket, Request]]

@@ -27,6 +27,8 @@ from typing import Any
 from vsnetd.compile import compile_config
 from vsnetd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, json_schema, load_config
 from vsnetd.kernel import Kernel
+from vsnetd.kinds import Route, Rule
+from vsnetd.kinds.route import RT_TABLE_MAIN
 from vsnetd.reconcile import ConvergeResult, converge, plan_for
 from vsnetd.state import DesiredState, Plan, ServerVerdict
 
@@ -64,12 +66,15 @@ def server_status(desired: DesiredState, verdicts: dict[str, ServerVerdict], pla
     report = {}
     for name, server in desired.servers.items():
         verdict = verdicts.get(name, ServerVerdict("pending"))
-        tables = sorted({o.table for o in server.objects if o.kind in ("route", "rule")})
-        priorities = sorted({o.priority for o in server.objects if o.kind == "rule"})
+        tables = sorted({o.table for o in server.objects
+                         if isinstance(o, Route | Rule) and o.table != RT_TABLE_MAIN})
+        priorities = sorted({o.priority for o in server.objects if isinstance(o, Rule)})
         report[name] = {
             "id": server.id,
             "mode": server.mode,
             "uplink": server.uplink,
+            "netns": server.netns,
+            "device": server.device,
             "addresses": list(server.addresses),
             "mark": server.numbers.mark,
             "mark_table": server.numbers.mark_table,
@@ -83,13 +88,15 @@ def server_status(desired: DesiredState, verdicts: dict[str, ServerVerdict], pla
 
 
 def _render_status(report: dict[str, dict[str, Any]]) -> str:
-    rows = [["SERVER", "ID", "MODE", "UPLINK", "STATE", "MARK", "TABLES", "PRIORITIES",
+    rows = [["SERVER", "ID", "MODE", "DEVICE", "NETNS", "STATE", "MARK", "TABLES", "PRIORITIES",
              "ADDRESSES"]]
     notes: list[str] = []
     for name, s in report.items():
+        device = s["device"] if s["device"] == s["uplink"] else f"{s['device']}@{s['uplink']}"
         rows.append([
-            name, str(s["id"]), s["mode"], s["uplink"], s["state"], f"{s['mark']:#x}",
-            ",".join(map(str, s["tables"])), ",".join(map(str, s["priorities"])),
+            name, str(s["id"]), s["mode"], device, s["netns"] or "-", s["state"],
+            f"{s['mark']:#x}" if s["mode"] == "pbr" else "-",
+            ",".join(map(str, s["tables"])) or "-", ",".join(map(str, s["priorities"])) or "-",
             " ".join(s["addresses"]),
         ])
         notes.extend(f"{name}: {reason}" for reason in s["reasons"])

@@ -167,8 +167,10 @@ def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
         if obj.kind == "sysctl" or netns in held_namespaces:
             continue  # sysctls are set, never unset; a held VS keeps its namespace whole
         inside_going = obj.netns in going and not isinstance(obj, Namespace)
-        if inside_going and not (isinstance(obj, Link) and obj.type == "move"):
-            continue  # a lent uplink is handed back before its namespace goes
+        if inside_going and not (
+            (isinstance(obj, Link) and obj.type == "move") or isinstance(obj, ResolverFile)
+        ):
+            continue  # a lent uplink is handed back and files removed; the rest goes with it
         owner = owner_of(obj)
         if owner not in held:
             deletes[obj.kind].append(Change("delete", obj, owner))
