@@ -121,7 +121,8 @@ def test_plan_status_and_exit_codes(uplink: str, config_file: Path) -> None:
     assert status.returncode == 0
     nas1 = json.loads(status.stdout)["servers"]["nas1"]
     assert nas1 == {
-        "id": 1, "mode": "pbr", "uplink": "eth0", "state": "in-sync", "reasons": [],
+        "id": 1, "mode": "pbr", "uplink": "eth0", "netns": "", "device": "eth0",
+        "state": "in-sync", "reasons": [],
         "addresses": ["10.0.0.5/24", "10.0.1.5/24", "2001:db8:5::5/64"],
         "mark": 0x5600001, "mark_table": 10031, "pending_changes": 0,
         "tables": [10016, 10017, 10018, 10031], "priorities": [10016, 10017, 10018, 10031],
