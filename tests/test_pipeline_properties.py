@@ -117,12 +117,15 @@ def test_plan_order_is_creates_after_deletes_in_dependency_order(config: Config)
 
 foreign_objects = st.one_of(
     st.builds(Address, st.sampled_from(["eth0", "eth1", "mgmt0"]),
-              st.sampled_from(["10.1.0.5", "10.9.9.9", "192.0.2.1"]), st.just(24)),
+              st.sampled_from(["10.1.0.5", "10.9.9.9", "192.0.2.1"]), st.just(24),
+              netns=st.just("")),
     st.builds(Route, st.just(socket.AF_INET), st.integers(10000, 10000 + 16 * 301),
               st.sampled_from(["0.0.0.0/0", "10.1.0.0/24", "198.51.100.0/24"]), st.just(0),
-              device=st.just("eth0")),
+              type=st.just("unicast"), device=st.just("eth0"), gateway=st.none(),
+              source=st.none(), scope=st.just(0), netns=st.just("")),
     st.builds(Rule, st.sampled_from([socket.AF_INET, socket.AF_INET6]),
-              st.integers(10000, 10000 + 16 * 301), st.integers(1, 20000)),
+              st.integers(10000, 10000 + 16 * 301), st.integers(1, 20000),
+              source=st.none(), fwmark=st.none(), fwmask=st.none(), netns=st.just("")),
 )
 
 

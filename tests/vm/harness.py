@@ -12,10 +12,11 @@ inside a VM instead (see "Testing without harming the host" in DESIGN.md):
 - qemu runs with software emulation (KVM hangs on this machine) and no network devices at
   all (``-net none``), so nothing inside the VM can reach any network.
 
-:func:`run_in_vm` boots one VM per call (~15 s), runs a bash script as root with cwd
-``/work/main`` and returns its exit status and combined stdout/stderr. The script's output
-travels on a second serial port, apart from the kernel's console, and ends with the line
-``VSNET-VM-EXIT=<status>``; without that line the result is ``-1`` plus the console log.
+:func:`run_in_vm` boots one VM per call (~6 s for a trivial script), runs a bash script
+as root with cwd ``/work/main`` and returns its exit status and combined stdout/stderr.
+The script's output travels on a second serial port, apart from the kernel's console, and
+ends with the line ``VSNET-VM-EXIT=<status>``; without that line the result is ``-1`` plus
+the console log.
 
 From a shell: ``python -m tests.vm.harness`` builds the image; ``python -m tests.vm.harness
 -c 'ip -V'`` runs a script in the VM.
@@ -35,6 +36,8 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from vsnetd import sandbox
 
 PROJECT = Path(__file__).resolve().parents[2]
 CACHE = PROJECT / ".cache" / "vm"
@@ -159,9 +162,12 @@ def _run(argv: Sequence[str], cwd: Path | None = None,
     return result
 
 
-# The pytest suite runs in a sandbox without network: say so instead of apt's resolver error.
-_OFFLINE_HINT = ("(inside the test sandbox there is no network: build the image once with "
-                 "`.venv/bin/python -m tests.vm.harness` from /work/main, outside the sandbox)")
+def _need_registry(what: str) -> None:
+    """Fail fast inside the test sandbox: it has no network, apt would retry for ~20 s."""
+    if sandbox.inside():
+        raise HarnessError(f"{what} needs the package registry, and this runs inside the "
+                           "network-less test sandbox: build the VM image once outside it, "
+                           "with `.venv/bin/python -m tests.vm.harness` in /work/main")
 
 
 def _installed(package: str) -> bool:
@@ -174,15 +180,14 @@ def _ensure_host_packages() -> None:
     missing = [p for p in HOST_PACKAGES if not _installed(p)]
     if not missing:
         return
+    _need_registry(f"installing {' '.join(missing)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        _run(["apt-get", "update", "-qq"], env=env)
-        _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
-    except HarnessError as error:
-        raise HarnessError(f"cannot install {' '.join(missing)} {_OFFLINE_HINT}\n{error}") from None
+    _run(["apt-get", "update", "-qq"], env=env)
+    _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
 
 
 def _download_kernel(into: Path) -> Path:
+    _need_registry(f"downloading {KERNEL_PACKAGE}")
     # As root, apt drops to the _apt user for downloads, which cannot write here.
     download = ["apt-get", "download", "-o", "APT::Sandbox::User=root", KERNEL_PACKAGE]
     try:
@@ -192,8 +197,8 @@ def _download_kernel(into: Path) -> Path:
             _run(["apt-get", "update", "-qq"])
             _run(download, cwd=into)
     except HarnessError as error:
-        raise HarnessError(f"cannot download {KERNEL_PACKAGE} {_OFFLINE_HINT}; if Debian no "
-                           f"longer has it, update KERNEL_PACKAGE in {__file__}\n{error}") from None
+        raise HarnessError(f"cannot download {KERNEL_PACKAGE}; if Debian no longer has it, "
+                           f"update KERNEL_PACKAGE in {__file__}\n{error}") from None
     (deb,) = into.glob(f"{KERNEL_PACKAGE}_*.deb")
     return deb
 
@@ -390,7 +395,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-c", dest="script", help="bash script to run inside the VM")
     parser.add_argument("--timeout", type=float, default=180)
     args = parser.parse_args(argv)
-    image = ensure_image()
+    try:
+        image = ensure_image()
+    except HarnessError as error:
+        print(f"vm harness: {error}", file=sys.stderr)
+        return 1
     if args.script is None:
         print(f"kernel {image.version}\n  {image.kernel}\n  {image.initramfs}\n  {image.modules}")
         return 0
