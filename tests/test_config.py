@@ -285,3 +285,20 @@ def test_overlapping_plans_in_separate_namespaces_are_fine() -> None:
         """))
     assert config.servers["a"].namespace_name("a") == "vs-a"
     assert config.servers["b"].link_type() == "vlan"
+
+
+def test_vs_sharing_a_namespace_share_its_main_table() -> None:
+    errors = errors_of("""\
+        version: 1
+        servers:
+          a: {id: 1, mode: netns, uplink: eth0, namespace: ns1, gateway: 10.0.0.1,
+              addresses: [{address: 10.0.0.5/24}], routes: [{to: 10.9.0.0/16, via: 10.0.0.9}]}
+          b: {id: 2, mode: netns, uplink: eth0, namespace: ns1, gateway: 10.0.0.1,
+              addresses: [{address: 10.0.0.6/24}], routes: [{to: 10.9.0.0/16, via: 10.0.0.9}]}
+        """)
+    assert errors == [
+        "servers.yaml:5:66: servers.b.gateway: a shares namespace ns1 and already sets its "
+        "default IPv4 route",
+        "servers.yaml:6:58: servers.b.routes[0].to: a shares namespace ns1 and already sets its "
+        "route to 10.9.0.0/16",
+    ]

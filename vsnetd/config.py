@@ -447,14 +447,27 @@ def _shared_namespace_problems(config: Config) -> list[tuple[FieldPath, str]]:
     problems: list[tuple[FieldPath, str]] = []
     first: dict[str, tuple[str, ServerConfig]] = {}
     moved: dict[str, str] = {}
+    # the main table of a shared namespace is shared: one default per family, one route
+    # per destination
+    main_routes: dict[tuple[str, str], str] = {}
     for name, server in config.servers.items():
         base: FieldPath = ("servers", name)
+        netns = server.namespace_name(name)
+        if netns:
+            wanted: list[tuple[str, FieldPath]] = [
+                (f"default IPv{gw.version} route", ("gateway",)) for gw in server.gateway]
+            wanted += [(f"route to {r.to}", ("routes", i, "to"))
+                       for i, r in enumerate(server.routes)]
+            for what, where in wanted:
+                owner = main_routes.setdefault((netns, what), name)
+                if owner != name:
+                    problems.append(((*base, *where), f"{owner} shares namespace {netns} and "
+                                                      f"already sets its {what}"))
         if server.mode == "netns" and server.link_type() == "move":
             if server.uplink in moved:
                 problems.append(((*base, "uplink"), f"uplink {server.uplink} is already "
                                                      f"handed to {moved[server.uplink]}"))
             moved[server.uplink] = name
-        netns = server.namespace_name(name)
         if not netns:
             continue
         if netns not in first:
