@@ -198,13 +198,23 @@ def test_edits_mode_switches_and_removal_leave_nothing_behind(two_vs: Path) -> N
     assert "10.1.1.5" in {a["local"] for a in ip_json("addr", "show", "dev", "eth0")[0]
                           ["addr_info"]}
     # and back to netns, in a namespace of its own choosing, shared with b
-    two_vs.write_text(TWO_VS.replace("    uplink: eth0\n", "    uplink: eth0\n"
-                                     "    namespace: shared\n").replace(
-        "    uplink: eth1\n", "    uplink: eth1\n    namespace: shared\n").replace(
-        "  b:\n    id: 2\n    mode: netns\n    uplink: eth1\n    namespace: shared\n"
-        "    addresses: [{address: 10.1.1.5/24}]",
-        "  b:\n    id: 2\n    mode: netns\n    uplink: eth1\n    namespace: shared\n"
-        "    addresses: [{address: 10.1.1.6/24}]"))
+    two_vs.write_text("""\
+version: 1
+servers:
+  a:
+    id: 1
+    mode: netns
+    namespace: shared
+    uplink: eth0
+    addresses: [{address: 10.1.1.5/24}]
+    gateway: 10.1.1.1
+  b:
+    id: 2
+    mode: netns
+    namespace: shared
+    uplink: eth1
+    addresses: [{address: 10.1.2.6/24}]
+""")
     apply_ok(two_vs)
     assert namespaces() == ["foreign-ns", "shared"]
     assert set(links("shared")) == {"lo", "a", "b"}
