@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 SANDBOX := $(PY) -m vsnetd.sandbox --
 
-.PHONY: setup demo test test-unit lint schema bench clean
+.PHONY: setup vm-image demo test test-vm lint schema bench bench-netns clean
 
 setup: $(STAMP)
 
@@ -21,10 +21,19 @@ $(STAMP): pyproject.toml scripts/install-deps.sh
 demo: setup
 	$(PY) scripts/demo.py
 
-# Everything: lint, type check, the schema check, unit, property and namespace tests.
+# The Debian kernel + initramfs the 802.1Q tests boot under qemu (cached in .cache/vm).
+# Built before the sandbox: the first build downloads packages.
+vm-image: setup
+	$(PY) -m tests.vm.harness
+
+# Everything: lint, type check, the schema check, unit, property, namespace and VM tests.
 # pytest itself runs inside fresh network + mount namespaces.
-test: setup lint
+test: setup lint vm-image
 	$(SANDBOX) $(PY) -m pytest -q
+
+# Only the tests that boot a VM (real 802.1Q VLANs).
+test-vm: setup vm-image
+	$(SANDBOX) $(PY) -m pytest -q -m vm
 
 lint: setup
 	$(VENV)/bin/ruff check vsnetd tests bench scripts
@@ -35,6 +44,9 @@ schema: setup
 
 bench: setup
 	$(PY) bench/pbr.py --servers 1000
+
+bench-netns: setup
+	$(PY) bench/netns.py --servers 1000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
