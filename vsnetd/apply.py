@@ -45,6 +45,7 @@ Request = tuple[int, int, bytes]
 class ApplyResult:
     applied: list[Change] = field(default_factory=list)
     failed: list[tuple[Change, str]] = field(default_factory=list)
+    links: dict[str, dict[str, int]] = field(default_factory=dict)  # devices known after
 
     def failures_by_server(self) -> dict[str, str]:
         """The first error of each VS (later ones usually follow from it)."""
@@ -59,7 +60,7 @@ class _Applier:
         self.kernel = kernel
         self.links = {netns: dict(names) for netns, names in links.items()}
         self.protocol = protocol
-        self.result = ApplyResult()
+        self.result = ApplyResult(links=self.links)
 
     def run(self, changes: Iterable[Change]) -> ApplyResult:
         for kind, group in itertools.groupby(changes, key=lambda c: c.obj.kind):

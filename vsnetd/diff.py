@@ -25,6 +25,7 @@ from vsnetd.state import (
     ObservedState,
     Plan,
     ServerVerdict,
+    object_key,
 )
 
 CREATE_ORDER = ("namespace", "link", "address", "route", "rule", "sysctl", "resolver")
@@ -197,3 +198,28 @@ def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
         if name not in verdicts:
             verdicts[name] = ServerVerdict("pending" if name in pending else "in-sync")
     return Plan(changes=tuple(changes), servers=verdicts)
+
+
+def affected_by(desired: DesiredState, objects: list[KernelObject]) -> set[str]:
+    """The VS that objects seen changing (own or foreign) may concern: their owners, the VS
+    whose device or uplink a device is, the VS a foreign object would collide with."""
+    owner_of = _Owners(desired, ObservedState())
+    by_key: dict[ObjectKey, str] = {}
+    by_device: dict[tuple[str, str], set[str]] = {}
+    for server in desired.servers.values():
+        for key in server.keyed:
+            by_key.setdefault(key, server.name)
+        by_device.setdefault(("", server.uplink), set()).add(server.name)
+        by_device.setdefault((server.netns, server.device), set()).add(server.name)
+    affected: set[str] = set()
+    for obj in objects:
+        owner = by_key.get(object_key(obj))
+        if owner is not None:
+            affected.add(owner)
+        elif isinstance(obj, Link):
+            affected |= by_device.get((obj.netns, obj.name), set())
+        else:
+            owner = owner_of(obj)
+            if owner is not None:
+                affected.add(owner)
+    return affected & desired.servers.keys()

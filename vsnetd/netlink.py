@@ -254,3 +254,61 @@ class RtnlSocket:
                 results[index] = Reply(error, text)
                 pending -= 1
         return [r for r in results if r is not None]
+
+
+# rtnetlink multicast groups (linux/rtnetlink.h, enum rtnetlink_groups)
+RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_RULE = 1, 5, 7, 8
+RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV6_ROUTE, RTNLGRP_IPV6_RULE = 9, 11, 19
+NETLINK_ADD_MEMBERSHIP = 1
+WATCHED_GROUPS = (RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_RULE,
+                  RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV6_ROUTE, RTNLGRP_IPV6_RULE)
+
+
+class Overrun(Exception):
+    """Notifications were lost (ENOBUFS): whoever reads them must look at everything again."""
+
+
+class RtnlMonitor:
+    """Link, address, route and rule notifications of the namespace it was opened in."""
+
+    def __init__(self) -> None:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
+                             socket.NETLINK_ROUTE)
+        try:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, 33, RECV_BUFFER)  # SO_RCVBUFFORCE
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+            sock.bind((0, 0))
+            for group in WATCHED_GROUPS:
+                sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._buffer = bytearray(RECV_CHUNK)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def read(self, decode: Callable[[int, bytearray, int, int], None]) -> None:
+        """Pass every pending notification to ``decode(type, buffer, start, end)``."""
+        while True:
+            try:
+                received = self._sock.recv_into(self._buffer)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    raise Overrun from None
+                raise
+            offset = 0
+            while offset + NLMSGHDR.size <= received:
+                length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(self._buffer, offset)
+                if length < NLMSGHDR.size:
+                    break
+                decode(kind, self._buffer, offset + NLMSGHDR.size, offset + length)
+                offset += (length + 3) & ~3

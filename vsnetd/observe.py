@@ -11,10 +11,12 @@ the receive buffer.
 from __future__ import annotations
 
 import socket
+from typing import Any
 
+from vsnetd import netlink
 from vsnetd.kernel import ROOT, Kernel
 from vsnetd.kinds import (
-    Link,
+    KernelObject,
     Namespace,
     Sysctl,
     address,
@@ -25,8 +27,10 @@ from vsnetd.kinds import (
     rule,
     sysctl,
 )
+from vsnetd.kinds.route import Route
+from vsnetd.kinds.rule import Rule
 from vsnetd.netlink import RtnlSocket
-from vsnetd.state import ObservedState, Scope
+from vsnetd.state import ObservedState, Scope, object_key
 
 
 def observe(kernel: Kernel, scope: Scope) -> ObservedState:
@@ -62,15 +66,9 @@ def _observe_in(
     state.links[netns] = {found.name: found.ifindex for found in devices}
     parents = root_names if netns else names
     for found in devices:
-        if found.alias == link.ALIAS:
-            if found.type in ("vlan", "macvlan"):
-                parent = parents.get(found.parent_index, f"if{found.parent_index}")
-                state.add(Link(netns, found.name, found.type, parent, found.vlan, found.up,
-                               found.ifindex))
-            else:  # an uplink lent whole to a VS
-                state.add(Link(netns, found.name, "move", found.name, None, found.up, 0))
-        elif netns and found.name == "lo":
-            state.add(Link(netns, "lo", "loopback", None, None, found.up, 0))
+        owned_link = link.as_owned(found, netns, parents)
+        if owned_link is not None:
+            state.add(owned_link)
         else:
             state.foreign_links.add((netns, found.name))
 
@@ -94,3 +92,94 @@ def _observe_in(
             else:
                 state.foreign_rules.append(found_rule)
     return names
+
+
+class NotificationFeed:
+    """Keeps an ObservedState current from the netlink notifications of one namespace.
+
+    Each notification updates the state the way a dump would have seen it, and the objects
+    it concerned are collected in ``changed`` (the daemon converges the VS they belong to).
+    Notifications vsnet's own changes cause update the state to what it already holds.
+    IPv4 routes flushed with a deleted address or device come without notifications of
+    their own: such deletions set ``needs_full`` (look at everything again).
+    """
+
+    def __init__(self, state: ObservedState, scope: Scope, netns: str) -> None:
+        self.state = state
+        self.scope = scope
+        self.netns = netns
+        self.changed: list[KernelObject] = []
+        self.needs_full = False
+
+    def _names(self, netns: str) -> dict[int, str]:
+        return {index: name for name, index in self.state.links.get(netns, {}).items()}
+
+    def __call__(self, kind: int, data: bytearray, start: int, end: int) -> None:
+        netns, state = self.netns, self.state
+        gone = kind in (netlink.RTM_DELLINK, netlink.RTM_DELADDR, netlink.RTM_DELROUTE,
+                        netlink.RTM_DELRULE)
+        if kind in (netlink.RTM_NEWLINK, netlink.RTM_DELLINK):
+            found_link = link.decode(data, start, end)
+            if found_link is None:
+                return
+            names = state.links.setdefault(netns, {})
+            for name, index in list(names.items()):
+                if index == found_link.ifindex:
+                    del names[name]  # renamed or gone
+            owned_link = link.as_owned(found_link, netns, self._names(ROOT))
+            key = ("link", (netns, found_link.name))
+            if gone:
+                if state.owned.pop(key, None) is not None:
+                    self.needs_full = True
+                state.foreign_links.discard((netns, found_link.name))
+            else:
+                names[found_link.name] = found_link.ifindex
+                if owned_link is not None:
+                    state.owned[key] = owned_link
+                else:
+                    state.foreign_links.add((netns, found_link.name))
+            self.changed.append(owned_link or link.Link(netns, found_link.name, found_link.type))
+        elif kind in (netlink.RTM_NEWADDR, netlink.RTM_DELADDR):
+            decoded = address.decoder(self._names(netns), netns)(data, start, end)
+            if decoded is None:
+                return
+            found_address, owner = decoded
+            if owner == self.scope.protocol:
+                if gone:
+                    if state.owned.pop(object_key(found_address), None) is not None:
+                        self.needs_full = True  # its src routes went without a word
+                else:
+                    state.add(found_address)
+            elif gone:
+                state.foreign_addresses.pop((netns, found_address.address), None)
+            else:
+                state.foreign_addresses[(netns, found_address.address)] = found_address
+            self.changed.append(found_address)
+        elif kind in (netlink.RTM_NEWROUTE, netlink.RTM_DELROUTE):
+            route_decode = route.decoder(self._names(netns), self.scope.protocol,
+                                         self.scope.tables, netns)
+            decoded_route = route_decode(data, start, end)
+            if decoded_route is None:
+                return
+            found_route, owned = decoded_route
+            self._update(found_route, owned, gone, state.foreign_routes)
+        elif kind in (netlink.RTM_NEWRULE, netlink.RTM_DELRULE):
+            decoded_rule = rule.decoder(self.scope.protocol, self.scope.priorities, netns)(
+                data, start, end)
+            if decoded_rule is None:
+                return
+            found_rule, owned = decoded_rule
+            self._update(found_rule, owned, gone, state.foreign_rules)
+
+    def _update(self, obj: Route | Rule, owned: bool, gone: bool, foreign: list[Any]) -> None:
+        if owned:
+            if gone:
+                self.state.owned.pop(object_key(obj), None)
+            else:
+                self.state.add(obj)
+        elif gone:
+            if obj in foreign:
+                foreign.remove(obj)
+        elif obj not in foreign:
+            foreign.append(obj)
+        self.changed.append(obj)

@@ -18,6 +18,7 @@ from vsnetd.compile import compile_config
 from vsnetd.config import Config
 from vsnetd.diff import plan_changes
 from vsnetd.kernel import Kernel
+from vsnetd.kinds import Namespace
 from vsnetd.observe import observe
 from vsnetd.state import (
     Change,
@@ -134,7 +135,17 @@ class Reconciler:
         if full or previous is None or observed is None or previous.settings != desired.settings:
             return self._full(desired)
         with gc_paused():
-            return self._scoped(previous, observed, desired)
+            return self._scoped(previous, observed, desired, changed_servers(previous, desired))
+
+    def heal(self, names: set[str]) -> ConvergeResult:
+        """Converge these VS again against the kept state (which notifications keep
+        current): an object of theirs changed or vanished, or a foreign one appeared."""
+        desired, observed = self.desired, self.observed
+        assert desired is not None, "heal() comes after a first converge()"
+        if observed is None:
+            return self._full(desired)
+        with gc_paused():
+            return self._scoped(desired, observed, desired, names & desired.servers.keys())
 
     def _full(self, desired: DesiredState) -> ConvergeResult:
         result = converge(self.kernel, desired)
@@ -145,21 +156,16 @@ class Reconciler:
         return result
 
     def _scoped(
-        self, previous: DesiredState, observed: ObservedState, desired: DesiredState
+        self, previous: DesiredState, observed: ObservedState, desired: DesiredState,
+        changed: set[str],
     ) -> ConvergeResult:
         started = time.perf_counter()
-        changed = changed_servers(previous, desired)
         subset_desired = dataclasses.replace(
             desired,
             servers={n: s for n, s in desired.servers.items() if n in changed},
             former_names=previous.names_by_id(),
         )
-        subset = ObservedState(
-            links=observed.links,
-            foreign_addresses=observed.foreign_addresses,
-            foreign_routes=observed.foreign_routes,
-            foreign_rules=observed.foreign_rules,
-        )
+        subset = dataclasses.replace(observed, owned={})  # the foreign objects are all there
         for server in _each(previous, desired, changed):
             for key in server.keyed:
                 obj = observed.owned.get(key)
@@ -167,12 +173,7 @@ class Reconciler:
                     subset.owned[key] = obj
         plan = plan_changes(subset_desired, subset)
         outcome = apply_plan(self.kernel, plan, observed.links, desired.scope.protocol)
-        for change in outcome.applied:
-            key = object_key(change.obj)
-            if change.action == "delete":
-                observed.owned.pop(key, None)
-            else:
-                observed.owned[key] = change.obj
+        _record(observed, outcome)
         failures = outcome.failures_by_server()
         verdicts = {name: self.verdicts.get(name, ServerVerdict("pending"))
                     for name in desired.servers}
@@ -192,6 +193,21 @@ class Reconciler:
             seconds=time.perf_counter() - started,
             observed=self.observed,
         )
+
+
+def _record(observed: ObservedState, outcome: ApplyResult) -> None:
+    """What the ACKs confirm, written into the kept state."""
+    observed.links = outcome.links
+    for change in outcome.applied:
+        obj = change.obj
+        key = object_key(obj)
+        if change.action != "delete":
+            observed.owned[key] = obj
+            continue
+        observed.owned.pop(key, None)
+        if isinstance(obj, Namespace):  # what was inside went with it
+            observed.owned = {k: o for k, o in observed.owned.items()
+                              if isinstance(o, Namespace) or o.netns != obj.name}
 
 
 def changed_servers(previous: DesiredState, desired: DesiredState) -> set[str]:

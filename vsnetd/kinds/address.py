@@ -82,10 +82,9 @@ def protect_secondaries(device: str) -> bool:
     return True
 
 
-def observe(
-    sock: netlink.RtnlSocket, names: dict[int, str], netns: str = ""
-) -> list[tuple[Address, int]]:
-    """Every IPv4/IPv6 address as (address, IFA_PROTO)."""
+def decoder(names: dict[int, str], netns: str = "") -> netlink.Decoder[tuple[Address, int]]:
+    """Decodes an RTM_NEWADDR/RTM_DELADDR (dump or notification) into (address,
+    IFA_PROTO); None for families vsnet does not manage."""
     unpack_attr = netlink.ATTR.unpack_from
 
     def decode(data: bytearray, start: int, end: int) -> tuple[Address, int] | None:
@@ -112,4 +111,12 @@ def observe(
         device = names.get(index) or f"if{index}"
         return Address(device, _ip.unpack(family, raw), prefixlen, netns), protocol
 
-    return sock.dump(netlink.RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), decode)
+    return decode
+
+
+def observe(
+    sock: netlink.RtnlSocket, names: dict[int, str], netns: str = ""
+) -> list[tuple[Address, int]]:
+    """Every IPv4/IPv6 address as (address, IFA_PROTO)."""
+    return sock.dump(netlink.RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0),
+                     decoder(names, netns))

@@ -128,43 +128,60 @@ class ObservedLink(NamedTuple):
     up: bool
 
 
+_unpack_attr = netlink.ATTR.unpack_from
+_unpack_u32 = netlink.U32.unpack_from
+
+
+def decode(data: bytearray, start: int, end: int) -> ObservedLink | None:
+    """One RTM_NEWLINK/RTM_DELLINK (dump or notification)."""
+    _family, _type, index, flags, _change = IFINFOMSG.unpack_from(data, start)
+    name = alias = kind = ""
+    parent = 0
+    elsewhere = False
+    vlan = None
+    pos = start + IFINFOMSG.size
+    while pos + 4 <= end:
+        length, attr_type = _unpack_attr(data, pos)
+        if length < 4:
+            break
+        attr_type &= netlink.NLA_TYPE_MASK
+        if attr_type == IFLA_IFNAME:
+            name = bytes(data[pos + 4 : pos + length]).rstrip(b"\0").decode()
+        elif attr_type == IFLA_IFALIAS:
+            alias = bytes(data[pos + 4 : pos + length]).rstrip(b"\0").decode()
+        elif attr_type == IFLA_LINK:
+            parent = _unpack_u32(data, pos + 4)[0]
+        elif attr_type == IFLA_LINK_NETNSID:
+            elsewhere = True
+        elif attr_type == IFLA_LINKINFO:
+            info = netlink.parse_attrs(data, pos + 4, pos + length)
+            kind = info.get(IFLA_INFO_KIND, b"").rstrip(b"\0").decode()
+            if kind == "vlan" and IFLA_INFO_DATA in info:
+                raw = netlink.parse_attrs(info[IFLA_INFO_DATA], 0,
+                                          len(info[IFLA_INFO_DATA])).get(IFLA_VLAN_ID)
+                vlan = struct.unpack("=H", raw[:2])[0] if raw else None
+        pos += (length + 3) & ~3
+    if not name:
+        return None
+    return ObservedLink(name, index, alias, kind, parent, elsewhere, vlan, bool(flags & IFF_UP))
+
+
+def as_owned(found: ObservedLink, netns: str, parents: dict[int, str]) -> Link | None:
+    """The Link vsnet owns that ``found`` is, or None for a foreign device. ``parents``
+    names the parent indexes (the root namespace's for devices inside a VS namespace)."""
+    if found.alias == ALIAS:
+        if found.type in ("vlan", "macvlan"):
+            parent = parents.get(found.parent_index, f"if{found.parent_index}")
+            return Link(netns, found.name, found.type, parent, found.vlan, found.up,
+                        found.ifindex)
+        return Link(netns, found.name, "move", found.name, None, found.up, 0)  # a lent uplink
+    if netns and found.name == "lo":
+        return Link(netns, "lo", "loopback", None, None, found.up, 0)
+    return None
+
+
 def observe(sock: netlink.RtnlSocket) -> list[ObservedLink]:
     """Every device of the namespace of ``sock``."""
-    unpack_attr = netlink.ATTR.unpack_from
-    unpack_u32 = netlink.U32.unpack_from
-
-    def decode(data: bytearray, start: int, end: int) -> ObservedLink | None:
-        _family, _type, index, flags, _change = IFINFOMSG.unpack_from(data, start)
-        name = alias = kind = ""
-        parent = 0
-        elsewhere = False
-        vlan = None
-        pos = start + IFINFOMSG.size
-        while pos + 4 <= end:
-            length, attr_type = unpack_attr(data, pos)
-            if length < 4:
-                break
-            attr_type &= netlink.NLA_TYPE_MASK
-            if attr_type == IFLA_IFNAME:
-                name = bytes(data[pos + 4 : pos + length]).rstrip(b"\0").decode()
-            elif attr_type == IFLA_IFALIAS:
-                alias = bytes(data[pos + 4 : pos + length]).rstrip(b"\0").decode()
-            elif attr_type == IFLA_LINK:
-                parent = unpack_u32(data, pos + 4)[0]
-            elif attr_type == IFLA_LINK_NETNSID:
-                elsewhere = True
-            elif attr_type == IFLA_LINKINFO:
-                info = netlink.parse_attrs(data, pos + 4, pos + length)
-                kind = info.get(IFLA_INFO_KIND, b"").rstrip(b"\0").decode()
-                if kind == "vlan" and IFLA_INFO_DATA in info:
-                    raw = netlink.parse_attrs(info[IFLA_INFO_DATA], 0,
-                                              len(info[IFLA_INFO_DATA])).get(IFLA_VLAN_ID)
-                    vlan = struct.unpack("=H", raw[:2])[0] if raw else None
-            pos += (length + 3) & ~3
-        if not name:
-            return None
-        return ObservedLink(name, index, alias, kind, parent, elsewhere, vlan, bool(flags & IFF_UP))
-
     return sock.dump(netlink.RTM_GETLINK, IFINFOMSG.pack(0, 0, 0, 0, 0), decode)
 
 

@@ -95,21 +95,19 @@ def request(action: str, obj: Route, protocol: int, links: dict[str, int]) -> tu
     return netlink.RTM_NEWROUTE, netlink.NLM_F_CREATE | mode, body
 
 
-def observe(
-    sock: netlink.RtnlSocket, family: int, names: dict[int, str], protocol: int,
-    tables: range | frozenset[int], netns: str = "",
-) -> list[tuple[Route, bool]]:
-    """Routes of ``family`` as (route, owned): those carrying ``protocol`` (vsnet's own),
-    and foreign ones in ``tables`` (they could collide). Every table is dumped: the
-    host's own tables are small next to vsnet's, and foreign routes in vsnet's tables
-    must be seen."""
+def decoder(
+    names: dict[int, str], protocol: int, tables: range | frozenset[int], netns: str = ""
+) -> netlink.Decoder[tuple[Route, bool]]:
+    """Decodes an RTM_NEWROUTE/RTM_DELROUTE (dump or notification) into (route, owned):
+    routes carrying ``protocol`` (vsnet's own) and foreign ones in ``tables`` (they could
+    collide); None for the rest. ``names`` maps the namespace's ifindexes to names."""
     unpack_attr = netlink.ATTR.unpack_from
     unpack_u32 = netlink.U32.unpack_from
     unpack_ip = _ip.unpack
-    default = "::" if family == socket.AF_INET6 else "0.0.0.0"
 
     def decode(data: bytearray, start: int, end: int) -> tuple[Route, bool] | None:
-        _f, dst_len, src_len, _tos, table, proto, scope, rtype, _fl = RTMSG.unpack_from(data, start)
+        family, dst_len, src_len, _tos, table, proto, scope, rtype, _fl = RTMSG.unpack_from(
+            data, start)
         if src_len or (rtype != RTN_UNICAST and rtype != RTN_UNREACHABLE):
             return None
         owned = proto == protocol
@@ -139,9 +137,21 @@ def observe(
             return None
         unicast = rtype == RTN_UNICAST
         device = (names.get(oif) or f"if{oif}") if unicast and oif else None
+        default = "::" if family == socket.AF_INET6 else "0.0.0.0"
         route = Route(family, table, f"{dst or default}/{dst_len}", metric,
                       "unicast" if unicast else "unreachable", device, gateway, source, scope,
                       netns)
         return route, owned
 
-    return sock.dump(netlink.RTM_GETROUTE, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0), decode)
+    return decode
+
+
+def observe(
+    sock: netlink.RtnlSocket, family: int, names: dict[int, str], protocol: int,
+    tables: range | frozenset[int], netns: str = "",
+) -> list[tuple[Route, bool]]:
+    """Routes of ``family`` as (route, owned), see :func:`decoder`. Every table is dumped:
+    the host's own tables are small next to vsnet's, and foreign routes in vsnet's
+    tables must be seen."""
+    return sock.dump(netlink.RTM_GETROUTE, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0),
+                     decoder(names, protocol, tables, netns))

@@ -80,16 +80,17 @@ def request(action: str, obj: Rule, protocol: int, links: dict[str, int]) -> tup
     return netlink.RTM_NEWRULE, netlink.NLM_F_CREATE | netlink.NLM_F_EXCL, header + attrs
 
 
-def observe(
-    sock: netlink.RtnlSocket, family: int, protocol: int, priorities: range, netns: str = ""
-) -> list[tuple[Rule, bool]]:
-    """``lookup`` rules of ``family`` as (rule, owned): vsnet's own (``protocol``) and
-    foreign ones in ``priorities`` (they could collide)."""
+def decoder(
+    protocol: int, priorities: range, netns: str = ""
+) -> netlink.Decoder[tuple[Rule, bool]]:
+    """Decodes an RTM_NEWRULE/RTM_DELRULE (dump or notification) into (rule, owned):
+    ``lookup`` rules carrying ``protocol`` and foreign ones in ``priorities``."""
     unpack_attr = netlink.ATTR.unpack_from
     unpack_u32 = netlink.U32.unpack_from
 
     def decode(data: bytearray, start: int, end: int) -> tuple[Rule, bool] | None:
-        _f, _dl, src_len, _tos, table, _r1, _r2, action, _fl = FIB_RULE_HDR.unpack_from(data, start)
+        family, _dl, src_len, _tos, table, _r1, _r2, action, _fl = FIB_RULE_HDR.unpack_from(
+            data, start)
         if action != FR_ACT_TO_TBL:
             return None
         source = fwmark = fwmask = None
@@ -117,5 +118,12 @@ def observe(
             return None
         return Rule(family, priority, table, source, fwmark, fwmask, netns), owned
 
+    return decode
+
+
+def observe(
+    sock: netlink.RtnlSocket, family: int, protocol: int, priorities: range, netns: str = ""
+) -> list[tuple[Rule, bool]]:
+    """``lookup`` rules of ``family`` as (rule, owned), see :func:`decoder`."""
     header = FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
-    return sock.dump(netlink.RTM_GETRULE, header, decode)
+    return sock.dump(netlink.RTM_GETRULE, header, decoder(protocol, priorities, netns))
