@@ -8,6 +8,13 @@ command -v unshare >/dev/null  || need+=(util-linux)
 command -v mount >/dev/null    || need+=(mount)
 command -v python3 >/dev/null  || need+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+# systemd-python builds against libsystemd; the unit file test runs systemd-analyze
+python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(
+    os.path.join(sysconfig.get_paths()["include"], "Python.h")))' || need+=(python3-dev)
+command -v gcc >/dev/null          || need+=(gcc)
+command -v pkg-config >/dev/null   || need+=(pkg-config)
+pkg-config --exists libsystemd 2>/dev/null || need+=(libsystemd-dev)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then

@@ -19,18 +19,19 @@ import argparse
 import dataclasses
 import gc
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vsnetd import control
 from vsnetd.compile import compile_config
 from vsnetd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, json_schema, load_config
 from vsnetd.kernel import Kernel
-from vsnetd.kinds import Route, Rule
-from vsnetd.kinds.route import RT_TABLE_MAIN
 from vsnetd.reconcile import ConvergeResult, converge, plan_for
-from vsnetd.state import DesiredState, Plan, ServerVerdict
+from vsnetd.state import ServerVerdict
+from vsnetd.status import render_status, server_status
 
 EXIT_OK, EXIT_ERROR, EXIT_PENDING = 0, 1, 2
 JSON_VERSION = 1
@@ -42,69 +43,6 @@ def _print_json(document: dict[str, Any]) -> None:
 
 def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config)
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
-
-
-def _range(numbers: range) -> str:
-    return f"{numbers[0]}-{numbers[-1]}"
-
-
-def server_status(desired: DesiredState, verdicts: dict[str, ServerVerdict], plan: Plan
-                  ) -> dict[str, dict[str, Any]]:
-    """Per VS: what it is, the numbers it owns, and whether the kernel matches it."""
-    pending: dict[str, int] = {}
-    for change in plan.changes:
-        if change.server:
-            pending[change.server] = pending.get(change.server, 0) + 1
-    report = {}
-    for name, server in desired.servers.items():
-        verdict = verdicts.get(name, ServerVerdict("pending"))
-        tables = sorted({o.table for o in server.objects
-                         if isinstance(o, Route | Rule) and o.table != RT_TABLE_MAIN})
-        priorities = sorted({o.priority for o in server.objects if isinstance(o, Rule)})
-        report[name] = {
-            "id": server.id,
-            "mode": server.mode,
-            "uplink": server.uplink,
-            "netns": server.netns,
-            "device": server.device,
-            "addresses": list(server.addresses),
-            "mark": server.numbers.mark,
-            "mark_table": server.numbers.mark_table,
-            "tables": tables,
-            "priorities": priorities,
-            "state": verdict.state,
-            "reasons": list(verdict.reasons),
-            "pending_changes": pending.get(name, 0),
-        }
-    return report
-
-
-def _render_status(report: dict[str, dict[str, Any]]) -> str:
-    rows = [["SERVER", "ID", "MODE", "DEVICE", "NETNS", "STATE", "MARK", "TABLES", "PRIORITIES",
-             "ADDRESSES"]]
-    notes: list[str] = []
-    for name, s in report.items():
-        device = s["device"] if s["device"] == s["uplink"] else f"{s['device']}@{s['uplink']}"
-        rows.append([
-            name, str(s["id"]), s["mode"], device, s["netns"] or "-", s["state"],
-            f"{s['mark']:#x}" if s["mode"] == "pbr" else "-",
-            ",".join(map(str, s["tables"])) or "-", ",".join(map(str, s["priorities"])) or "-",
-            " ".join(s["addresses"]),
-        ])
-        notes.extend(f"{name}: {reason}" for reason in s["reasons"])
-        if s["pending_changes"]:
-            notes.append(f"{name}: {s['pending_changes']} change(s) pending (see vsnetctl plan)")
-    if len(rows) == 1:
-        return "no servers configured"
-    return _table(rows) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
 # --------------------------------------------------------------------------- commands
@@ -171,7 +109,41 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return EXIT_OK if result.converged else EXIT_ERROR
 
 
+def _daemon_status(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The running daemon's view, when it serves the same config file."""
+    try:
+        reply = control.request("status")
+    except (control.DaemonUnavailable, OSError, ValueError):
+        return None
+    if Path(reply.get("daemon", {}).get("config", "")) != Path(args.config).absolute():
+        return None
+    return reply
+
+
+def _print_daemon(reply: dict[str, Any], args: argparse.Namespace) -> int:
+    daemon = reply["daemon"]
+    if args.json:
+        _print_json({"config": daemon["config"], "daemon": daemon, "servers": reply["servers"]})
+    else:
+        last = daemon.get("last_reconcile") or {}
+        print(f"vsnetd (pid {daemon['pid']}): config generation {daemon['generation']}; "
+              f"{daemon['status']}")
+        if last:
+            print(f"last reconcile: {last['at']} ({last['why']}), "
+                  f"{last['seconds'] * 1000:.1f} ms, {last['changes']} change(s)")
+        for error in daemon["config_errors"]:
+            print(f"config refused: {error['file']}:{error['line']}:{error['column']}: "
+                  f"{error['path']}: {error['message']}")
+        print()
+        print(render_status(reply["servers"]))
+    in_sync = all(s["state"] == "in-sync" for s in reply["servers"].values())
+    return EXIT_OK if in_sync and not daemon["config_errors"] else EXIT_PENDING
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    reply = _daemon_status(args)
+    if reply is not None:
+        return _print_daemon(reply, args)
     desired = compile_config(_load(args))
     with Kernel() as kernel:
         plan = plan_for(kernel, desired)
@@ -179,9 +151,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"config": str(args.config), "servers": report})
     else:
-        print(_render_status(report))
+        print(render_status(report))
     in_sync = all(s["state"] == "in-sync" for s in report.values())
     return EXIT_OK if in_sync else EXIT_PENDING
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    try:
+        reply = control.request("reload")
+    except control.DaemonUnavailable:
+        print(f"vsnetctl: no vsnetd answers on {control.CONTROL_PATH}", file=sys.stderr)
+        return EXIT_ERROR
+    if "daemon" not in reply:
+        print(f"vsnetctl: {reply.get('error', 'reload failed')}", file=sys.stderr)
+        return EXIT_ERROR
+    _print_daemon(reply, args)
+    return EXIT_OK if reply.get("ok") else EXIT_ERROR
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -212,6 +197,7 @@ COMMANDS = {
     "apply": (cmd_apply, "converge the kernel to the config once"),
     "status": (cmd_status, "per virtual server: numbers, addresses, in sync or why not"),
     "teardown": (cmd_teardown, "remove every object vsnet created"),
+    "reload": (cmd_reload, "make the running vsnetd read its config now"),
     "schema": (cmd_schema, "print the JSON Schema of the config file"),
 }
 
@@ -258,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PermissionError as exc:
         print(f"vsnetctl: {exc.strerror or exc}: run as root (CAP_NET_ADMIN)", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # `vsnetctl status | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

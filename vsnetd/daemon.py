@@ -1,0 +1,389 @@
+"""vsnetd: keeps the kernel converged to ``servers.yaml``, in the foreground, as systemd expects.
+
+One thread runs everything through one ``select`` loop, and every path ends in the same
+pipeline (:class:`vsnetd.reconcile.Reconciler`):
+
+* the config file changes (watched with watchfiles, a few ms of debounce), SIGHUP or
+  ``vsnetctl reload``: load it; an invalid file is refused whole and the last good config
+  stays applied; a valid one is converged, only the VS that changed;
+* netlink notifications from the root namespace and every managed one keep the observed
+  state current; the VS a change concerns are converged again (self-heal); vsnet's own
+  changes come back as notifications that change nothing;
+* lost notifications (ENOBUFS), changes the kernel makes without a word, failed VS (with
+  backoff) and the periodic resync: a full run, observing everything;
+* SIGTERM stops the daemon and leaves the kernel as it is (the application keeps serving;
+  ``vsnetctl teardown`` is the way to remove everything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from vsnetd import control, log
+from vsnetd.compile import compile_config
+from vsnetd.config import DEFAULT_CONFIG_PATH, ConfigError, ConfigIssue, load_config
+from vsnetd.diff import affected_by
+from vsnetd.kernel import ROOT, Kernel
+from vsnetd.kinds import KernelObject, Namespace
+from vsnetd.netlink import Overrun, RtnlMonitor
+from vsnetd.observe import NotificationFeed
+from vsnetd.reconcile import ConvergeResult, Reconciler
+from vsnetd.state import ACTION_SIGNS, DesiredState, Plan
+from vsnetd.status import server_status, summary
+from vsnetd.syscalls import entered_netns
+
+DEFAULT_RESYNC_SECONDS = 60.0
+WATCH_DEBOUNCE_MS = 20  # watchfiles' default is 1,600 ms: edits must reach the kernel in ms
+WATCH_STEP_MS = 2
+MAX_BACKOFF_SECONDS = 60.0
+
+
+def notify(state: str) -> None:
+    """sd_notify(3), through systemd-python; nothing when not started by systemd."""
+    if "NOTIFY_SOCKET" not in os.environ:
+        return
+    from systemd import daemon as sd  # type: ignore[attr-defined]
+
+    sd.notify(state)
+
+
+def watchdog_interval() -> float | None:
+    """Half the watchdog timeout systemd asked for, or None."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and int(pid) != os.getpid()):
+        return None
+    return int(usec) / 2_000_000
+
+
+class Daemon:
+    def __init__(self, config_path: Path, resync_seconds: float, control_path: Path) -> None:
+        self.config_path = config_path.absolute()
+        self.resync_seconds = resync_seconds
+        self.control_path = control_path
+        self.kernel = Kernel()
+        self.reconciler = Reconciler(self.kernel)
+        self.selector = selectors.DefaultSelector()
+        self.monitors: dict[str, RtnlMonitor] = {}
+        self.desired: DesiredState | None = None
+        self.config_issues: list[ConfigIssue] = []
+        self.generation = 0
+        self.last: dict[str, Any] = {}
+        self.stopping = False
+        self.reload_wanted = False
+        self.full_wanted = False
+        self.changed: list[KernelObject] = []
+        now = time.monotonic()
+        self.next_resync = now + resync_seconds
+        self.retry_at: float | None = None
+        self.backoff = 1.0
+        self.watchdog = watchdog_interval()
+        self.next_watchdog = now
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.watch_stop = threading.Event()
+
+    # ------------------------------------------------------------------ life cycle
+
+    def run(self) -> int:
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGHUP, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
+        watcher = threading.Thread(target=self._watch, name="config-watch", daemon=True)
+        watcher.start()
+        # subscribe before the first look, so nothing between the two goes unseen
+        self._open_monitor(ROOT)
+        self._load()
+        if self.desired is not None:
+            self._converge(full=True, why="start")
+        listener = control.listen(self.control_path)
+        self.selector.register(listener, selectors.EVENT_READ, lambda: self._accept(listener))
+        log.event(logging.INFO, f"started: {self.config_path}, control {self.control_path}",
+                  op="start")
+        notify(f"READY=1\nSTATUS={self._status_line()}")
+        try:
+            while not self.stopping:
+                self._loop_once()
+        finally:
+            notify("STOPPING=1")
+            log.event(logging.INFO, "stopping; the kernel state stays as it is", op="stop")
+            self.watch_stop.set()
+            listener.close()
+            with contextlib.suppress(OSError):
+                self.control_path.unlink()
+            for monitor in self.monitors.values():
+                monitor.close()
+            self.kernel.close()
+        return 0
+
+    def _loop_once(self) -> None:
+        now = time.monotonic()
+        deadlines = [self.next_resync]
+        if self.retry_at is not None:
+            deadlines.append(self.retry_at)
+        if self.watchdog is not None:
+            deadlines.append(self.next_watchdog)
+        for key, _mask in self.selector.select(max(0.0, min(deadlines) - now)):
+            callback: Callable[[], None] = key.data
+            callback()
+        if self.stopping:
+            return
+        if self.reload_wanted:
+            self.reload_wanted = False
+            self._reload()
+        now = time.monotonic()
+        if self.desired is not None:
+            if self.full_wanted or now >= self.next_resync or (
+                self.retry_at is not None and now >= self.retry_at
+            ):
+                why = "resync" if now >= self.next_resync else (
+                    "retry" if self.retry_at is not None and now >= self.retry_at else "lost track")
+                self._converge(full=True, why=why)
+            elif self.changed:
+                self._heal()
+        else:
+            self.changed.clear()
+            self.full_wanted = False
+            self.next_resync = now + self.resync_seconds
+        if self.watchdog is not None and now >= self.next_watchdog:
+            notify("WATCHDOG=1")
+            self.next_watchdog = now + self.watchdog
+
+    # ------------------------------------------------------------------ events
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_wanted = True
+        else:
+            self.stopping = True
+
+    def _on_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake_r, 4096):
+                pass
+
+    def _watch(self) -> None:
+        """Thread: wake the loop when the config file is written, renamed over or removed."""
+        import watchfiles
+
+        for changes in watchfiles.watch(
+            self.config_path.parent, debounce=WATCH_DEBOUNCE_MS, step=WATCH_STEP_MS,
+            stop_event=self.watch_stop, recursive=False, raise_interrupt=False,
+        ):
+            if any(Path(path) == self.config_path for _change, path in changes):
+                self.reload_wanted = True
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self.wake_w, b"c")
+
+    def _open_monitor(self, netns: str) -> None:
+        if netns == ROOT:
+            monitor = RtnlMonitor()
+        else:
+            with entered_netns(self.kernel.netns_fd(netns)):
+                monitor = RtnlMonitor()
+        self.monitors[netns] = monitor
+        self.selector.register(monitor, selectors.EVENT_READ,
+                               lambda: self._on_notifications(netns))
+
+    def _close_monitor(self, netns: str) -> None:
+        monitor = self.monitors.pop(netns)
+        self.selector.unregister(monitor)
+        monitor.close()
+
+    def _sync_monitors(self) -> None:
+        """One monitor per namespace vsnet manages; none kept for one it removed (an open
+        socket would keep the namespace, and its devices, alive)."""
+        observed = self.reconciler.observed
+        wanted = {ROOT} | ({obj.name for obj in observed.owned.values()
+                            if isinstance(obj, Namespace)} if observed else set())
+        for netns in set(self.monitors) - wanted:
+            self._close_monitor(netns)
+        for netns in wanted - set(self.monitors):
+            try:
+                self._open_monitor(netns)
+            except OSError:
+                self.full_wanted = True
+
+    def _on_notifications(self, netns: str) -> None:
+        monitor = self.monitors[netns]
+        observed, desired = self.reconciler.observed, self.desired
+        if observed is None or desired is None:
+            monitor.read(lambda *_: None)
+            self.full_wanted = desired is not None
+            return
+        feed = NotificationFeed(observed, desired.scope, netns)
+        try:
+            monitor.read(feed)
+        except Overrun:
+            log.event(logging.WARNING, "netlink notifications were lost: full resync",
+                      op="resync")
+            self.full_wanted = True
+        self.changed.extend(feed.changed)
+        self.full_wanted |= feed.needs_full
+
+    def _drain_monitors(self) -> None:
+        for monitor in self.monitors.values():
+            with contextlib.suppress(Overrun):
+                monitor.read(lambda *_: None)
+        self.changed.clear()
+
+    # ------------------------------------------------------------------ work
+
+    def _load(self) -> bool:
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            self.config_issues = exc.issues
+            for issue in exc.issues:
+                log.event(logging.ERROR, f"config refused, last good config stays: {issue}",
+                          op="reload")
+            return False
+        self.config_issues = []
+        self.desired = compile_config(config)
+        self.generation += 1
+        return True
+
+    def _reload(self) -> None:
+        notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        previous = self.desired
+        if self._load():
+            full = previous is None or self.reconciler.observed is None
+            self._converge(full=full, why=f"reload (generation {self.generation})")
+        notify(f"READY=1\nSTATUS={self._status_line()}")
+
+    def _converge(self, *, full: bool, why: str) -> None:
+        assert self.desired is not None
+        if full:
+            self._drain_monitors()
+        result = self.reconciler.converge(self.desired, full=full)
+        self._after(result, why)
+        if full:
+            self.next_resync = time.monotonic() + self.resync_seconds
+            self.full_wanted = False
+            gc.freeze()  # what a full run leaves is kept for long: spare the collector it
+
+    def _heal(self) -> None:
+        assert self.desired is not None
+        changed, self.changed = self.changed, []
+        names = affected_by(self.desired, changed)
+        if names:
+            self._after(self.reconciler.heal(names), "heal")
+
+    def _after(self, result: ConvergeResult, why: str) -> None:
+        self._sync_monitors()
+        per_server: dict[str, int] = {}
+        for change in result.applied:
+            name = change.server or "(removed)"
+            per_server[name] = per_server.get(name, 0) + 1
+            log.event(logging.DEBUG, f"{ACTION_SIGNS[change.action]} {change.obj.describe()}",
+                      server=change.server, op=change.action, obj=change.obj.describe())
+        for name, count in sorted(per_server.items()):
+            log.event(logging.INFO, f"{why}: {count} change(s) applied", server=name, op=why)
+        for name, reason in result.failures.items():
+            log.event(logging.ERROR, f"{why}: failed: {reason}", server=name, op=why)
+        if result.failures:
+            self.retry_at = time.monotonic() + self.backoff
+            self.backoff = min(self.backoff * 2, MAX_BACKOFF_SECONDS)
+        else:
+            self.retry_at = None
+            self.backoff = 1.0
+        self.last = {
+            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "seconds": round(result.seconds, 6),
+            "why": why,
+            "changes": len(result.applied),
+        }
+        if result.applied or result.failures:
+            notify(f"STATUS={self._status_line()}")
+
+    # ------------------------------------------------------------------ control
+
+    def _status_line(self) -> str:
+        line = summary(self.reconciler.verdicts, self.last.get("seconds"))
+        if self.config_issues:
+            line = f"config refused ({self.config_issues[0]}); " + line
+        return line
+
+    def status(self) -> dict[str, Any]:
+        servers = (server_status(self.desired, self.reconciler.verdicts, Plan((), {}))
+                   if self.desired is not None else {})
+        return {
+            "ok": True,
+            "daemon": {
+                "pid": os.getpid(),
+                "config": str(self.config_path),
+                "generation": self.generation,
+                "config_errors": [issue.as_json() for issue in self.config_issues],
+                "last_reconcile": self.last,
+                "status": self._status_line(),
+            },
+            "servers": servers,
+        }
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.settimeout(2.0)
+            try:
+                reply = self._answer(conn)
+                conn.sendall(control.dumps(reply))
+            except OSError:
+                return  # the client went away or stalled: its problem, not the daemon's
+
+    def _answer(self, conn: socket.socket) -> dict[str, Any]:
+        if control.peer_uid(conn) != 0:
+            return {"ok": False, "error": "forbidden: the control socket is for root"}
+        try:
+            op = control.parse(control.read_line(conn))
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+        if op == "status":
+            return self.status()
+        if op == "reload":
+            self._reload()
+            reply = self.status()
+            reply["ok"] = not self.config_issues
+            return reply
+        return {"ok": False, "error": f"unknown op {op!r} (status, reload)"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vsnetd", description="Keep the kernel converged to "
+                                     "the vsnet config (runs in the foreground).")
+    parser.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG_PATH,
+                        help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--resync-interval", type=float, default=DEFAULT_RESYNC_SECONDS,
+                        metavar="SECONDS", help="full resync period (default 60)")
+    parser.add_argument("--control", type=Path, default=control.CONTROL_PATH,
+                        help=f"control socket (default {control.CONTROL_PATH})")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every change")
+    args = parser.parse_args(argv)
+    log.setup(args.verbose)
+    try:
+        daemon = Daemon(args.config, args.resync_interval, args.control)
+    except PermissionError as exc:
+        print(f"vsnetd: {exc.strerror or exc}: run as root (CAP_NET_ADMIN)", file=sys.stderr)
+        return 1
+    return daemon.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
