@@ -38,7 +38,7 @@ from vsnetd.compile import compile_config
 from vsnetd.config import DEFAULT_CONFIG_PATH, ConfigError, ConfigIssue, load_config
 from vsnetd.diff import affected_by
 from vsnetd.kernel import ROOT, Kernel
-from vsnetd.kinds import KernelObject, Namespace
+from vsnetd.kinds import KernelObject, Namespace, namespace
 from vsnetd.netlink import Overrun, RtnlMonitor
 from vsnetd.observe import NotificationFeed
 from vsnetd.reconcile import ConvergeResult, Reconciler
@@ -52,13 +52,28 @@ WATCH_STEP_MS = 2
 MAX_BACKOFF_SECONDS = 60.0
 
 
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
+
+
 def notify(state: str) -> None:
     """sd_notify(3), through systemd-python; nothing when not started by systemd."""
     if "NOTIFY_SOCKET" not in os.environ:
         return
     from systemd import daemon as sd  # type: ignore[attr-defined]
 
-    sd.notify(state)
+    for _attempt in range(3):
+        try:
+            sd.notify(state)
+            return
+        except InterruptedError:
+            continue
+        except OSError as exc:  # the service manager went away: not a reason to stop
+            log.event(logging.DEBUG, f"sd_notify failed: {exc}", op="notify")
+            return
 
 
 def watchdog_interval() -> float | None:
@@ -79,12 +94,14 @@ class Daemon:
         self.reconciler = Reconciler(self.kernel)
         self.selector = selectors.DefaultSelector()
         self.monitors: dict[str, RtnlMonitor] = {}
+        self.monitor_inodes: dict[str, int | None] = {}
         self.desired: DesiredState | None = None
         self.config_issues: list[ConfigIssue] = []
         self.generation = 0
         self.last: dict[str, Any] = {}
         self.stopping = False
         self.reload_wanted = False
+        self.namespaces_touched = False
         self.full_wanted = False
         self.changed: list[KernelObject] = []
         now = time.monotonic()
@@ -146,6 +163,9 @@ class Daemon:
         if self.reload_wanted:
             self.reload_wanted = False
             self._reload()
+        if self.namespaces_touched:
+            self.namespaces_touched = False
+            self._check_namespaces()
         now = time.monotonic()
         if self.desired is not None:
             if self.full_wanted or now >= self.next_resync or (
@@ -178,29 +198,47 @@ class Daemon:
                 pass
 
     def _watch(self) -> None:
-        """Thread: wake the loop when the config file is written, renamed over or removed."""
+        """Thread: wake the loop when the config file is written, renamed over or removed
+        (editors save by rename: the directory is watched), or when a namespace goes
+        from /run/netns (``ip netns del`` sends no netlink notification)."""
         import watchfiles
 
+        namespace.NETNS_DIR.mkdir(parents=True, exist_ok=True)
         for changes in watchfiles.watch(
-            self.config_path.parent, debounce=WATCH_DEBOUNCE_MS, step=WATCH_STEP_MS,
-            stop_event=self.watch_stop, recursive=False, raise_interrupt=False,
+            self.config_path.parent, namespace.NETNS_DIR, debounce=WATCH_DEBOUNCE_MS,
+            step=WATCH_STEP_MS, stop_event=self.watch_stop, recursive=False,
+            raise_interrupt=False, watch_filter=None,
         ):
-            if any(Path(path) == self.config_path for _change, path in changes):
+            paths = {Path(path) for _change, path in changes}
+            if self.config_path in paths:
                 self.reload_wanted = True
-                with contextlib.suppress(BlockingIOError):
-                    os.write(self.wake_w, b"c")
+            if any(path.parent == namespace.NETNS_DIR for path in paths):
+                self.namespaces_touched = True
+            with contextlib.suppress(BlockingIOError):
+                os.write(self.wake_w, b"w")
+
+    def _check_namespaces(self) -> None:
+        """A namespace of vsnet's unmounted or replaced by hand: look at everything again."""
+        for netns, inode in self.monitor_inodes.items():
+            if netns != ROOT and _inode(namespace.NETNS_DIR / netns) != inode:
+                self.full_wanted = True
 
     def _open_monitor(self, netns: str) -> None:
         if netns == ROOT:
             monitor = RtnlMonitor()
+            inode = None
         else:
-            with entered_netns(self.kernel.netns_fd(netns)):
+            fd = self.kernel.netns_fd(netns)
+            with entered_netns(fd):
                 monitor = RtnlMonitor()
+            inode = os.fstat(fd).st_ino
         self.monitors[netns] = monitor
+        self.monitor_inodes[netns] = inode
         self.selector.register(monitor, selectors.EVENT_READ,
                                lambda: self._on_notifications(netns))
 
     def _close_monitor(self, netns: str) -> None:
+        self.monitor_inodes.pop(netns, None)
         monitor = self.monitors.pop(netns)
         self.selector.unregister(monitor)
         monitor.close()
@@ -211,8 +249,11 @@ class Daemon:
         observed = self.reconciler.observed
         wanted = {ROOT} | ({obj.name for obj in observed.owned.values()
                             if isinstance(obj, Namespace)} if observed else set())
-        for netns in set(self.monitors) - wanted:
-            self._close_monitor(netns)
+        for netns in set(self.monitors) - {ROOT}:
+            if netns not in wanted or _inode(namespace.NETNS_DIR / netns) != (
+                self.monitor_inodes.get(netns)
+            ):
+                self._close_monitor(netns)  # gone, or the name now means another namespace
         for netns in wanted - set(self.monitors):
             try:
                 self._open_monitor(netns)
@@ -374,9 +415,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         metavar="SECONDS", help="full resync period (default 60)")
     parser.add_argument("--control", type=Path, default=control.CONTROL_PATH,
                         help=f"control socket (default {control.CONTROL_PATH})")
+    parser.add_argument("--mount-ns", metavar="PATH",
+                        help="mount namespace to mount network namespaces in (the unit "
+                             "file passes /proc/1/ns/mnt); default: vsnetd's own")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every change")
     args = parser.parse_args(argv)
     log.setup(args.verbose)
+    namespace.use_mount_namespace(args.mount_ns)
     try:
         daemon = Daemon(args.config, args.resync_interval, args.control)
     except PermissionError as exc:

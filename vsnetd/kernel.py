@@ -43,7 +43,11 @@ class Kernel:
     def netns_fd(self, name: str) -> int:
         """An open fd of namespace ``name``, reopened if the name now means another one."""
         cached = self._fds.get(name)
-        inode = os.stat(namespace.NETNS_DIR / name).st_ino
+        try:
+            inode = os.stat(namespace.NETNS_DIR / name).st_ino
+        except FileNotFoundError:
+            self.forget(name)  # unmounted by hand: holding on would keep it (and its devices)
+            raise
         if cached is not None and cached[1] == inode:
             return cached[0]
         self.forget(name)

@@ -136,6 +136,7 @@ class NotificationFeed:
                 names[found_link.name] = found_link.ifindex
                 if owned_link is not None:
                     state.owned[key] = owned_link
+                    state.foreign_links.discard((netns, found_link.name))  # tagged just now
                 else:
                     state.foreign_links.add((netns, found_link.name))
             self.changed.append(owned_link or link.Link(netns, found_link.name, found_link.type))

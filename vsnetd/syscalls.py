@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+CLONE_FS = 0x00000200
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SHARED = 1 << 20

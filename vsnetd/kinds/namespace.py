@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -23,6 +25,46 @@ from vsnetd import syscalls
 
 NETNS_DIR = Path("/run/netns")
 RECORD_DIR = Path("/run/vsnet/netns")
+
+# Where the /run/netns bind mounts are made. None: vsnet's own mount namespace. Under
+# systemd with ProtectSystem=, vsnetd runs in a mount namespace of its own whose mounts do
+# not reach the host; the unit passes PID 1's (``vsnetd --mount-ns /proc/1/ns/mnt``) so
+# `ip netns` and the application see the namespaces. Never the default: a test sandbox
+# must not mount anything in the machine's namespace.
+_mount_namespace: str | None = None
+
+
+def use_mount_namespace(path: str | None) -> None:
+    global _mount_namespace
+    _mount_namespace = path
+
+
+def _mounting(work: Callable[[], None]) -> None:
+    """Run ``work`` in the mount namespace the namespaces are mounted in."""
+    if _mount_namespace is None:
+        work()
+        return
+    failure: list[BaseException] = []
+
+    def thread() -> None:
+        # a thread of its own leaves the fs context it shares with the process, enters
+        # the other mount namespace, and ends there: nothing else moves
+        try:
+            syscalls.unshare(syscalls.CLONE_FS)
+            fd = os.open(str(_mount_namespace), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                syscalls.setns(fd, syscalls.CLONE_NEWNS)
+            finally:
+                os.close(fd)
+            work()
+        except BaseException as exc:
+            failure.append(exc)
+
+    worker = threading.Thread(target=thread, name="netns-mount")
+    worker.start()
+    worker.join()
+    if failure:
+        raise failure[0]
 
 
 class Namespace(NamedTuple):
@@ -76,7 +118,6 @@ def _prepare_mount_dir() -> None:
     """Make /run/netns a shared mount point, as ``ip netns add`` does, so namespaces
     mounted later show up in other mount namespaces (``ip netns exec``, services)."""
     NETNS_DIR.mkdir(parents=True, exist_ok=True)
-    RECORD_DIR.mkdir(parents=True, exist_ok=True)
     try:
         syscalls.mount("none", str(NETNS_DIR), None, syscalls.MS_SHARED | syscalls.MS_REC)
     except OSError as exc:
@@ -88,6 +129,12 @@ def _prepare_mount_dir() -> None:
 
 def create(name: str) -> None:
     """Create and mount the namespace ``name``; the calling thread ends where it started."""
+    _mounting(lambda: _create(name))
+    RECORD_DIR.mkdir(parents=True, exist_ok=True)
+    (RECORD_DIR / name).write_text(f"{(NETNS_DIR / name).stat().st_ino}\n")
+
+
+def _create(name: str) -> None:
     _prepare_mount_dir()
     target = NETNS_DIR / name
     fd = os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
@@ -99,7 +146,6 @@ def create(name: str) -> None:
                 syscalls.mount("/proc/thread-self/ns/net", str(target), None, syscalls.MS_BIND)
             finally:
                 syscalls.setns(home.fileno(), syscalls.CLONE_NEWNET)
-        (RECORD_DIR / name).write_text(f"{target.stat().st_ino}\n")
     except BaseException:
         _unmount(target)
         raise
@@ -114,7 +160,7 @@ def _unmount(target: Path) -> None:
 def delete(name: str) -> None:
     """Unmount and forget a namespace of vsnet's. Its devices go when the last reference
     (a socket, a process) does."""
-    _unmount(NETNS_DIR / name)
+    _mounting(lambda: _unmount(NETNS_DIR / name))
     (RECORD_DIR / name).unlink(missing_ok=True)
 
 
