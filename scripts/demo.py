@@ -12,8 +12,10 @@ play the network::
 
 The server's main table sends everything via gw-a (10.0.0.1), so without vsnet a reply
 from 10.0.1.5 would leave through the wrong gateway. The demo applies the config with the
-real ``vsnetctl``, then proves with traffic that each VS address answers through its own
-gateway and that a socket carrying a VS's mark leaves with that VS's source address.
+real ``vsnetd`` daemon, then proves with traffic that each VS address answers through its
+own gateway (nas2's from its own namespace) and that a socket carrying a VS's mark leaves
+with that VS's source address; then it deletes a rule by hand and edits the config, and
+the daemon puts both right within milliseconds.
 Sockets in the client namespace are opened by this very process: the thread switches
 namespace (setns), opens the socket and switches back, the paper's trick.
 
@@ -32,7 +34,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,8 @@ from vsnetd import sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = "etc/vsnet/servers.yaml"  # relative to REPO, as an operator would type it
+LIVE_CONFIG = Path("/run/vsnet/demo/servers.yaml")  # the sandbox's private /run
+DAEMON_LOG = Path("/run/vsnet/demo/vsnetd.log")
 NAMESPACES = ("lan", "gw-a", "gw-b", "client")
 CLONE_NEWNET = 0x40000000
 SO_MARK = getattr(socket, "SO_MARK", 36)
@@ -116,6 +120,7 @@ class Reflection:
     address: str
     gateway: str
     link: str
+    netns: str | None = None  # where the VS lives (None: the server box's own namespace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +139,7 @@ REFLECTIONS = [
     Reflection("nas1", "10.0.1.5", "10.0.1.1", "cb"),
     Reflection("nas1", "2001:db8:5::5", "2001:db8:5::1", "cb"),
     Reflection("iscsi1", "10.0.0.6", "10.0.0.1", "ca"),
+    Reflection("nas2", "10.0.0.7", "10.0.0.1", "ca", netns="vs-nas2"),
 ]
 MARKED = [
     MarkedConnect("nas1", 0x5600001, socket.AF_INET, "10.0.0.5"),
@@ -166,11 +172,40 @@ def show(argv: Sequence[str], *, shown: str | None = None, expect: Sequence[int]
     return result.returncode in expect
 
 
-def vsnetctl(command: str, *, expect: Sequence[int] = (0,)) -> bool:
-    binary = Path(sys.executable).parent / "vsnetctl"
-    program = str(binary) if binary.exists() else shutil.which("vsnetctl") or "vsnetctl"
-    return show([program, "-c", CONFIG, command],
-                shown=f"vsnetctl -c {CONFIG} {command}", expect=expect)
+def program(name: str) -> str:
+    binary = Path(sys.executable).parent / name
+    return str(binary) if binary.exists() else shutil.which(name) or name
+
+
+def vsnetctl(command: str, *, expect: Sequence[int] = (0,), config: str = CONFIG) -> bool:
+    return show([program("vsnetctl"), "-c", config, command],
+                shown=f"vsnetctl -c {config} {command}", expect=expect)
+
+
+def wait_for(check: Callable[[], object], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def start_daemon() -> subprocess.Popen[bytes]:
+    """vsnetd on a copy of the example config (the demo edits the copy, never the file)."""
+    LIVE_CONFIG.parent.mkdir(parents=True, exist_ok=True)
+    LIVE_CONFIG.write_text((REPO / CONFIG).read_text())
+    command = [program("vsnetd"), "-c", str(LIVE_CONFIG)]
+    print(f"\n$ vsnetd -c {LIVE_CONFIG} &")
+    print(f"  (a copy of {CONFIG}, so the demo can edit it; log in {DAEMON_LOG})")
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=DAEMON_LOG.open("w"))
+
+
+def daemon_in_sync() -> bool:
+    result = subprocess.run([program("vsnetctl"), "-c", str(LIVE_CONFIG), "status"],
+                            capture_output=True)
+    return result.returncode == 0 and b"vsnetd (pid" in result.stdout
 
 
 # --------------------------------------------------------------------------- namespaces
@@ -226,7 +261,7 @@ def whoami_listeners(stack: ExitStack) -> dict[str, socket.socket]:
     """The server's "who am I" service, one listening socket per VS address."""
     listeners = {}
     for check in REFLECTIONS:
-        sock = stack.enter_context(tcp_socket(family_of(check.address)))
+        sock = stack.enter_context(tcp_socket(family_of(check.address), netns=check.netns))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((check.address, WHOAMI_PORT))
         sock.listen()
@@ -304,18 +339,23 @@ def demo() -> list[str]:
         Without vsnet every reply would leave via gw-a, whatever address it comes from.
     """)
 
-    heading("2. vsnetctl: validate, plan, apply, status")
-    steps = [("validate", (0,)), ("plan", (2,)), ("apply", (0,)), ("status", (0,))]
-    for command, expect in steps:
+    heading("2. vsnetd on the config: validate, plan, start the daemon, status")
+    for command, expect in (("validate", (0,)), ("plan", (2,))):
         if not vsnetctl(command, expect=expect):
             failures.append(f"vsnetctl {command}")
+    daemon = start_daemon()
+    if not wait_for(lambda: daemon_in_sync(), 15):
+        failures.append("vsnetd did not converge")
+    vsnetctl("status", config=str(LIVE_CONFIG))
     say("The kernel objects; nas1's are the paper's Table 1 (plus IPv6):")
     for argv in (["ip", "rule"], ["ip", "-6", "rule"],
                  ["ip", "route", "show", "table", "10016"],
                  ["ip", "route", "show", "table", "10017"],
                  ["ip", "-6", "route", "show", "table", "10018"],
                  ["ip", "route", "show", "table", "10031"],
-                 ["ip", "-6", "route", "show", "table", "10031"]):
+                 ["ip", "-6", "route", "show", "table", "10031"],
+                 ["ip", "-n", "vs-nas2", "-br", "addr"], ["ip", "-n", "vs-nas2", "route"],
+                 ["ip", "netns", "exec", "vs-nas2", "cat", "/etc/resolv.conf"]):
         show(argv)
 
     heading("3. Replies leave through their address's gateway")
@@ -359,8 +399,42 @@ def demo() -> list[str]:
         rows.append([marked.server, mark, marked.source or "-", result])
     print(table(rows), flush=True)
 
-    heading("5. Teardown")
-    if not vsnetctl("teardown"):
+    heading("5. The daemon keeps the kernel converged")
+    say(gap=False, text="An administrator deletes one of nas1's rules by hand:")
+    show(["ip", "rule", "del", "priority", "10017"])
+    started = time.perf_counter()
+    healed = wait_for(lambda: "10017:" in sandbox.sh("ip", "rule"), 5)
+    print(f"  ... back after {(time.perf_counter() - started) * 1000:.0f} ms"
+          if healed else "  ... NOT restored")
+    if not healed:
+        failures.append("self-heal of rule 10017")
+    say("An operator gives iscsi1 a second address and saves the file:")
+    edited = LIVE_CONFIG.read_text().replace(
+        "      - address: 10.0.0.6/24\n        gateway: 10.0.0.1\n",
+        "      - address: 10.0.0.6/24\n        gateway: 10.0.0.1\n"
+        "      - address: 10.0.0.8/24\n        gateway: 10.0.0.1\n")
+    partial = LIVE_CONFIG.with_name(".servers.yaml.new")
+    partial.write_text(edited)
+    partial.replace(LIVE_CONFIG)  # as editors save: write, then rename over
+    started = time.perf_counter()
+    edited_in = wait_for(lambda: "10.0.0.8/24" in sandbox.sh("ip", "-br", "addr", "show",
+                                                             "eth0"), 5)
+    print(f"  ... in the kernel after {(time.perf_counter() - started) * 1000:.0f} ms"
+          if edited_in else "  ... NOT applied")
+    if not edited_in:
+        failures.append("live edit of iscsi1")
+    show(["ip", "rule", "list", "priority", "10033"])
+    vsnetctl("status", config=str(LIVE_CONFIG))
+    say("What the daemon logged (under systemd, journal fields VSNET_SERVER, VSNET_OP):")
+    for line in DAEMON_LOG.read_text().splitlines()[-6:]:
+        print(f"  {line}")
+
+    heading("6. Stop the daemon, tear down")
+    say(gap=False, text="SIGTERM stops vsnetd and leaves the kernel as it is (the application "
+                        "keeps serving); teardown removes what vsnet created:")
+    daemon.terminate()
+    daemon.wait(timeout=10)
+    if not vsnetctl("teardown", config=str(LIVE_CONFIG)):
         failures.append("vsnetctl teardown")
     show(["ip", "rule"])
     show(["ip", "-6", "rule"])

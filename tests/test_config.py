@@ -56,7 +56,7 @@ def test_the_issue_example_is_accepted_as_written() -> None:
 
 def test_the_shipped_example_is_valid() -> None:
     config = load_config(EXAMPLE_CONFIG)
-    assert set(config.servers) == {"nas1", "iscsi1"}
+    assert set(config.servers) == {"nas1", "iscsi1", "nas2"}
     assert [str(g) for g in config.servers["nas1"].gateway] == ["10.0.1.1", "2001:db8:5::1"]
 
 
