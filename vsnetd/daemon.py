@@ -343,6 +343,8 @@ class Daemon:
         else:
             self.retry_at = None
             self.backoff = 1.0
+        if why == "heal" and not result.applied and not result.failures:
+            return  # the echo of vsnet's own changes: nothing happened
         self.last = {
             "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "seconds": round(result.seconds, 6),
