@@ -297,3 +297,28 @@ def test_namespaces_are_created_without_forking(tmp_path: Path) -> None:
             assert result.converged, result.failures
             assert not plan_for(kernel, desired)
     assert namespaces() == [f"vs-v{i}" for i in range(1, 6)]
+
+
+def test_warm_edits_see_what_the_kernel_drops_silently(tmp_path: Path) -> None:
+    """Replacing the only address of a device makes the kernel drop the routes through it
+    without a notification; the warm Reconciler looks again and puts them back."""
+    from vsnetd.reconcile import Reconciler
+
+    uplinks("eth0", "eth1")
+    text = """\
+version: 1
+servers:
+  n: {id: 1, mode: netns, uplink: eth0, addresses: [{address: 10.1.1.5/24}], gateway: 10.1.1.1}
+  p: {id: 2, mode: pbr, uplink: eth1, addresses: [{address: 10.2.0.5/24, gateway: 10.2.0.1}],
+      gateway: 10.2.0.1}
+"""
+    with Kernel() as kernel:
+        reconciler = Reconciler(kernel)
+        assert reconciler.converge(compile_config(parse_config(text))).converged
+        edited = compile_config(parse_config(
+            text.replace("10.1.1.5/24", "10.1.1.6/24").replace("10.2.0.5/24", "10.2.0.6/24")))
+        result = reconciler.converge(edited)
+        assert result.converged, result.failures
+        assert not plan_for(kernel, edited)  # a full look agrees: nothing missing
+    assert [r["dst"] for r in ip_json("route", netns="vs-n") if r["protocol"] == "vsnet"] == [
+        "default"]

@@ -16,6 +16,7 @@ import errno
 import os
 import socket
 import struct
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -55,7 +56,18 @@ NLA_TYPE_MASK = 0x3FFF
 # well inside the default and the ACKs of one batch inside the receive buffer we ask for.
 MAX_BATCH_BYTES = 64 * 1024
 RECV_BUFFER = 32 * 1024 * 1024
-RECV_CHUNK = 1024 * 1024  # larger than any one datagram the kernel sends us
+# The kernel sends netlink datagrams of at most 32 KiB (dump skbs are capped there). One
+# receive buffer per thread serves every socket: a daemon with a socket in each of 1,000
+# namespaces must not hold 1,000 buffers.
+RECV_CHUNK = 64 * 1024
+_buffers = threading.local()
+
+
+def _receive_buffer() -> bytearray:
+    buffer: bytearray | None = getattr(_buffers, "buffer", None)
+    if buffer is None:
+        buffer = _buffers.buffer = bytearray(RECV_CHUNK)
+    return buffer
 
 
 def attr(kind: int, payload: bytes) -> bytes:
@@ -138,7 +150,6 @@ class RtnlSocket:
             raise
         self._sock = sock
         self._seq = 0
-        self._buffer = bytearray(RECV_CHUNK)
 
     def close(self) -> None:
         self._sock.close()
@@ -158,8 +169,8 @@ class RtnlSocket:
 
         The buffer is reused by the next call: copy out what must outlive it.
         """
-        received = self._sock.recv_into(self._buffer)
-        data = self._buffer
+        data = _receive_buffer()
+        received = self._sock.recv_into(data)
         offset = 0
         while offset + NLMSGHDR.size <= received:
             length, kind, flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
@@ -286,7 +297,6 @@ class RtnlMonitor:
             sock.close()
             raise
         self._sock = sock
-        self._buffer = bytearray(RECV_CHUNK)
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -296,9 +306,10 @@ class RtnlMonitor:
 
     def read(self, decode: Callable[[int, bytearray, int, int], None]) -> None:
         """Pass every pending notification to ``decode(type, buffer, start, end)``."""
+        buffer = _receive_buffer()
         while True:
             try:
-                received = self._sock.recv_into(self._buffer)
+                received = self._sock.recv_into(buffer)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -307,8 +318,8 @@ class RtnlMonitor:
                 raise
             offset = 0
             while offset + NLMSGHDR.size <= received:
-                length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(self._buffer, offset)
+                length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(buffer, offset)
                 if length < NLMSGHDR.size:
                     break
-                decode(kind, self._buffer, offset + NLMSGHDR.size, offset + length)
+                decode(kind, buffer, offset + NLMSGHDR.size, offset + length)
                 offset += (length + 3) & ~3

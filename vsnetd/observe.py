@@ -30,7 +30,7 @@ from vsnetd.kinds import (
 from vsnetd.kinds.route import Route
 from vsnetd.kinds.rule import Rule
 from vsnetd.netlink import RtnlSocket
-from vsnetd.state import ObservedState, Scope, object_key
+from vsnetd.state import DesiredServer, ObservedState, Scope, object_key
 
 
 def observe(kernel: Kernel, scope: Scope) -> ObservedState:
@@ -92,6 +92,36 @@ def _observe_in(
             else:
                 state.foreign_rules.append(found_rule)
     return names
+
+
+def refresh(kernel: Kernel, state: ObservedState, scope: Scope,
+            servers: list[DesiredServer]) -> None:
+    """Look again at what these VS own, in place: their namespace whole, or (pbr) their
+    tables, dumped with the kernel's table filter. For after changes that make the kernel
+    drop routes without a word (an address or device removed)."""
+    root_names = {index: name for name, index in state.links.get(ROOT, {}).items()}
+    for server in servers:
+        if server.netns:
+            netns = server.netns
+            state.owned = {k: o for k, o in state.owned.items()
+                           if isinstance(o, Namespace) or o.netns != netns}
+            try:
+                sock = kernel.socket(netns)
+            except OSError:
+                state.owned.pop(object_key(Namespace(netns)), None)
+                continue
+            _observe_in(sock, netns, scope, state, root_names)
+            continue
+        tables = set(server.numbers.table_block)
+        state.owned = {k: o for k, o in state.owned.items()
+                       if not (isinstance(o, Route) and not o.netns and o.table in tables)}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for table in sorted(tables):
+                for found_route, owned in route.observe(kernel.root, family, root_names,
+                                                        scope.protocol, scope.tables,
+                                                        only_table=table):
+                    if owned:
+                        state.add(found_route)
 
 
 class NotificationFeed:

@@ -19,7 +19,7 @@ from vsnetd.config import Config
 from vsnetd.diff import plan_changes
 from vsnetd.kernel import Kernel
 from vsnetd.kinds import Namespace
-from vsnetd.observe import observe
+from vsnetd.observe import observe, refresh
 from vsnetd.state import (
     Change,
     DesiredServer,
@@ -174,6 +174,19 @@ class Reconciler:
         plan = plan_changes(subset_desired, subset)
         outcome = apply_plan(self.kernel, plan, observed.links, desired.scope.protocol)
         _record(observed, outcome)
+        if any(c.action == "delete" and c.obj.kind in ("address", "link")
+               for c in outcome.applied):
+            # the kernel may have dropped routes of the VS silently: look, and finish
+            touched = [s for s in _each(previous, desired, changed)]
+            refresh(self.kernel, observed, desired.scope, touched)
+            subset = dataclasses.replace(observed, owned={
+                key: obj for server in touched for key in server.keyed
+                if (obj := observed.owned.get(key)) is not None})
+            more = apply_plan(self.kernel, plan_changes(subset_desired, subset), observed.links,
+                              desired.scope.protocol)
+            _record(observed, more)
+            outcome.applied.extend(more.applied)
+            outcome.failed.extend(more.failed)
         failures = outcome.failures_by_server()
         verdicts = {name: self.verdicts.get(name, ServerVerdict("pending"))
                     for name in desired.servers}

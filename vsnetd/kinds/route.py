@@ -7,6 +7,7 @@ delete a route of another owner even if the plan were wrong.
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 from typing import Any, Literal, NamedTuple
@@ -148,10 +149,17 @@ def decoder(
 
 def observe(
     sock: netlink.RtnlSocket, family: int, names: dict[int, str], protocol: int,
-    tables: range | frozenset[int], netns: str = "",
+    tables: range | frozenset[int], netns: str = "", only_table: int | None = None,
 ) -> list[tuple[Route, bool]]:
-    """Routes of ``family`` as (route, owned), see :func:`decoder`. Every table is dumped:
-    the host's own tables are small next to vsnet's, and foreign routes in vsnet's
-    tables must be seen."""
-    return sock.dump(netlink.RTM_GETROUTE, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0),
-                     decoder(names, protocol, tables, netns))
+    """Routes of ``family`` as (route, owned), see :func:`decoder`. Every table is dumped
+    (the host's own tables are small next to vsnet's, and foreign routes in vsnet's tables
+    must be seen), or only ``only_table``, filtered by the kernel."""
+    header = RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+    attrs = netlink.attr_u32(RTA_TABLE, only_table) if only_table is not None else b""
+    try:
+        return sock.dump(netlink.RTM_GETROUTE, header, decoder(names, protocol, tables, netns),
+                         attrs)
+    except netlink.NetlinkError as exc:
+        if only_table is not None and exc.errno == errno.ENOENT:
+            return []  # the kernel drops a table with its last route
+        raise
