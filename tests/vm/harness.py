@@ -13,7 +13,7 @@ inside a VM instead (see "Testing without harming the host" in DESIGN.md):
   all (``-net none``), so nothing inside the VM can reach any network.
 
 :func:`run_in_vm` boots one VM per call (~6 s for a trivial script), runs a bash script
-as root with cwd ``/work/main`` and returns its exit status and combined stdout/stderr.
+as root with cwd the project's directory and returns its exit status and combined stdout/stderr.
 The script's output travels on a second serial port, apart from the kernel's console, and
 ends with the line ``VSNET-VM-EXIT=<status>``; without that line the result is ``-1`` plus
 the console log.
@@ -96,7 +96,8 @@ mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts -o mode=0620,ptmxmode=0666 devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777 shm /newroot/dev/shm
 mount -t tmpfs -o mode=0755 run /newroot/run
-mount -t tmpfs -o mode=1777 tmp /newroot/tmp
+# no tmpfs over /tmp: the project may live there (a CI clone); writes to it land in
+# the overlay's upper layer and never reach the host anyway
 # The host's /lib/modules belongs to the host's kernel: show this kernel's instead.
 mkdir -p /newroot/lib/modules/@VERSION@
 mount --bind /newroot@MODULES_DIR@ /newroot/lib/modules/@VERSION@
@@ -124,7 +125,7 @@ ip link set lo up
 # ttyS1 carries only the script's output: raw, so "\n" is not turned into "\r\n".
 out=/dev/ttyS1
 stty -F "$out" raw -echo
-(cd /work/main && exec bash "$1/script.sh") </dev/null >"$out" 2>&1
+(cd "@PROJECT@" && exec bash "$1/script.sh") </dev/null >"$out" 2>&1
 status=$?
 echo "@MARKER@$status" >"$out"
 echo "@MARKER@$status"
@@ -167,7 +168,7 @@ def _need_registry(what: str) -> None:
     if sandbox.inside():
         raise HarnessError(f"{what} needs the package registry, and this runs inside the "
                            "network-less test sandbox: build the VM image once outside it, "
-                           "with `.venv/bin/python -m tests.vm.harness` in /work/main")
+                           "with `.venv/bin/python -m tests.vm.harness` in the project's directory")
 
 
 def _installed(package: str) -> bool:
@@ -277,7 +278,8 @@ def _build_initramfs(modules: Path, target: Path) -> None:
                 .replace("@MODULES_DIR@", str(modules)))
         (staging / "init").write_text(init)
         (staging / "init").chmod(0o755)
-        (staging / "stage2").write_text(STAGE2.replace("@MARKER@", EXIT_MARKER))
+        (staging / "stage2").write_text(STAGE2.replace("@MARKER@", EXIT_MARKER)
+                                        .replace("@PROJECT@", str(PROJECT)))
 
         files = sorted(str(path.relative_to(staging)) for path in staging.rglob("*"))
         archive = target.with_suffix(".tmp")
@@ -292,7 +294,8 @@ def _build_initramfs(modules: Path, target: Path) -> None:
 
 def _recipe() -> str:
     """Identifies what goes into the initramfs: rebuild it when any of this changes."""
-    text = "\0".join([INIT, STAGE2, EXIT_MARKER, KERNEL_VERSION, *INITRAMFS_MODULES, str(CACHE)])
+    text = "\0".join([INIT, STAGE2, EXIT_MARKER, KERNEL_VERSION, *INITRAMFS_MODULES, str(CACHE),
+                      str(PROJECT)])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -353,7 +356,7 @@ def _read(path: Path) -> str:
 
 
 def run_in_vm(script: str, timeout: float = 180) -> VmResult:
-    """Boot a VM, run `script` with bash as root (cwd /work/main), return status and output.
+    """Boot a VM, run `script` with bash as root (cwd: the project), return status and output.
 
     The VM sees the host's files read-only (its writes land in a tmpfs) and has no network
     devices. The host kills qemu after `timeout` seconds.

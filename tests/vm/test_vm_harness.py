@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.vm.harness import CACHE, HarnessError, Image, ensure_image, run_in_vm
+from tests.vm.harness import CACHE, PROJECT, HarnessError, Image, ensure_image, run_in_vm
 
 pytestmark = pytest.mark.vm
 
@@ -27,10 +27,10 @@ def test_exit_status_and_output_round_trip() -> None:
 
 
 def test_host_userland_runs_on_the_vm_kernel(vm_image: Image) -> None:
-    script = """
+    script = f"""
         set -e
         uname -r
-        [ "$PWD" = /work/main ] && [ "$(id -u)" = 0 ]
+        [ "$PWD" = {PROJECT} ] && [ "$(id -u)" = 0 ]
         .venv/bin/python -c 'import vsnetd.sandbox; print("venv ok")'
         python3 -c 'import sys; print("python", sys.version_info[:2])'
         ip netns add vs1 && ip -n vs1 link show lo >/dev/null && echo "netns ok"
