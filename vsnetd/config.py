@@ -90,6 +90,21 @@ class DnsConfig(_Strict):
     )
 
 
+class SocketsConfig(_Strict):
+    """Who may fetch this VS's sockets from the broker (root always may)."""
+
+    allow_users: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}$")]] = (
+        Field(default_factory=list, description="User names (or numeric uids).")
+    )
+    allow_groups: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}$")]] = (
+        Field(default_factory=list, description="Group names (or numeric gids).")
+    )
+    privileged_ports: bool = Field(
+        default=False,
+        description="Whether those users and groups may also bind ports below 1024.",
+    )
+
+
 class ServerConfig(_Strict):
     """One virtual server."""
 
@@ -143,6 +158,10 @@ class ServerConfig(_Strict):
     )
     dns: DnsConfig | None = Field(
         default=None, description="netns mode: /etc/netns/<namespace>/resolv.conf."
+    )
+    sockets: SocketsConfig = Field(
+        default_factory=SocketsConfig,
+        description="The socket broker: who may fetch this VS's sockets.",
     )
 
     def namespace_name(self, name: str) -> str:

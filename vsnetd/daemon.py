@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from vsnetd import control, log
+from vsnetd.broker import BROKER_PATH, Broker, Client, Served
 from vsnetd.compile import compile_config
-from vsnetd.config import DEFAULT_CONFIG_PATH, ConfigError, ConfigIssue, load_config
+from vsnetd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, ConfigIssue, load_config
 from vsnetd.diff import affected_by
 from vsnetd.kernel import ROOT, Kernel
 from vsnetd.kinds import KernelObject, Namespace, namespace
@@ -86,13 +87,17 @@ def watchdog_interval() -> float | None:
 
 
 class Daemon:
-    def __init__(self, config_path: Path, resync_seconds: float, control_path: Path) -> None:
+    def __init__(self, config_path: Path, resync_seconds: float, control_path: Path,
+                 broker_path: Path) -> None:
         self.config_path = config_path.absolute()
         self.resync_seconds = resync_seconds
         self.control_path = control_path
         self.kernel = Kernel()
         self.reconciler = Reconciler(self.kernel)
         self.selector = selectors.DefaultSelector()
+        self.broker = Broker(self.kernel, broker_path)
+        self.broker.unregister = self.selector.unregister
+        self.config: Config | None = None
         self.monitors: dict[str, RtnlMonitor] = {}
         self.monitor_inodes: dict[str, int | None] = {}
         self.desired: DesiredState | None = None
@@ -130,6 +135,8 @@ class Daemon:
             self._converge(full=True, why="start")
         listener = control.listen(self.control_path)
         self.selector.register(listener, selectors.EVENT_READ, lambda: self._accept(listener))
+        self.selector.register(self.broker.open(), selectors.EVENT_READ, self._broker_accept)
+        self._publish()
         log.event(logging.INFO, f"started: {self.config_path}, control {self.control_path}",
                   op="start")
         notify(f"READY=1\nSTATUS={self._status_line()}")
@@ -143,6 +150,7 @@ class Daemon:
             listener.close()
             with contextlib.suppress(OSError):
                 self.control_path.unlink()
+            self.broker.close()
             for monitor in self.monitors.values():
                 monitor.close()
             self.kernel.close()
@@ -295,6 +303,7 @@ class Daemon:
                           op="reload")
             return False
         self.config_issues = []
+        self.config = config
         self.desired = compile_config(config)
         self.generation += 1
         return True
@@ -343,6 +352,7 @@ class Daemon:
         else:
             self.retry_at = None
             self.backoff = 1.0
+        self._publish()
         if why == "heal" and not result.applied and not result.failures:
             return  # the echo of vsnet's own changes: nothing happened
         self.last = {
@@ -353,6 +363,35 @@ class Daemon:
         }
         if result.applied or result.failures:
             notify(f"STATUS={self._status_line()}")
+
+    # ------------------------------------------------------------------ broker
+
+    def _publish(self) -> None:
+        """Hand the broker the VS as they now stand."""
+        if self.desired is None or self.config is None:
+            return
+        verdicts = self.reconciler.verdicts
+        served = {
+            name: Served(server, self.config.servers[name],
+                         verdicts[name].state if name in verdicts else "pending")
+            for name, server in self.desired.servers.items()
+        }
+        self.broker.update(served, self.generation)
+
+    def _broker_accept(self) -> None:
+        client = self.broker.accept()
+        if client is not None:
+            self.selector.register(client.conn, selectors.EVENT_READ,
+                                   lambda: self._broker_read(client))
+
+    def _broker_read(self, client: Client) -> None:
+        try:
+            alive = self.broker.readable(client)
+        except Exception as exc:  # a bug must cost one client, never the daemon
+            log.event(logging.ERROR, f"broker: {exc!r}", op="broker")
+            alive = False
+        if not alive:
+            self.broker.drop(client)
 
     # ------------------------------------------------------------------ control
 
@@ -417,6 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         metavar="SECONDS", help="full resync period (default 60)")
     parser.add_argument("--control", type=Path, default=control.CONTROL_PATH,
                         help=f"control socket (default {control.CONTROL_PATH})")
+    parser.add_argument("--broker", type=Path, default=BROKER_PATH,
+                        help=f"broker socket (default {BROKER_PATH})")
     parser.add_argument("--mount-ns", metavar="PATH",
                         help="mount namespace to mount network namespaces in (the unit "
                              "file passes /proc/1/ns/mnt); default: vsnetd's own")
@@ -425,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setup(args.verbose)
     namespace.use_mount_namespace(args.mount_ns)
     try:
-        daemon = Daemon(args.config, args.resync_interval, args.control)
+        daemon = Daemon(args.config, args.resync_interval, args.control, args.broker)
     except PermissionError as exc:
         print(f"vsnetd: {exc.strerror or exc}: run as root (CAP_NET_ADMIN)", file=sys.stderr)
         return 1

@@ -1,0 +1,104 @@
+"""vsnet-exec: run an unmodified program in a VS, its sockets handed over the systemd way.
+
+    vsnet-exec --server nas1 --listen tcp:8080 [--listen udp:53 ...] [--join] -- PROGRAM ARGS
+
+The sockets come from the broker, are placed at fd 3, 4, ... and announced with
+``LISTEN_FDS``, ``LISTEN_PID`` (the program's own pid: exec keeps it) and
+``LISTEN_FDNAMES`` (``tcp-8080``...), as systemd socket activation does: gunicorn, nginx
+and anything built on sd_listen_fds(3) take them as they are. ``--join`` also enters the
+VS's network namespace (netns mode; needs CAP_SYS_ADMIN), so the program's outgoing
+connections stay inside the VS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from vsnetd.broker import BROKER_PATH
+from vsnetd.client import Broker, BrokerRefused
+from vsnetd.syscalls import CLONE_NEWNET, setns
+
+SD_LISTEN_FDS_START = 3
+
+
+def _listen_spec(text: str) -> tuple[str, int]:
+    proto, _, port = text.partition(":")
+    if proto not in ("tcp", "udp") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected tcp:PORT or udp:PORT")
+    return proto, int(port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="vsnet-exec", description="Run a program in a virtual server with sockets "
+        "from the vsnet broker (LISTEN_FDS, as systemd socket activation).")
+    parser.add_argument("--server", required=True, help="the virtual server")
+    parser.add_argument("--listen", type=_listen_spec, action="append", default=[],
+                        metavar="PROTO:PORT", help="tcp:PORT or udp:PORT (repeatable)")
+    parser.add_argument("--address", help="only this VS address (default: all of them)")
+    parser.add_argument("--join", action="store_true",
+                        help="also enter the VS's network namespace (netns mode)")
+    parser.add_argument("--broker", type=Path, default=BROKER_PATH, help="broker socket")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS...")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no program to run (put it after --)")
+
+    names: list[str] = []
+    fds: list[int] = []
+    namespace = ""
+    try:
+        with Broker(args.broker) as broker:
+            for proto, port in args.listen:
+                fields = {"op": "listen", "server": args.server, "proto": proto, "port": port}
+                if args.address:
+                    fields["address"] = args.address
+                reply, sockets = broker.request(**fields)
+                for sock, meta in zip(sockets, reply["sockets"], strict=True):
+                    fds.append(sock.detach())
+                    names.append(f"{proto}-{port}")
+                    namespace = meta.get("namespace", "") or namespace
+            if args.join and not namespace:
+                reply, _ = broker.request(op="servers")
+                for server in reply["servers"]:
+                    if server["server"] == args.server:
+                        namespace = server["namespace"]
+    except (BrokerRefused, OSError) as exc:
+        print(f"vsnet-exec: {exc}", file=sys.stderr)
+        return 1
+
+    if args.join:
+        if not namespace:
+            print(f"vsnet-exec: --join: {args.server} has no namespace (pbr mode)",
+                  file=sys.stderr)
+            return 1
+        fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
+        setns(fd, CLONE_NEWNET)
+        os.close(fd)
+
+    # fds at 3, 4, ...: first move them all above that range, then into place
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, SD_LISTEN_FDS_START + len(fds)) for fd in fds]
+    for fd in fds:
+        os.close(fd)
+    for index, fd in enumerate(moved):
+        target = SD_LISTEN_FDS_START + index
+        os.dup2(fd, target, inheritable=True)
+        if fd != target:
+            os.close(fd)
+    env = dict(os.environ, LISTEN_FDS=str(len(moved)), LISTEN_PID=str(os.getpid()),
+               LISTEN_FDNAMES=":".join(names))
+    try:
+        os.execvpe(command[0], command, env)
+    except OSError as exc:
+        print(f"vsnet-exec: {command[0]}: {exc.strerror}", file=sys.stderr)
+        return 127
+
+
+if __name__ == "__main__":
+    sys.exit(main())
