@@ -8,6 +8,7 @@ empty network namespace (``netns`` fixture).
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,19 @@ def pytest_configure(config: pytest.Config) -> None:
         sandbox.reexec([sys.executable, "-m", "pytest", *sys.argv[1:]])
 
 ROOT = Path(__file__).resolve().parent.parent
+RUNNING: list[subprocess.Popen[bytes]] = []  # daemons the tests started
+
+
+@pytest.fixture(autouse=True)
+def no_daemon_outlives_its_test() -> Iterator[None]:
+    """A test that fails half-way must not leave a daemon running (it would keep the
+    test's namespaces alive after the sandbox is gone)."""
+    yield
+    while RUNNING:
+        proc = RUNNING.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 EXAMPLE_CONFIG = ROOT / "etc" / "vsnet" / "servers.yaml"
 
 

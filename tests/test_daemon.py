@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, RUNNING
 from vsnetd.sandbox import ip, ip_json
 from vsnetd.state import VSNET_PROTOCOL
 
@@ -96,6 +96,7 @@ class Daemon:
              "--control", str(self.control), "-v", *(extra or [])],
             env=env, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
         )
+        RUNNING.append(self.proc)
         self.env = env
 
     def ready(self, timeout: float = 20.0) -> None:

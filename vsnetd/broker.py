@@ -301,7 +301,7 @@ class Broker:
             group = grp.getgrnam(BROKER_GROUP).gr_gid
         os.chown(self.path, 0, group)
         os.chmod(self.path, 0o660)
-        sock.listen(512)
+        sock.listen(4096)
         self.listener = sock
         return sock
 
@@ -338,8 +338,8 @@ class Broker:
         except (BlockingIOError, InterruptedError):
             return None
         if len(self.clients) >= MAX_CLIENTS:
-            conn.close()
-            return None
+            conn.close()  # one over the limit goes; the next one waiting may fit
+            return self.accept() if len(self.clients) < MAX_CLIENTS else None
         conn.setblocking(False)
         client = Client(conn, peer_of(conn))
         self.clients[conn.fileno()] = client

@@ -379,10 +379,9 @@ class Daemon:
         self.broker.update(served, self.generation)
 
     def _broker_accept(self) -> None:
-        client = self.broker.accept()
-        if client is not None:
+        while (client := self.broker.accept()) is not None:  # all who are waiting
             self.selector.register(client.conn, selectors.EVENT_READ,
-                                   lambda: self._broker_read(client))
+                                   lambda client=client: self._broker_read(client))
 
     def _broker_read(self, client: Client) -> None:
         try:

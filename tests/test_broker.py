@@ -1,0 +1,508 @@
+"""The socket broker against a real daemon, real kernel and real traffic."""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests import lab
+from tests.test_daemon import Daemon, wait_until
+from vsnetd import client
+from vsnetd.broker import BrokerError, Request, parse_request
+from vsnetd.sandbox import ip, sh
+from vsnetd.syscalls import mount, umount
+
+pytestmark = pytest.mark.usefixtures("netns")
+
+APP_USER, APP_UID = "vsnetapp", 4242
+OTHER_USER, OTHER_UID = "stranger", 4243
+SO_MARK = 36
+SIOCGSKNS = 0x894C
+MS_BIND, MS_REC = 0x1000, 0x4000
+
+
+@pytest.fixture(scope="session")
+def app_users() -> Iterator[None]:
+    """Two unprivileged users, in the sandbox's private copies of /etc/passwd and
+    /etc/group (bind-mounted over them in its mount namespace: the machine's stay as
+    they are)."""
+    private = Path("/run/vsnet-test-users")
+    private.mkdir(exist_ok=True)
+    for name, lines in (
+        ("passwd", [f"{APP_USER}:x:{APP_UID}:{APP_UID}::/nonexistent:/bin/sh",
+                    f"{OTHER_USER}:x:{OTHER_UID}:{OTHER_UID}::/nonexistent:/bin/sh"]),
+        ("group", [f"{APP_USER}:x:{APP_UID}:", f"{OTHER_USER}:x:{OTHER_UID}:"]),
+    ):
+        copy = private / name
+        copy.write_text(Path(f"/etc/{name}").read_text() + "\n".join(lines) + "\n")
+        mount(str(copy), f"/etc/{name}", None, MS_BIND)
+    reachable = _interpreter_reachable(private)
+    try:
+        yield
+    finally:
+        if reachable:
+            umount("/root", 2)  # MNT_DETACH: the interpreter itself is in use
+        for name in ("passwd", "group"):
+            umount(f"/etc/{name}")
+
+
+def _interpreter_reachable(private: Path) -> bool:
+    """Python may live under /root (mode 0700, as with pyenv here): in the sandbox's mount
+    namespace only, show /root as a searchable directory holding just that installation,
+    so the unprivileged users can run it. True when it had to."""
+    interpreter = Path(os.path.realpath(sys.executable))
+    if Path("/root") not in interpreter.parents or os.stat("/root").st_mode & 0o001:
+        return False
+    real, view = private / "real-root", private / "root-view"
+    top = interpreter.relative_to("/root").parts[0]
+    for path in (real, view, view / top):
+        path.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(view, 0o755)
+    mount("/root", str(real), None, MS_BIND)
+    mount(str(real / top), str(view / top), None, MS_BIND)
+    mount(str(view), "/root", None, MS_BIND | MS_REC)  # with the submount inside
+    return True
+
+
+def config_text(body: str) -> str:
+    return "version: 1\nservers:\n" + textwrap.indent(textwrap.dedent(body), "  ")
+
+
+@pytest.fixture
+def broker_path(tmp_path: Path) -> Path:
+    """Where everyone may reach it (pytest's tmp_path is root's alone)."""
+    shared = Path("/run/vsnet-test-broker")
+    shared.mkdir(mode=0o755, exist_ok=True)
+    return shared / f"{tmp_path.name}.sock"
+
+
+def start(tmp_path: Path, body: str, broker_path: Path) -> Daemon:
+    config = tmp_path / "etc" / "servers.yaml"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text(config_text(body))
+    daemon = Daemon(tmp_path, config, ["--broker", str(broker_path)])
+    daemon.ready()
+    os.chmod(broker_path, 0o666)  # no vsnet group here: open it to the test's users
+    return daemon
+
+
+def socket_netns_inode(sock: socket.socket) -> int:
+    ns_fd = fcntl.ioctl(sock.fileno(), SIOCGSKNS)
+    try:
+        return os.fstat(ns_fd).st_ino
+    finally:
+        os.close(ns_fd)
+
+
+def daemon_fds(daemon: Daemon) -> int:
+    return len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
+
+
+PBR = """\
+nas1:
+  id: 1
+  mode: pbr
+  uplink: eth0
+  addresses:
+    - {address: 10.0.0.5/24, gateway: 10.0.0.1}
+    - {address: 10.0.1.5/24, gateway: 10.0.1.1}
+  gateway: 10.0.1.1
+"""
+
+
+@pytest.fixture
+def pbr_daemon(tmp_path: Path, broker_path: Path) -> Iterator[Daemon]:
+    lab.build("eth0")
+    ip("addr", "add", "10.0.0.2/24", "dev", "eth0")
+    ip("route", "add", "default", "via", "10.0.0.1")  # the box's own, through gw-a
+    daemon = start(tmp_path, PBR, broker_path)
+    yield daemon
+    daemon.stop()
+
+
+def serve_once(sock: socket.socket, text: str) -> threading.Thread:
+    def run() -> None:
+        conn, _ = sock.accept()
+        with conn:
+            conn.sendall(text.encode())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_pbr_listening_sockets_are_bound_and_marked(pbr_daemon: Daemon, broker_path: Path
+                                                     ) -> None:
+    sockets = client.listen("nas1", "tcp", 8000, path=broker_path)
+    try:
+        assert sorted(s.getsockname()[0] for s in sockets) == ["10.0.0.5", "10.0.1.5"]
+        assert {s.getsockopt(socket.SOL_SOCKET, SO_MARK) for s in sockets} == {0x5600001}
+        by_address = {s.getsockname()[0]: s for s in sockets}
+        for address, link in (("10.0.0.5", "ca"), ("10.0.1.5", "cb")):
+            serve_once(by_address[address], f"nas1 at {address}")
+            reply = lab.client_connect(address, 8000, link)  # bound to that gateway's link
+            assert reply.stdout.strip() == f"nas1 at {address}", reply.stderr
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_the_outgoing_socket_leaves_with_the_vs_source_through_the_vs_gateway(
+    pbr_daemon: Daemon, broker_path: Path
+) -> None:
+    out = client.outgoing_socket("nas1", "tcp", 4, path=broker_path)
+    listener = lab.client_accept(9100, "cb")  # only what comes through gw-b is accepted
+    try:
+        assert out.getsockname()[0] == "10.0.1.5"  # the address next to the VS gateway
+        assert out.getsockopt(socket.SOL_SOCKET, SO_MARK) == 0x5600001
+        out.settimeout(5)
+        out.connect((lab.CLIENT, 9100))
+        assert out.recv(16) == b"ok"
+        seen, _ = listener.communicate(timeout=10)
+        assert seen.strip() == "10.0.1.5"
+    finally:
+        out.close()
+        listener.kill()
+
+
+NETNS = """\
+a:
+  id: 1
+  mode: netns
+  uplink: eth0
+  addresses: [{address: 10.1.1.5/24}]
+  sockets: {allow_users: [vsnetapp]}
+b:
+  id: 2
+  mode: netns
+  uplink: eth1
+  addresses: [{address: 10.1.1.5/24}]
+  sockets: {allow_groups: [vsnetapp]}
+secret:
+  id: 3
+  mode: pbr
+  uplink: eth0
+  addresses: [{address: 10.9.0.5/24}]
+  sockets: {allow_users: [stranger]}
+"""
+
+APP = """\
+import socket, sys, threading
+from vsnetd import client
+assert __import__("os").getuid() != 0
+path = sys.argv[1]
+for name in ("a", "b"):
+    for sock in client.listen(name, "tcp", 2049, path=path):
+        def serve(sock=sock, name=name):
+            while True:
+                conn, _ = sock.accept()
+                conn.sendall(f"I am {name}".encode())
+                conn.close()
+        threading.Thread(target=serve, daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def netns_daemon(tmp_path: Path, broker_path: Path, app_users: None) -> Iterator[Daemon]:
+    for uplink, lan in (("eth0", "lan-a"), ("eth1", "lan-b")):
+        ip("link", "add", uplink, "type", "veth", "peer", "name", uplink + "p")
+        ip("link", "set", uplink, "up")
+        ip("netns", "add", lan)
+        ip("link", "set", uplink + "p", "netns", lan)
+        ip("link", "set", uplink + "p", "up", netns=lan)
+        ip("link", "set", "lo", "up", netns=lan)
+        ip("addr", "add", "10.1.1.100/24", "dev", uplink + "p", netns=lan)
+    daemon = start(tmp_path, NETNS, broker_path)
+    yield daemon
+    daemon.stop()
+
+
+def ask(netns: str, address: str, port: int) -> str:
+    code = ("import socket,sys; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), 3);"
+            "print(s.recv(64).decode())")
+    return sh("ip", "netns", "exec", netns, sys.executable, "-c", code, address,
+              str(port)).strip()
+
+
+def test_one_unprivileged_process_serves_two_vs_with_the_same_address(
+    netns_daemon: Daemon, broker_path: Path
+) -> None:
+    """The paper's Figure 2 (on macvlan): one process, no root, no setns, a socket in
+    each VS namespace from the broker; each segment's client reaches its own VS."""
+    app = subprocess.Popen([sys.executable, "-c", APP, str(broker_path)], user=APP_UID,
+                           group=APP_UID, extra_groups=[APP_UID], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert app.stdout is not None and app.stdout.readline().strip() == "ready"
+        assert ask("lan-a", "10.1.1.5", 2049) == "I am a"
+        assert ask("lan-b", "10.1.1.5", 2049) == "I am b"
+    finally:
+        app.kill()
+        app.wait()
+
+
+def test_sockets_of_a_netns_vs_are_made_in_its_namespace(netns_daemon: Daemon,
+                                                         broker_path: Path) -> None:
+    (sock,) = client.listen("a", "udp", 5353, path=broker_path)
+    with sock:
+        assert socket_netns_inode(sock) == os.stat("/run/netns/vs-a").st_ino
+        assert sock.type == socket.SOCK_DGRAM and sock.getsockname() == ("10.1.1.5", 5353)
+    out = client.outgoing_socket("b", "tcp", 4, path=broker_path)
+    with out:
+        assert socket_netns_inode(out) == os.stat("/run/netns/vs-b").st_ino
+        assert out.getsockname()[0] == "10.1.1.5"
+
+
+def as_user(uid: int, code: str, broker_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code, str(broker_path)], user=uid, group=uid,
+                          extra_groups=[], capture_output=True, text=True, cwd="/", timeout=30)
+
+
+ATTEMPT = """\
+import sys
+from vsnetd import client
+try:
+    sockets = client.listen(sys.argv[2], "tcp", int(sys.argv[3]), path=sys.argv[1])
+    print("ok", len(sockets))
+except client.BrokerRefused as exc:
+    print(exc.code)
+"""
+
+
+def test_authorization_by_peer_credentials(netns_daemon: Daemon, broker_path: Path) -> None:
+    def attempt(uid: int, server: str, port: int) -> str:
+        code = ATTEMPT.replace("sys.argv[2]", repr(server)).replace("int(sys.argv[3])",
+                                                                     str(port))
+        result = as_user(uid, code, broker_path)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    before = daemon_fds(netns_daemon)
+    assert attempt(APP_UID, "a", 3000) == "ok 1"  # allowed by user name
+    assert attempt(APP_UID, "b", 3001) == "ok 1"  # allowed by group
+    assert attempt(APP_UID, "secret", 3002) == "forbidden"
+    assert attempt(OTHER_UID, "a", 3003) == "forbidden"
+    assert attempt(OTHER_UID, "secret", 3004) == "ok 1"
+    assert attempt(APP_UID, "a", 80) == "forbidden"  # no privileged_ports for vsnetapp
+    assert attempt(APP_UID, "nosuch", 3005) == "unknown-server"
+    listed = as_user(APP_UID, "import sys\nfrom vsnetd import client\n"
+                     "print(sorted(s['server'] for s in client.servers(sys.argv[1])))",
+                     broker_path)
+    assert listed.stdout.strip() == "['a', 'b']"
+    assert daemon_fds(netns_daemon) == before  # nothing leaked on either path
+
+
+def raw(broker_path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.settimeout(5)
+    for _attempt in range(500):
+        try:
+            sock.connect(str(broker_path))
+            return sock
+        except BlockingIOError:  # the accept queue is full for a moment: as any client would
+            time.sleep(0.002)
+    raise TimeoutError("the broker accepts nobody")
+
+
+def answer(sock: socket.socket) -> dict[str, object]:
+    return json.loads(sock.recv(1 << 16))  # type: ignore[no-any-return]
+
+
+def test_bad_input_gets_an_error_and_the_daemon_carries_on(
+    pbr_daemon: Daemon, broker_path: Path
+) -> None:
+    before = daemon_fds(pbr_daemon)
+    with raw(broker_path) as sock:
+        for request, code in (
+            (b"{not json", "bad-request"),
+            (b"[1, 2]", "bad-request"),
+            (b'{"v": 2, "op": "servers"}', "unsupported-version"),
+            (b'{"v": 1, "op": "format-disk"}', "unknown-op"),
+            (b'{"v": 1, "op": "listen", "server": "nas1", "proto": "sctp", "port": 1}',
+             "bad-request"),
+            (b'{"v": 1, "op": "listen", "server": "nas1", "proto": "tcp", "port": 0}',
+             "bad-request"),
+            (b'{"v": 1, "op": "listen", "server": "nas1", "port": 1, "colour": "red"}',
+             "bad-request"),
+            (b" " * 70_000, "too-large"),
+        ):
+            sock.send(request)
+            reply = answer(sock)
+            assert reply["ok"] is False and reply["error"]["code"] == code, (request, reply)  # type: ignore[index]
+        # descriptors sent to the broker are closed, and refused
+        pipe_r, pipe_w = os.pipe()
+        sock.sendmsg([b'{"v": 1, "op": "servers"}'],
+                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [pipe_r]))])
+        assert answer(sock)["error"]["code"] == "bad-request"  # type: ignore[index]
+        os.close(pipe_r)
+        assert not _has_reader(pipe_w)  # the daemon closed the copy it was sent
+        os.close(pipe_w)
+        # the same connection still works
+        sock.send(b'{"v": 1, "op": "servers"}')
+        assert answer(sock)["ok"] is True
+    # a client that asks and leaves before the answer
+    for _ in range(20):
+        with raw(broker_path) as sock:
+            sock.send(b'{"v": 1, "op": "listen", "server": "nas1", "proto": "tcp", "port": 7100}')
+    # a stuck client that never reads: dropped, not waited for
+    stuck = raw(broker_path)
+    stuck.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        for _ in range(5000):
+            stuck.send(b'{"v": 1, "op": "servers"}')
+    # a thousand clients at once
+    crowd = [raw(broker_path) for _ in range(1000)]
+    for sock in crowd:
+        sock.send(b'{"v": 1, "op": "servers"}')
+    replies = sum(1 for sock in crowd if answer(sock).get("ok"))
+    assert replies == 1000
+    for sock in crowd:
+        sock.close()
+    stuck.close()
+    assert pbr_daemon.proc.poll() is None
+    assert pbr_daemon.status()["servers"]["nas1"]["state"] == "in-sync"
+    wait_until(lambda: daemon_fds(pbr_daemon) <= before, 10, "the daemon's fds to settle")
+
+
+def _has_reader(pipe_w: int) -> bool:
+    """Whether any process still holds the read end of a pipe (a write would tell)."""
+    try:
+        os.write(pipe_w, b"x")
+    except BrokenPipeError:
+        return False
+    return True
+
+
+@given(st.binary(max_size=300) | st.text(max_size=200).map(str.encode)
+       | st.dictionaries(st.sampled_from(["v", "op", "server", "proto", "port", "address",
+                                          "family", "backlog", "reuseport", "freebind", "x"]),
+                         st.one_of(st.none(), st.booleans(), st.integers(-5, 70000),
+                                   st.sampled_from(["listen", "socket", "servers", "subscribe",
+                                                    "tcp", "udp", "nas1"]), st.text(max_size=5)),
+                         max_size=8).map(lambda d: json.dumps(d).encode()))
+@settings(max_examples=1500, deadline=None)
+def test_the_request_parser_only_ever_answers_or_refuses(data: bytes) -> None:
+    try:
+        request = parse_request(data)
+    except BrokerError as exc:
+        assert exc.code in {"bad-request", "too-large", "unsupported-version", "unknown-op"}
+        return
+    assert isinstance(request, Request)
+    assert request.op in {"listen", "socket", "servers", "subscribe"}
+    if request.op == "listen":
+        assert 1 <= request.port <= 65535 and request.server
+
+
+def test_subscribers_hear_about_changes(pbr_daemon: Daemon, broker_path: Path) -> None:
+    events = client.subscribe(broker_path)
+    first = next(events)
+    assert [s["server"] for s in first["servers"]] == ["nas1"]
+    config = pbr_daemon.config
+    config.write_text(config.read_text() + textwrap.indent(textwrap.dedent("""\
+        nas9: {id: 9, mode: pbr, uplink: eth0, addresses: [{address: 10.0.0.99/24}]}
+        """), "  "))
+    event = next(events)
+    assert event["event"] == "changed" and "nas9" in event["changed"]
+    assert event["generation"] == 2
+
+
+def test_gunicorn_serves_http_through_vsnet_exec(pbr_daemon: Daemon, broker_path: Path,
+                                                 tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent
+    app = subprocess.Popen(
+        [str(exe / "vsnet-exec"), "--broker", str(broker_path), "--server", "nas1",
+         "--listen", "tcp:8080", "--", str(exe / "gunicorn"), "--workers", "1",
+         "--chdir", str(Path(__file__).parent), "wsgi_app:app"],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "gunicorn.log").open("w"))
+    try:
+        code = ("import http.client,sys; c=http.client.HTTPConnection(sys.argv[1], 8080, "
+                "timeout=3); c.request('GET', '/'); print(c.getresponse().read().decode())")
+
+        def fetch() -> str:
+            result = subprocess.run(["ip", "netns", "exec", "client", sys.executable, "-c",
+                                     code, "10.0.1.5"], capture_output=True, text=True)
+            return result.stdout.strip()
+
+        body = wait_until(fetch, 20, "gunicorn to answer")
+        assert body == "hello from gunicorn on 10.0.1.5"
+    finally:
+        app.terminate()
+        app.wait(timeout=20)
+
+
+def test_udp_marks_per_datagram_and_receive_marks(pbr_daemon: Daemon, broker_path: Path) -> None:
+    """The paper's UDP problem, for applications that keep one shared socket: mark each
+    datagram (SO_MARK control message), read the mark and destination of each received
+    one (SO_RCVMARK, IP_PKTINFO)."""
+    # a marked datagram is routed by nas1's mark table: source 10.0.0.5, out via gw-b
+    receiver = subprocess.Popen(
+        ["ip", "netns", "exec", "client", sys.executable, "-c",
+         "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+         "s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'cb');"
+         "s.bind(('0.0.0.0', 5400)); print('ready', flush=True); s.settimeout(5);"
+         "d, a = s.recvfrom(100); print(a[0], d.decode(), flush=True)"],
+        stdout=subprocess.PIPE, text=True)
+    assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
+    shared = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with shared:
+        client.sendmsg_marked(shared, b"marked", (lab.CLIENT, 5400), 0x5600001)
+        out, _ = receiver.communicate(timeout=10)
+    assert out.strip() == "10.0.0.5 marked"
+    # the receive side: the mark a datagram carries, and the address it was sent to
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        server.bind(("0.0.0.0", 5401))
+        client.enable_receive_info(server)
+        sender.setsockopt(socket.SOL_SOCKET, SO_MARK, 0x77)
+        sender.sendto(b"hello", ("10.0.1.5", 5401))
+        server.settimeout(5)
+        data, _sender, mark, local = client.recvmsg_marked(server)
+    assert (data, mark, local) == (b"hello", 0x77, "10.0.1.5")
+
+
+def test_the_c_example_serves_sockets_from_the_broker(pbr_daemon: Daemon, broker_path: Path,
+                                                      tmp_path: Path) -> None:
+    source = Path(__file__).parent.parent / "packaging" / "examples" / "vsnet_listen.c"
+    binary = tmp_path / "vsnet_listen"
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", "-o", str(binary),
+                    str(source)], check=True)
+    example = subprocess.Popen([str(binary), "nas1", "8200", str(broker_path)],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert example.stdout is not None
+        assert example.stdout.readline().strip() == "listening on 2 sockets"
+        for address, link in (("10.0.0.5", "ca"), ("10.0.1.5", "cb")):
+            reply = lab.client_connect(address, 8200, link)
+            assert reply.stdout.startswith("hello from vsnet nas1"), reply.stderr
+    finally:
+        example.terminate()
+        example.wait(timeout=10)
+
+
+def test_descriptors_pass_exactly_once(pbr_daemon: Daemon, broker_path: Path) -> None:
+    """Each reply's descriptors are the client's alone: the daemon keeps no copy."""
+    before = daemon_fds(pbr_daemon)
+    with client.Broker(broker_path) as broker:
+        reply, sockets = broker.request(op="listen", server="nas1", proto="udp", port=6000)
+    assert len(sockets) == 2 == len(reply["sockets"])  # type: ignore[arg-type]
+    assert [m["address"] for m in reply["sockets"]] == [s.getsockname()[0] for s in sockets]  # type: ignore[index, union-attr]
+    wait_until(lambda: daemon_fds(pbr_daemon) <= before, 5, "the daemon to keep no copy")
+    for sock in sockets:
+        sock.close()
