@@ -277,3 +277,12 @@ def test_a_server_in_conflict_keeps_even_its_stale_objects() -> None:
                if c.action == "delete"]
     assert {(c.server, c.obj.describe()) for c in deletes if isinstance(c.obj, Address)} == {
         ("a", "address 10.0.1.5/24 dev eth0")}
+
+
+@given(before=configs(), after=configs())
+@settings(max_examples=100, deadline=None)
+def test_compiling_against_the_previous_config_gives_the_same_result(
+    before: Config, after: Config
+) -> None:
+    previous = (before, compile_config(before))
+    assert compile_config(after, previous) == compile_config(after)

@@ -204,9 +204,20 @@ def scope_of(settings: Settings, servers: Iterable[DesiredServer]) -> Scope:
     )
 
 
-def compile_config(config: Config) -> DesiredState:
+def compile_config(config: Config, previous: tuple[Config, DesiredState] | None = None
+                   ) -> DesiredState:
+    """The desired state of ``config``. With the ``previous`` config and its desired state,
+    a VS whose config did not change keeps what was compiled for it (the daemon's edits
+    touch one VS of a thousand)."""
+    reuse: dict[str, DesiredServer] = {}
+    if previous is not None and previous[0].settings == config.settings:
+        old_config, old_desired = previous
+        for name, server in config.servers.items():
+            old = old_config.servers.get(name)
+            if old is not None and old == server and name in old_desired.servers:
+                reuse[name] = old_desired.servers[name]
     servers = {
-        name: compile_server(name, server, config.settings)
+        name: reuse.get(name) or compile_server(name, server, config.settings)
         for name, server in sorted(config.servers.items(), key=lambda item: item[1].id)
     }
     return DesiredState(

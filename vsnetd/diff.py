@@ -200,26 +200,32 @@ def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
     return Plan(changes=tuple(changes), servers=verdicts)
 
 
-def affected_by(desired: DesiredState, objects: list[KernelObject]) -> set[str]:
-    """The VS that objects seen changing (own or foreign) may concern: their owners, the VS
-    whose device or uplink a device is, the VS a foreign object would collide with."""
-    owner_of = _Owners(desired, ObservedState())
-    by_key: dict[ObjectKey, str] = {}
-    by_device: dict[tuple[str, str], set[str]] = {}
-    for server in desired.servers.values():
-        for key in server.keyed:
-            by_key.setdefault(key, server.name)
-        by_device.setdefault(("", server.uplink), set()).add(server.name)
-        by_device.setdefault((server.netns, server.device), set()).add(server.name)
-    affected: set[str] = set()
-    for obj in objects:
-        owner = by_key.get(object_key(obj))
-        if owner is not None:
-            affected.add(owner)
-        elif isinstance(obj, Link):
-            affected |= by_device.get((obj.netns, obj.name), set())
-        else:
-            owner = owner_of(obj)
+class Affected:
+    """Which VS objects seen changing (own or foreign) may concern: their owners, the VS
+    whose device or uplink a device is, the VS a foreign object would collide with.
+    Built once per desired state: a heal must not cost a pass over every VS."""
+
+    def __init__(self, desired: DesiredState) -> None:
+        self.names = set(desired.servers)
+        self.owner_of = _Owners(desired, ObservedState())
+        self.by_key: dict[ObjectKey, str] = {}
+        self.by_device: dict[tuple[str, str], set[str]] = {}
+        for server in desired.servers.values():
+            for key in server.keyed:
+                self.by_key.setdefault(key, server.name)
+            self.by_device.setdefault(("", server.uplink), set()).add(server.name)
+            self.by_device.setdefault((server.netns, server.device), set()).add(server.name)
+
+    def __call__(self, objects: list[KernelObject]) -> set[str]:
+        affected: set[str] = set()
+        for obj in objects:
+            owner = self.by_key.get(object_key(obj))
             if owner is not None:
                 affected.add(owner)
-    return affected & desired.servers.keys()
+            elif isinstance(obj, Link):
+                affected |= self.by_device.get((obj.netns, obj.name), set())
+            else:
+                owner = self.owner_of(obj)
+                if owner is not None:
+                    affected.add(owner)
+        return affected & self.names

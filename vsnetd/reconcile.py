@@ -177,7 +177,7 @@ class Reconciler:
         if any(c.action == "delete" and c.obj.kind in ("address", "link")
                for c in outcome.applied):
             # the kernel may have dropped routes of the VS silently: look, and finish
-            touched = [s for s in _each(previous, desired, changed)]
+            touched = list({s.name: s for s in _each(previous, desired, changed)}.values())
             refresh(self.kernel, observed, desired.scope, touched)
             subset = dataclasses.replace(observed, owned={
                 key: obj for server in touched for key in server.keyed
