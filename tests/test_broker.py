@@ -113,6 +113,23 @@ def daemon_fds(daemon: Daemon) -> int:
     return len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
 
 
+def settled_fds(daemon: Daemon) -> int:
+    """The daemon's fd count once its config watcher (inotify, set up by its own thread
+    after READY) is in place."""
+    fd_dir = f"/proc/{daemon.proc.pid}/fd"
+
+    def watching() -> bool:
+        links = []
+        for fd in os.listdir(fd_dir):
+            with contextlib.suppress(OSError):
+                links.append(os.readlink(f"{fd_dir}/{fd}"))
+        return "anon_inode:inotify" in links
+
+    wait_until(watching, 10, "the config watcher")
+    time.sleep(0.05)
+    return daemon_fds(daemon)
+
+
 PBR = """\
 nas1:
   id: 1
@@ -294,7 +311,7 @@ def test_authorization_by_peer_credentials(netns_daemon: Daemon, broker_path: Pa
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
 
-    before = daemon_fds(netns_daemon)
+    before = settled_fds(netns_daemon)
     assert attempt(APP_UID, "a", 3000) == "ok 1"  # allowed by user name
     assert attempt(APP_UID, "b", 3001) == "ok 1"  # allowed by group
     assert attempt(APP_UID, "secret", 3002) == "forbidden"
@@ -328,7 +345,7 @@ def answer(sock: socket.socket) -> dict[str, object]:
 def test_bad_input_gets_an_error_and_the_daemon_carries_on(
     pbr_daemon: Daemon, broker_path: Path
 ) -> None:
-    before = daemon_fds(pbr_daemon)
+    before = settled_fds(pbr_daemon)
     with raw(broker_path) as sock:
         for request, code in (
             (b"{not json", "bad-request"),
@@ -498,7 +515,7 @@ def test_the_c_example_serves_sockets_from_the_broker(pbr_daemon: Daemon, broker
 
 def test_descriptors_pass_exactly_once(pbr_daemon: Daemon, broker_path: Path) -> None:
     """Each reply's descriptors are the client's alone: the daemon keeps no copy."""
-    before = daemon_fds(pbr_daemon)
+    before = settled_fds(pbr_daemon)
     with client.Broker(broker_path) as broker:
         reply, sockets = broker.request(op="listen", server="nas1", proto="udp", port=6000)
     assert len(sockets) == 2 == len(reply["sockets"])  # type: ignore[arg-type]

@@ -101,7 +101,8 @@ def parse_request(data: bytes) -> Request:
         raise BrokerError("bad-request", f"malformed JSON: {exc}") from None
     if not isinstance(message, dict):
         raise BrokerError("bad-request", "a request is a JSON object")
-    if message.get("v") != VERSION:
+    version = message.get("v")
+    if type(version) is not int or version != VERSION:
         raise BrokerError("unsupported-version", f'this broker speaks "v": {VERSION}')
     op = _field(message, "op", str, required=True)
     if op not in OPS:
@@ -143,14 +144,17 @@ class Peer:
     groups: frozenset[int] = frozenset()
 
 
+SO_PEERGROUPS = 59
+
+
 def peer_of(conn: socket.socket) -> Peer:
+    """The peer's credentials as of its connect(): SO_PEERCRED, SO_PEERGROUPS."""
     raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
     groups = {gid}
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Groups:"):
-                groups.update(int(g) for g in line.split()[1:])
+    with contextlib.suppress(OSError):
+        packed = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 1024)
+        groups.update(array.array("I", packed[: len(packed) - len(packed) % 4]))
     return Peer(pid, uid, gid, frozenset(groups))
 
 
@@ -165,17 +169,31 @@ def _ids(names: list[str], lookup: Callable[[str], int]) -> set[int]:
     return ids
 
 
-def may_use(peer: Peer, server: ServerConfig, port: int = 0) -> bool:
+@dataclass(frozen=True, slots=True)
+class Access:
+    """A VS's ``sockets`` policy with names resolved, once per config generation (a
+    lookup in the event loop could block on a directory service)."""
+
+    uids: frozenset[int] = frozenset()
+    gids: frozenset[int] = frozenset()
+    privileged_ports: bool = False
+
+    @classmethod
+    def of(cls, server: ServerConfig) -> Access:
+        policy = server.sockets
+        return cls(frozenset(_ids(policy.allow_users, lambda n: pwd.getpwnam(n).pw_uid)),
+                   frozenset(_ids(policy.allow_groups, lambda n: grp.getgrnam(n).gr_gid)),
+                   policy.privileged_ports)
+
+
+def may_use(peer: Peer, access: Access, port: int = 0) -> bool:
     """Root always; others when the VS's ``sockets`` lists their user or one of their
     groups, and for ports below 1024 only with ``privileged_ports: true``."""
     if peer.uid == 0:
         return True
-    policy = server.sockets
-    allowed = peer.uid in _ids(policy.allow_users, lambda n: pwd.getpwnam(n).pw_uid) or bool(
-        peer.groups & _ids(policy.allow_groups, lambda n: grp.getgrnam(n).gr_gid))
-    if not allowed:
+    if peer.uid not in access.uids and not peer.groups & access.gids:
         return False
-    return not (0 < port < PRIVILEGED_PORTS) or policy.privileged_ports
+    return not (0 < port < PRIVILEGED_PORTS) or access.privileged_ports
 
 
 # --------------------------------------------------------------------------- sockets
@@ -188,6 +206,16 @@ class Served:
     desired: DesiredServer
     config: ServerConfig
     state: str = "pending"
+    access: Access | None = None  # resolved from ``config`` when not given
+
+    def __post_init__(self) -> None:
+        if self.access is None:
+            self.access = Access.of(self.config)
+
+    @property
+    def policy(self) -> Access:
+        assert self.access is not None
+        return self.access
 
     def describe(self) -> dict[str, Any]:
         d = self.desired
@@ -233,11 +261,14 @@ def make_socket(kernel: Kernel, served: Served, address: str, request: Request,
     desired = served.desired
     family = _family_of(address)
     kind = socket.SOCK_STREAM if request.proto == "tcp" else socket.SOCK_DGRAM
-    if desired.netns:
-        with entered_netns(kernel.netns_fd(desired.netns)):
+    try:
+        if desired.netns:
+            with entered_netns(kernel.netns_fd(desired.netns)):
+                sock = socket.socket(family, kind | socket.SOCK_CLOEXEC)
+        else:
             sock = socket.socket(family, kind | socket.SOCK_CLOEXEC)
-    else:
-        sock = socket.socket(family, kind | socket.SOCK_CLOEXEC)
+    except OSError as exc:  # the namespace is gone, no descriptors left...
+        raise BrokerError("socket-error", f"{desired.name}: {exc.strerror or exc}") from None
     try:
         mark = 0
         if not desired.netns:
@@ -321,8 +352,8 @@ class Broker:
         for client in list(self.clients.values()):
             if not client.subscribed:
                 continue
-            old = {n: s.describe() for n, s in before.items() if may_use(client.peer, s.config)}
-            new = {n: s.describe() for n, s in served.items() if may_use(client.peer, s.config)}
+            old = {n: s.describe() for n, s in before.items() if may_use(client.peer, s.policy)}
+            new = {n: s.describe() for n, s in served.items() if may_use(client.peer, s.policy)}
             changed = sorted(n for n in new if old.get(n) != new[n])
             removed = sorted(n for n in old if n not in new)
             if (changed or removed) and not self._send(client, {
@@ -341,6 +372,8 @@ class Broker:
             conn.close()  # one over the limit goes; the next one waiting may fit
             return self.accept() if len(self.clients) < MAX_CLIENTS else None
         conn.setblocking(False)
+        with contextlib.suppress(OSError):  # room for a `servers` reply of thousands of VS
+            conn.setsockopt(socket.SOL_SOCKET, 32, 8 << 20)  # SO_SNDBUFFORCE
         client = Client(conn, peer_of(conn))
         self.clients[conn.fileno()] = client
         return client
@@ -378,7 +411,7 @@ class Broker:
             return self._send(client, exc.reply())
 
     def _visible(self, peer: Peer) -> list[Served]:
-        return [s for s in self.served.values() if may_use(peer, s.config)]
+        return [s for s in self.served.values() if may_use(peer, s.policy)]
 
     def _serve(self, client: Client, request: Request) -> bool:
         if request.op == "servers" or request.op == "subscribe":
@@ -390,7 +423,7 @@ class Broker:
         served = self.served.get(request.server)
         if served is None:
             raise BrokerError("unknown-server", f"no virtual server {request.server!r}")
-        if not may_use(client.peer, served.config, request.port if request.op == "listen"
+        if not may_use(client.peer, served.policy, request.port if request.op == "listen"
                        else 0):
             raise BrokerError("forbidden", f"uid {client.peer.uid} may not use "
                                            f"{request.server!r}" + (

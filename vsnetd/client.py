@@ -59,7 +59,7 @@ class Broker:
 
     def receive(self) -> tuple[dict[str, Any], list[socket.socket]]:
         """One message and the sockets it carries."""
-        data, ancdata, _flags, _ = self.sock.recvmsg(
+        data, ancdata, flags, _ = self.sock.recvmsg(
             REPLY_MAX, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC)
         fds = array.array("i")
         for level, kind, payload in ancdata:
@@ -68,12 +68,18 @@ class Broker:
         sockets = [socket.socket(fileno=fd) for fd in fds]
         if not data:
             raise ConnectionError("the broker closed the connection")
+        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            for sock in sockets:
+                sock.close()
+            raise ConnectionError("a broker message did not fit (truncated)")
         return json.loads(data), sockets
 
     def request(self, **fields: Any) -> tuple[dict[str, Any], list[socket.socket]]:
         """Send a request; collect every part of the reply."""
         self.sock.send(json.dumps({"v": VERSION, **fields}).encode())
         reply, sockets = self.receive()
+        while "event" in reply:  # a subscription's event came first: not the answer
+            reply, sockets = self.receive()
         if not reply.get("ok"):
             for sock in sockets:
                 sock.close()

@@ -378,11 +378,15 @@ class Daemon:
         if self.desired is None or self.config is None:
             return
         verdicts = self.reconciler.verdicts
-        served = {
-            name: Served(server, self.config.servers[name],
-                         verdicts[name].state if name in verdicts else "pending")
-            for name, server in self.desired.servers.items()
-        }
+        current = self.broker.served if self.broker.generation == self.generation else {}
+        served = {}
+        for name, server in self.desired.servers.items():
+            state = verdicts[name].state if name in verdicts else "pending"
+            known = current.get(name)
+            # names are resolved (getpwnam...) once per config generation, not per heal
+            served[name] = (Served(server, self.config.servers[name], state, known.access)
+                            if known is not None else
+                            Served(server, self.config.servers[name], state))
         self.broker.update(served, self.generation)
 
     def _broker_accept(self) -> None:
