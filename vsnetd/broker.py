@@ -42,6 +42,7 @@ VERSION = 1
 MAX_MESSAGE = 64 * 1024
 MAX_FDS = 253  # SCM_MAX_FD
 MAX_CLIENTS = 4096
+MAX_BURST = 32  # requests of one client served per wake-up (the others' turn comes next)
 SO_MARK = 36
 IP_FREEBIND = 15
 IPV6_FREEBIND = 78
@@ -263,7 +264,8 @@ def make_socket(kernel: Kernel, served: Served, address: str, request: Request,
     kind = socket.SOCK_STREAM if request.proto == "tcp" else socket.SOCK_DGRAM
     try:
         if desired.netns:
-            with entered_netns(kernel.netns_fd(desired.netns)):
+            # back to the daemon's own namespace: the broker runs on the thread that has it
+            with entered_netns(kernel.netns_fd(desired.netns), kernel.root_fd):
                 sock = socket.socket(family, kind | socket.SOCK_CLOEXEC)
         else:
             sock = socket.socket(family, kind | socket.SOCK_CLOEXEC)
@@ -387,28 +389,37 @@ class Broker:
         client.conn.close()
 
     def readable(self, client: Client) -> bool:
-        """Serve what the client sent; False when it is gone (the caller unregisters it)."""
+        """Serve what the client sent (all its queued requests, up to a bound, for one
+        wake-up); False when it is gone (the caller unregisters it)."""
+        for _request in range(MAX_BURST):
+            alive, more = self._read_one(client)
+            if not alive or not more:
+                return alive
+        return True
+
+    def _read_one(self, client: Client) -> tuple[bool, bool]:
+        """(still connected, maybe more queued)."""
         try:
             data, ancdata, flags, _ = client.conn.recvmsg(
                 MAX_MESSAGE + 1, socket.CMSG_SPACE(MAX_FDS * 4))
         except (BlockingIOError, InterruptedError):
-            return True
+            return True, False
         except OSError:
-            return False
+            return False, False
         passed = _close_fds(ancdata)
         if not data and not passed:
-            return False  # end of file: the client went away
+            return False, False  # end of file: the client went away
         if passed:
             return self._send(client, BrokerError(
-                "bad-request", "the broker takes no file descriptors").reply())
+                "bad-request", "the broker takes no file descriptors").reply()), True
         if flags & socket.MSG_TRUNC or len(data) > MAX_MESSAGE:
             return self._send(client, BrokerError(
-                "too-large", f"a request is at most {MAX_MESSAGE} bytes").reply())
+                "too-large", f"a request is at most {MAX_MESSAGE} bytes").reply()), True
         try:
             request = parse_request(data)
-            return self._serve(client, request)
+            return self._serve(client, request), True
         except BrokerError as exc:
-            return self._send(client, exc.reply())
+            return self._send(client, exc.reply()), True
 
     def _visible(self, peer: Peer) -> list[Served]:
         return [s for s in self.served.values() if may_use(peer, s.policy)]

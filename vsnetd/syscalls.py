@@ -45,15 +45,20 @@ def umount(target: str, flags: int = 0) -> None:
 
 
 @contextmanager
-def entered_netns(fd: int) -> Iterator[None]:
-    """Run a block with the calling thread in the network namespace ``fd`` refers to.
+def entered_netns(fd: int, home: int | None = None) -> Iterator[None]:
+    """Run a block with the calling thread in the network namespace ``fd`` refers to,
+    then back to ``home`` (an fd of the thread's namespace; looked up when not given).
 
     Only this thread moves (the rest of the process stays where it is); sockets opened
     inside the block belong to that namespace for good.
     """
-    with open("/proc/thread-self/ns/net") as home:
-        setns(fd, CLONE_NEWNET)
-        try:
+    if home is None:
+        with (open("/proc/thread-self/ns/net", "rb", buffering=0) as current,
+              entered_netns(fd, current.fileno())):
             yield
-        finally:
-            setns(home.fileno(), CLONE_NEWNET)
+        return
+    setns(fd, CLONE_NEWNET)
+    try:
+        yield
+    finally:
+        setns(home, CLONE_NEWNET)
