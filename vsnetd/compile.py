@@ -214,7 +214,9 @@ def compile_config(config: Config, previous: tuple[Config, DesiredState] | None 
         old_config, old_desired = previous
         for name, server in config.servers.items():
             old = old_config.servers.get(name)
-            if old is not None and old == server and name in old_desired.servers:
+            if old is not None and (old is server or old == server) and (
+                name in old_desired.servers
+            ):
                 reuse[name] = old_desired.servers[name]
     servers = {
         name: reuse.get(name) or compile_server(name, server, config.settings)

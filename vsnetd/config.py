@@ -368,78 +368,95 @@ def _structure_issues(exc: ValidationError, smap: SourceMap) -> Iterator[ConfigI
         yield smap.issue(path, _describe(error), key=error["type"] == "extra_forbidden")
 
 
-def check_semantics(config: Config) -> list[tuple[FieldPath, str]]:
+Problems = list[tuple[FieldPath, str]]
+
+
+def check_semantics(config: Config) -> Problems:
     """Checks that need more than one field. Pure; returns (path, message) pairs.
 
     A path ending in a server name points at that name (the mapping key).
     """
-    problems: list[tuple[FieldPath, str]] = []
-    settings = config.settings
+    problems = _shared_namespace_problems(config) + _uniqueness_problems(config)
+    for name, server in config.servers.items():
+        problems.extend(server_problems(name, server, config.settings))
+    return problems
+
+
+def _uniqueness_problems(config: Config) -> Problems:
+    """What one VS may not share with another: ids, addresses (per namespace), marks."""
+    problems: Problems = []
     ids: dict[int, str] = {}
     address_owner: dict[tuple[str, IpAddress], str] = {}  # per namespace: plans may overlap
     marks: dict[int, str] = {}
-    problems.extend(_shared_namespace_problems(config))
-
+    settings = config.settings
     for name, server in config.servers.items():
         base: FieldPath = ("servers", name)
-        if not SERVER_NAME_RE.match(name):
-            problems.append(
-                (base, f"name {name!r} must be 1-12 letters, digits, '-' or '_' "
-                       "(it becomes part of interface and namespace names)")
-            )
-        problems.extend(_mode_problems(name, server, base))
         duplicate_id = server.id in ids
         if duplicate_id:
             problems.append(((*base, "id"), f"id {server.id} is already used by {ids[server.id]}"))
         else:
             ids[server.id] = name
-
-        if len(server.addresses) > settings.block_size - 1:
-            problems.append(
-                ((*base, "addresses"),
-                 f"{len(server.addresses)} addresses, at most {settings.block_size - 1} "
-                 f"fit a block of {settings.block_size} (settings.block_size)")
-            )
-        subnets: list[IpInterface] = []
+        netns = server.namespace_name(name)
         for index, entry in enumerate(server.addresses):
-            here = (*base, "addresses", index)
             ip = entry.address.ip
-            slot = (server.namespace_name(name), ip)
+            slot = (netns, ip)
             if slot in address_owner:
                 owner = address_owner[slot]
                 where = "this server" if owner == name else owner
-                problems.append(((*here, "address"), f"{ip} is already an address of {where}"))
+                problems.append(((*base, "addresses", index, "address"),
+                                 f"{ip} is already an address of {where}"))
             else:
                 address_owner[slot] = name
-            if entry.gateway is not None and not _inside(entry.gateway, entry.address):
-                problems.append(
-                    ((*here, "gateway"), f"{entry.gateway} is not inside {entry.address}")
-                )
-            subnets.append(entry.address)
-
-        seen_families: set[int] = set()
-        for index, gw in enumerate(server.gateway):
-            here = (*base, "gateway", index) if len(server.gateway) > 1 else (*base, "gateway")
-            if gw.version in seen_families:
-                problems.append((here, f"more than one IPv{gw.version} gateway"))
-            seen_families.add(gw.version)
-            if not any(_inside(gw, net) for net in subnets):
-                problems.append((here, f"{gw} is not inside any subnet of {name}"))
-
-        for index, route in enumerate(server.routes):
-            here = (*base, "routes", index)
-            if route.to.version != route.via.version:
-                problems.append(((*here, "via"), f"{route.via} is not of the family of {route.to}"))
-            elif not any(_inside(route.via, net) for net in subnets):
-                problems.append(((*here, "via"), f"{route.via} is not inside any subnet of {name}"))
-
-        layout = numbering.layout(settings, server.id, server.mark)
-        problems.extend(((*base, "id"), msg) for msg in numbering.check_reserved(layout, settings))
-        if layout.mark in marks and not (duplicate_id and server.mark is None):
+        mark = server.mark if server.mark is not None else settings.mark_base + server.id
+        if mark in marks and not (duplicate_id and server.mark is None):
             mark_path: FieldPath = (*base, "mark") if server.mark is not None else (*base, "id")
-            problems.append((mark_path, f"mark {layout.mark:#x} is already used by {marks[layout.mark]}"))
+            problems.append((mark_path, f"mark {mark:#x} is already used by {marks[mark]}"))
         else:
-            marks[layout.mark] = name
+            marks[mark] = name
+    return problems
+
+
+def server_problems(name: str, server: ServerConfig, settings: Settings) -> Problems:
+    """What is wrong with one VS on its own (its settings given)."""
+    problems: Problems = []
+    base: FieldPath = ("servers", name)
+    if not SERVER_NAME_RE.match(name):
+        problems.append(
+            (base, f"name {name!r} must be 1-12 letters, digits, '-' or '_' "
+                   "(it becomes part of interface and namespace names)")
+        )
+    problems.extend(_mode_problems(name, server, base))
+    if len(server.addresses) > settings.block_size - 1:
+        problems.append(
+            ((*base, "addresses"),
+             f"{len(server.addresses)} addresses, at most {settings.block_size - 1} "
+             f"fit a block of {settings.block_size} (settings.block_size)")
+        )
+    subnets: list[IpInterface] = []
+    for index, entry in enumerate(server.addresses):
+        if entry.gateway is not None and not _inside(entry.gateway, entry.address):
+            problems.append(((*base, "addresses", index, "gateway"),
+                             f"{entry.gateway} is not inside {entry.address}"))
+        subnets.append(entry.address)
+
+    seen_families: set[int] = set()
+    for index, gw in enumerate(server.gateway):
+        here = (*base, "gateway", index) if len(server.gateway) > 1 else (*base, "gateway")
+        if gw.version in seen_families:
+            problems.append((here, f"more than one IPv{gw.version} gateway"))
+        seen_families.add(gw.version)
+        if not any(_inside(gw, net) for net in subnets):
+            problems.append((here, f"{gw} is not inside any subnet of {name}"))
+
+    for index, route in enumerate(server.routes):
+        here = (*base, "routes", index)
+        if route.to.version != route.via.version:
+            problems.append(((*here, "via"), f"{route.via} is not of the family of {route.to}"))
+        elif not any(_inside(route.via, net) for net in subnets):
+            problems.append(((*here, "via"), f"{route.via} is not inside any subnet of {name}"))
+
+    layout = numbering.layout(settings, server.id, server.mark)
+    problems.extend(((*base, "id"), msg) for msg in numbering.check_reserved(layout, settings))
     return problems
 
 
@@ -596,3 +613,124 @@ def json_schema() -> dict[str, Any]:
     schema = Config.model_json_schema()
     schema["$id"] = "https://vsnet.invalid/schemas/servers.schema.json"
     return schema
+
+
+# --------------------------------------------------------------------------- incremental
+
+
+_SERVERS_LINE = re.compile(r"^servers:\s*(#.*)?$")
+_ENTRY_LINE = re.compile(r"^( +)([A-Za-z0-9][A-Za-z0-9_-]*):(\s|$)")
+
+
+def split_servers(text: str) -> tuple[str, list[tuple[str, str]]] | None:
+    """A block-style file cut into (everything but the servers' entries, [(name, entry
+    text)]), or None when its layout is not that simple (then it is read whole)."""
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if _SERVERS_LINE.match(line)]
+    if len(starts) != 1:
+        return None
+    start = starts[0]
+    end = len(lines)
+    for index in range(start + 1, len(lines)):
+        line = lines[index]
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and not line.startswith(" "):
+            end = index  # the next top-level key
+            break
+    preamble: list[str] = []
+    entries: list[tuple[str, list[str]]] = []
+    indent: int | None = None
+    for line in lines[start + 1 : end]:
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            (entries[-1][1] if entries else preamble).append(line)
+            continue
+        lead = len(line) - len(line.lstrip(" "))
+        if line[lead] == "\t":
+            return None
+        indent = lead if indent is None else indent
+        if lead < indent:
+            return None
+        if lead == indent:
+            match = _ENTRY_LINE.match(line)
+            if match is None:
+                return None
+            entries.append((match.group(2), [line]))
+        elif entries:
+            entries[-1][1].append(line)
+        else:
+            return None
+    outer = "".join(lines[: start + 1] + preamble + lines[end:])
+    return outer, [(name, "".join(chunk)) for name, chunk in entries]
+
+
+class ConfigLoader:
+    """Loads one config file again and again, reading again only the VS entries that
+    changed (the daemon: an edit of one VS among a thousand costs one VS).
+
+    Whenever the file is not simple block-style YAML, its settings changed, or anything is
+    wrong with it, the whole file is read as :func:`load_config` reads it, so the result,
+    and every error with its line and column, is exactly that of a full load.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._outer: str | None = None
+        self._entries: dict[str, tuple[str, ServerConfig]] = {}  # entry text -> (name, VS)
+        self._config: Config | None = None
+
+    def load(self) -> Config:
+        file = str(self.path)
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([ConfigIssue(file, 0, 0, "", f"cannot read: {exc.strerror}")]
+                              ) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError([ConfigIssue(file, 1, 1, "", f"not UTF-8 text: {exc.reason}")]
+                              ) from None
+        split = split_servers(text)
+        if split is not None and self._config is not None and split[0] == self._outer:
+            config = self._incremental(split[1], self._config.settings)
+            if config is not None:
+                return config
+        config = parse_config(text, file)
+        self._remember(split, config)
+        return config
+
+    def _remember(self, split: tuple[str, list[tuple[str, str]]] | None, config: Config
+                  ) -> None:
+        self._config = config
+        self._outer = split[0] if split is not None else None
+        self._entries = {}
+        if split is not None:
+            for name, entry in split[1]:
+                if name in config.servers:
+                    self._entries[entry] = (name, config.servers[name])
+
+    def _incremental(self, entries: list[tuple[str, str]], settings: Settings) -> Config | None:
+        servers: dict[str, ServerConfig] = {}
+        remembered: dict[str, tuple[str, ServerConfig]] = {}
+        for name, entry in entries:
+            if name in servers:
+                return None  # a duplicate: the full read says where
+            known = self._entries.get(entry)
+            if known is not None and known[0] == name:
+                server = known[1]
+            else:
+                try:
+                    data = yaml.load(entry, Loader=_FastLoader)
+                    if not isinstance(data, dict) or list(data) != [name]:
+                        return None
+                    server = ServerConfig.model_validate(data[name])
+                except (yaml.YAMLError, ValidationError, _DuplicateKey):
+                    return None
+                if server_problems(name, server, settings):
+                    return None
+            servers[name] = server
+            remembered[entry] = (name, server)
+        config = Config.model_construct(version=1, settings=settings, servers=servers)
+        if _uniqueness_problems(config) or _shared_namespace_problems(config):
+            return None
+        self._config, self._entries = config, remembered
+        return config

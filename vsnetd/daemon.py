@@ -36,7 +36,7 @@ from typing import Any
 from vsnetd import control, log
 from vsnetd.broker import BROKER_PATH, Broker, Client, Served
 from vsnetd.compile import compile_config
-from vsnetd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, ConfigIssue, load_config
+from vsnetd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, ConfigIssue, ConfigLoader
 from vsnetd.diff import Affected
 from vsnetd.kernel import ROOT, Kernel
 from vsnetd.kinds import KernelObject, Namespace, namespace
@@ -98,6 +98,7 @@ class Daemon:
         self.broker = Broker(self.kernel, broker_path)
         self.broker.unregister = self.selector.unregister
         self.config: Config | None = None
+        self.loader = ConfigLoader(self.config_path)  # reads again only what changed
         self.affected: Affected | None = None
         self.monitors: dict[str, RtnlMonitor] = {}
         self.monitor_inodes: dict[str, int | None] = {}
@@ -296,7 +297,7 @@ class Daemon:
 
     def _load(self) -> bool:
         try:
-            config = load_config(self.config_path)
+            config = self.loader.load()
         except ConfigError as exc:
             self.config_issues = exc.issues
             for issue in exc.issues:

@@ -229,7 +229,9 @@ def changed_servers(previous: DesiredState, desired: DesiredState) -> set[str]:
     for name, server in desired.servers.items():
         before = previous.servers.get(name)
         # the objects say everything the kernel holds for a VS (numbers, uplink included)
-        if before is not None and (before.objects != server.objects or before.mode != server.mode):
+        if before is not None and before is not server and (
+            before.objects != server.objects or before.mode != server.mode
+        ):
             changed.add(name)
     return changed
 
