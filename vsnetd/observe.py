@@ -96,9 +96,9 @@ def _observe_in(
 
 def refresh(kernel: Kernel, state: ObservedState, scope: Scope,
             servers: list[DesiredServer]) -> None:
-    """Look again at what these VS own, in place: their namespace whole, or (pbr) their
-    tables, dumped with the kernel's table filter. For after changes that make the kernel
-    drop routes without a word (an address or device removed)."""
+    """Look again at what these VS own, in place: their namespace whole, or (pbr) the
+    tables they use, dumped with the kernel's table filter. For after changes that make
+    the kernel drop routes without a word (an address or device removed)."""
     root_names = {index: name for name, index in state.links.get(ROOT, {}).items()}
     for server in servers:
         if server.netns:
@@ -112,7 +112,7 @@ def refresh(kernel: Kernel, state: ObservedState, scope: Scope,
                 continue
             _observe_in(sock, netns, scope, state, root_names)
             continue
-        tables = set(server.numbers.table_block)
+        tables = {obj.table for obj in server.objects if isinstance(obj, Route)}
         state.owned = {k: o for k, o in state.owned.items()
                        if not (isinstance(o, Route) and not o.netns and o.table in tables)}
         for family in (socket.AF_INET, socket.AF_INET6):
