@@ -40,34 +40,42 @@ import argparse
 import array
 import fcntl
 import gc
-import json
-import math
 import multiprocessing
 import os
-import signal
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import common
+from bench.common import (
+    UPLINK,
+    Notes,
+    config_dir,
+    description,
+    enter_sandbox,
+    machine,
+    machine_line,
+    percentile,
+    print_targets,
+    report,
+    uplinked_netns,
+)
+from bench.common import progress_line as progress
 from vsnetd import sandbox
 from vsnetd.client import Broker, BrokerRefused
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.syscalls import entered_netns
 
-UPLINK = "eth0"
-PEER = "peer0"
 PBR, NETNS = "p1", "n1"  # the two VS
 CONFIG = f"""\
 version: 1
@@ -104,106 +112,17 @@ KINDS = ("baseline", "broker1", "brokerN")
 # --------------------------------------------------------------------------- the daemon
 
 
-class NotifySocket:
-    """A NOTIFY_SOCKET read as a service manager does: all the time (sd_notify blocks
-    once the socket's queue is full)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.messages: list[dict[str, str]] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                return
-            self.messages.append(dict(line.split("=", 1) for line in data.decode().splitlines()
-                                      if "=" in line))
-
-    def seen(self, key: str, value: str | None = None) -> bool:
-        return any(key in m and (value is None or m[key] == value) for m in list(self.messages))
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def console_script(name: str, module: str) -> list[str]:
-    """The installed console script next to this Python, or ``python -m module``."""
-    script = Path(sys.executable).with_name(name)
-    return [str(script)] if script.exists() else [sys.executable, "-m", module]
-
-
-class RunningDaemon:
+class RunningDaemon(common.RunningDaemon):
     """``vsnetd -c FILE --control CTL --broker SOCK --resync-interval 3600`` as a
     subprocess (under cProfile with ``profile``)."""
 
     def __init__(self, workdir: Path, config: Path, profile: Path | None = None) -> None:
-        self.config = config
-        self.control = workdir / "ctl.sock"
         self.broker = workdir / "broker.sock"
-        self.notify = NotifySocket(workdir / "notify.sock")
-        self.log = workdir / "vsnetd.log"
-        self.env = dict(os.environ, NOTIFY_SOCKET=str(self.notify.path),
-                        VSNET_CONTROL=str(self.control), VSNET_BROKER=str(self.broker))
-        command = (console_script("vsnetd", "vsnetd.daemon") if profile is None else
+        command = (None if profile is None else
                    [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "vsnetd.daemon"])
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [*command, "-c", str(config), "--control", str(self.control), "--broker",
-                 str(self.broker), "--resync-interval", "3600"],
-                env=self.env, stdout=subprocess.DEVNULL, stderr=log,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def ready(self, timeout: float) -> float:
-        """Wait for READY=1; the seconds it took."""
-        started = time.perf_counter()
-        deadline = started + timeout
-        while not self.notify.seen("READY", "1"):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vsnetd exited ({self.proc.returncode}): {self.log_tail()}")
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"vsnetd not ready after {timeout:g} s: {self.log_tail()}")
-            time.sleep(0.005)
-        return time.perf_counter() - started
-
-    def log_tail(self, lines: int = 5) -> str:
-        try:
-            return " | ".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def vsnetctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*console_script("vsnetctl", "vsnetd.cli"), *args, "-c",
-                               str(self.config)], capture_output=True, text=True,
-                              env=self.env, timeout=60)
-
-    def status(self) -> dict[str, Any]:
-        result = self.vsnetctl("status", "--json")
-        try:
-            reply: dict[str, Any] = json.loads(result.stdout)
-        except json.JSONDecodeError:
-            return {}
-        return reply
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        super().__init__(workdir, config, control="ctl.sock", args=["--broker", str(self.broker)],
+                         env={"VSNET_BROKER": str(self.broker)}, command=command,
+                         stop_timeout=60)
 
 
 def cpu_ns(pid: int) -> int:
@@ -286,13 +205,6 @@ def check_socket(sock: socket.socket, target: Target, port: int) -> str:
 # --------------------------------------------------------------------------- measuring
 
 
-def percentile(values: Sequence[int], q: float) -> int:
-    """Nearest-rank percentile (p99 of 100 samples is the 99th smallest)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
 @dataclass(slots=True)
 class Round:
     """One measure's figures in one round."""
@@ -335,10 +247,9 @@ class Round:
 
 
 @dataclass(slots=True)
-class Results:
+class Results(Notes):
     rounds: dict[tuple[str, str], list[Round]] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
     def add(self, mode: str, kind: str, figures: Round) -> None:
         self.rounds.setdefault((mode, kind), []).append(figures)
@@ -347,17 +258,6 @@ class Results:
                ) -> float | None:
         values = [v for r in self.rounds.get((mode, kind), []) if (v := figure(r)) is not None]
         return statistics.median(values) if values else None
-
-    def note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
-
-
-def progress(text: str) -> None:
-    """Progress on a terminal only: redirected output stays the report alone."""
-    if sys.stderr.isatty():
-        print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
-
 
 def measure_baseline(results: Results, target: Target, requests: int, warmup: int,
                      first: int) -> None:
@@ -516,23 +416,6 @@ def measure_broker(results: Results, daemon: RunningDaemon, target: Target, clie
         cpu_after - cpu_before))
 
 
-def add_uplink() -> None:
-    sandbox.ip("link", "add", UPLINK, "type", "veth", "peer", "name", PEER)
-    sandbox.ip("link", "set", UPLINK, "up")
-    sandbox.ip("link", "set", PEER, "up")
-
-
-@contextmanager
-def uplinked_netns() -> Iterator[None]:
-    """A fresh namespace with the uplink; the uplink removed before it is left."""
-    with sandbox.fresh_netns():
-        add_uplink()
-        try:
-            yield
-        finally:
-            sandbox.ip("link", "del", UPLINK)
-
-
 def targets_of(text: str) -> dict[str, Target]:
     desired = compile_config(parse_config(text, file="bench.yaml"))
     found = {}
@@ -567,11 +450,7 @@ def run(args: argparse.Namespace) -> Results:
                                         "mark": t.mark, "netns": t.netns}
                                  for mode, t in targets.items()}
     per_measure = args.clients * (args.requests + args.warmup)
-    with uplinked_netns(), tempfile.TemporaryDirectory(prefix="vsnet-bench-", dir="/run") as tmp:
-        workdir = Path(tmp)
-        (workdir / "etc").mkdir()
-        config = workdir / "etc" / "servers.yaml"
-        config.write_text(CONFIG)
+    with uplinked_netns(), config_dir(CONFIG) as (workdir, config):
         progress("starting vsnetd")
         daemon = RunningDaemon(workdir, config, args.profile)
         try:
@@ -594,8 +473,7 @@ def run(args: argparse.Namespace) -> Results:
                                    args.warmup, first)
                     first += per_measure
             check_in_sync(results, daemon, "after the requests")
-            if not daemon.alive():
-                results.note(f"vsnetd exited ({daemon.proc.returncode}): {daemon.log_tail()}")
+            daemon.note_exited(results)
             fds_after = len(os.listdir(f"/proc/{daemon.pid}/fd"))
             results.values["daemon_fds"] = {"before": fds_before, "after": fds_after}
             if fds_after > fds_before:  # every client has gone: its sockets must have too
@@ -603,43 +481,15 @@ def run(args: argparse.Namespace) -> Results:
                              f"the requests than before")
         finally:
             progress("stopping vsnetd")
-            code = daemon.stop()
-            if code != 0:
-                results.note(f"vsnetd exited {code} on SIGTERM: {daemon.log_tail()}")
-            elif not daemon.notify.seen("STOPPING", "1"):
-                results.note("vsnetd stopped without STOPPING=1")
-            teardown = daemon.vsnetctl("teardown")
-            if teardown.returncode != 0:
-                results.note(f"vsnetctl teardown failed ({teardown.returncode}): "
-                             f"{teardown.stderr.strip()[:200]}")
+            daemon.stop_and_teardown(results)
             left = leftovers()
             if left:
                 results.note(f"after teardown: {', '.join(left)} left")
-            daemon.notify.close()
             progress("")
     return results
 
 
 # --------------------------------------------------------------------------- report
-
-
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "kernel": os.uname().release,
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "python": sys.version.split()[0],
-        "vsnet": version("vsnet"),
-        "loadavg": [round(value, 2) for value in os.getloadavg()],  # do others share the CPUs?
-    }
 
 
 def row_label(mode: str, kind: str, clients: int) -> str:
@@ -743,8 +593,8 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
     print(f"vsnet broker benchmark: `listen` tcp, one socket per request, a new port each; "
           f"{args.requests} requests per client, 1 and {args.clients} clients; median of "
           f"{args.repeat} rounds")
-    print(f"machine: Linux {info['kernel']}, {info['cpus']} CPUs, {info['cpu_model']}; "
-          f"Python {info['python']}, vsnet {info['vsnet']}; load average "
+    print(machine_line(info)
+          + f"Python {info['python']}, vsnet {info['vsnet']}; load average "
           f"{'/'.join(map(str, info['loadavg']))} before the run")
     print(f"VS: {t['pbr']['server']} pbr {t['pbr']['address']} mark {t['pbr']['mark']:#x}; "
           f"{t['netns']['server']} netns {t['netns']['address']} in {t['netns']['netns']}; "
@@ -788,15 +638,7 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
           f"others': p50 ~ clients x service time); sockets/s from {args.clients} clients "
           f"(the broker's capacity)")
     print()
-    print("targets:")
-    for target in targets(results, args.clients):
-        verdict = "PASS" if target["pass"] else "MISS"
-        print(f"  {verdict}  {target['name']:<44} {shown(target)}")
-    if results.notes:
-        print()
-        print("notes:")
-        for text in results.notes:
-            print(f"  - {text}")
+    print_targets(targets(results, args.clients), results.notes, shown, width=44)
 
 
 def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) -> dict[str, Any]:
@@ -847,7 +689,7 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--requests", type=int, default=2000,
                         help="measured requests per client and measure (default 2000)")
     parser.add_argument("--clients", type=int, default=8,
@@ -874,19 +716,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    if not sandbox.inside():
-        if os.geteuid() != 0:
-            print("bench/broker.py: must run as root (it creates namespaces)", file=sys.stderr)
-            return 1
-        sandbox.reexec([sys.executable, str(Path(__file__).resolve()), *argv])
+    if not enter_sandbox(__file__, argv):
+        return 1
 
-    info = machine()  # first: its load average is the machine's before the run
+    info = machine(  # first: its load average is the machine's before the run
+        vsnet=version("vsnet"),
+        loadavg=[round(value, 2) for value in os.getloadavg()],  # do others share the CPUs?
+    )
     results = run(args)
-    if args.json:
-        print(json.dumps(as_json(info, args, results), indent=2))
-    else:
-        print_table(info, args, results)
-    return 0
+    return report(info, args, results, as_json, print_table)
 
 
 if __name__ == "__main__":

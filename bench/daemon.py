@@ -27,37 +27,48 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
-import math
 import os
 import select
-import signal
 import socket
 import statistics
 import struct
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    FIRST_HOST,
+    SUBNETS,
+    PbrServer,
+    Results,
+    RunningDaemon,
+    config_dir,
+    description,
+    enter_sandbox,
+    machine,
+    machine_line,
+    make_pbr_servers,
+    mib,
+    pbr_max_servers,
+    pbr_yaml,
+    percentile,
+    print_targets,
+    report,
+    uplinked_netns,
+)
+from bench.common import progress_line as progress
 from vsnetd import sandbox
 from vsnetd.compile import compile_config
-from vsnetd.config import Settings, load_config, parse_config
-from vsnetd.numbering import MAIN_RULE_PRIORITY
+from vsnetd.config import load_config, parse_config
 from vsnetd.state import DesiredState
 
-UPLINK = "eth0"
-PEER = "peer0"
-SUBNETS = (IPv4Network("10.1.0.0/16"), IPv4Network("10.2.0.0/16"))
-FIRST_HOST = 10  # VS n gets host FIRST_HOST + n of each subnet: clear of the gateways (.0.1)
 MOVED_HOST = 30000  # an edit moves VS n's second address to host MOVED_HOST + n (and back)
 EDIT_GAP = 0.050  # seconds between two measured edits (or heals): they must not coalesce
 WAIT_TIMEOUT = 10.0  # seconds before a change that never shows is counted as lost
@@ -102,48 +113,13 @@ RT_SCOPE_NOWHERE = 255  # in a delete: any scope
 # --------------------------------------------------------------------------- workload
 
 
-@dataclass(frozen=True, slots=True)
-class VirtualServer:
-    name: str
-    id: int
-    addresses: tuple[IPv4Interface, ...]
-    gateways: tuple[IPv4Address, ...]  # one per address, inside its subnet
-
-    @property
-    def gateway(self) -> IPv4Address:
-        """The VS gateway (for its marked traffic): the first address's."""
-        return self.gateways[0]
-
-
-def make_servers(count: int) -> list[VirtualServer]:
-    servers = []
-    for number in range(1, count + 1):
-        addresses = tuple(
-            IPv4Interface((net[FIRST_HOST + number], net.prefixlen)) for net in SUBNETS
-        )
-        gateways = tuple(net[1] for net in SUBNETS)
-        servers.append(VirtualServer(f"vs{number}", number, addresses, gateways))
-    return servers
-
-
-def moved(vs: VirtualServer) -> VirtualServer:
+def moved(vs: PbrServer) -> PbrServer:
     """The VS with its second address moved to its other host (and back, next time)."""
     current = vs.addresses[1]
     net = current.network
     hosts = (net[FIRST_HOST + vs.id], net[MOVED_HOST + vs.id])
     other = hosts[1] if current.ip == hosts[0] else hosts[0]
     return replace(vs, addresses=(vs.addresses[0], IPv4Interface((other, net.prefixlen))))
-
-
-def to_yaml(servers: Sequence[VirtualServer]) -> str:
-    lines = ["version: 1", "servers:"]
-    for vs in servers:
-        lines += [f"  {vs.name}:", f"    id: {vs.id}", "    mode: pbr", f"    uplink: {UPLINK}",
-                  "    addresses:"]
-        for address, gateway in zip(vs.addresses, vs.gateways, strict=True):
-            lines += [f"      - address: {address}", f"        gateway: {gateway}"]
-        lines.append(f"    gateway: {vs.gateway}")
-    return "\n".join(lines) + "\n"
 
 
 def save(path: Path, text: str) -> float:
@@ -329,104 +305,6 @@ def _attr(kind: int, payload: bytes) -> bytes:
 # --------------------------------------------------------------------------- the daemon
 
 
-class NotifySocket:
-    """A NOTIFY_SOCKET read as a service manager does: all the time (sd_notify blocks
-    once the socket's queue is full)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.messages: list[dict[str, str]] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                return
-            self.messages.append(dict(line.split("=", 1) for line in data.decode().splitlines()
-                                      if "=" in line))
-
-    def seen(self, key: str, value: str | None = None) -> bool:
-        return any(key in m and (value is None or m[key] == value) for m in list(self.messages))
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def console_script(name: str, module: str) -> list[str]:
-    """The installed console script next to this Python, or ``python -m module``."""
-    script = Path(sys.executable).with_name(name)
-    return [str(script)] if script.exists() else [sys.executable, "-m", module]
-
-
-class RunningDaemon:
-    """``vsnetd -c FILE --control CTL --resync-interval 3600`` as a subprocess."""
-
-    def __init__(self, workdir: Path, config: Path) -> None:
-        self.config = config
-        self.control = workdir / "control.sock"
-        self.notify = NotifySocket(workdir / "notify.sock")
-        self.log = workdir / "vsnetd.log"
-        self.env = dict(os.environ, NOTIFY_SOCKET=str(self.notify.path),
-                        WATCHDOG_USEC=WATCHDOG_USEC, VSNET_CONTROL=str(self.control))
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [*console_script("vsnetd", "vsnetd.daemon"), "-c", str(config), "--control",
-                 str(self.control), "--resync-interval", "3600"],
-                env=self.env, stdout=subprocess.DEVNULL, stderr=log,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def ready(self, timeout: float) -> float:
-        """Wait for READY=1; the seconds it took."""
-        started = time.perf_counter()
-        deadline = started + timeout
-        while not self.notify.seen("READY", "1"):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vsnetd exited ({self.proc.returncode}): {self.log_tail()}")
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"vsnetd not ready after {timeout:g} s: {self.log_tail()}")
-            time.sleep(0.005)
-        return time.perf_counter() - started
-
-    def log_tail(self, lines: int = 5) -> str:
-        try:
-            return " | ".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def vsnetctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*console_script("vsnetctl", "vsnetd.cli"), *args, "-c",
-                               str(self.config)], capture_output=True, text=True,
-                              env=self.env, timeout=60)
-
-    def status(self) -> dict[str, Any]:
-        result = self.vsnetctl("status", "--json")
-        try:
-            reply: dict[str, Any] = json.loads(result.stdout)
-        except json.JSONDecodeError:
-            return {}
-        return reply
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-
 # --------------------------------------------------------------------------- /proc
 
 
@@ -490,49 +368,12 @@ class CpuWindow:
 # --------------------------------------------------------------------------- measuring
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (p99 of 100 samples is the 99th smallest)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-@dataclass(slots=True)
-class Results:
-    samples: dict[str, list[float]] = field(default_factory=dict)
-    values: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def time(self, name: str, seconds: float) -> None:
-        self.samples.setdefault(name, []).append(seconds)
-
-    def note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
-
-    def stat(self, name: str, q: float) -> float | None:
-        values = self.samples.get(name)
-        return percentile(values, q) if values else None
-
-
-def progress(text: str) -> None:
-    """Progress on a terminal only: redirected output stays the report alone."""
-    if sys.stderr.isatty():
-        print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
-
-
-def add_uplink() -> None:
-    sandbox.ip("link", "add", UPLINK, "type", "veth", "peer", "name", PEER)
-    sandbox.ip("link", "set", UPLINK, "up")
-    sandbox.ip("link", "set", PEER, "up")
-
-
 @dataclass(slots=True)
 class Bench:
     """One daemon, its config file, and the kernel's notifications."""
 
     args: argparse.Namespace
-    servers: list[VirtualServer]
+    servers: list[PbrServer]
     desired: DesiredState
     config: Path
     daemon: RunningDaemon
@@ -541,7 +382,7 @@ class Bench:
     results: Results
 
     def write(self) -> float:
-        return save(self.config, to_yaml(self.servers))
+        return save(self.config, pbr_yaml(self.servers))
 
     def edit(self, index: int) -> tuple[str, float]:
         """Move VS ``index``'s second address; (the new address, when the file was in place)."""
@@ -704,31 +545,16 @@ def vsnet_rule_count() -> int:
     return sum(1 for rule in sandbox.ip_json("rule") if rule.get("protocol") == "vsnet")
 
 
-@contextmanager
-def uplinked_netns() -> Iterator[None]:
-    """A fresh namespace with the uplink; the uplink removed before it is left."""
-    with sandbox.fresh_netns():
-        add_uplink()
-        try:
-            yield
-        finally:
-            sandbox.ip("link", "del", UPLINK)
-
-
 def run(args: argparse.Namespace) -> Results:
     results = Results()
-    servers = make_servers(args.servers)
-    desired = compile_config(parse_config(to_yaml(servers), file="bench.yaml"))
-    with uplinked_netns(), tempfile.TemporaryDirectory(prefix="vsnet-bench-", dir="/run") as tmp:
-        workdir = Path(tmp)
-        (workdir / "etc").mkdir()
-        config = workdir / "etc" / "servers.yaml"
-        config.write_text(to_yaml(servers))
+    servers = make_pbr_servers(args.servers)
+    desired = compile_config(parse_config(pbr_yaml(servers), file="bench.yaml"))
+    with uplinked_netns(), config_dir(pbr_yaml(servers)) as (workdir, config):
         measure_reference(results, desired, config)
         events = Notifications()
         requests = Requests()
         progress("starting vsnetd")
-        daemon = RunningDaemon(workdir, config)
+        daemon = RunningDaemon(workdir, config, env={"WATCHDOG_USEC": WATCHDOG_USEC})
         bench = Bench(args, servers, desired, config, daemon, events, requests, results)
         try:
             results.values["ready_seconds"] = daemon.ready(timeout=120)
@@ -749,25 +575,15 @@ def run(args: argparse.Namespace) -> Results:
             measure_load(bench)
             time.sleep(SETTLE)
             check_in_sync(bench, "after the load")
-            if not daemon.alive():
-                results.note(f"vsnetd exited ({daemon.proc.returncode}): {daemon.log_tail()}")
+            daemon.note_exited(results)
             if events.overruns:
                 results.note(f"the benchmark's netlink socket overran {events.overruns} time(s)")
         finally:
             progress("stopping vsnetd")
-            code = daemon.stop()
-            if code != 0:
-                results.note(f"vsnetd exited {code} on SIGTERM: {daemon.log_tail()}")
-            elif not daemon.notify.seen("STOPPING", "1"):
-                results.note("vsnetd stopped without STOPPING=1")
-            teardown = daemon.vsnetctl("teardown")
-            if teardown.returncode != 0:
-                results.note(f"vsnetctl teardown failed ({teardown.returncode}): "
-                             f"{teardown.stderr.strip()[:200]}")
+            daemon.stop_and_teardown(results)
             left = vsnet_rule_count()
             if left:
                 results.note(f"after teardown: {left} vsnet rules left")
-            daemon.notify.close()
             events.close()
             requests.close()
             progress("")
@@ -775,26 +591,6 @@ def run(args: argparse.Namespace) -> Results:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "kernel": os.uname().release,
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "python": sys.version.split()[0],
-        "pyroute2": version("pyroute2"),
-        "watchfiles": version("watchfiles"),
-        "pydantic": version("pydantic"),
-    }
 
 
 ROWS: list[tuple[str, str]] = [
@@ -810,10 +606,6 @@ ROWS: list[tuple[str, str]] = [
 
 def plural(kind: str) -> str:
     return f"{kind}es" if kind.endswith("s") else f"{kind}s"
-
-
-def mib(value: int) -> str:
-    return f"{value / 1024 / 1024:.1f} MiB"
 
 
 def targets(results: Results, servers: int) -> list[dict[str, Any]]:
@@ -841,17 +633,6 @@ def targets(results: Results, servers: int) -> list[dict[str, Any]]:
     return checks
 
 
-def shown(target: dict[str, Any]) -> str:
-    value, limit, unit = target["value"], target["limit"], target["unit"]
-    if value is None:
-        return "not measured"
-    if unit == "s":
-        return f"{value * 1000:.1f} ms (limit {limit * 1000:.0f} ms)"
-    if unit == "%":
-        return f"{value:.2f} % (limit {limit:g} %)"
-    return f"{mib(value)} = {value / 1e6:.1f} MB (limit {limit / 1e6:g} MB)"
-
-
 def threads_text(percent: dict[str, float]) -> str:
     ranked = sorted(percent.items(), key=lambda item: -item[1])
     return ", ".join(f"{name} {value:.2f} %" for name, value in ranked if value >= 0.005) or "-"
@@ -864,8 +645,8 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
           f"({', '.join(f'{count} {plural(kind)}' for kind, count in objects.items())}); "
           f"{args.edits} edits, {args.heals} heals of each kind, {args.rate:g} edits/s for "
           f"{args.load_seconds:g} s")
-    print(f"machine: Linux {info['kernel']}, {info['cpus']} CPUs, {info['cpu_model']}; "
-          f"Python {info['python']}, watchfiles {info['watchfiles']}, "
+    print(machine_line(info)
+          + f"Python {info['python']}, watchfiles {info['watchfiles']}, "
           f"pydantic {info['pydantic']}")
     print()
     print(f"{'latency':<46} {'n':>4} {'p50':>10} {'p99':>10} {'max':>10}")
@@ -903,15 +684,7 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
         print(f"vsnetctl status --json after {len(views)} of the edits: last_reconcile why "
               f"{'/'.join(whys)}, changes {'/'.join(changes)}")
     print()
-    print("targets:")
-    for target in targets(results, args.servers):
-        verdict = "PASS" if target["pass"] else "MISS"
-        print(f"  {verdict}  {target['name']:<52} {shown(target)}")
-    if results.notes:
-        print()
-        print("notes:")
-        for text in results.notes:
-            print(f"  - {text}")
+    print_targets(targets(results, args.servers), results.notes)
 
 
 def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) -> dict[str, Any]:
@@ -947,15 +720,8 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
 # --------------------------------------------------------------------------- main
 
 
-def max_servers() -> int:
-    """How many VS ids the default numbering fits below the main table's rule."""
-    settings = Settings()
-    size = settings.block_size
-    return (MAIN_RULE_PRIORITY - settings.priority_base - size) // size
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--servers", type=int, default=1000, help="number of VS (default 1000)")
     parser.add_argument("--edits", type=int, default=100,
                         help="one-at-a-time edits of one VS (default 100)")
@@ -971,7 +737,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="edits followed by `vsnetctl status --json` (default 10)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
-    limit = max_servers()
+    limit = pbr_max_servers()
     if not 1 <= args.servers <= limit:
         parser.error(f"--servers must be 1..{limit} (default numbering)")
     if args.edits < 1 or args.heals < 1 or args.status_samples < 1:
@@ -983,19 +749,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    if not sandbox.inside():
-        if os.geteuid() != 0:
-            print("bench/daemon.py: must run as root (it creates namespaces)", file=sys.stderr)
-            return 1
-        sandbox.reexec([sys.executable, str(Path(__file__).resolve()), *argv])
+    if not enter_sandbox(__file__, argv):
+        return 1
 
     results = run(args)
-    info = machine()
-    if args.json:
-        print(json.dumps(as_json(info, args, results), indent=2))
-    else:
-        print_table(info, args, results)
-    return 0
+    info = machine(pyroute2=version("pyroute2"), watchfiles=version("watchfiles"),
+                   pydantic=version("pydantic"))
+    return report(info, args, results, as_json, print_table)
 
 
 if __name__ == "__main__":

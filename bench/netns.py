@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import resource
 import statistics
@@ -36,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib.metadata import version
@@ -44,19 +43,39 @@ from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from pyroute2 import IPRoute, NetNS, netns
 
+from bench import common
+from bench.common import (
+    UPLINK,
+    VSNET_ROWS,
+    check_attributed,
+    cold_apply,
+    description,
+    enter_sandbox,
+    floor_args,
+    iproute2_version,
+    machine,
+    machine_line,
+    measures_json,
+    one_vs_edit,
+    print_measures,
+    print_targets,
+    progress,
+    report,
+    timed,
+)
 from vsnetd import sandbox
 from vsnetd.compile import compile_config
 from vsnetd.config import Config, parse_config
 from vsnetd.diff import plan_changes
 from vsnetd.kernel import Kernel
 from vsnetd.observe import observe
-from vsnetd.reconcile import Reconciler, converge, gc_paused, plan_for
+from vsnetd.reconcile import converge, gc_paused, plan_for
 from vsnetd.state import VSNET_PROTOCOL
 
-UPLINK = "eth0"
-PEER = "peer0"
 ADDRESS = IPv4Interface("10.1.1.5/24")  # every VS: each has its own namespace
 EDIT_ADDRESS = IPv4Interface("10.1.1.6/24")  # the one-VS edit moves its address here
 GATEWAY = IPv4Address("10.1.1.1")
@@ -171,45 +190,15 @@ def naive_server(ipr: Any, uplink_index: int, vs: VirtualServer) -> None:
 
 
 @dataclass(slots=True)
-class Results:
-    samples: dict[str, list[float]] = field(default_factory=dict)
-    counts: dict[str, list[int]] = field(default_factory=dict)
+class Results(common.Results):
     memory_kb: dict[str, list[float]] = field(default_factory=dict)  # per namespace
     contents: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def time(self, name: str, seconds: float) -> None:
-        self.samples.setdefault(name, []).append(seconds)
-
-    def count(self, name: str, value: int) -> None:
-        self.counts.setdefault(name, []).append(value)
-
-    def median(self, name: str) -> float:
-        return statistics.median(self.samples[name])
 
     def memory(self, name: str, before: Memory, after: Memory, namespaces: int) -> None:
         self.memory_kb.setdefault(f"{name}_available", []).append(
             (before.available - after.available) / namespaces)
         self.memory_kb.setdefault(f"{name}_slab", []).append((after.slab - before.slab) / namespaces)
         self.memory_kb.setdefault(f"{name}_rss", []).append((after.rss - before.rss) / namespaces)
-
-    def note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
-
-
-def progress(text: str) -> None:
-    """Progress on a terminal only: redirected output stays the report alone."""
-    if sys.stderr.isatty():
-        print(text, end="", file=sys.stderr, flush=True)
-
-
-def timed(action: Callable[[], Any]) -> tuple[float, Any]:
-    gc.collect()
-    started = time.perf_counter()
-    value = action()
-    return time.perf_counter() - started, value
-
 
 def run(argv: Sequence[str], text: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, input=text, capture_output=True, text=True)
@@ -269,25 +258,17 @@ def delete_namespaces(results: Results, measure: str, expected: bool) -> None:
               run(["ip", "-batch", "-"], "".join(f"netns del {name}\n" for name in names)))
 
 
-def add_uplink() -> None:
-    sandbox.ip("link", "add", UPLINK, "type", "veth", "peer", "name", PEER)
-    sandbox.ip("link", "set", UPLINK, "up")
-    sandbox.ip("link", "set", PEER, "up")
-
-
 @contextmanager
 def uplinked_netns(results: Results, measure: str, leaves_namespaces: bool) -> Iterator[None]:
     """A fresh namespace with the uplink, once the previous measure's are freed; every
     named namespace deleted afterwards (the uplink's deletion takes any device left on it).
     """
     settle(results)
-    with sandbox.fresh_netns():
-        add_uplink()
+    with common.uplinked_netns():
         try:
             yield
         finally:
             delete_namespaces(results, measure, expected=leaves_namespaces)
-            sandbox.ip("link", "del", UPLINK)
 
 
 def netns_contents(name: str) -> tuple[str, ...]:
@@ -404,19 +385,10 @@ def vsnet_measures(
     # cold apply, as `vsnetctl apply` runs it (a one-shot process holds the cyclic gc);
     # the Reconciler's first call is a full converge, and it is kept for the edit below
     before = memory()
-    with gc_paused():
-        parse_s, config = timed(lambda: parse_config(text, file="bench.yaml"))
-        compile_s, desired = timed(lambda: compile_config(config))
-        reconciler = Reconciler(sock)
-        converge_s, result = timed(lambda: reconciler.converge(desired))
+    reconciler, desired, result = cold_apply(results, sock, text)
     time.sleep(AFTER_CREATE_S)
     after = memory()
-    results.time("cold_parse", parse_s)
-    results.time("cold_compile", compile_s)
-    results.time("cold_converge", converge_s)
-    results.time("cold_total", parse_s + compile_s + converge_s)
     results.memory("vsnet", before, after, len(servers))
-    results.count("vsnet_applied", len(result.applied))
     if not result.converged:
         first = next(iter(result.failures.items()), ("-", "-"))
         results.note(f"vsnet cold apply did not converge: {len(result.failures)} VS failed "
@@ -439,23 +411,14 @@ def vsnet_measures(
     results.time("noop_total", full_s)
 
     # one-VS edit: the warm Reconciler (what the daemon keeps), then a one-shot full run
-    with gc_paused():
-        edit_compile_s, edited = timed(
-            lambda: compile_config(parse_config(edited_text, file="bench.yaml")))
-    edit_s, edit = timed(lambda: reconciler.converge(edited))
-    results.time("edit_converge", edit_s)
-    results.time("edit_total", edit_compile_s + edit_s)
-    results.count("edit_applied", len(edit.applied))
+    edited, edit = one_vs_edit(results, reconciler, edited_text)
     if not edit.converged:
         results.note(f"vsnet one-VS edit did not converge: {dict(edit.failures)}")
     left = plan_for(sock, edited).changes
     if left:
         results.note(f"after the one-VS edit (Reconciler) the kernel still differs: "
                      f"{len(left)} changes (e.g. {left[0].describe()})")
-    touched = {change.server or "(removed)" for change in edit.applied}
-    if touched != {edited_name}:
-        results.note(f"one-VS edit: its changes were attributed to {sorted(touched)}, "
-                     f"expected only {edited_name}")
+    check_attributed(results, edit, edited_name)
     oneshot_s, back = timed(lambda: converge(sock, desired))  # and back, the one-shot way
     results.time("edit_oneshot", oneshot_s)
     results.count("oneshot_applied", len(back.applied))
@@ -473,42 +436,12 @@ def vsnet_measures(
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    iproute2 = subprocess.run(["ip", "-V"], capture_output=True, text=True).stdout.strip()
-    return {
-        "kernel": os.uname().release,
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "python": sys.version.split()[0],
-        "iproute2": iproute2.removeprefix("ip utility, ").split(",")[0],
-        "pyroute2": version("pyroute2"),
-    }
-
-
 ROWS: list[tuple[str, str]] = [
     ("floor", "ip -batch floor (two parts, see notes)"),
     ("floor_create", "  ip -batch: netns add + link add ... netns"),
     ("floor_configure", "  ip -n NS -batch, one per namespace"),
     ("naive", "naive pyroute2 (NetNS, create-then-move)"),
-    ("cold_total", "vsnet cold apply: parse + compile + converge"),
-    ("cold_parse", "  parse_config"),
-    ("cold_compile", "  compile_config"),
-    ("cold_converge", "  converge (observe, diff, apply, verify)"),
-    ("noop_plan", "vsnet no-op plan: plan_for"),
-    ("noop_observe", "  observe alone"),
-    ("noop_diff", "  diff (plan_changes) alone"),
-    ("noop_total", "  parse + compile + plan_for"),
-    ("edit_converge", "vsnet one-VS edit: Reconciler (warm)"),
-    ("edit_total", "  parse + compile + Reconciler"),
-    ("edit_oneshot", "  one-shot converge (full observe + verify)"),
+    *VSNET_ROWS,
     ("teardown", "vsnet teardown to empty config"),
     ("bare", "ip -batch netns add only (extra)"),
 ]
@@ -541,10 +474,6 @@ def targets(results: Results) -> list[dict[str, Any]]:
     ]
 
 
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:10.1f} ms"
-
-
 def kb(results: Results, name: str) -> str:
     values = results.memory_kb.get(name)
     if not values:
@@ -555,10 +484,7 @@ def kb(results: Results, name: str) -> str:
 
 def contents_text(results: Results) -> list[str]:
     """How many namespaces each way made, and whether the sampled ones hold the same."""
-    def one(name: str) -> str:
-        values = sorted(set(results.counts.get(name, [])))
-        return "/".join(map(str, values)) if values else "-"
-
+    one = results.counted
     lines = [f"namespaces after creating: ip -batch {one('floor_namespaces')}, vsnet "
              f"{one('vsnet_namespaces')}, naive pyroute2 {one('naive_namespaces')} "
              f"(over {one('naive_servers')} VS)"]
@@ -588,23 +514,14 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
     print(f"vsnet netns benchmark: {args.servers} VS, each a namespace with lo, a macvlan on "
           f"{UPLINK}, 1 IPv4 address and a default route; median of {args.repeat} runs, each "
           f"measure in a fresh network namespace")
-    print(f"machine: Linux {info['kernel']}, {info['cpus']} CPUs, {info['cpu_model']}; "
-          f"Python {info['python']}, {info['iproute2']}, pyroute2 {info['pyroute2']}")
+    print(machine_line(info)
+          + f"Python {info['python']}, {info['iproute2']}, pyroute2 {info['pyroute2']}")
     print()
-    floor = results.median("floor")
-    print(f"{'measure':<46} {'median':>13} {'min':>13} {'max':>13} {'x floor':>8}")
     done = min(results.counts["naive_servers"])
     most = max(results.counts["naive_servers"])
-    for name, label in ROWS:
-        values = results.samples.get(name)
-        if not values:
-            continue
-        median = statistics.median(values)
-        if name == "naive" and done < args.servers:
-            counted = f"{done}" if done == most else f"{done}..{most}"
-            label = f"naive pyroute2 (extrapolated from {counted} VS)"
-        print(f"{label:<46} {ms(median)} {ms(min(values))} {ms(max(values))} "
-              f"{median / floor:8.2f}")
+    counted = f"{done}" if done == most else f"{done}..{most}"
+    print_measures(results, ROWS, {"naive": f"naive pyroute2 (extrapolated from {counted} VS)"}
+                   if done < args.servers else None)
     print()
     print(f"{'memory per namespace, kB: median (min..max)':<46} {'MemAvailable drop':>20} "
           f"{'Slab growth':>20} {'own RSS growth':>20}")
@@ -616,35 +533,10 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
     for line in contents_text(results):
         print(line)
     print()
-    print("targets:")
-    for target in targets(results):
-        if target["unit"] == "kB":
-            shown = f"{target['value']:.0f} kB (limit {target['limit']:.0f} kB)"
-        else:
-            shown = f"{target['value']:.2f}x floor (limit {target['limit']:.1f}x)"
-        verdict = "PASS" if target["pass"] else "MISS"
-        print(f"  {verdict}  {target['name']:<52} {shown}")
-    if results.notes:
-        print()
-        print("notes:")
-        for text in results.notes:
-            print(f"  - {text}")
+    print_targets(targets(results), results.notes)
 
 
 def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) -> dict[str, Any]:
-    floor = results.median("floor")
-    measures = {
-        name: {
-            "label": label.strip(),
-            "median_s": statistics.median(results.samples[name]),
-            "min_s": min(results.samples[name]),
-            "max_s": max(results.samples[name]),
-            "samples_s": results.samples[name],
-            "ratio_to_floor": statistics.median(results.samples[name]) / floor,
-        }
-        for name, label in ROWS
-        if results.samples.get(name)
-    }
     memory_per_namespace = {
         name: {"median_kb": statistics.median(values), "samples_kb": values}
         for name, values in results.memory_kb.items()
@@ -654,7 +546,7 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
         "servers": args.servers,
         "repeat": args.repeat,
         "machine": info,
-        "measures": measures,
+        "measures": measures_json(results, ROWS),
         "memory_per_namespace": memory_per_namespace,
         "counts": results.counts,
         "naive_per_server_s": {"first_tenth": results.samples["naive_first_tenth"],
@@ -678,21 +570,7 @@ def max_servers() -> int:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--servers", type=int, default=1000, help="number of VS (default 1000)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="runs of each measure; the median is reported (default 3)")
-    parser.add_argument("--naive-budget", type=float, default=20.0, metavar="SECONDS",
-                        help="stop the naive pyroute2 loop after this long per run and "
-                             "extrapolate linearly (default 20)")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args(argv)
-    limit = max_servers()
-    if not 1 <= args.servers <= limit:
-        parser.error(f"--servers must be 1..{limit} (VS ids; open files)")
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    return args
+    return floor_args(argv, description(__doc__), max_servers(), "VS ids; open files")
 
 
 def standing_notes(results: Results, args: argparse.Namespace) -> None:
@@ -716,11 +594,8 @@ def standing_notes(results: Results, args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    if not sandbox.inside():
-        if os.geteuid() != 0:
-            print("bench/netns.py: must run as root (it creates namespaces)", file=sys.stderr)
-            return 1
-        sandbox.reexec([sys.executable, str(Path(__file__).resolve()), *argv])
+    if not enter_sandbox(__file__, argv):
+        return 1
 
     servers = make_servers(args.servers)
     edited, edited_name = edit_one(servers)
@@ -746,12 +621,8 @@ def main(argv: Sequence[str]) -> int:
     settle(results)
     naive_note(results, args.servers, args.naive_budget)
 
-    info = machine()
-    if args.json:
-        print(json.dumps(as_json(info, args, results), indent=2))
-    else:
-        print_table(info, args, results)
-    return 0
+    info = machine(iproute2=iproute2_version(), pyroute2=version("pyroute2"))
+    return report(info, args, results, as_json, print_table)
 
 
 if __name__ == "__main__":

@@ -19,37 +19,56 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from pyroute2 import IPRoute
 
-from vsnetd import sandbox
+from bench import common
+from bench.common import (
+    SUBNETS,
+    UPLINK,
+    VSNET_ROWS,
+    PbrServer,
+    Results,
+    check_attributed,
+    cold_apply,
+    description,
+    enter_sandbox,
+    floor_args,
+    iproute2_version,
+    machine,
+    machine_line,
+    make_pbr_servers,
+    measures_json,
+    one_vs_edit,
+    pbr_max_servers,
+    pbr_yaml,
+    print_measures,
+    print_targets,
+    progress,
+    report,
+    timed,
+)
 from vsnetd.compile import compile_config
-from vsnetd.config import Config, Settings, parse_config
+from vsnetd.config import Config, parse_config
 from vsnetd.diff import plan_changes
 from vsnetd.kernel import Kernel
-from vsnetd.numbering import MAIN_RULE_PRIORITY
 from vsnetd.observe import observe
-from vsnetd.reconcile import Reconciler, converge, gc_paused, plan_for
+from vsnetd.reconcile import converge, gc_paused, plan_for
 from vsnetd.state import VSNET_PROTOCOL, DesiredState, object_key
 
-UPLINK = "eth0"
-PEER = "peer0"
-SUBNETS = (IPv4Network("10.1.0.0/16"), IPv4Network("10.2.0.0/16"))
-FIRST_HOST = 10  # VS n gets host FIRST_HOST + n of each subnet: clear of the gateways (.0.1)
 EDIT_HOST = 65000  # the one-VS edit moves the second address here (no VS uses it)
 FULL_MASK = 0xFFFFFFFF
 RT_SCOPE_LINK = 253
@@ -64,31 +83,7 @@ TARGET_SERVERS = 1000
 # --------------------------------------------------------------------------- workload
 
 
-@dataclass(frozen=True, slots=True)
-class VirtualServer:
-    name: str
-    id: int
-    addresses: tuple[IPv4Interface, ...]
-    gateways: tuple[IPv4Address, ...]  # one per address, inside its subnet
-
-    @property
-    def gateway(self) -> IPv4Address:
-        """The VS gateway (for its marked traffic): the first address's."""
-        return self.gateways[0]
-
-
-def make_servers(count: int) -> list[VirtualServer]:
-    servers = []
-    for number in range(1, count + 1):
-        addresses = tuple(
-            IPv4Interface((net[FIRST_HOST + number], net.prefixlen)) for net in SUBNETS
-        )
-        gateways = tuple(net[1] for net in SUBNETS)
-        servers.append(VirtualServer(f"vs{number}", number, addresses, gateways))
-    return servers
-
-
-def edit_one(servers: list[VirtualServer]) -> tuple[list[VirtualServer], str]:
+def edit_one(servers: list[PbrServer]) -> tuple[list[PbrServer], str]:
     """The same servers with the middle VS's second address moved; and that VS's name."""
     index = len(servers) // 2
     target = servers[index]
@@ -97,17 +92,6 @@ def edit_one(servers: list[VirtualServer]) -> tuple[list[VirtualServer], str]:
     edited = list(servers)
     edited[index] = replace(target, addresses=(target.addresses[0], moved))
     return edited, target.name
-
-
-def to_yaml(servers: Sequence[VirtualServer]) -> str:
-    lines = ["version: 1", "servers:"]
-    for vs in servers:
-        lines += [f"  {vs.name}:", f"    id: {vs.id}", "    mode: pbr", f"    uplink: {UPLINK}",
-                  "    addresses:"]
-        for address, gateway in zip(vs.addresses, vs.gateways, strict=True):
-            lines += [f"      - address: {address}", f"        gateway: {gateway}"]
-        lines.append(f"    gateway: {vs.gateway}")
-    return "\n".join(lines) + "\n"
 
 
 # The kernel objects of one VS, written out independently of vsnet (the layout documented
@@ -146,7 +130,7 @@ class Numbering:
     block_size: int
 
 
-def server_ops(vs: VirtualServer, numbering: Numbering) -> list[KernelOp]:
+def server_ops(vs: PbrServer, numbering: Numbering) -> list[KernelOp]:
     """Addresses, then routes, then rules of one VS: what vsnet's pbr mode creates."""
     block = vs.id * numbering.block_size
     ops: list[KernelOp] = [AddressOp(address) for address in vs.addresses]
@@ -206,45 +190,6 @@ def naive_call(ipr: Any, index: int, op: KernelOp, protocol: int) -> None:
 # --------------------------------------------------------------------------- measuring
 
 
-@dataclass(slots=True)
-class Results:
-    samples: dict[str, list[float]] = field(default_factory=dict)
-    counts: dict[str, list[int]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def time(self, name: str, seconds: float) -> None:
-        self.samples.setdefault(name, []).append(seconds)
-
-    def count(self, name: str, value: int) -> None:
-        self.counts.setdefault(name, []).append(value)
-
-    def median(self, name: str) -> float:
-        return statistics.median(self.samples[name])
-
-    def note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
-
-
-def progress(text: str) -> None:
-    """Progress on a terminal only: redirected output stays the report alone."""
-    if sys.stderr.isatty():
-        print(text, end="", file=sys.stderr, flush=True)
-
-
-def timed(action: Callable[[], Any]) -> tuple[float, Any]:
-    gc.collect()
-    started = time.perf_counter()
-    value = action()
-    return time.perf_counter() - started, value
-
-
-def add_uplink() -> None:
-    sandbox.ip("link", "add", UPLINK, "type", "veth", "peer", "name", PEER)
-    sandbox.ip("link", "set", UPLINK, "up")
-    sandbox.ip("link", "set", PEER, "up")
-
-
 @contextmanager
 def uplinked_netns() -> Iterator[Kernel]:
     """A fresh namespace with the uplink and an open vsnet socket; emptied afterwards.
@@ -252,14 +197,11 @@ def uplinked_netns() -> Iterator[Kernel]:
     The namespace is emptied (untimed) before it is left, so the kernel's asynchronous
     clean-up of a namespace full of objects does not run during the next measure.
     """
-    with sandbox.fresh_netns():
-        add_uplink()
-        with Kernel() as sock:
-            try:
-                yield sock
-            finally:
-                converge(sock, compile_config(Config(version=1)))
-                sandbox.ip("link", "del", UPLINK)
+    with common.uplinked_netns(), Kernel() as sock:
+        try:
+            yield sock
+        finally:
+            converge(sock, compile_config(Config(version=1)))
 
 
 def mismatch(sock: Kernel, desired: DesiredState) -> str:
@@ -339,16 +281,7 @@ def measure_naive(
 def measure_vsnet(results: Results, text: str, edited_text: str, edited_name: str) -> None:
     with uplinked_netns() as sock:
         # cold apply, as `vsnetctl apply` runs it (a one-shot process holds the cyclic gc)
-        with gc_paused():
-            parse_s, config = timed(lambda: parse_config(text, file="bench.yaml"))
-            compile_s, desired = timed(lambda: compile_config(config))
-            reconciler = Reconciler(sock)
-            converge_s, result = timed(lambda: reconciler.converge(desired))
-        results.time("cold_parse", parse_s)
-        results.time("cold_compile", compile_s)
-        results.time("cold_converge", converge_s)
-        results.time("cold_total", parse_s + compile_s + converge_s)
-        results.count("vsnet_applied", len(result.applied))
+        reconciler, desired, result = cold_apply(results, sock, text)
         if not result.converged:
             results.note(f"vsnet cold apply did not converge: {len(result.failures)} VS failed, "
                          f"{len(result.final_plan.changes)} changes left")
@@ -371,22 +304,13 @@ def measure_vsnet(results: Results, text: str, edited_text: str, edited_name: st
         results.time("noop_total", full_s)
 
         # one-VS edit: the warm Reconciler (what the daemon keeps), then a one-shot full run
-        with gc_paused():
-            edit_compile_s, edited = timed(
-                lambda: compile_config(parse_config(edited_text, file="bench.yaml")))
-        edit_s, edit = timed(lambda: reconciler.converge(edited))
-        results.time("edit_converge", edit_s)
-        results.time("edit_total", edit_compile_s + edit_s)
-        results.count("edit_applied", len(edit.applied))
+        edited, edit = one_vs_edit(results, reconciler, edited_text)
         if not edit.converged:
             results.note("vsnet one-VS edit did not converge")
         problem = mismatch(sock, edited)
         if problem:
             results.note(f"after the one-VS edit the kernel differs from desired: {problem}")
-        touched = {change.server or "(removed)" for change in edit.applied}
-        if touched != {edited_name}:
-            results.note(f"one-VS edit: its changes were attributed to {sorted(touched)}, "
-                         f"expected only {edited_name}")
+        check_attributed(results, edit, edited_name)
         oneshot_s, _ = timed(lambda: converge(sock, desired))  # and back, the one-shot way
         results.time("edit_oneshot", oneshot_s)
 
@@ -398,40 +322,10 @@ def measure_vsnet(results: Results, text: str, edited_text: str, edited_name: st
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    iproute2 = subprocess.run(["ip", "-V"], capture_output=True, text=True).stdout.strip()
-    return {
-        "kernel": os.uname().release,
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "python": sys.version.split()[0],
-        "iproute2": iproute2.removeprefix("ip utility, ").split(",")[0],
-        "pyroute2": version("pyroute2"),
-    }
-
-
 ROWS: list[tuple[str, str]] = [
     ("floor", "ip -batch (floor)"),
     ("naive", "naive pyroute2 loop, one call per object"),
-    ("cold_total", "vsnet cold apply: parse + compile + converge"),
-    ("cold_parse", "  parse_config"),
-    ("cold_compile", "  compile_config"),
-    ("cold_converge", "  converge (observe, diff, apply, verify)"),
-    ("noop_plan", "vsnet no-op plan: plan_for"),
-    ("noop_observe", "  observe alone"),
-    ("noop_diff", "  diff (plan_changes) alone"),
-    ("noop_total", "  parse + compile + plan_for"),
-    ("edit_converge", "vsnet one-VS edit: Reconciler (warm)"),
-    ("edit_total", "  parse + compile + Reconciler"),
-    ("edit_oneshot", "  one-shot converge (full observe + verify)"),
+    *VSNET_ROWS,
     ("teardown", "vsnet teardown to empty config (extra)"),
 ]
 
@@ -457,15 +351,8 @@ def targets(results: Results, servers: int) -> list[dict[str, Any]]:
     ]
 
 
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:10.1f} ms"
-
-
 def counts_text(results: Results) -> list[str]:
-    def one(name: str) -> str:
-        values = sorted(set(results.counts.get(name, [])))
-        return "/".join(map(str, values)) if values else "-"
-
+    one = results.counted
     return [
         f"objects: ip -batch lines {one('floor_objects')}, vsnet cold apply applied "
         f"{one('vsnet_applied')}, naive pyroute2 calls {one('naive_calls')} "
@@ -478,61 +365,27 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
     objects = results.counts["floor_objects"][0]
     print(f"vsnet pbr benchmark: {args.servers} VS x 2 IPv4 addresses = {objects} kernel "
           f"objects; median of {args.repeat} runs, each in a fresh network namespace")
-    print(f"machine: Linux {info['kernel']}, {info['cpus']} CPUs, {info['cpu_model']}; "
-          f"Python {info['python']}, {info['iproute2']}, pyroute2 {info['pyroute2']}")
+    print(machine_line(info)
+          + f"Python {info['python']}, {info['iproute2']}, pyroute2 {info['pyroute2']}")
     print()
-    floor = results.median("floor")
-    print(f"{'measure':<46} {'median':>13} {'min':>13} {'max':>13} {'x floor':>8}")
     done = min(results.counts["naive_servers"])
-    for name, label in ROWS:
-        values = results.samples.get(name)
-        if not values:
-            continue
-        median = statistics.median(values)
-        if name == "naive" and done < args.servers:
-            label = f"naive pyroute2 loop (extrapolated from {done} VS)"
-        print(f"{label:<46} {ms(median)} {ms(min(values))} {ms(max(values))} "
-              f"{median / floor:8.2f}")
+    print_measures(results, ROWS, {"naive": f"naive pyroute2 loop (extrapolated from {done} VS)"}
+                   if done < args.servers else None)
     print()
     for line in counts_text(results):
         print(line)
     print()
-    print("targets:")
-    for target in targets(results, args.servers):
-        if target["unit"] == "s":
-            shown = f"{target['value'] * 1000:.1f} ms (limit {target['limit'] * 1000:.0f} ms)"
-        else:
-            shown = f"{target['value']:.2f}x floor (limit {target['limit']:.1f}x)"
-        verdict = "PASS" if target["pass"] else "MISS"
-        print(f"  {verdict}  {target['name']:<52} {shown}")
-    if results.notes:
-        print()
-        print("notes:")
-        for text in results.notes:
-            print(f"  - {text}")
+    print_targets(targets(results, args.servers), results.notes)
 
 
 def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) -> dict[str, Any]:
-    floor = results.median("floor")
-    measures = {
-        name: {
-            "label": label.strip(),
-            "median_s": statistics.median(results.samples[name]),
-            "min_s": min(results.samples[name]),
-            "max_s": max(results.samples[name]),
-            "samples_s": results.samples[name],
-            "ratio_to_floor": statistics.median(results.samples[name]) / floor,
-        }
-        for name, label in ROWS
-        if results.samples.get(name)
-    }
     return {
         "benchmark": "pbr",
         "servers": args.servers,
         "addresses_per_server": len(SUBNETS),
         "repeat": args.repeat,
         "machine": info,
-        "measures": measures,
+        "measures": measures_json(results, ROWS),
         "counts": results.counts,
         "targets": targets(results, args.servers),
         "notes": results.notes,
@@ -542,42 +395,18 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
 # --------------------------------------------------------------------------- main
 
 
-def max_servers() -> int:
-    """How many VS ids the default numbering fits below the main table's rule."""
-    settings = Settings()
-    size = settings.block_size
-    return (MAIN_RULE_PRIORITY - settings.priority_base - size) // size
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--servers", type=int, default=1000, help="number of VS (default 1000)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="runs of each measure; the median is reported (default 3)")
-    parser.add_argument("--naive-budget", type=float, default=20.0, metavar="SECONDS",
-                        help="stop the naive pyroute2 loop after this long per run and "
-                             "extrapolate linearly (default 20)")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args(argv)
-    limit = max_servers()
-    if not 1 <= args.servers <= limit:
-        parser.error(f"--servers must be 1..{limit} (default numbering)")
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    return args
+    return floor_args(argv, description(__doc__), pbr_max_servers(), "default numbering")
 
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    if not sandbox.inside():
-        if os.geteuid() != 0:
-            print("bench/pbr.py: must run as root (it creates namespaces)", file=sys.stderr)
-            return 1
-        sandbox.reexec([sys.executable, str(Path(__file__).resolve()), *argv])
+    if not enter_sandbox(__file__, argv):
+        return 1
 
-    servers = make_servers(args.servers)
+    servers = make_pbr_servers(args.servers)
     edited, edited_name = edit_one(servers)
-    text, edited_text = to_yaml(servers), to_yaml(edited)
+    text, edited_text = pbr_yaml(servers), pbr_yaml(edited)
     desired = compile_config(parse_config(text, file="bench.yaml"))
     settings = desired.settings
     numbering = Numbering(settings.table_base, settings.priority_base, settings.mark_base,
@@ -603,12 +432,8 @@ def main(argv: Sequence[str]) -> int:
     if results.counts["floor_objects"][0] != len(ops):
         results.note("internal: floor line count differs from the object list")
 
-    info = machine()
-    if args.json:
-        print(json.dumps(as_json(info, args, results), indent=2))
-    else:
-        print_table(info, args, results)
-    return 0
+    info = machine(iproute2=iproute2_version(), pyroute2=version("pyroute2"))
+    return report(info, args, results, as_json, print_table)
 
 
 if __name__ == "__main__":
