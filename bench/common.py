@@ -13,12 +13,10 @@ import json
 import math
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,6 +31,7 @@ from vsnetd.config import Settings, parse_config
 from vsnetd.kernel import Kernel
 from vsnetd.numbering import MAIN_RULE_PRIORITY
 from vsnetd.reconcile import ConvergeResult, Reconciler, gc_paused
+from vsnetd.sandbox import NotifySocket
 from vsnetd.state import DesiredState
 
 UPLINK = "eth0"
@@ -126,33 +125,6 @@ def pbr_max_servers() -> int:
 
 
 # --------------------------------------------------------------------------- the daemon
-
-
-class NotifySocket:
-    """A NOTIFY_SOCKET read as a service manager does: all the time (sd_notify blocks
-    once the socket's queue is full)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.messages: list[dict[str, str]] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                return
-            self.messages.append(dict(line.split("=", 1) for line in data.decode().splitlines()
-                                      if "=" in line))
-
-    def seen(self, key: str, value: str | None = None) -> bool:
-        return any(key in m and (value is None or m[key] == value) for m in list(self.messages))
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def console_script(name: str, module: str) -> list[str]:

@@ -11,7 +11,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, RUNNING
-from vsnetd.sandbox import ip, ip_json
+from vsnetd.sandbox import NotifySocket, ip, ip_json
 from vsnetd.state import VSNET_PROTOCOL
 
 pytestmark = pytest.mark.usefixtures("netns")
@@ -54,32 +53,6 @@ def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "") 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or check}")
         time.sleep(0.02)
-
-
-class NotifySocket:
-    """A real NOTIFY_SOCKET, read as a service manager does: all the time (sd_notify
-    blocks once the socket's queue is full)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.messages: list[dict[str, str]] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                return
-            self.messages.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
-
-    def poll(self) -> list[dict[str, str]]:
-        return list(self.messages)
-
-    def seen(self, key: str, value: str | None = None) -> bool:
-        return any(key in m and (value is None or m[key] == value) for m in self.poll())
 
 
 class Daemon:

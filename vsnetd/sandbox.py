@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,6 +98,37 @@ def ip(*args: str, netns: str | None = None) -> str:
 def ip_json(*args: str, netns: str | None = None) -> Any:
     out = ip("-j", *args, netns=netns)
     return json.loads(out) if out.strip() else []
+
+
+class NotifySocket:
+    """A NOTIFY_SOCKET for a daemon under test or benchmark, read as a service manager does:
+    all the time, by a thread (sd_notify blocks once the socket's queue is full)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[dict[str, str]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            self.messages.append(dict(line.split("=", 1) for line in data.decode().splitlines()
+                                      if "=" in line))
+
+    def poll(self) -> list[dict[str, str]]:
+        """Every message so far, each as its KEY=VALUE fields."""
+        return list(self.messages)
+
+    def seen(self, key: str, value: str | None = None) -> bool:
+        return any(key in m and (value is None or m[key] == value) for m in self.poll())
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def main(argv: Sequence[str]) -> int:
