@@ -184,6 +184,8 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     empty = dataclasses.replace(
         compile_config(Config(version=1, settings=base.settings)),
         former_names={server.id: name for name, server in base.servers.items()},
+        former_namespaces={server.namespace_name(name): name
+                           for name, server in base.servers.items() if server.mode == "netns"},
     )
     with Kernel() as kernel:
         result = converge(kernel, empty)

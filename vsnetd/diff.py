@@ -85,7 +85,7 @@ class _Owners:
         self.settings = desired.settings
         self.names = desired.names_by_id()
         self.by_address: dict[tuple[str, str], str] = {}
-        self.by_netns: dict[str, str] = {}
+        self.by_netns: dict[str, str] = dict(desired.former_namespaces)
         for server in desired.servers.values():
             if server.netns:
                 self.by_netns.setdefault(server.netns, server.name)

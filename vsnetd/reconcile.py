@@ -164,6 +164,7 @@ class Reconciler:
             desired,
             servers={n: s for n, s in desired.servers.items() if n in changed},
             former_names=previous.names_by_id(),
+            former_namespaces={s.netns: s.name for s in previous.servers.values() if s.netns},
         )
         subset = dataclasses.replace(observed, owned={})  # the foreign objects are all there
         for server in _each(previous, desired, changed):

@@ -63,6 +63,7 @@ class DesiredState:
     # Names of VS ids that are not desired but whose leftovers may still be in the kernel
     # (a teardown knows the config it tears down): deletes are attributed to them.
     former_names: dict[int, str] = field(default_factory=dict)
+    former_namespaces: dict[str, str] = field(default_factory=dict)  # namespace -> VS name
 
     def names_by_id(self) -> dict[int, str]:
         return self.former_names | {server.id: server.name for server in self.servers.values()}
