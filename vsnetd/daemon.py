@@ -146,7 +146,15 @@ class Daemon:
         notify(f"READY=1\nSTATUS={self._status_line()}")
         try:
             while not self.stopping:
-                self._loop_once()
+                try:
+                    self._loop_once()
+                except Exception as exc:  # a bad moment must not stop vsnet
+                    # e.g. a netlink dump failing under memory pressure: log, look at the
+                    # whole kernel again after the usual backoff
+                    log.event(logging.ERROR, f"reconcile failed: {exc!r}", op="error")
+                    self.reconciler.observed = None
+                    self.retry_at = time.monotonic() + self.backoff
+                    self.backoff = min(self.backoff * 2, MAX_BACKOFF_SECONDS)
         finally:
             notify("STOPPING=1")
             log.event(logging.INFO, "stopping; the kernel state stays as it is", op="stop")
