@@ -24,7 +24,6 @@ Exit status: 0 when every check passed, 1 otherwise.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import select
 import shlex
@@ -34,8 +33,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +45,6 @@ CONFIG = "etc/vsnet/servers.yaml"  # relative to REPO, as an operator would type
 LIVE_CONFIG = Path("/run/vsnet/demo/servers.yaml")  # the sandbox's private /run
 DAEMON_LOG = Path("/run/vsnet/demo/vsnetd.log")
 NAMESPACES = ("lan", "gw-a", "gw-b", "client")
-CLONE_NEWNET = 0x40000000
 SO_MARK = getattr(socket, "SO_MARK", 36)
 TIMEOUT = 3.0
 WHOAMI_PORT = 7007  # the "who am I" service on every VS address
@@ -210,29 +208,6 @@ def daemon_in_sync() -> bool:
 
 # --------------------------------------------------------------------------- namespaces
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error))
-
-
-@contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Run the calling thread in the named network namespace for the block.
-
-    Sockets opened inside stay in that namespace after the thread has switched back.
-    """
-    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as target:
-        _setns(target.fileno())
-        try:
-            yield
-        finally:
-            _setns(home.fileno())
-
-
 def build_topology() -> None:
     for line in TOPOLOGY:
         sandbox.sh(*shlex.split(line))
@@ -244,8 +219,7 @@ def remove_topology() -> None:
 
 
 def tcp_socket(family: socket.AddressFamily, *, netns: str | None = None) -> socket.socket:
-    with in_netns(netns) if netns else nullcontext():
-        sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = sandbox.socket_in(netns, family)  # this very process, in the client's namespace
     sock.settimeout(TIMEOUT)
     return sock
 

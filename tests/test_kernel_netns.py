@@ -17,8 +17,7 @@ from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.kernel import Kernel
 from vsnetd.reconcile import converge, plan_for
-from vsnetd.sandbox import ip, ip_json, sh
-from vsnetd.syscalls import entered_netns
+from vsnetd.sandbox import ip, ip_json, sh, socket_in
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -116,12 +115,7 @@ class NameServer:
     def __init__(self, servers: dict[str, str], port: int) -> None:
         self.sockets: list[tuple[str, socket.socket]] = []
         for name, netns in servers.items():
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-            try:
-                with entered_netns(fd):
-                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            finally:
-                os.close(fd)
+            sock = socket_in(netns)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("0.0.0.0", port))
             sock.listen()

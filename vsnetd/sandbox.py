@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from vsnetd.state import VSNET_PROTOCOL
-from vsnetd.syscalls import CLONE_NEWNET, setns, unshare
+from vsnetd.syscalls import CLONE_NEWNET, entered_netns, setns, unshare
 
 MARKER = "VSNET_SANDBOX"
 PROTOCOL_NAMES = f"{VSNET_PROTOCOL} vsnet\n"
@@ -80,6 +80,20 @@ def fresh_netns() -> Iterator[None]:
             yield
         finally:
             setns(previous.fileno(), CLONE_NEWNET)
+
+
+def socket_in(netns: str | None, family: int = socket.AF_INET,
+              kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A socket created inside the named namespace (None: where the thread is), the paper's
+    trick: the thread enters, opens it and comes back; the socket stays there for good."""
+    if netns is None:
+        return socket.socket(family, kind)
+    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with entered_netns(fd):
+            return socket.socket(family, kind)
+    finally:
+        os.close(fd)
 
 
 def sh(*argv: str, netns: str | None = None, check: bool = True) -> str:

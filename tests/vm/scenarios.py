@@ -24,7 +24,7 @@ from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.kernel import Kernel
 from vsnetd.reconcile import Reconciler, plan_for
-from vsnetd.syscalls import entered_netns
+from vsnetd.sandbox import socket_in
 
 RTMGRP_LINK = 1
 RTM_NEWLINK = 16
@@ -79,15 +79,7 @@ def new_link_names(sock: socket.socket) -> list[str]:
 
 def serve_in(netns: str | None, name: str, address: str = "0.0.0.0") -> socket.socket:
     """A listening socket in ``netns`` (None: the root namespace) answering its name."""
-    if netns is None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    else:
-        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        try:
-            with entered_netns(fd):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        finally:
-            os.close(fd)
+    sock = socket_in(netns)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((address, PORT))
     sock.listen()
@@ -106,12 +98,7 @@ def serve_in(netns: str | None, name: str, address: str = "0.0.0.0") -> socket.s
 
 
 def ask_from(netns: str, address: str) -> str:
-    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-    try:
-        with entered_netns(fd):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    finally:
-        os.close(fd)
+    sock = socket_in(netns)
     sock.settimeout(5)
     try:
         sock.connect((address, PORT))
