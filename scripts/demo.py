@@ -321,8 +321,15 @@ def demo() -> list[str]:
     if not wait_for(lambda: daemon_in_sync(), 15):
         failures.append("vsnetd did not converge")
     vsnetctl("status", config=str(LIVE_CONFIG))
-    say("The kernel objects; nas1's are the paper's Table 1 (plus IPv6):")
-    for argv in (["ip", "rule"], ["ip", "-6", "rule"],
+    say("""
+        The kernel objects; nas1's are the paper's Table 1 (plus IPv6). The rules that pick
+        a table sit in a tree of goto rules (docs/rule-tree.md: a lookup checks a few dozen
+        rules whatever the number of VS); here the ones that pick a table:
+    """)
+    for family in ("", "-6 "):
+        show(["sh", "-c", f"ip {family}rule | grep lookup; echo \"... of $(ip {family}rule | wc -l)\""],
+             shown=f"ip {family}rule | grep lookup")
+    for argv in (
                  ["ip", "route", "show", "table", "10016"],
                  ["ip", "route", "show", "table", "10017"],
                  ["ip", "-6", "route", "show", "table", "10018"],
@@ -375,13 +382,13 @@ def demo() -> list[str]:
 
     heading("5. The daemon keeps the kernel converged")
     say(gap=False, text="An administrator deletes one of nas1's rules by hand:")
-    show(["ip", "rule", "del", "priority", "10017"])
+    show(["ip", "rule", "del", "priority", "18790"])
     started = time.perf_counter()
-    healed = wait_for(lambda: "10017:" in sandbox.sh("ip", "rule"), 5)
+    healed = wait_for(lambda: "18790:" in sandbox.sh("ip", "rule"), 5)
     print(f"  ... back after {(time.perf_counter() - started) * 1000:.0f} ms"
           if healed else "  ... NOT restored")
     if not healed:
-        failures.append("self-heal of rule 10017")
+        failures.append("self-heal of rule 18790")
     say("An operator gives iscsi1 a second address and saves the file:")
     edited = LIVE_CONFIG.read_text().replace(
         "      - address: 10.0.0.6/24\n        gateway: 10.0.0.1\n",
@@ -397,7 +404,7 @@ def demo() -> list[str]:
           if edited_in else "  ... NOT applied")
     if not edited_in:
         failures.append("live edit of iscsi1")
-    show(["ip", "rule", "list", "priority", "10033"])
+    show(["ip", "rule", "list", "priority", "18758"])  # 10.0.0.0/28: nas1's, iscsi1's
     vsnetctl("status", config=str(LIVE_CONFIG))
     say("What the daemon logged (under systemd, journal fields VSNET_SERVER, VSNET_OP):")
     for line in DAEMON_LOG.read_text().splitlines()[-6:]:

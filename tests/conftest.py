@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,8 +60,17 @@ def netns() -> Iterator[None]:
 
 @pytest.fixture
 def uplink(netns: None) -> str:
-    """A veth ``eth0`` in the test namespace; its peer ``peer0`` stays beside it."""
+    """A veth ``eth0`` in the test namespace; its peer ``peer0`` stays beside it. Returned
+    once the kernel has given both their IPv6 link-local address and its local route
+    (asynchronously, after DAD), so that snapshots taken later see no such change."""
     sandbox.ip("link", "add", "eth0", "type", "veth", "peer", "name", "peer0")
-    sandbox.ip("link", "set", "eth0", "up")
-    sandbox.ip("link", "set", "peer0", "up")
+    for name in ("eth0", "peer0"):
+        sandbox.sh("sysctl", "-qw", f"net.ipv6.conf.{name}.accept_dad=0")
+        sandbox.ip("link", "set", name, "up")
+    deadline = time.monotonic() + 10
+    while {r.get("dev") for r in sandbox.ip_json("-6", "route", "show", "table", "local")
+           if str(r.get("dst", "")).startswith("fe80:")} < {"eth0", "peer0"}:
+        if time.monotonic() > deadline:
+            pytest.fail("the uplink's IPv6 link-local addresses did not appear")
+        time.sleep(0.005)  # polling for a positive witness
     return "eth0"

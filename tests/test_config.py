@@ -132,7 +132,7 @@ def test_missing_keys_and_bad_modes() -> None:
 def test_semantic_checks() -> None:
     errors = errors_of("""\
         version: 1
-        settings: {table_base: 230, priority_base: 32000}
+        settings: {table_base: 230}
         servers:
           "bad name":
             id: 1
@@ -164,16 +164,16 @@ def test_semantic_checks() -> None:
     ]
 
 
-def test_priorities_must_stay_before_the_main_table() -> None:
+def test_the_rule_tree_must_end_before_the_main_table() -> None:
     errors = errors_of("""\
         version: 1
-        settings: {priority_base: 32000}
+        settings: {priority_base: 20000}
         servers:
           a: {id: 50, mode: pbr, uplink: eth0, addresses: [{address: 10.0.0.5/24}]}
         """)
     assert errors == [
-        "servers.yaml:4:11: servers.a.id: rule priorities 32800-32815 reach 32766 (the main "
-        "table's rule); lower settings.priority_base or the id"
+        "servers.yaml:2:27: settings.priority_base: 20000: Value error, the rule tree from "
+        "20000 would end at 41060, after the main table's rule (32766); at most 11705"
     ]
 
 

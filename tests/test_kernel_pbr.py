@@ -22,7 +22,7 @@ from vsnetd.kernel import Kernel
 from vsnetd.observe import observe
 from vsnetd.reconcile import Reconciler, plan_for
 from vsnetd.sandbox import ip, ip_json
-from vsnetd.state import VSNET_PROTOCOL
+from vsnetd.state import SHARED, VSNET_PROTOCOL
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -52,16 +52,21 @@ def rules(family: str = "-4") -> list[dict[str, Any]]:
     return [r for r in ip_json(family, "rule", "show") if r["priority"] not in (0, 32766, 32767)]
 
 
+def lookup_rules(family: str = "-4") -> list[dict[str, Any]]:
+    """The rules that choose a table (the rule tree's goto/nop rules left out)."""
+    return [r for r in rules(family) if "table" in r]
+
+
 def table(number: int, family: str = "-4") -> list[dict[str, Any]]:
     return ip_json(family, "route", "show", "table", str(number))  # type: ignore[no-any-return]
 
 
 def test_paper_table_1_in_the_kernel(uplink: str, config_file: Path) -> None:
     apply_ok(config_file)
-    assert rules() == [
-        {"priority": 10016, "src": "10.0.0.5", "table": "10016", "protocol": "vsnet"},
-        {"priority": 10017, "src": "10.0.1.5", "table": "10017", "protocol": "vsnet"},
-        {"priority": 10031, "src": "all", "fwmark": "0x5600001", "table": "10031",
+    assert lookup_rules() == [  # at their places in the rule tree (docs/rule-tree.md)
+        {"priority": 18758, "src": "10.0.0.5", "table": "10016", "protocol": "vsnet"},
+        {"priority": 18790, "src": "10.0.1.5", "table": "10017", "protocol": "vsnet"},
+        {"priority": 25982, "src": "all", "fwmark": "0x5600001", "table": "10031",
          "protocol": "vsnet"},
     ]
     link = {"dev": "eth0", "protocol": "vsnet", "flags": []}
@@ -87,9 +92,9 @@ def test_paper_table_1_in_the_kernel(uplink: str, config_file: Path) -> None:
 
 def test_ipv6_gets_the_same_structure(uplink: str, config_file: Path) -> None:
     apply_ok(config_file)
-    assert rules("-6") == [
-        {"priority": 10018, "src": "2001:db8:5::5", "table": "10018", "protocol": "vsnet"},
-        {"priority": 10031, "src": "all", "fwmark": "0x5600001", "table": "10031",
+    assert lookup_rules("-6") == [
+        {"priority": 24932, "src": "2001:db8:5::5", "table": "10018", "protocol": "vsnet"},
+        {"priority": 30590, "src": "all", "fwmark": "0x5600001", "table": "10031",
          "protocol": "vsnet"},
     ]
     v6 = {"dev": "eth0", "protocol": "vsnet", "prefsrc": "2001:db8:5::5", "metric": 1024,
@@ -112,7 +117,10 @@ def test_plan_status_and_exit_codes(uplink: str, config_file: Path) -> None:
     document = json.loads(pending.stdout)
     assert document["in_sync"] is False
     assert {c["action"] for c in document["changes"]} == {"add"}
-    assert len(document["changes"]) == 21
+    by_owner = [c["server"] for c in document["changes"]]
+    # nas1's 21 objects; the rule tree's 35 IPv4 rules (the paths of 2 addresses and a
+    # mark, the final nop) and 79 IPv6 ones (a path is 4 times as long)
+    assert (by_owner.count("nas1"), by_owner.count(SHARED)) == (21, 35 + 79)
     assert vsnetctl("status", "-c", str(config_file)).returncode == 2
 
     apply_ok(config_file)
@@ -125,7 +133,8 @@ def test_plan_status_and_exit_codes(uplink: str, config_file: Path) -> None:
         "state": "in-sync", "reasons": [],
         "addresses": ["10.0.0.5/24", "10.0.1.5/24", "2001:db8:5::5/64"],
         "mark": 0x5600001, "mark_table": 10031, "pending_changes": 0,
-        "tables": [10016, 10017, 10018, 10031], "priorities": [10016, 10017, 10018, 10031],
+        "tables": [10016, 10017, 10018, 10031],
+        "priorities": [18758, 18790, 24932, 25982, 30590],
     }
 
 
@@ -187,6 +196,7 @@ def test_foreign_objects_are_unchanged_by_apply_edit_and_teardown(
     before = snapshot_foreign()
 
     apply_ok(config_file)
+    assert snapshot_foreign() == before
     # vsnet's 10.0.1.5 becomes primary of its subnet; a foreign secondary joins it
     ip("addr", "add", "10.0.1.99/24", "dev", "eth0")
     before = snapshot_foreign()
@@ -207,21 +217,23 @@ def test_conflicts_are_reported_not_overwritten(uplink: str, tmp_path: Path) -> 
 version: 1
 servers:
   a: {id: 1, mode: pbr, uplink: eth0, addresses: [{address: 10.0.0.5/24}]}
-  b: {id: 2, mode: pbr, uplink: eth0, addresses: [{address: 10.0.0.6/24}]}
-  c: {id: 3, mode: pbr, uplink: eth0, addresses: [{address: 10.0.0.7/24}]}
+  b: {id: 2, mode: pbr, uplink: eth0, addresses: [{address: 10.0.0.21/24}]}
+  c: {id: 3, mode: pbr, uplink: eth0, addresses: [{address: 10.0.0.37/24}]}
 """)
-    ip("rule", "add", "priority", "10016", "lookup", "main")  # a's address rule slot
-    ip("addr", "add", "10.0.0.6/24", "dev", "peer0")  # b's address, on another link
+    # a's address rule's place: the rule tree's group of 10.0.0.0/28 (c is in 10.0.0.32/28)
+    ip("rule", "add", "priority", "18758", "lookup", "main")
+    ip("addr", "add", "10.0.0.21/24", "dev", "peer0")  # b's address, on another link
     result = vsnetctl("apply", "--json", "-c", str(path))
     assert result.returncode == 1
     servers = json.loads(result.stdout)["servers"]
     assert servers["a"] == {"state": "conflict", "reasons": [
-        "priority 10016 is taken by a foreign rule 10016 from all lookup 254"]}
+        "priority 18758 is taken by a foreign rule 18758 from all lookup 254"]}
     assert servers["b"] == {"state": "conflict", "reasons": [
-        "address 10.0.0.6 is already on peer0 (not created by vsnet)"]}
+        "address 10.0.0.21 is already on peer0 (not created by vsnet)"]}
     assert servers["c"] == {"state": "in-sync", "reasons": []}
-    assert [r["priority"] for r in rules()] == [10016, 10048, 10063]
-    assert ip_json("addr", "show", "dev", "peer0")[0]["addr_info"][0]["local"] == "10.0.0.6"
+    assert [(r["priority"], r["table"]) for r in lookup_rules()] == [
+        (18754, "10048"), (18758, "main"), (25982, "10063")]
+    assert ip_json("addr", "show", "dev", "peer0")[0]["addr_info"][0]["local"] == "10.0.0.21"
 
 
 def test_kernel_errors_fail_only_their_server(netns: None, tmp_path: Path) -> None:
@@ -283,7 +295,8 @@ servers:
     assert (table(10016), table(10031)) == a_tables
     path.write_text("\n".join(two.splitlines()[:3]) + "\n")
     apply_ok(path)
-    assert [r["priority"] for r in rules()] == [10016, 10031]
+    assert [(r["priority"], r["table"]) for r in lookup_rules()] == [
+        (18758, "10016"), (25982, "10031")]
     assert table(10032) == [] and table(10047) == []
     global_v4 = [a["local"] for a in ip_json("-4", "addr", "show", "dev", "eth0")[0]["addr_info"]]
     assert global_v4 == ["10.0.0.5"]
@@ -393,7 +406,8 @@ def test_reconciler_applies_one_vs_edits_without_full_dumps(uplink: str) -> None
     with Kernel() as sock:
         reconciler = Reconciler(sock)
         first = reconciler.converge(compile_config(parse_config(config(servers))))
-        assert first.converged and len(first.applied) == 20 * 7
+        assert first.converged
+        assert len([c for c in first.applied if c.server != SHARED]) == 20 * 7
         servers[7] = "10.0.0.99/24"  # one address moves
         edits = [("vs7", dict(servers))]
         del servers[3]  # one VS goes
@@ -404,5 +418,5 @@ def test_reconciler_applies_one_vs_edits_without_full_dumps(uplink: str) -> None
             desired = compile_config(parse_config(config(state)))
             result = reconciler.converge(desired)
             assert result.converged, result.failures
-            assert {c.server for c in result.applied} == {edited}
+            assert {c.server for c in result.applied} - {SHARED} == {edited}
             assert not plan_for(sock, desired)  # a full look finds nothing left to do

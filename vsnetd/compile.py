@@ -9,6 +9,10 @@ For each VS (the paper's Table 1, per address family):
   table>``. Without a VS gateway of that family the default is ``unreachable``, so marked
   traffic can never fall through to the host's main table and leave the VS;
 * extra ``routes`` go into every table of the VS whose subnet contains the next hop.
+
+In the root namespace the ``from`` and ``fwmark`` rules sit in the rule tree
+(:mod:`vsnetd.ruletree`); each VS also names the tree's shared ``goto`` rules on the way
+to its own (``DesiredServer.shared``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 
-from vsnetd import numbering
+from vsnetd import numbering, ruletree
 from vsnetd.config import Config, IpAddress, IpInterface, ServerConfig, Settings
 from vsnetd.kinds import (
     Address,
@@ -39,7 +43,7 @@ from vsnetd.kinds.route import (
     RT_TABLE_MAIN,
 )
 from vsnetd.kinds.rule import FULL_MASK
-from vsnetd.state import VSNET_PROTOCOL, DesiredServer, DesiredState, Scope
+from vsnetd.state import VSNET_PROTOCOL, DesiredServer, DesiredState, ObjectKey, Scope
 
 
 def _family(version: int) -> int:
@@ -91,20 +95,27 @@ def _table_routes(
 
 def _address_tables(
     server: ServerConfig, numbers: numbering.ServerNumbers, device: str, netns: str,
-    only_with_gateway: bool,
+    settings: Settings, shared: dict[ObjectKey, KernelObject] | None,
 ) -> list[KernelObject]:
-    """Per address: the address, its table and its ``from`` rule (reflection)."""
+    """Per address: the address, its table and its ``from`` rule (reflection). In the root
+    namespace (``shared`` given) every address has them, the rule in the rule tree; inside
+    a namespace only an address with a gateway of its own, the rule after the others."""
     objects: list[KernelObject] = []
     for index, entry in enumerate(server.addresses):
         family = _family(entry.address.version)
         ip = normal(str(entry.address.ip))
         objects.append(Address(device, ip, entry.address.network.prefixlen, netns))
-        if only_with_gateway and entry.gateway is None:
+        if shared is None and entry.gateway is None:
             continue
         table = numbers.address_table(index)
         objects.extend(_table_routes(family, table, device, ip, [entry.address], entry.gateway,
                                      server, netns))
-        objects.append(Rule(family, numbers.address_priority(index), table,
+        if shared is None:
+            priority = numbering.namespace_rule_priority(settings, index)
+        else:
+            priority, path = ruletree.source_leaf(family, settings.priority_base, ip)
+            shared.update(path)
+        objects.append(Rule(family, priority, table,
                             source=f"{ip}/{entry.address.max_prefixlen}", netns=netns))
     return objects
 
@@ -116,15 +127,19 @@ def _by_family(server: ServerConfig) -> dict[int, list[IpInterface]]:
     return by_family
 
 
-def compile_pbr(name: str, server: ServerConfig, numbers: numbering.ServerNumbers
-                ) -> tuple[list[KernelObject], str]:
+Compiled = tuple[list[KernelObject], str, dict[ObjectKey, KernelObject]]
+
+
+def compile_pbr(name: str, server: ServerConfig, numbers: numbering.ServerNumbers,
+                settings: Settings) -> Compiled:
     """The paper's Table 1 in the root namespace, on the uplink or a VLAN device on it."""
     objects: list[KernelObject] = []
+    shared: dict[ObjectKey, KernelObject] = {}
     device = server.uplink
     if server.vlan is not None:
         device = f"{server.uplink}.{server.vlan}"
         objects.append(Link("", device, "vlan", parent=server.uplink, vlan=server.vlan))
-    objects.extend(_address_tables(server, numbers, device, "", only_with_gateway=False))
+    objects.extend(_address_tables(server, numbers, device, "", settings, shared))
     gateways = {_family(gw.version): gw for gw in server.gateway}
     for family, subnets in _by_family(server).items():
         source = normal(str(subnets[0].ip))
@@ -135,13 +150,14 @@ def compile_pbr(name: str, server: ServerConfig, numbers: numbering.ServerNumber
             default = _default(family)
             routes.append(Route(family, table, default, _metric(family), type="unreachable"))
         objects.extend(routes)
-        objects.append(Rule(family, numbers.mark_priority, table, fwmark=numbers.mark,
-                            fwmask=FULL_MASK))
-    return objects, device
+        priority, path = ruletree.mark_leaf(family, settings.priority_base, numbers.mark)
+        shared.update(path)
+        objects.append(Rule(family, priority, table, fwmark=numbers.mark, fwmask=FULL_MASK))
+    return objects, device, shared
 
 
-def compile_netns(name: str, server: ServerConfig, numbers: numbering.ServerNumbers
-                  ) -> tuple[list[KernelObject], str]:
+def compile_netns(name: str, server: ServerConfig, numbers: numbering.ServerNumbers,
+                  settings: Settings) -> Compiled:
     """A namespace of its own (the paper's Figure 2): the VS device inside it, created
     there directly; addresses, the default route, extra routes in its main table; an
     address with a gateway of its own gets a table and rule there too (reflection)."""
@@ -154,7 +170,7 @@ def compile_netns(name: str, server: ServerConfig, numbers: numbering.ServerNumb
         Link(netns, device, link_type, parent=server.uplink, vlan=server.vlan,
              ifindex=0 if link_type == "move" else link.IFINDEX_BASE + server.id),
     ]
-    objects.extend(_address_tables(server, numbers, device, netns, only_with_gateway=True))
+    objects.extend(_address_tables(server, numbers, device, netns, settings, None))
     gateways = {_family(gw.version): gw for gw in server.gateway}
     for family, subnets in _by_family(server).items():
         objects.extend(_table_routes(family, RT_TABLE_MAIN, device, None, subnets,
@@ -164,13 +180,13 @@ def compile_netns(name: str, server: ServerConfig, numbers: numbering.ServerNumb
         content = resolver.render([str(ip) for ip in server.dns.servers], server.dns.search,
                                   server.dns.options)
         objects.append(ResolverFile(netns, content))
-    return objects, device
+    return objects, device, {}
 
 
 def compile_server(name: str, server: ServerConfig, settings: Settings) -> DesiredServer:
     numbers = numbering.layout(settings, server.id, server.mark)
     build = compile_netns if server.mode == "netns" else compile_pbr
-    objects, device = build(name, server, numbers)
+    objects, device, shared = build(name, server, numbers, settings)
     return DesiredServer(
         name=name,
         id=server.id,
@@ -182,6 +198,7 @@ def compile_server(name: str, server: ServerConfig, settings: Settings) -> Desir
         netns=server.namespace_name(name),
         device=device,
         moves_uplink=server.mode == "netns" and server.link_type() == "move",
+        shared=shared,
     )
 
 
@@ -199,7 +216,8 @@ def scope_of(settings: Settings, servers: Iterable[DesiredServer]) -> Scope:
     return Scope(
         protocol=VSNET_PROTOCOL,
         tables=range(settings.table_base, settings.table_base + top * size),
-        priorities=range(settings.priority_base, settings.priority_base + top * size),
+        priorities=range(settings.priority_base,
+                         ruletree.last_priority(settings.priority_base) + 1),
         sysctls={netns: tuple(sorted(names)) for netns, names in sysctls.items()},
     )
 
@@ -222,8 +240,12 @@ def compile_config(config: Config, previous: tuple[Config, DesiredState] | None 
         name: reuse.get(name) or compile_server(name, server, config.settings)
         for name, server in sorted(config.servers.items(), key=lambda item: item[1].id)
     }
+    shared: dict[ObjectKey, KernelObject] = {}
+    for compiled in servers.values():
+        shared.update(compiled.shared)
     return DesiredState(
         settings=config.settings,
         scope=scope_of(config.settings, servers.values()),
         servers=servers,
+        shared=shared,
     )

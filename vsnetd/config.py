@@ -32,9 +32,10 @@ from pydantic import (
     StrictInt,
     ValidationError,
     WithJsonSchema,
+    field_validator,
 )
 
-from vsnetd import numbering
+from vsnetd import numbering, ruletree
 
 DEFAULT_CONFIG_PATH = Path("/etc/vsnet/servers.yaml")
 
@@ -178,7 +179,12 @@ class Settings(_Strict):
     """Numbering ranges. Changing them renumbers every VS (an explicit operator action)."""
 
     table_base: StrictInt = Field(default=10000, ge=1, le=0xFFFFFFFF)
-    priority_base: StrictInt = Field(default=10000, ge=1, le=0xFFFFFFFF)
+    priority_base: StrictInt = Field(
+        default=10000, ge=1,
+        description=f"First priority of vsnet's rule tree (docs/rule-tree.md); at most "
+                    f"{ruletree.MAX_PRIORITY_BASE}, so the tree ends before the main table's "
+                    f"rule ({numbering.MAIN_RULE_PRIORITY}).",
+    )
     mark_base: StrictInt = Field(default=0x5600000, ge=0, le=0xFFFFFFFF)
     block_size: StrictInt = Field(
         default=numbering.DEFAULT_BLOCK_SIZE,
@@ -186,6 +192,17 @@ class Settings(_Strict):
         le=256,
         description="Tables and rule priorities reserved per VS (block_size - 1 addresses max).",
     )
+
+
+    @field_validator("priority_base")
+    @classmethod
+    def _tree_fits(cls, value: int) -> int:
+        if value > ruletree.MAX_PRIORITY_BASE:
+            raise ValueError(
+                f"the rule tree from {value} would end at {ruletree.last_priority(value)}, "
+                f"after the main table's rule ({numbering.MAIN_RULE_PRIORITY}); at most "
+                f"{ruletree.MAX_PRIORITY_BASE}")
+        return value
 
 
 class Config(_Strict):

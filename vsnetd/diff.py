@@ -11,6 +11,8 @@ namespaces (a rule never points at a table being emptied, a route never outlives
 opposite order, sysctls and resolver files last. Within a kind, deletes keep the
 kernel's order and creates the config's: plans are deterministic without sorting.
 Objects inside a namespace that goes are not deleted one by one: they go with it.
+The rule tree's shared rules are wanted while any VS, even a held one, needs them, and are
+owned by no VS (``SHARED``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 from vsnetd import numbering
 from vsnetd.kinds import Address, KernelObject, Link, Namespace, ResolverFile, Route, Rule
 from vsnetd.state import (
+    SHARED,
     Change,
     DesiredServer,
     DesiredState,
@@ -78,8 +81,9 @@ def _waiting(server: DesiredServer, observed: ObservedState) -> str | None:
 
 class _Owners:
     """Which VS an owned object belongs to, even when no VS wants it any more: routes and
-    rules of the root namespace by their numbers, addresses by the routes that use them
-    as ``src``, objects in a namespace by the VS living there."""
+    ``lookup`` rules of the root namespace by their tables, addresses by the routes that
+    use them as ``src``, objects in a namespace by the VS living there; the rule tree's
+    ``goto`` and ``nop`` rules to no VS."""
 
     def __init__(self, desired: DesiredState, observed: ObservedState) -> None:
         self.settings = desired.settings
@@ -100,10 +104,10 @@ class _Owners:
             return self.by_netns.get(obj.name)
         if obj.netns and not isinstance(obj, Address):
             return self.by_netns.get(obj.netns)
-        if isinstance(obj, Route):
+        if isinstance(obj, Rule) and obj.action != "lookup":
+            return SHARED
+        if isinstance(obj, Route | Rule):
             server_id = numbering.server_id_of_table(self.settings, obj.table)
-        elif isinstance(obj, Rule):
-            server_id = numbering.server_id_of_priority(self.settings, obj.priority)
         elif isinstance(obj, Address):
             slot = (obj.netns, obj.address)
             return self.by_address.get(slot) or self.by_source().get(slot) or (
@@ -150,6 +154,8 @@ def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
         name = server.name
         for key, obj in server.keyed.items():
             wanted.setdefault(key, (obj, name))
+    for key, obj in desired.shared.items():
+        wanted.setdefault(key, (obj, SHARED))
     held = set(verdicts)  # VS whose objects stay exactly as they are
     held_namespaces = {s.netns for s in desired.servers.values() if s.name in held and s.netns}
 
@@ -210,8 +216,14 @@ class Affected:
         self.owner_of = _Owners(desired, ObservedState())
         self.by_key: dict[ObjectKey, str] = {}
         self.by_device: dict[tuple[str, str], set[str]] = {}
+        self.by_rule_slot: dict[tuple[str, int, int], set[str]] = {}  # foreign rules collide
         for server in desired.servers.values():
-            for key in server.keyed:
+            for key, obj in server.keyed.items():
+                self.by_key.setdefault(key, server.name)
+                if isinstance(obj, Rule):
+                    slot = (obj.netns, obj.family, obj.priority)
+                    self.by_rule_slot.setdefault(slot, set()).add(server.name)
+            for key in server.shared:  # healing one VS below a shared rule restores it
                 self.by_key.setdefault(key, server.name)
             self.by_device.setdefault(("", server.uplink), set()).add(server.name)
             self.by_device.setdefault((server.netns, server.device), set()).add(server.name)
@@ -224,6 +236,9 @@ class Affected:
                 affected.add(owner)
             elif isinstance(obj, Link):
                 affected |= self.by_device.get((obj.netns, obj.name), set())
+            elif isinstance(obj, Rule) and (
+                slot := (obj.netns, obj.family, obj.priority)) in self.by_rule_slot:
+                affected |= self.by_rule_slot[slot]  # a foreign rule where theirs sit
             else:
                 owner = self.owner_of(obj)
                 if owner is not None:

@@ -1,19 +1,19 @@
-"""Deterministic numbering: route tables, rule priorities and fwmarks from a VS ``id``.
+"""Deterministic numbering: route tables and fwmarks from a VS ``id``.
 
-Every VS owns one *block* of ``block_size`` consecutive tables and priorities::
+Every VS owns one *block* of ``block_size`` consecutive tables::
 
-    block(id)        = base + id * block_size
-    address table i  = table_base    + id * block_size + i        (i = index in ``addresses``)
-    address rule  i  = priority_base + id * block_size + i
-    mark table       = table_base    + id * block_size + block_size - 1
-    mark rule        = priority_base + id * block_size + block_size - 1
+    address table i  = table_base + id * block_size + i        (i = index in ``addresses``)
+    mark table       = table_base + id * block_size + block_size - 1
     mark             = ``mark`` if set, else mark_base + id
 
 A VS's numbers depend only on its own ``id`` and the settings, so adding, removing or
-editing one VS never renumbers another, and the address rules of a VS always come before
-its mark rule (replies on a marked listening socket still leave through their address's
-gateway). IPv4 and IPv6 use the same numbers: the kernel keeps separate tables and rule
-lists per family.
+editing one VS never renumbers another. IPv4 and IPv6 use the same numbers: the kernel
+keeps separate tables per family.
+
+Rule priorities are not per VS: in the root namespace a rule's priority is its place in
+the rule tree (:mod:`vsnetd.ruletree`), a function of its own address or mark; inside a
+VS's namespace, whose short list only that namespace's VS share, the rule of address i
+sits at ``priority_base + i``.
 """
 
 from __future__ import annotations
@@ -36,33 +36,28 @@ class ServerNumbers:
     """The numbers one VS owns."""
 
     table_block: range
-    priority_block: range
     mark: int
 
     @property
     def mark_table(self) -> int:
         return self.table_block[-1]
 
-    @property
-    def mark_priority(self) -> int:
-        return self.priority_block[-1]
-
     def address_table(self, index: int) -> int:
         return self.table_block[index]
-
-    def address_priority(self, index: int) -> int:
-        return self.priority_block[index]
 
 
 def layout(settings: Settings, server_id: int, mark: int | None = None) -> ServerNumbers:
     size = settings.block_size
     table_start = settings.table_base + server_id * size
-    priority_start = settings.priority_base + server_id * size
     return ServerNumbers(
         table_block=range(table_start, table_start + size),
-        priority_block=range(priority_start, priority_start + size),
         mark=mark if mark is not None else settings.mark_base + server_id,
     )
+
+
+def namespace_rule_priority(settings: Settings, index: int) -> int:
+    """The priority of the ``from`` rule of address ``index`` inside a VS's namespace."""
+    return settings.priority_base + index
 
 
 def check_reserved(numbers: ServerNumbers, settings: Settings) -> list[str]:
@@ -77,12 +72,6 @@ def check_reserved(numbers: ServerNumbers, settings: Settings) -> list[str]:
             f"route tables {tables[0]}-{tables[-1]} include the kernel's reserved table(s) "
             f"{', '.join(map(str, clash))} (settings.table_base)"
         )
-    prios = numbers.priority_block
-    if prios[-1] >= MAIN_RULE_PRIORITY:
-        problems.append(
-            f"rule priorities {prios[0]}-{prios[-1]} reach {MAIN_RULE_PRIORITY} (the main table's "
-            f"rule); lower settings.priority_base or the id"
-        )
     if not 0 < numbers.mark <= U32_MAX:
         problems.append(f"mark {numbers.mark:#x} is outside 1..0xffffffff (settings.mark_base)")
     return problems
@@ -91,9 +80,4 @@ def check_reserved(numbers: ServerNumbers, settings: Settings) -> list[str]:
 def server_id_of_table(settings: Settings, table: int) -> int | None:
     """Which VS id a table number belongs to, if it is in vsnet's range at all."""
     offset = table - settings.table_base
-    return offset // settings.block_size if offset >= 0 else None
-
-
-def server_id_of_priority(settings: Settings, priority: int) -> int | None:
-    offset = priority - settings.priority_base
     return offset // settings.block_size if offset >= 0 else None

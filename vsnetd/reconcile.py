@@ -18,12 +18,13 @@ from vsnetd.compile import compile_config
 from vsnetd.config import Config
 from vsnetd.diff import plan_changes
 from vsnetd.kernel import Kernel
-from vsnetd.kinds import Namespace
+from vsnetd.kinds import KernelObject, Namespace
 from vsnetd.observe import observe, refresh
 from vsnetd.state import (
     Change,
     DesiredServer,
     DesiredState,
+    ObjectKey,
     ObservedState,
     Plan,
     ServerVerdict,
@@ -160,18 +161,18 @@ class Reconciler:
         changed: set[str],
     ) -> ConvergeResult:
         started = time.perf_counter()
+        # the shared rules on the way to these VS: still wanted if any VS needs them
+        paths = {key for server in _each(previous, desired, changed) for key in server.shared}
         subset_desired = dataclasses.replace(
             desired,
             servers={n: s for n, s in desired.servers.items() if n in changed},
+            shared={key: desired.shared[key] for key in paths if key in desired.shared},
             former_names=previous.names_by_id(),
             former_namespaces={s.netns: s.name for s in previous.servers.values() if s.netns},
         )
-        subset = dataclasses.replace(observed, owned={})  # the foreign objects are all there
-        for server in _each(previous, desired, changed):
-            for key in server.keyed:
-                obj = observed.owned.get(key)
-                if obj is not None:
-                    subset.owned[key] = obj
+        keys = paths.union(*(server.keyed for server in _each(previous, desired, changed)))
+        # the foreign objects are all there
+        subset = dataclasses.replace(observed, owned=_held(observed, keys))
         plan = plan_changes(subset_desired, subset)
         outcome = apply_plan(self.kernel, plan, observed.links, desired.scope.protocol)
         _record(observed, outcome)
@@ -180,9 +181,7 @@ class Reconciler:
             # the kernel may have dropped routes of the VS silently: look, and finish
             touched = list({s.name: s for s in _each(previous, desired, changed)}.values())
             refresh(self.kernel, observed, desired.scope, touched)
-            subset = dataclasses.replace(observed, owned={
-                key: obj for server in touched for key in server.keyed
-                if (obj := observed.owned.get(key)) is not None})
+            subset = dataclasses.replace(observed, owned=_held(observed, keys))
             more = apply_plan(self.kernel, plan_changes(subset_desired, subset), observed.links,
                               desired.scope.protocol)
             _record(observed, more)
@@ -195,7 +194,8 @@ class Reconciler:
             state = verdict.state if verdict.state not in ("pending",) else "in-sync"
             verdicts[name] = ServerVerdict(state, verdict.reasons)
         for name, reason in failures.items():
-            verdicts[name] = ServerVerdict("failed", (reason,))
+            if name in desired.servers:  # a shared rule that failed is retried, not a VS's
+                verdicts[name] = ServerVerdict("failed", (reason,))
         self.desired, self.verdicts = desired, verdicts
         if failures:
             self.observed = None
@@ -207,6 +207,12 @@ class Reconciler:
             seconds=time.perf_counter() - started,
             observed=self.observed,
         )
+
+
+def _held(observed: ObservedState, keys: set[ObjectKey]) -> dict[ObjectKey, KernelObject]:
+    """What the kernel holds of these objects."""
+    owned = observed.owned
+    return {key: obj for key in keys if (obj := owned.get(key)) is not None}
 
 
 def _record(observed: ObservedState, outcome: ApplyResult) -> None:

@@ -20,6 +20,10 @@ VSNET_PROTOCOL = 86
 
 ObjectKey = tuple[str, tuple[Any, ...]]
 
+# The owner named on changes of objects no single VS owns: the rule tree's goto and nop
+# rules (vsnetd/ruletree.py), shared by every VS below them.
+SHARED = "(rule tree)"
+
 
 def object_key(obj: KernelObject) -> ObjectKey:
     """Identity of an object across kinds: (kind, the kind's own key)."""
@@ -49,6 +53,8 @@ class DesiredServer:
     device: str = ""  # the device carrying its addresses
     moves_uplink: bool = False  # netns with link: move
     keyed: dict[ObjectKey, KernelObject] = field(default_factory=dict)  # objects by identity
+    # shared objects it needs (the rule tree's rules on the way to its own rules)
+    shared: dict[ObjectKey, KernelObject] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.keyed:
@@ -60,6 +66,7 @@ class DesiredState:
     settings: Settings
     scope: Scope
     servers: dict[str, DesiredServer]
+    shared: dict[ObjectKey, KernelObject] = field(default_factory=dict)  # every VS's, once
     # Names of VS ids that are not desired but whose leftovers may still be in the kernel
     # (a teardown knows the config it tears down): deletes are attributed to them.
     former_names: dict[int, str] = field(default_factory=dict)

@@ -1,4 +1,5 @@
-"""Policy routing rules: ``from <address> lookup <table>`` and ``fwmark <mark> lookup <table>``.
+"""Policy routing rules: ``from <address> lookup <table>``, ``fwmark <mark> lookup <table>``,
+and the ``goto``/``nop`` rules that arrange them as a tree (docs/rule-tree.md).
 
 Ownership: rules carry FRA_PROTOCOL = vsnet's protocol (Linux >= 4.17); deletes name it, so
 the kernel only ever deletes a rule of ours.
@@ -15,11 +16,18 @@ from vsnetd.kinds import _ip
 
 # family, dst_len, src_len, tos, table, res1, res2, action, flags
 FIB_RULE_HDR = struct.Struct("=BBBBBBBBI")
-FRA_SRC, FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK, FRA_PROTOCOL = 2, 6, 10, 15, 16, 21
-FR_ACT_TO_TBL = 1
+FRA_SRC, FRA_GOTO, FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK, FRA_PROTOCOL = (
+    2, 4, 6, 10, 15, 16, 21)
+# linux/fib_rules.h actions; vsnet creates the first three, the others only appear as
+# foreign rules in its range
+FR_ACT_TO_TBL, FR_ACT_GOTO, FR_ACT_NOP = 1, 2, 3
+ACTION_NAMES = {FR_ACT_TO_TBL: "lookup", FR_ACT_GOTO: "goto", FR_ACT_NOP: "nop",
+                6: "blackhole", 7: "unreachable", 8: "prohibit"}
+ACTION_CODES = {name: code for code, name in ACTION_NAMES.items()}
+RT_TABLE_COMPAT = 252  # the header's table when the real one only fits in FRA_TABLE
 FULL_MASK = 0xFFFFFFFF
 
-RuleKey = tuple[str, int, int, int, str, int, int]
+RuleKey = tuple[str, int, int, int, str, int, int, str, int]
 
 
 class Rule(NamedTuple):
@@ -30,6 +38,13 @@ class Rule(NamedTuple):
     fwmark: int | None = None
     fwmask: int | None = None
     netns: str = ""  # "": the namespace vsnet runs in
+    action: str = "lookup"  # or "goto" (to the first rule at ``target``), "nop"
+    target: int = 0  # goto: a priority after this rule's
+
+    @classmethod
+    def goto(cls, family: int, priority: int, target: int, source: str | None = None,
+             fwmark: int | None = None, fwmask: int | None = None) -> Rule:
+        return cls(family, priority, 0, source, fwmark, fwmask, action="goto", target=target)
 
     @property
     def kind(self) -> Literal["rule"]:
@@ -39,7 +54,7 @@ class Rule(NamedTuple):
     def key(self) -> RuleKey:
         """Rules have no identity but their whole content."""
         return (self.netns, self.family, self.priority, self.table, self.source or "",
-                self.fwmark or 0, self.fwmask or 0)
+                self.fwmark or 0, self.fwmask or 0, self.action, self.target)
 
     def describe(self) -> str:
         words = ["rule -6" if self.family == socket.AF_INET6 else "rule", str(self.priority)]
@@ -52,7 +67,12 @@ class Rule(NamedTuple):
         if self.fwmark is not None:
             mask = "" if self.fwmask in (None, FULL_MASK) else f"/{self.fwmask:#x}"
             words.append(f"fwmark {self.fwmark:#x}{mask}")
-        words.append(f"lookup {self.table}")
+        if self.action == "lookup":
+            words.append(f"lookup {self.table}")
+        elif self.action == "goto":
+            words.append(f"goto {self.target}")
+        else:
+            words.append(self.action)
         if self.netns:
             words.append(f"netns {self.netns}")
         return " ".join(words)
@@ -60,12 +80,17 @@ class Rule(NamedTuple):
     def as_json(self) -> dict[str, Any]:
         return {"kind": "rule", "family": 6 if self.family == socket.AF_INET6 else 4,
                 "priority": self.priority, "table": self.table, "source": self.source,
-                "fwmark": self.fwmark, "fwmask": self.fwmask, "netns": self.netns}
+                "fwmark": self.fwmark, "fwmask": self.fwmask, "netns": self.netns,
+                "action": self.action, "target": self.target}
 
 
 def request(action: str, obj: Rule, protocol: int, links: dict[str, int]) -> tuple[int, int, bytes]:
     src_len = 0
-    attrs = netlink.attr_u32(FRA_PRIORITY, obj.priority) + netlink.attr_u32(FRA_TABLE, obj.table)
+    attrs = netlink.attr_u32(FRA_PRIORITY, obj.priority)
+    if obj.action == "lookup":
+        attrs += netlink.attr_u32(FRA_TABLE, obj.table)
+    elif obj.action == "goto":
+        attrs += netlink.attr_u32(FRA_GOTO, obj.target)
     if obj.source:
         address, src_len = _ip.split_prefix(obj.source)
         attrs += netlink.attr(FRA_SRC, _ip.pack(address))
@@ -73,8 +98,9 @@ def request(action: str, obj: Rule, protocol: int, links: dict[str, int]) -> tup
         attrs += netlink.attr_u32(FRA_FWMARK, obj.fwmark)
         attrs += netlink.attr_u32(FRA_FWMASK, FULL_MASK if obj.fwmask is None else obj.fwmask)
     attrs += netlink.attr_u8(FRA_PROTOCOL, protocol)
-    table = obj.table if obj.table < 256 else 252
-    header = FIB_RULE_HDR.pack(obj.family, 0, src_len, 0, table, 0, 0, FR_ACT_TO_TBL, 0)
+    table = obj.table if obj.table < 256 else RT_TABLE_COMPAT
+    header = FIB_RULE_HDR.pack(obj.family, 0, src_len, 0, table, 0, 0,
+                               ACTION_CODES[obj.action], 0)
     if action == "delete":
         return netlink.RTM_DELRULE, 0, header + attrs
     return netlink.RTM_NEWRULE, netlink.NLM_F_CREATE | netlink.NLM_F_EXCL, header + attrs
@@ -83,18 +109,20 @@ def request(action: str, obj: Rule, protocol: int, links: dict[str, int]) -> tup
 def decoder(
     protocol: int, priorities: range, netns: str = ""
 ) -> netlink.Decoder[tuple[Rule, bool]]:
-    """Decodes an RTM_NEWRULE/RTM_DELRULE (dump or notification) into (rule, owned):
-    ``lookup`` rules carrying ``protocol`` and foreign ones in ``priorities``."""
+    """Decodes an RTM_NEWRULE/RTM_DELRULE (dump or notification) into (rule, owned): rules
+    carrying ``protocol`` and foreign ones in ``priorities`` (of any action: a foreign
+    ``goto`` or ``blackhole`` there changes what vsnet's rules mean)."""
     unpack_attr = netlink.ATTR.unpack_from
     unpack_u32 = netlink.U32.unpack_from
 
     def decode(data: bytearray, start: int, end: int) -> tuple[Rule, bool] | None:
         family, _dl, src_len, _tos, table, _r1, _r2, action, _fl = FIB_RULE_HDR.unpack_from(
             data, start)
-        if action != FR_ACT_TO_TBL:
+        action_name = ACTION_NAMES.get(action)
+        if action_name is None:
             return None
         source = fwmark = fwmask = None
-        priority = proto = 0
+        priority = proto = target = 0
         pos = start + FIB_RULE_HDR.size
         while pos + 4 <= end:
             length, kind = unpack_attr(data, pos)
@@ -110,13 +138,18 @@ def decoder(
                 fwmark = unpack_u32(data, pos + 4)[0]
             elif kind == FRA_FWMASK:
                 fwmask = unpack_u32(data, pos + 4)[0]
+            elif kind == FRA_GOTO:
+                target = unpack_u32(data, pos + 4)[0]
             elif kind == FRA_PROTOCOL:
                 proto = data[pos + 4]
             pos += (length + 3) & ~3
+        if fwmask is not None and fwmark is None:
+            fwmark = 0  # the kernel leaves a zero mark out; a mask says there is one
         owned = proto == protocol
         if not owned and priority not in priorities:
             return None
-        return Rule(family, priority, table, source, fwmark, fwmask, netns), owned
+        return Rule(family, priority, table, source, fwmark, fwmask, netns, action_name,
+                    target), owned
 
     return decode
 
@@ -124,6 +157,6 @@ def decoder(
 def observe(
     sock: netlink.RtnlSocket, family: int, protocol: int, priorities: range, netns: str = ""
 ) -> list[tuple[Rule, bool]]:
-    """``lookup`` rules of ``family`` as (rule, owned), see :func:`decoder`."""
+    """Rules of ``family`` as (rule, owned), see :func:`decoder`."""
     header = FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
     return sock.dump(netlink.RTM_GETRULE, header, decoder(protocol, priorities, netns))

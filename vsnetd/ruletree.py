@@ -1,0 +1,181 @@
+"""The policy-rule tree of the root namespace: where every pbr rule sits. Pure.
+
+The kernel walks policy rules one by one on every uncached route lookup (~20 ns a rule
+here), so a flat list of ``from``/``fwmark`` rules makes every lookup — the host's own
+traffic included — pay for every VS. Rules with the ``goto`` action turn the list into a
+tree (docs/rule-tree.md has the picture and the measurements):
+
+* per family, two tries walked 4 bits at a time: one over the source addresses of the
+  ``from <address> lookup <table>`` rules, then one over the fwmarks of the ``fwmark <mark>
+  lookup <table>`` rules (source before mark, as in the paper's Table 1: a marked reply
+  still leaves by its address's table);
+* a trie node that holds at least one key has a *group*: a priority at which its children
+  sit — ``from <child prefix> goto <child's group>`` rules, or at the last level the leaf
+  ``lookup`` rules themselves — and, one priority later, an end rule ``goto <exit>`` that
+  leaves the trie when no child matched (the source trie exits to the mark trie's root,
+  the mark trie to a final ``nop`` rule). So a lookup checks at most 16 rules a level and
+  the host's own traffic leaves each trie after a few checks;
+* the priority of a group depends only on the node's prefix: levels have fixed priority
+  ranges, and a node's group is ``level start + 2 * (prefix value mod groups of the level)``.
+  A rule's place is therefore a function of its own key: adding or removing a VS never
+  moves another VS's rules, and creates or removes at most the nodes on its own path.
+  Two nodes of one level that share a group only make that group longer: every selector
+  is exact, so whatever subset of the tree's ``goto`` rules exists (during an apply, or
+  after a hand-made deletion), a lookup reaches the same table — only its cost changes.
+
+The ``goto`` and ``nop`` rules are shared by every VS below them; the leaves are the VS's.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from vsnetd.kinds.rule import FULL_MASK, Rule
+from vsnetd.numbering import MAIN_RULE_PRIORITY
+
+STRIDE = 4  # bits per trie level
+FANOUT = 1 << STRIDE
+MARK_BITS = 32
+# Groups per level once a level could hold more (powers of two): enough that the nodes of
+# thousands of VS addresses rarely share a group, few enough that both tries fit between
+# priority_base (default 10000) and the main table's rule (32766).
+SOURCE_GROUPS: dict[int, int] = {socket.AF_INET: 1024, socket.AF_INET6: 256}
+MARK_GROUPS = 512
+
+# keyed as vsnetd.state.object_key keys objects (state imports config, which imports this)
+SharedRules = dict[tuple[str, tuple[Any, ...]], Rule]
+
+
+@dataclass(frozen=True, slots=True)
+class Trie:
+    """One trie's place in the rule list."""
+
+    family: int
+    bits: int  # key width: 32 or 128 for addresses, 32 for marks
+    levels: tuple[tuple[int, int], ...]  # per depth: (first priority, number of groups)
+    exit: int  # where an end rule jumps
+    over_marks: bool
+
+    @property
+    def depth(self) -> int:
+        return len(self.levels)
+
+    @property
+    def first(self) -> int:
+        return self.levels[0][0]
+
+    @property
+    def last(self) -> int:
+        first, count = self.levels[-1]
+        return first + 2 * count - 1
+
+    def group(self, depth: int, value: int) -> int:
+        """The priority of the group of the node of ``depth`` whose prefix is ``value``
+        (the key's top ``STRIDE * depth`` bits): the prefix folded onto the level's groups
+        by XOR of its chunks, so prefixes allocated in sequence never share a group and
+        prefixes that differ anywhere rarely do."""
+        first, count = self.levels[depth]
+        width = count.bit_length() - 1
+        slot = 0
+        while value:
+            slot ^= value & (count - 1)
+            value >>= width
+        return first + 2 * slot
+
+    def leaf_priority(self, key: int) -> int:
+        return self.group(self.depth - 1, key >> STRIDE)
+
+    def enter(self, depth: int, value: int) -> Rule:
+        """The rule, in its parent's group, that enters the node of ``depth`` with prefix
+        ``value``."""
+        priority = self.group(depth - 1, value >> STRIDE)
+        target = self.group(depth, value)
+        shift = self.bits - STRIDE * depth
+        if self.over_marks:
+            return Rule.goto(self.family, priority, target, fwmark=value << shift,
+                             fwmask=(FULL_MASK >> shift) << shift)
+        raw = (value << shift).to_bytes(self.bits // 8, "big")
+        source = f"{socket.inet_ntop(self.family, raw)}/{STRIDE * depth}"
+        return Rule.goto(self.family, priority, target, source=source)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The tree of one family's rule list."""
+
+    family: int
+    source: Trie
+    mark: Trie
+    end: int  # the final nop rule: every exit of the tree lands here
+
+    @property
+    def priorities(self) -> range:
+        return range(self.source.first, self.end + 1)
+
+
+def _levels(start: int, bits: int, cap: int) -> tuple[tuple[tuple[int, int], ...], int]:
+    levels = []
+    for depth in range(bits // STRIDE):
+        count = min(FANOUT ** depth, cap)
+        levels.append((start, count))
+        start += 2 * count
+    return tuple(levels), start
+
+
+@lru_cache(maxsize=16)
+def layout(family: int, priority_base: int) -> Layout:
+    bits = 128 if family == socket.AF_INET6 else 32
+    source_levels, mark_root = _levels(priority_base, bits, SOURCE_GROUPS[family])
+    mark_levels, end = _levels(mark_root, MARK_BITS, MARK_GROUPS)
+    return Layout(
+        family=family,
+        source=Trie(family, bits, source_levels, exit=mark_root, over_marks=False),
+        mark=Trie(family, MARK_BITS, mark_levels, exit=end, over_marks=True),
+        end=end,
+    )
+
+
+def last_priority(priority_base: int) -> int:
+    """The highest priority the tree of either family uses."""
+    return max(layout(family, priority_base).end
+               for family in (socket.AF_INET, socket.AF_INET6))
+
+
+# The tree must end before the main table's rule: vsnet's rules are looked at first.
+MAX_PRIORITY_BASE = MAIN_RULE_PRIORITY - 1 - last_priority(0)
+
+
+def _path(trie: Trie, end: int, parent: int) -> SharedRules:
+    """The shared rules a leaf below the last-level node ``parent`` needs: the node rule
+    and the end rule of every group on its way, and the final nop."""
+    rules: list[Rule] = [Rule(trie.family, end, 0, action="nop")]
+    top = trie.depth - 1
+    for depth in range(top + 1):
+        value = parent >> (STRIDE * (top - depth))
+        group = trie.group(depth, value)
+        rules.append(Rule.goto(trie.family, group + 1, trie.exit))
+        if depth:
+            rules.append(trie.enter(depth, value))
+    return {(rule.kind, rule.key): rule for rule in rules}
+
+
+@lru_cache(maxsize=65536)  # leaves under one node share the path: thousands of VS, few paths
+def _cached_path(family: int, priority_base: int, over_marks: bool, parent: int) -> SharedRules:
+    tree = layout(family, priority_base)
+    return _path(tree.mark if over_marks else tree.source, tree.end, parent)
+
+
+def source_leaf(family: int, priority_base: int, address: str) -> tuple[int, SharedRules]:
+    """The priority of ``from <address>``'s rule and the shared rules leading to it."""
+    key = int.from_bytes(socket.inet_pton(family, address), "big")
+    trie = layout(family, priority_base).source
+    return trie.leaf_priority(key), _cached_path(family, priority_base, False, key >> STRIDE)
+
+
+def mark_leaf(family: int, priority_base: int, mark: int) -> tuple[int, SharedRules]:
+    """The priority of ``fwmark <mark>``'s rule and the shared rules leading to it."""
+    trie = layout(family, priority_base).mark
+    return trie.leaf_priority(mark), _cached_path(family, priority_base, True, mark >> STRIDE)
