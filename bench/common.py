@@ -27,9 +27,8 @@ from typing import Any, TypeVar
 
 from vsnetd import sandbox
 from vsnetd.compile import compile_config
-from vsnetd.config import Settings, parse_config
+from vsnetd.config import parse_config
 from vsnetd.kernel import Kernel
-from vsnetd.numbering import MAIN_RULE_PRIORITY
 from vsnetd.reconcile import ConvergeResult, Reconciler, gc_paused
 from vsnetd.sandbox import NotifySocket
 from vsnetd.state import DesiredState
@@ -118,10 +117,8 @@ def pbr_yaml(servers: Sequence[PbrServer]) -> str:
 
 
 def pbr_max_servers() -> int:
-    """How many VS ids the default numbering fits below the main table's rule."""
-    settings = Settings()
-    size = settings.block_size
-    return (MAIN_RULE_PRIORITY - settings.priority_base - size) // size
+    """How many VS the benchmark's subnets hold (the rule tree has no limit of its own)."""
+    return min(net.num_addresses for net in SUBNETS) - FIRST_HOST - 2
 
 
 # --------------------------------------------------------------------------- the daemon

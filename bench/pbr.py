@@ -65,12 +65,13 @@ from vsnetd.compile import compile_config
 from vsnetd.config import Config, parse_config
 from vsnetd.diff import plan_changes
 from vsnetd.kernel import Kernel
+from vsnetd.kinds import Rule
+from vsnetd.kinds.rule import FR_ACT_GOTO, FR_ACT_NOP, FULL_MASK
 from vsnetd.observe import observe
 from vsnetd.reconcile import converge, gc_paused, plan_for
 from vsnetd.state import VSNET_PROTOCOL, DesiredState, object_key
 
 EDIT_HOST = 65000  # the one-VS edit moves the second address here (no VS uses it)
-FULL_MASK = 0xFFFFFFFF
 RT_SCOPE_LINK = 253
 
 # Targets (from the issue).
@@ -113,10 +114,11 @@ class RouteOp:
 
 @dataclass(frozen=True, slots=True)
 class RuleOp:
-    priority: int
-    table: int
-    source: IPv4Address | None = None
-    fwmark: int | None = None
+    """A rule where vsnet's rule tree puts it (docs/rule-tree.md): the leaves a VS owns and
+    the shared goto/nop rules, taken from vsnet's own compile of the same file, so that the
+    floor builds the same tree."""
+
+    rule: Rule
 
 
 KernelOp = AddressOp | RouteOp | RuleOp
@@ -130,24 +132,34 @@ class Numbering:
     block_size: int
 
 
-def server_ops(vs: PbrServer, numbering: Numbering) -> list[KernelOp]:
-    """Addresses, then routes, then rules of one VS: what vsnet's pbr mode creates."""
+def server_ops(vs: PbrServer, numbering: Numbering, rules: list[Rule]) -> list[KernelOp]:
+    """Addresses, routes and rules of one VS: what vsnet's pbr mode creates, with the rule
+    tree's shared rules this VS is the first to need."""
     block = vs.id * numbering.block_size
     ops: list[KernelOp] = [AddressOp(address) for address in vs.addresses]
-    rules: list[KernelOp] = []
     for index, (address, gateway) in enumerate(zip(vs.addresses, vs.gateways, strict=True)):
         table = numbering.table_base + block + index
         ops.append(RouteOp(table, address.network, address.ip, None))
         ops.append(RouteOp(table, None, address.ip, gateway))
-        rules.append(RuleOp(numbering.priority_base + block + index, table, source=address.ip))
     mark_table = numbering.table_base + block + numbering.block_size - 1
     first = vs.addresses[0].ip
     for subnet in dict.fromkeys(address.network for address in vs.addresses):
         ops.append(RouteOp(mark_table, subnet, first, None))
     ops.append(RouteOp(mark_table, None, first, vs.gateway))
-    rules.append(RuleOp(numbering.priority_base + block + numbering.block_size - 1, mark_table,
-                        fwmark=numbering.mark_base + vs.id))
-    return ops + rules
+    return ops + [RuleOp(rule) for rule in rules]
+
+
+def rules_by_server(desired: DesiredState) -> list[list[Rule]]:
+    """Each VS's rules, and each shared rule with the first VS that needs it."""
+    seen: set[Any] = set()
+    by_server = []
+    for server in desired.servers.values():
+        rules = [obj for obj in server.objects if isinstance(obj, Rule)]
+        rules += [obj for key, obj in server.shared.items()
+                  if isinstance(obj, Rule) and key not in seen]
+        seen.update(server.shared)
+        by_server.append(rules)
+    return by_server
 
 
 def ip_command(op: KernelOp, protocol: int) -> str:
@@ -160,10 +172,13 @@ def ip_command(op: KernelOp, protocol: int) -> str:
         via = f" via {op.gateway}" if op.gateway is not None else ""
         return (f"route add {destination}{via} dev {UPLINK} src {op.source} table {op.table} "
                 f"proto {protocol}")
-    action = f"lookup {op.table} pref {op.priority} proto {protocol}"
-    if op.source is not None:
-        return f"rule add from {op.source} {action}"
-    return f"rule add fwmark {op.fwmark:#x}/{FULL_MASK:#x} {action}"
+    rule = op.rule
+    selector = f"from {rule.source}" if rule.source else "from all"
+    if rule.fwmark is not None:
+        selector += f" fwmark {rule.fwmark:#x}/{rule.fwmask or FULL_MASK:#x}"
+    action = {"lookup": f"lookup {rule.table}", "goto": f"goto {rule.target}"}.get(
+        rule.action, rule.action)
+    return f"rule add {selector} {action} pref {rule.priority} proto {protocol}"
 
 
 def naive_call(ipr: Any, index: int, op: KernelOp, protocol: int) -> None:
@@ -179,12 +194,21 @@ def naive_call(ipr: Any, index: int, op: KernelOp, protocol: int) -> None:
         else:
             ipr.route("add", dst=destination, prefsrc=str(op.source), oif=index,
                       table=op.table, proto=protocol, scope=RT_SCOPE_LINK)
-    elif op.source is not None:
-        ipr.rule("add", src=str(op.source), src_len=32, table=op.table, priority=op.priority,
-                 protocol=protocol)
     else:
-        ipr.rule("add", fwmark=op.fwmark, fwmask=FULL_MASK, table=op.table,
-                 priority=op.priority, protocol=protocol)
+        rule = op.rule
+        selector: dict[str, Any] = {}
+        if rule.source:
+            address, length = rule.source.split("/")
+            selector.update(src=address, src_len=int(length))
+        if rule.fwmark is not None:
+            selector.update(fwmark=rule.fwmark, fwmask=rule.fwmask or FULL_MASK)
+        if rule.action == "lookup":
+            selector.update(table=rule.table)
+        elif rule.action == "goto":
+            selector.update(action=FR_ACT_GOTO, goto=rule.target)
+        else:
+            selector.update(action=FR_ACT_NOP)
+        ipr.rule("add", priority=rule.priority, protocol=protocol, **selector)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -212,6 +236,7 @@ def mismatch(sock: Kernel, desired: DesiredState) -> str:
     """
     observed = observe(sock, desired.scope)
     want = {object_key(obj): obj for server in desired.servers.values() for obj in server.objects}
+    want.update(desired.shared)
     have = dict(observed.owned)
     for found in observed.foreign_addresses.values():
         key = object_key(found)
@@ -411,7 +436,8 @@ def main(argv: Sequence[str]) -> int:
     settings = desired.settings
     numbering = Numbering(settings.table_base, settings.priority_base, settings.mark_base,
                           settings.block_size)
-    per_server = [server_ops(vs, numbering) for vs in servers]
+    per_server = [server_ops(vs, numbering, rules)
+                  for vs, rules in zip(servers, rules_by_server(desired), strict=True)]
     ops = [op for server in per_server for op in server]
 
     results = Results()
