@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 SANDBOX := $(PY) -m vsnetd.sandbox --
 
-.PHONY: setup vm-image demo test test-vm lint schema bench bench-netns clean
+.PHONY: setup vm-image demo test test-vm lint schema bench bench-netns bench-dataplane clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,9 @@ bench: setup
 
 bench-netns: setup
 	$(PY) bench/netns.py --servers 1000
+
+bench-dataplane: setup
+	$(PY) bench/dataplane.py --servers 100,1000,4000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
