@@ -20,6 +20,7 @@ from vsnetd.kinds import (
     Namespace,
     Sysctl,
     address,
+    confinement,
     link,
     namespace,
     resolver,
@@ -54,7 +55,23 @@ def observe(kernel: Kernel, scope: Scope) -> ObservedState:
             state.add(found)
         if foreign:
             state.foreign_resolvers.add(name)
+    observe_confinements(scope, state)
     return state
+
+
+def observe_confinements(scope: Scope, state: ObservedState) -> None:
+    """pbr confinement (cgroups, programs, pins; not per network namespace), or what the
+    machine lacks for it."""
+    if scope.cgroup_root is None:
+        return
+    state.confinement_unavailable = confinement.unavailable(scope.pin_root)
+    if state.confinement_unavailable is not None:
+        return
+    for found, server, foreign in confinement.observe(scope.cgroup_root, scope.pin_root):
+        if found is not None:
+            state.add(found)
+        if foreign is not None:
+            state.foreign_confinements[server] = foreign
 
 
 def _observe_in(
