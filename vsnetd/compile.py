@@ -6,8 +6,9 @@ For each VS (the paper's Table 1, per address family):
   has a gateway, ``default via <gw> src A``; and a rule ``from A lookup <address table>``;
 * the VS gets one *mark table* with every VS subnet (``src`` = the VS's first address of
   that family) and ``default via <VS gateway>`` (``src`` = the address on the gateway's
-  subnet, unlike the paper), and a rule ``fwmark <mark> lookup <mark table>``. Without a VS gateway of that family the default is ``unreachable``, so marked
-  traffic can never fall through to the host's main table and leave the VS;
+  subnet, unlike the paper), and a rule ``fwmark <mark> lookup <mark table>``. Without a
+  VS gateway of that family the default is ``unreachable``, so marked traffic can never
+  fall through to the host's main table and leave the VS;
 * extra ``routes`` go into every table of the VS whose subnet contains the next hop.
 """
 

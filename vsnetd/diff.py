@@ -8,8 +8,9 @@ collide with a foreign one makes its VS a *conflict* and that VS gets no changes
 Order: deletes first, confinement -> resolver files -> rules -> routes -> addresses ->
 links -> namespaces (a rule never points at a table being emptied, a route never outlives
 its ``src`` address, a device goes before its namespace); then creates and replaces in the
-opposite order (confinement once the mark rule is there), sysctls and resolver files last. Within a kind, deletes keep the
-kernel's order and creates the config's: plans are deterministic without sorting.
+opposite order (confinement once the mark rule is there), sysctls and resolver files
+last. Within a kind, deletes keep the kernel's order and creates the config's: plans are
+deterministic without sorting.
 Objects inside a namespace that goes are not deleted one by one: they go with it.
 """
 

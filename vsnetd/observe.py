@@ -11,6 +11,7 @@ the receive buffer.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 from typing import Any
 
 from vsnetd import netlink
@@ -109,6 +110,41 @@ def _observe_in(
             else:
                 state.foreign_rules.append(found_rule)
     return names
+
+
+def recheck_confinements(scope: Scope, servers: Iterable[DesiredServer], state: ObservedState,
+                         seen: dict[str, tuple[Any, ...]]) -> list[KernelObject]:
+    """BPF attachments send no notifications: look at each confined VS again (cheaply:
+    ``seen`` keeps what was read last time), update ``state`` where the kernel differs from
+    it, and return the objects concerned (the daemon heals their VS)."""
+    changed: list[KernelObject] = []
+    if scope.cgroup_root is None or state.confinement_unavailable is not None:
+        return changed
+    for server in servers:
+        if server.mode != "pbr":
+            continue
+        key = ("confinement", (server.name,))
+        wanted = server.keyed.get(key)
+        if wanted is None:
+            continue
+        now = confinement.signature(server.name, scope.cgroup_root, scope.pin_root)
+        if seen.get(server.name) == now:
+            continue
+        seen[server.name] = now
+        found, foreign = confinement.observe_one(server.name, scope.cgroup_root, scope.pin_root)
+        if found == state.owned.get(key) and foreign == state.foreign_confinements.get(
+                server.name):
+            continue
+        if found is None:
+            state.owned.pop(key, None)
+        else:
+            state.add(found)
+        if foreign is None:
+            state.foreign_confinements.pop(server.name, None)
+        else:
+            state.foreign_confinements[server.name] = foreign
+        changed.append(found or wanted)
+    return changed
 
 
 def refresh(kernel: Kernel, state: ObservedState, scope: Scope,

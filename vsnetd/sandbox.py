@@ -3,7 +3,8 @@
 ``python -m vsnetd.sandbox -- CMD ...`` runs CMD inside fresh network + mount namespaces
 (``unshare --net --mount``) with private tmpfs mounts on ``/run``, ``/etc/netns`` and
 ``/etc/iproute2/rt_protos.d`` (where vsnet's protocol name is registered, so ``ip rule``
-prints ``proto vsnet``) and a private bpffs on ``/sys/fs/bpf``. Everything created inside dies with the namespaces.
+prints ``proto vsnet``) and a private bpffs on ``/sys/fs/bpf``. Everything created inside
+dies with the namespaces.
 
 Inside a sandbox, :func:`fresh_netns` gives the calling thread a further, empty network
 namespace for the length of a ``with`` block: one per test.

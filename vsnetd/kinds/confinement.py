@@ -31,7 +31,7 @@ import hashlib
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -266,7 +266,7 @@ def _filesystem_of(path: str) -> str | None:
 _bpf_refusal: list[str] = []  # the probe's answer, once per process
 
 
-def _probe_bpf() -> str | None:
+def probe_bpf() -> str | None:
     if not _bpf_refusal:
         try:
             fd = bpf.prog_load(sock_create_program(1), "vsnet_probe", bpf.BPF_PROG_TYPE_CGROUP_SOCK,
@@ -286,7 +286,7 @@ def unavailable(pin_root: str) -> str | None:
         return "cgroup v2 is not mounted"
     if _filesystem_of(pin_root) != "bpf":
         return f"{pin_root} is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)"
-    return _probe_bpf()
+    return probe_bpf()
 
 
 def cgroup_path(obj: Confinement) -> Path:
@@ -386,6 +386,34 @@ def observe(cgroup_root: str, pin_root: str) -> list[tuple[Confinement | None, s
         obj, foreign = observe_one(name, cgroup_root, pin_root)
         found.append((obj, name, foreign))
     return found
+
+
+def signature(server: str, cgroup_root: str, pin_root: str) -> tuple[Any, ...]:
+    """Cheap to read, and changes whenever what :func:`observe_one` sees may have changed:
+    the cgroup's inode, the ids attached at each hook, the pins' inodes."""
+    mount = cgroup2_mount()
+    parts: list[Any] = []
+    try:
+        cgroup_fd = os.open(mount / cgroup_root.strip("/") / server,
+                            os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if mount else None
+    except (FileNotFoundError, NotADirectoryError):
+        cgroup_fd = None
+    if cgroup_fd is not None:
+        with _opened(cgroup_fd):
+            parts.append(os.fstat(cgroup_fd).st_ino)
+            parts.extend(tuple(bpf.prog_query(cgroup_fd, ATTACH_TYPES[hook])[0])
+                         for hook in HOOKS)
+    for hook in HOOKS:
+        try:
+            parts.append(os.stat(f"{pin_root.rstrip('/')}/{server}/{hook}").st_ino)
+        except OSError:
+            parts.append(None)
+    return tuple(parts)
+
+
+def of(objects: Iterable[object]) -> Confinement | None:
+    """The confinement among a VS's desired objects (pbr with confinement on), or None."""
+    return next((obj for obj in objects if isinstance(obj, Confinement)), None)
 
 
 # ----------------------------------------------------------------------- apply
