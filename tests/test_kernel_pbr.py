@@ -74,8 +74,8 @@ def test_paper_table_1_in_the_kernel(uplink: str, config_file: Path) -> None:
         {"dst": "default", "gateway": "10.0.1.1", **link, "prefsrc": "10.0.1.5"},
         {"dst": "10.0.1.0/24", **link, "scope": "link", "prefsrc": "10.0.1.5"},
     ]
-    assert table(10031) == [
-        {"dst": "default", "gateway": "10.0.1.1", **link, "prefsrc": "10.0.0.5"},
+    assert table(10031) == [  # the default's source: on the VS gateway's subnet (README)
+        {"dst": "default", "gateway": "10.0.1.1", **link, "prefsrc": "10.0.1.5"},
         {"dst": "10.0.0.0/24", **link, "scope": "link", "prefsrc": "10.0.0.5"},
         {"dst": "10.0.1.0/24", **link, "scope": "link", "prefsrc": "10.0.0.5"},
         {"dst": "192.168.50.0/24", "gateway": "10.0.0.1", **link, "prefsrc": "10.0.0.5"},

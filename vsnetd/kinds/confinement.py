@@ -448,8 +448,10 @@ def _ensure_hook(cgroup_fd: int, obj: Confinement, hook: str, code: bytes) -> No
                     ours.append((fds[-1], found))
         keep = next((fd for fd, found in ours if found == wanted), None)
         if keep is None:
-            keep = bpf.prog_load(code, program_name(hook, code), bpf.BPF_PROG_TYPE_CGROUP_SOCK,
-                                 attach_type, LICENSE)
+            keep = _pinned_fd(obj, hook, wanted)  # detached by hand: the pinned one again
+            if keep is None:
+                keep = bpf.prog_load(code, program_name(hook, code),
+                                     bpf.BPF_PROG_TYPE_CGROUP_SOCK, attach_type, LICENSE)
             fds.append(keep)
             replaced = ours[0][0] if ours else None
             bpf.prog_attach(cgroup_fd, keep, attach_type, replace_fd=replaced)
@@ -462,6 +464,17 @@ def _ensure_hook(cgroup_fd: int, obj: Confinement, hook: str, code: bytes) -> No
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _pinned_fd(obj: Confinement, hook: str, wanted: str) -> int | None:
+    path = f"{obj.pins}/{hook}"
+    pinned, _foreign = _pinned(path, hook)
+    if pinned != wanted:
+        return None
+    try:
+        return bpf.obj_get(path)
+    except OSError:
+        return None
 
 
 def _pin(obj: Confinement, hook: str, fd: int, wanted: str) -> None:
@@ -482,10 +495,11 @@ def _pin(obj: Confinement, hook: str, fd: int, wanted: str) -> None:
 
 def delete(obj: Confinement) -> None:
     """Detach vsnet's programs, unpin them, remove the pin directory and the cgroup (the
-    roots too once empty). A cgroup that still has processes cannot go: that is an error
-    naming it (the programs are detached and the pins gone by then)."""
+    roots too once empty). A cgroup that still has processes, or programs vsnet did not
+    attach (removing it would detach them), stays: an error naming it, retried."""
     mount = cgroup2_mount()
     path = mount / obj.cgroup if mount is not None else None
+    strangers: list[str] = []
     if path is not None:
         try:
             cgroup_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -494,8 +508,9 @@ def delete(obj: Confinement) -> None:
         if cgroup_fd is not None:
             with _opened(cgroup_fd):
                 for hook in HOOKS:
-                    for prog_id, found in _attached(cgroup_fd, hook):
-                        if found is None:
+                    for prog_id, mine in _attached(cgroup_fd, hook):
+                        if mine is None:
+                            strangers.append(f"{prog_id} at {hook}")
                             continue
                         with contextlib.suppress(FileNotFoundError), _opened(
                                 bpf.prog_fd_by_id(prog_id)) as fd:
@@ -507,20 +522,30 @@ def delete(obj: Confinement) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{obj.pins}/{hook}_new")
     _remove_dir(Path(obj.pins))
-    if path is not None:
-        try:
-            _remove_dir(path)
-        except OSError as exc:
-            if exc.errno == errno.EBUSY:
-                raise OSError(errno.EBUSY, f"cgroup {path} still has processes "
-                                           f"(see {path}/cgroup.procs): stop or move them"
-                              ) from None
-            raise
+    if path is None:
+        return
+    if strangers and path.exists():
+        raise OSError(errno.EBUSY, f"cgroup {path} holds programs vsnet did not attach "
+                                   f"({', '.join(strangers)}): detach them first")
+    try:
+        _remove_dir(path)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise OSError(errno.EBUSY, f"cgroup {path} still has processes (see "
+                                       f"{path}/cgroup.procs): stop or move them") from None
+        raise
 
 
 def _remove_dir(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    try:
         path.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno == errno.ENOTEMPTY:
+            raise OSError(errno.ENOTEMPTY, f"{path} holds entries vsnet did not make: "
+                                           f"remove them first") from None
+        raise
     with contextlib.suppress(OSError):  # the root, once the last VS is gone
         path.parent.rmdir()
 
