@@ -14,7 +14,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -310,8 +309,9 @@ def test_marked_unbound_traffic_leaves_by_the_gateway_of_the_second_address(
     applied = subprocess.run([sys.executable, "-m", "vsnetd.cli", "apply", "-c", str(path)],
                              capture_output=True, text=True, timeout=60)
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    assert [r for r in ip_json("route", "show", "table", "10031") if r["dst"] == "default"
-            ][0]["prefsrc"] == "10.0.1.5"
+    default = next(r for r in ip_json("route", "show", "table", "10031")
+                   if r["dst"] == "default")
+    assert default["prefsrc"] == "10.0.1.5"
     peer = client_peer("cb", 7010)  # only what comes through gw-b
     try:
         with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp:
