@@ -120,6 +120,7 @@ def recheck_confinements(scope: Scope, servers: Iterable[DesiredServer], state: 
     changed: list[KernelObject] = []
     if scope.cgroup_root is None or state.confinement_unavailable is not None:
         return changed
+    mount = confinement.cgroup2_mount()
     for server in servers:
         if server.mode != "pbr":
             continue
@@ -127,11 +128,12 @@ def recheck_confinements(scope: Scope, servers: Iterable[DesiredServer], state: 
         wanted = server.keyed.get(key)
         if wanted is None:
             continue
-        now = confinement.signature(server.name, scope.cgroup_root, scope.pin_root)
+        now = confinement.signature(server.name, scope.cgroup_root, scope.pin_root, mount)
         if seen.get(server.name) == now:
             continue
         seen[server.name] = now
-        found, foreign = confinement.observe_one(server.name, scope.cgroup_root, scope.pin_root)
+        found, foreign = confinement.observe_one(server.name, scope.cgroup_root, scope.pin_root,
+                                                 mount)
         if found == state.owned.get(key) and foreign == state.foreign_confinements.get(
                 server.name):
             continue

@@ -340,11 +340,11 @@ def _pinned(path: str, hook: str) -> tuple[str, str | None]:
     return name, None
 
 
-def observe_one(server: str, cgroup_root: str, pin_root: str
+def observe_one(server: str, cgroup_root: str, pin_root: str, mount: Path | None
                 ) -> tuple[Confinement | None, str | None]:
     """vsnet's confinement of ``server`` as the kernel has it (None: neither its cgroup nor
-    its pin directory exists), and why something there is foreign (or None)."""
-    mount = cgroup2_mount()
+    its pin directory exists), and why something there is foreign (or None). ``mount``:
+    :func:`cgroup2_mount`, looked up once per pass."""
     relative = f"{cgroup_root.strip('/')}/{server}"
     pins = f"{pin_root.rstrip('/')}/{server}"
     cgroup_fd = None
@@ -383,15 +383,15 @@ def observe(cgroup_root: str, pin_root: str) -> list[tuple[Confinement | None, s
                          if entry.is_dir(follow_symlinks=False))
     found = []
     for name in sorted(names):
-        obj, foreign = observe_one(name, cgroup_root, pin_root)
+        obj, foreign = observe_one(name, cgroup_root, pin_root, mount)
         found.append((obj, name, foreign))
     return found
 
 
-def signature(server: str, cgroup_root: str, pin_root: str) -> tuple[Any, ...]:
+def signature(server: str, cgroup_root: str, pin_root: str, mount: Path | None
+              ) -> tuple[Any, ...]:
     """Cheap to read, and changes whenever what :func:`observe_one` sees may have changed:
     the cgroup's inode, the ids attached at each hook, the pins' inodes."""
-    mount = cgroup2_mount()
     parts: list[Any] = []
     try:
         cgroup_fd = os.open(mount / cgroup_root.strip("/") / server,
@@ -403,11 +403,11 @@ def signature(server: str, cgroup_root: str, pin_root: str) -> tuple[Any, ...]:
             parts.append(os.fstat(cgroup_fd).st_ino)
             parts.extend(tuple(bpf.prog_query(cgroup_fd, ATTACH_TYPES[hook])[0])
                          for hook in HOOKS)
-    for hook in HOOKS:
-        try:
-            parts.append(os.stat(f"{pin_root.rstrip('/')}/{server}/{hook}").st_ino)
-        except OSError:
-            parts.append(None)
+    try:  # one directory read rather than a stat per pin
+        with os.scandir(f"{pin_root.rstrip('/')}/{server}") as entries:
+            parts.append(tuple(sorted((entry.name, entry.inode()) for entry in entries)))
+    except OSError:
+        parts.append(None)
     return tuple(parts)
 
 
