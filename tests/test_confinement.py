@@ -414,6 +414,41 @@ def test_heal_update_and_removal_leave_foreign_programs_alone(
         daemon.stop()
 
 
+def test_the_pins_confine_a_unit_the_way_systemd_attaches_them(
+    uplink: str, roots: tuple[str, str], tmp_path: Path
+) -> None:
+    """systemd's ``BPFProgram=hook:PIN`` opens the pin (BPF_OBJ_GET) and attaches it to the
+    unit's cgroup with BPF_F_ALLOW_MULTI: done here with bpftool on a cgroup of nobody's."""
+    mount = confinement.cgroup2_mount()
+    assert mount is not None
+    path = tmp_path / "servers.yaml"
+    path.write_text(config(roots, NAS1, NAS2))
+    applied = subprocess.run([sys.executable, "-m", "vsnetd.cli", "apply", "-c", str(path)],
+                             capture_output=True, text=True, timeout=60)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    unit = mount / f"{roots[0]}-foreign" / "vsnet-app@nas1.service"
+    unit.mkdir(parents=True)
+    for hook in confinement.HOOKS:
+        subprocess.run(["bpftool", "cgroup", "attach", str(unit), hook, "pinned",
+                        f"{roots[1]}/nas1/{hook}", "multi"], check=True)
+    probe = (f"open('{unit}/cgroup.procs', 'w').write('0');"
+             "import socket, json; s = socket.socket(); t = socket.socket(type=socket.SOCK_DGRAM);"
+             "r = {'mark': s.getsockopt(socket.SOL_SOCKET, 36)};"
+             "r['own'] = t.bind(('10.0.0.5', 0)) or 'ok';"
+             "u = socket.socket(type=socket.SOCK_DGRAM);\n"
+             "try: u.bind(('10.0.0.7', 0)); r['other'] = 'ok'\n"
+             "except PermissionError: r['other'] = 'EPERM'\n"
+             "print(json.dumps(r))")
+    seen = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=30)
+    assert seen.returncode == 0, seen.stderr
+    assert json.loads(seen.stdout) == {"mark": MARK1, "own": "ok", "other": "EPERM"}
+    # vsnet's own view is unchanged by the unit's attachments: nothing to do
+    plan = subprocess.run([sys.executable, "-m", "vsnetd.cli", "plan", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert plan.returncode == 0, plan.stdout
+
+
 # --------------------------------------------------------------------------- degraded
 
 

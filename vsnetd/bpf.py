@@ -128,22 +128,25 @@ def exit_() -> bytes:
 
 def prog_load(insns: bytes, name: str, prog_type: int, attach_type: int,
               license_: str = "GPL") -> int:
-    """Load a program; an fd. A refusal carries the verifier log."""
+    """Load a program; an fd. A refusal carries the verifier log (asked for only then: a
+    log costs the verifier time on every load)."""
     code = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(license_.encode())
     log = ctypes.create_string_buffer(65536)
-    attr = _attr(
-        128,
-        (0, "<I", prog_type), (4, "<I", len(insns) // 8), (8, "<Q", _address(code)),
-        (16, "<Q", _address(lic)), (24, "<I", 1), (28, "<I", len(log)),
-        (32, "<Q", _address(log)), (68, "<I", attach_type),
-    )
-    struct.pack_into("16s", attr, 48, name.encode()[: BPF_OBJ_NAME_LEN - 1])
-    result = _libc.syscall(SYS_BPF, BPF_PROG_LOAD, attr, len(attr))
-    if result < 0:
+    for log_level in (0, 1):
+        attr = _attr(
+            128,
+            (0, "<I", prog_type), (4, "<I", len(insns) // 8), (8, "<Q", _address(code)),
+            (16, "<Q", _address(lic)), (24, "<I", log_level),
+            (28, "<I", len(log) if log_level else 0), (32, "<Q", _address(log) if log_level else 0),
+            (68, "<I", attach_type),
+        )
+        struct.pack_into("16s", attr, 48, name.encode()[: BPF_OBJ_NAME_LEN - 1])
+        result = _libc.syscall(SYS_BPF, BPF_PROG_LOAD, attr, len(attr))
+        if result >= 0:
+            return int(result)
         error = ctypes.get_errno()
-        raise BpfError(error, f"loading {name}", log.value.decode(errors="replace").strip())
-    return int(result)
+    raise BpfError(error, f"loading {name}", log.value.decode(errors="replace").strip())
 
 
 def obj_pin(fd: int, path: str) -> None:
