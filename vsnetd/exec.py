@@ -46,8 +46,8 @@ def confine(cgroup: str) -> str | None:
         mount = confinement.cgroup2_mount()
         if mount is None:
             return "cgroup v2 is not mounted"
-        return (confinement.probe_bpf() or f"{mount / cgroup} does not exist (vsnetctl "
-                "status says why)")
+        refused = confinement.probe_bpf() if os.geteuid() == 0 else None  # only root may load
+        return refused or f"{mount / cgroup} does not exist (vsnetctl status says why)"
     except PermissionError:
         return (f"entering cgroup {cgroup} needs root (or a unit with "
                 f"BPFProgram=, see README)")
