@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests import lab
 from tests.test_daemon import Daemon, save, wait_until
 from vsnetd import bpf
-from vsnetd.kinds import confinement
+from vsnetd.kinds import Confinement, confinement
 from vsnetd.sandbox import ip, ip_json
 
 pytestmark = pytest.mark.usefixtures("netns")
@@ -75,7 +77,7 @@ def roots() -> Iterator[tuple[str, str]]:
     assert not (mount / name).exists() and not pins.exists()
 
 
-def settings(roots: tuple[str, str]) -> str:
+def settings_yaml(roots: tuple[str, str]) -> str:
     return f"settings: {{cgroup_root: {roots[0]}, bpf_pin_root: {roots[1]}}}\n"
 
 
@@ -101,7 +103,7 @@ NAS2 = """\
 
 
 def config(roots: tuple[str, str] | None, *servers: str) -> str:
-    return "version: 1\n" + (settings(roots) if roots else "") + "servers:\n" + "".join(servers)
+    return "version: 1\n" + (settings_yaml(roots) if roots else "") + "servers:\n" + "".join(servers)
 
 
 def cgroup_of(roots: tuple[str, str], server: str) -> Path:
@@ -163,6 +165,75 @@ def test_a_program_the_verifier_refuses_is_reported_with_its_log() -> None:
         bpf.prog_load(code, "vsnet_wrong", bpf.BPF_PROG_TYPE_CGROUP_SOCK,
                       bpf.BPF_CGROUP_INET4_POST_BIND)
     assert "invalid bpf_context access" in str(refused.value)
+
+
+BINDER = """\
+import errno, socket, sys
+open(sys.argv[1], "w").write("0")  # into the cgroup under test
+print("ready", flush=True)
+for line in sys.stdin:
+    family, address = line.split()
+    v6 = family == "6"
+    with socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        # freebind: the kernel's own address checks pass, the programs' verdict is left
+        s.setsockopt(socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP, 78 if v6 else 15, 1)
+        try:
+            s.bind((address, 0))
+            print("ok", flush=True)
+        except OSError as exc:
+            print(errno.errorcode[exc.errno], flush=True)
+"""
+
+V4_POOL = [f"10.0.0.{i}" for i in range(1, 5)]
+V6_POOL = [f"2001:db8::{i}" for i in range(1, 5)]
+V4_TARGETS = [*V4_POOL, "0.0.0.0", "127.0.0.1", "127.255.0.9", "126.255.255.255",
+              "128.0.0.1", "224.0.0.251", "10.0.1.1"]
+V6_TARGETS = [*V6_POOL, "::", "::1", "::2", "::ffff:0.0.0.0", "ff05::1", "2001:db8:1::1",
+              *(f"::ffff:{a}" for a in V4_TARGETS)]
+
+
+def allowed(family: int, target: str, vs: set[str]) -> bool:
+    """The rule the programs implement, written plainly."""
+    import ipaddress
+
+    address = ipaddress.ip_address(target)
+    if family == 6 and isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return allowed(4, str(address.ipv4_mapped), vs)
+    return address.is_unspecified or address.is_loopback or target in vs
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(vs=st.sets(st.sampled_from(V4_POOL + V6_POOL), min_size=1, max_size=5),
+       targets=st.lists(st.sampled_from([(4, t) for t in V4_TARGETS] +
+                                        [(6, t) for t in V6_TARGETS]), min_size=1, max_size=12))
+def test_bind_verdicts_follow_the_rule(shared_cgroup: tuple[Confinement, Any],
+                                       vs: set[str], targets: list[tuple[int, str]]) -> None:
+    """The hand-emitted bind programs against a plain model, on the kernel: every bind of a
+    process in the cgroup is allowed exactly when the model allows it."""
+    base, binder = shared_cgroup
+    confinement.ensure(confinement.desired(base.server, base.cgroup.split("/")[0],
+                                           base.pins.rsplit("/", 1)[0], 1, tuple(sorted(vs))))
+    for family, target in targets:
+        binder.stdin.write(f"{family} {target}\n")
+        binder.stdin.flush()
+        verdict = binder.stdout.readline().strip()
+        assert verdict == ("ok" if allowed(family, target, vs) else "EPERM"), (family, target)
+
+
+@pytest.fixture
+def shared_cgroup(roots: tuple[str, str]) -> Iterator[tuple[Confinement, Any]]:
+    """One VS cgroup and a process in it that binds on request."""
+    base = confinement.desired("prop", roots[0], roots[1], 1, ("10.0.0.1",))
+    confinement.ensure(base)
+    binder = subprocess.Popen([sys.executable, "-c", BINDER,
+                               str(cgroup_of(roots, "prop") / "cgroup.procs")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert binder.stdout is not None and binder.stdout.readline().strip() == "ready"
+        yield base, binder
+    finally:
+        binder.kill()
+        binder.wait()
 
 
 # --------------------------------------------------------------------------- traffic
