@@ -164,7 +164,7 @@ def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
             continue
         name = server.name
         for key, obj in server.keyed.items():
-            if obj.kind == "confinement" and observed.confinement_unavailable:
+            if observed.confinement_unavailable and obj.kind == "confinement":
                 continue  # the VS works without; its verdict says what is missing
             wanted.setdefault(key, (obj, name))
     held = set(verdicts)  # VS whose objects stay exactly as they are
