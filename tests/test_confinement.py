@@ -466,6 +466,23 @@ def test_heal_update_and_removal_leave_foreign_programs_alone(
         wait_until(lambda: not program_exists(hooks["cgroup_inet4_post_bind"][0][0]), 10,
                    "the replaced program freed")
 
+        # a new mark: the mark's program swapped in place, the foreign one still there
+        save(daemon.config, config(roots, NAS1.replace(
+            "    gateway:", "      - {address: 10.0.2.9/24}\n    mark: 0x5600042\n    gateway:")))
+        wait_until(lambda: create_id not in [i for i, _ in by_hook(cgroup)[
+            "cgroup_inet_sock_create"]], 10, "the mark's program replaced")
+        now = by_hook(cgroup)
+        ours = [(i, n) for i, n in now["cgroup_inet_sock_create"] if n.startswith("vsnet")]
+        assert len(ours) == 1 and mine in [i for i, _ in now["cgroup_inet_sock_create"]]
+        assert pinned_id(pins / "sock_create") == ours[0][0]
+        # programs run in attach order, the last mark written wins: vsnet's, re-attached
+        # after the foreign one by the heal above and swapped in place since
+        probe = subprocess.run(
+            [sys.executable, "-c", f"open('{cgroup}/cgroup.procs', 'w').write('0');"
+             "import socket; print(socket.socket().getsockopt(socket.SOL_SOCKET, 36))"],
+            capture_output=True, text=True, timeout=30)
+        assert probe.stdout.strip() == str(0x5600042), probe.stderr
+
         # the VS goes: vsnet will not take the foreign program with its cgroup...
         ids = [i for found in now.values() for i, name in found if name.startswith("vsnet")]
         save(daemon.config, config(roots))
