@@ -140,7 +140,8 @@ REFLECTIONS = [
     Reflection("nas2", "10.0.0.7", "10.0.0.1", "ca", netns="vs-nas2"),
 ]
 MARKED = [
-    MarkedConnect("nas1", 0x5600001, socket.AF_INET, "10.0.0.5"),
+    # the address next to nas1's gateway (gw-b), not the first one (README: PBR semantics)
+    MarkedConnect("nas1", 0x5600001, socket.AF_INET, "10.0.1.5"),
     MarkedConnect("nas1", 0x5600001, socket.AF_INET6, "2001:db8:5::5"),
     MarkedConnect("iscsi1", 0x5600002, socket.AF_INET, "10.0.0.6"),
     MarkedConnect("-", None, socket.AF_INET, None),

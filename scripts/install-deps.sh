@@ -15,6 +15,8 @@ command -v gcc >/dev/null          || need+=(gcc)
 command -v pkg-config >/dev/null   || need+=(pkg-config)
 pkg-config --exists libsystemd 2>/dev/null || need+=(libsystemd-dev)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# the confinement tests read the kernel's view of cgroup-BPF attachments with bpftool
+command -v bpftool >/dev/null || [[ -x /usr/sbin/bpftool ]] || need+=(bpftool)
 
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then

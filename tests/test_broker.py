@@ -468,7 +468,7 @@ def test_udp_marks_per_datagram_and_receive_marks(pbr_daemon: Daemon, broker_pat
     """The paper's UDP problem, for applications that keep one shared socket: mark each
     datagram (SO_MARK control message), read the mark and destination of each received
     one (SO_RCVMARK, IP_PKTINFO)."""
-    # a marked datagram is routed by nas1's mark table: source 10.0.0.5, out via gw-b
+    # a marked datagram is routed by nas1's mark table: source 10.0.1.5, out via gw-b
     receiver = subprocess.Popen(
         ["ip", "netns", "exec", "client", sys.executable, "-c",
          "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
@@ -481,7 +481,7 @@ def test_udp_marks_per_datagram_and_receive_marks(pbr_daemon: Daemon, broker_pat
     with shared:
         client.sendmsg_marked(shared, b"marked", (lab.CLIENT, 5400), 0x5600001)
         out, _ = receiver.communicate(timeout=10)
-    assert out.strip() == "10.0.0.5 marked"
+    assert out.strip() == "10.0.1.5 marked"
     # the receive side: the mark a datagram carries, and the address it was sent to
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:

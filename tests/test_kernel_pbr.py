@@ -79,8 +79,8 @@ def test_paper_table_1_in_the_kernel(uplink: str, config_file: Path) -> None:
         {"dst": "default", "gateway": "10.0.1.1", **link, "prefsrc": "10.0.1.5"},
         {"dst": "10.0.1.0/24", **link, "scope": "link", "prefsrc": "10.0.1.5"},
     ]
-    assert table(10031) == [
-        {"dst": "default", "gateway": "10.0.1.1", **link, "prefsrc": "10.0.0.5"},
+    assert table(10031) == [  # the default's source: on the VS gateway's subnet (README)
+        {"dst": "default", "gateway": "10.0.1.1", **link, "prefsrc": "10.0.1.5"},
         {"dst": "10.0.0.0/24", **link, "scope": "link", "prefsrc": "10.0.0.5"},
         {"dst": "10.0.1.0/24", **link, "scope": "link", "prefsrc": "10.0.0.5"},
         {"dst": "192.168.50.0/24", "gateway": "10.0.0.1", **link, "prefsrc": "10.0.0.5"},
@@ -367,9 +367,10 @@ def test_replies_leave_through_their_address_gateway(network: None, config_file:
         server.close()
 
 
-def outgoing_peer(mark: int | None, port: int) -> str:
-    """Connect from the box to the client; return the source address the client saw."""
-    listener = lab.client_accept(port, "ca")
+def outgoing_peer(mark: int | None, port: int, link: str = "ca") -> str:
+    """Connect from the box to the client; return the source address the client saw
+    arrive through ``link`` (``ca``: gw-a, ``cb``: gw-b)."""
+    listener = lab.client_accept(port, link)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             if mark is not None:
@@ -384,11 +385,11 @@ def outgoing_peer(mark: int | None, port: int) -> str:
 
 
 def test_marked_socket_connects_out_with_the_vs_source(network: None, config_file: Path) -> None:
-    """The mark table picks the VS source (its first address); after source selection the
-    address rule of that source routes the connection, through that address's gateway
-    (gw-a for 10.0.0.5): the client only accepts what arrives from gw-a."""
+    """The mark table picks the VS source: the address next to the VS gateway (10.0.1.5,
+    not the paper's first address); after source selection that address's rule routes the
+    connection through the VS gateway: the client only accepts what arrives from gw-b."""
     apply_ok(config_file)
-    assert outgoing_peer(0x5600001, 9000) == "10.0.0.5"
+    assert outgoing_peer(0x5600001, 9000, "cb") == "10.0.1.5"
     assert outgoing_peer(None, 9001) == "10.0.0.2"  # unmarked: the box's own address
 
 

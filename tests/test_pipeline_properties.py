@@ -234,7 +234,8 @@ def test_paper_table_1() -> None:
         "route default via 10.0.1.1 dev eth0 src 10.0.1.5 table 10017",
         "route 10.0.0.0/24 dev eth0 src 10.0.0.5 table 10031",
         "route 10.0.1.0/24 dev eth0 src 10.0.0.5 table 10031",
-        "route default via 10.0.1.1 dev eth0 src 10.0.0.5 table 10031",
+        # not the paper's src 10.0.0.5: the address on the VS gateway's subnet (README)
+        "route default via 10.0.1.1 dev eth0 src 10.0.1.5 table 10031",
     ])
     assert [o.describe() for o in objects if isinstance(o, Address)] == [
         "address 10.0.0.5/24 dev eth0", "address 10.0.1.5/24 dev eth0"]

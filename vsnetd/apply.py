@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from vsnetd.kernel import ROOT, Kernel
 from vsnetd.kinds import (
     Address,
+    Confinement,
     Link,
     Namespace,
     ResolverFile,
@@ -25,6 +26,7 @@ from vsnetd.kinds import (
     Rule,
     Sysctl,
     address,
+    confinement,
     link,
     namespace,
     resolver,
@@ -73,6 +75,8 @@ class _Applier:
                 self._each(batch, self._sysctl)
             elif kind == "resolver":
                 self._each(batch, self._resolver)
+            elif kind == "confinement":
+                self._each(batch, self._confinement)
             else:
                 self._send(batch, self._address_route_rule)
         return self.result
@@ -109,6 +113,13 @@ class _Applier:
             resolver.delete(change.obj)
         else:
             resolver.write(change.obj)
+
+    def _confinement(self, change: Change) -> None:
+        assert isinstance(change.obj, Confinement)
+        if change.action == "delete":
+            confinement.delete(change.obj)
+        else:
+            confinement.ensure(change.obj)
 
     # ---------------------------------------------------------------- netlink
 

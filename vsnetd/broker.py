@@ -33,6 +33,7 @@ from typing import Any
 
 from vsnetd.config import ServerConfig
 from vsnetd.kernel import Kernel
+from vsnetd.kinds import confinement
 from vsnetd.state import DesiredServer
 from vsnetd.syscalls import entered_netns
 
@@ -222,7 +223,8 @@ class Served:
         d = self.desired
         return {"server": d.name, "mode": d.mode, "addresses": list(d.addresses),
                 "mark": d.numbers.mark if d.mode == "pbr" else 0,
-                "namespace": d.netns, "state": self.state}
+                "namespace": d.netns, "state": self.state,
+                "cgroup": getattr(confinement.of(d.objects), "cgroup", "")}
 
 
 def _family_of(address: str) -> int:

@@ -5,9 +5,10 @@ For each VS (the paper's Table 1, per address family):
 * every address A gets an *address table* with A's connected subnet (``src A``) and, if A
   has a gateway, ``default via <gw> src A``; and a rule ``from A lookup <address table>``;
 * the VS gets one *mark table* with every VS subnet (``src`` = the VS's first address of
-  that family) and ``default via <VS gateway>``, and a rule ``fwmark <mark> lookup <mark
-  table>``. Without a VS gateway of that family the default is ``unreachable``, so marked
-  traffic can never fall through to the host's main table and leave the VS;
+  that family) and ``default via <VS gateway>`` (``src`` = the address on the gateway's
+  subnet, unlike the paper), and a rule ``fwmark <mark> lookup <mark table>``. Without a
+  VS gateway of that family the default is ``unreachable``, so marked traffic can never
+  fall through to the host's main table and leave the VS;
 * extra ``routes`` go into every table of the VS whose subnet contains the next hop.
 
 In the root namespace the ``from`` and ``fwmark`` rules sit in the rule tree
@@ -32,6 +33,7 @@ from vsnetd.kinds import (
     Route,
     Rule,
     Sysctl,
+    confinement,
     link,
     resolver,
 )
@@ -146,6 +148,10 @@ def compile_pbr(name: str, server: ServerConfig, numbers: numbering.ServerNumber
         table = numbers.mark_table
         routes = _table_routes(family, table, device, source, subnets, gateways.get(family),
                                server)
+        # Unlike the paper's Table 1, the default's source is the address whose subnet holds
+        # the VS gateway: its own ``from`` rule then keeps a marked unbound connection on
+        # that gateway (README, "Confinement").
+        routes = [_via_gateway_source(r, subnets) for r in routes]
         if family not in gateways:
             default = _default(family)
             routes.append(Route(family, table, default, _metric(family), type="unreachable"))
@@ -154,6 +160,16 @@ def compile_pbr(name: str, server: ServerConfig, numbers: numbering.ServerNumber
         shared.update(path)
         objects.append(Rule(family, priority, table, fwmark=numbers.mark, fwmask=FULL_MASK))
     return objects, device, shared
+
+
+def _via_gateway_source(route: Route, subnets: list[IpInterface]) -> Route:
+    if route.gateway is None or not route.destination.endswith("/0"):
+        return route
+    gateway = ipaddress.ip_address(route.gateway)
+    for subnet in subnets:
+        if gateway in subnet.network:
+            return route._replace(source=normal(str(subnet.ip)))
+    return route
 
 
 def compile_netns(name: str, server: ServerConfig, numbers: numbering.ServerNumbers,
@@ -187,6 +203,10 @@ def compile_server(name: str, server: ServerConfig, settings: Settings) -> Desir
     numbers = numbering.layout(settings, server.id, server.mark)
     build = compile_netns if server.mode == "netns" else compile_pbr
     objects, device, shared = build(name, server, numbers, settings)
+    if server.mode == "pbr" and settings.cgroup_root is not None:
+        objects.append(confinement.desired(
+            name, settings.cgroup_root, settings.bpf_pin_root, numbers.mark,
+            tuple(normal(str(entry.address.ip)) for entry in server.addresses)))
     return DesiredServer(
         name=name,
         id=server.id,
@@ -219,6 +239,8 @@ def scope_of(settings: Settings, servers: Iterable[DesiredServer]) -> Scope:
         priorities=range(settings.priority_base,
                          ruletree.last_priority(settings.priority_base) + 1),
         sysctls={netns: tuple(sorted(names)) for netns, names in sysctls.items()},
+        cgroup_root=settings.cgroup_root,
+        pin_root=settings.bpf_pin_root,
     )
 
 

@@ -49,6 +49,9 @@ SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,11}$")
 IFNAME_RE = re.compile(r"^[^/:\s]{1,15}$")
 NETNS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SYSCTL_KEY_RE = re.compile(r"^net\.[A-Za-z0-9_.-]+$")
+# cgroup paths below the cgroup-v2 mount; pin paths on bpffs, which refuses dots in names
+CGROUP_PATH_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")
+PIN_PATH_RE = re.compile(r"^(/[A-Za-z0-9_-]+)+$")
 
 
 def _as_list(value: Any) -> Any:
@@ -176,7 +179,8 @@ class ServerConfig(_Strict):
 
 
 class Settings(_Strict):
-    """Numbering ranges. Changing them renumbers every VS (an explicit operator action)."""
+    """Numbering ranges (changing them renumbers every VS: an explicit operator action), and
+    where pbr confinement lives."""
 
     table_base: StrictInt = Field(default=10000, ge=1, le=0xFFFFFFFF)
     priority_base: StrictInt = Field(
@@ -191,6 +195,16 @@ class Settings(_Strict):
         ge=2,
         le=256,
         description="Tables and rule priorities reserved per VS (block_size - 1 addresses max).",
+    )
+    cgroup_root: Annotated[str, Field(pattern=CGROUP_PATH_RE.pattern)] | None = Field(
+        default=None,
+        description="pbr mode: confine each VS's programs in the cgroup <cgroup_root>/<VS> "
+                    "under the cgroup-v2 mount (e.g. vsnet): their sockets get the VS mark and "
+                    "may bind only VS addresses. Unset: no confinement.",
+    )
+    bpf_pin_root: Annotated[str, Field(pattern=PIN_PATH_RE.pattern)] = Field(
+        default="/sys/fs/bpf/vsnet",
+        description="Where the confinement programs are pinned: <bpf_pin_root>/<VS>/<hook>.",
     )
 
 

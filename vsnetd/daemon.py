@@ -41,7 +41,7 @@ from vsnetd.diff import Affected
 from vsnetd.kernel import ROOT, Kernel
 from vsnetd.kinds import KernelObject, Namespace, namespace
 from vsnetd.netlink import Overrun, RtnlMonitor
-from vsnetd.observe import NotificationFeed
+from vsnetd.observe import NotificationFeed, recheck_confinements
 from vsnetd.reconcile import ConvergeResult, Reconciler, gc_paused
 from vsnetd.state import ACTION_SIGNS, DesiredState, Plan
 from vsnetd.status import server_status, summary
@@ -53,6 +53,11 @@ WATCH_DEBOUNCE_MS = 10  # watchfiles' default is 1,600 ms: edits must reach the 
 # 5 ms keeps an idle daemon near 0.4 % CPU (2 ms: ~1.4 %).
 WATCH_STEP_MS = 5
 MAX_BACKOFF_SECONDS = 60.0
+# BPF attachments send no notifications: how often the confinement of each pbr VS is
+# looked at again (a detached or unpinned program is healed within this), at least 20
+# times the last look's duration apart (0.04-0.1 ms per VS here: at most 5 % of a CPU)
+CONFINEMENT_CHECK_SECONDS = 2.0
+CONFINEMENT_CHECK_SPACING = 20
 
 
 def _inode(path: Path) -> int | None:
@@ -115,6 +120,8 @@ class Daemon:
         self.changed: list[KernelObject] = []
         now = time.monotonic()
         self.next_resync = now + resync_seconds
+        self.next_confinement_check = now + CONFINEMENT_CHECK_SECONDS
+        self.confinement_seen: dict[str, tuple[Any, ...]] = {}
         self.retry_at: float | None = None
         self.backoff = 1.0
         self.watchdog = watchdog_interval()
@@ -170,7 +177,7 @@ class Daemon:
 
     def _loop_once(self) -> None:
         now = time.monotonic()
-        deadlines = [self.next_resync]
+        deadlines = [self.next_resync, self.next_confinement_check]
         if self.retry_at is not None:
             deadlines.append(self.retry_at)
         if self.watchdog is not None:
@@ -187,6 +194,8 @@ class Daemon:
             self.namespaces_touched = False
             self._check_namespaces()
         now = time.monotonic()
+        if now >= self.next_confinement_check:
+            self._check_confinement()
         if self.desired is not None:
             if self.full_wanted or now >= self.next_resync or (
                 self.retry_at is not None and now >= self.retry_at
@@ -242,6 +251,16 @@ class Daemon:
         for netns, inode in self.monitor_inodes.items():
             if netns != ROOT and _inode(namespace.NETNS_DIR / netns) != inode:
                 self.full_wanted = True
+
+    def _check_confinement(self) -> None:
+        started = time.monotonic()
+        observed, desired = self.reconciler.observed, self.desired
+        if observed is not None and desired is not None:
+            self.changed.extend(recheck_confinements(
+                desired.scope, desired.servers.values(), observed, self.confinement_seen))
+        now = time.monotonic()
+        self.next_confinement_check = now + max(
+            CONFINEMENT_CHECK_SECONDS, (now - started) * CONFINEMENT_CHECK_SPACING)
 
     def _open_monitor(self, netns: str) -> None:
         if netns == ROOT:

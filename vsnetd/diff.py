@@ -5,11 +5,12 @@ time. Only objects vsnet owns are ever deleted or replaced; a desired object tha
 collide with a foreign one makes its VS a *conflict* and that VS gets no changes at all
 (a half-built VS could misroute its traffic).
 
-Order: deletes first, resolver files -> rules -> routes -> addresses -> links ->
-namespaces (a rule never points at a table being emptied, a route never outlives its
-``src`` address, a device goes before its namespace); then creates and replaces in the
-opposite order, sysctls and resolver files last. Within a kind, deletes keep the
-kernel's order and creates the config's: plans are deterministic without sorting.
+Order: deletes first, confinement -> resolver files -> rules -> routes -> addresses ->
+links -> namespaces (a rule never points at a table being emptied, a route never outlives
+its ``src`` address, a device goes before its namespace); then creates and replaces in the
+opposite order (confinement once the mark rule is there), sysctls and resolver files
+last. Within a kind, deletes keep the kernel's order and creates the config's: plans are
+deterministic without sorting.
 Objects inside a namespace that goes are not deleted one by one: they go with it.
 The rule tree's shared rules are wanted while any VS, even a held one, needs them, and are
 owned by no VS (``SHARED``).
@@ -18,7 +19,16 @@ owned by no VS (``SHARED``).
 from __future__ import annotations
 
 from vsnetd import numbering
-from vsnetd.kinds import Address, KernelObject, Link, Namespace, ResolverFile, Route, Rule
+from vsnetd.kinds import (
+    Address,
+    Confinement,
+    KernelObject,
+    Link,
+    Namespace,
+    ResolverFile,
+    Route,
+    Rule,
+)
 from vsnetd.state import (
     SHARED,
     Change,
@@ -31,8 +41,9 @@ from vsnetd.state import (
     object_key,
 )
 
-CREATE_ORDER = ("namespace", "link", "address", "route", "rule", "sysctl", "resolver")
-DELETE_ORDER = ("resolver", "rule", "route", "address", "link", "namespace")
+CREATE_ORDER = ("namespace", "link", "address", "route", "rule", "confinement", "sysctl",
+                "resolver")
+DELETE_ORDER = ("confinement", "resolver", "rule", "route", "address", "link", "namespace")
 
 
 def find_conflicts(server: DesiredServer, observed: ObservedState) -> list[str]:
@@ -53,6 +64,8 @@ def find_conflicts(server: DesiredServer, observed: ObservedState) -> list[str]:
             reasons.append(f"device {obj.name}{where} exists and was not created by vsnet")
         elif isinstance(obj, ResolverFile) and obj.netns in observed.foreign_resolvers:
             reasons.append(f"/etc/netns/{obj.netns}/resolv.conf was not written by vsnet")
+        elif isinstance(obj, Confinement) and obj.server in observed.foreign_confinements:
+            reasons.append(observed.foreign_confinements[obj.server])
     if observed.foreign_routes:
         tables = {(obj.netns, obj.table) for obj in server.objects if isinstance(obj, Route)}
         reasons.extend(
@@ -102,6 +115,8 @@ class _Owners:
     def __call__(self, obj: KernelObject) -> str | None:
         if isinstance(obj, Namespace):
             return self.by_netns.get(obj.name)
+        if isinstance(obj, Confinement):
+            return obj.server
         if obj.netns and not isinstance(obj, Address):
             return self.by_netns.get(obj.netns)
         if isinstance(obj, Rule) and obj.action != "lookup":
@@ -153,6 +168,8 @@ def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
             continue
         name = server.name
         for key, obj in server.keyed.items():
+            if observed.confinement_unavailable and obj.kind == "confinement":
+                continue  # the VS works without; its verdict says what is missing
             wanted.setdefault(key, (obj, name))
     for key, obj in desired.shared.items():
         wanted.setdefault(key, (obj, SHARED))
@@ -200,9 +217,12 @@ def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
         changes.extend(creates[kind])
 
     pending = {c.server for c in changes}
-    for name in desired.servers:
+    missing = observed.confinement_unavailable
+    for name, server in desired.servers.items():
         if name not in verdicts:
-            verdicts[name] = ServerVerdict("pending" if name in pending else "in-sync")
+            notes = (f"not confined: {missing}",) if missing and any(
+                obj.kind == "confinement" for obj in server.objects) else ()
+            verdicts[name] = ServerVerdict("pending" if name in pending else "in-sync", notes)
     return Plan(changes=tuple(changes), servers=verdicts)
 
 

@@ -7,7 +7,9 @@ The sockets come from the broker, are placed at fd 3, 4, ... and announced with
 ``LISTEN_FDNAMES`` (``tcp-8080``...), as systemd socket activation does: gunicorn, nginx
 and anything built on sd_listen_fds(3) take them as they are. ``--join`` also enters the
 VS's network namespace (netns mode; needs CAP_SYS_ADMIN), so the program's outgoing
-connections stay inside the VS.
+connections stay inside the VS. In pbr mode with confinement on, the program runs in the
+VS's cgroup (with or without ``--listen``): every socket it and its children create
+carries the VS mark and may bind only the VS's addresses (needs root to enter it).
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from vsnetd.broker import BROKER_PATH
 from vsnetd.client import Broker, BrokerRefused
+from vsnetd.kinds import confinement
 from vsnetd.syscalls import CLONE_NEWNET, setns
 
 SD_LISTEN_FDS_START = 3
@@ -31,6 +35,25 @@ def _listen_spec(text: str) -> tuple[str, int]:
     if proto not in ("tcp", "udp") or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r}: expected tcp:PORT or udp:PORT")
     return proto, int(port)
+
+
+def confine(cgroup: str) -> str | None:
+    """Move this process into the VS's cgroup (exec keeps it there, children are born
+    there); what is missing if it cannot."""
+    try:
+        confinement.enter(cgroup)
+    except FileNotFoundError:
+        mount = confinement.cgroup2_mount()
+        if mount is None:
+            return "cgroup v2 is not mounted"
+        refused = confinement.probe_bpf() if os.geteuid() == 0 else None  # only root may load
+        return refused or f"{mount / cgroup} does not exist (vsnetctl status says why)"
+    except PermissionError:
+        return (f"entering cgroup {cgroup} needs root (or a unit with "
+                f"BPFProgram=, see README)")
+    except OSError as exc:
+        return f"entering cgroup {cgroup}: {exc.strerror or exc}"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names: list[str] = []
     fds: list[int] = []
     namespace = ""
+    server: dict[str, Any] | None = None
     try:
         with Broker(args.broker) as broker:
             for proto, port in args.listen:
@@ -64,14 +88,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     fds.append(sock.detach())
                     names.append(f"{proto}-{port}")
                     namespace = meta.get("namespace", "") or namespace
-            if args.join and not namespace:
-                reply, _ = broker.request(op="servers")
-                for server in reply["servers"]:
-                    if server["server"] == args.server:
-                        namespace = server["namespace"]
+            reply, _ = broker.request(op="servers")
+            server = next((s for s in reply["servers"] if s["server"] == args.server), None)
     except (BrokerRefused, OSError) as exc:
         print(f"vsnet-exec: {exc}", file=sys.stderr)
         return 1
+    if server is None:
+        print(f"vsnet-exec: no virtual server {args.server!r} (or not one you may use)",
+              file=sys.stderr)
+        return 1
+    namespace = namespace or server["namespace"]
 
     if args.join:
         if not namespace:
@@ -93,6 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.close(fd)
     env = dict(os.environ, LISTEN_FDS=str(len(moved)), LISTEN_PID=str(os.getpid()),
                LISTEN_FDNAMES=":".join(names))
+    if server["mode"] == "pbr" and server.get("cgroup"):  # "": confinement is off
+        missing = confine(server["cgroup"])
+        if missing:
+            print(f"vsnet-exec: warning: {args.server}: not confined, {missing}; the "
+                  f"program's own sockets are neither marked nor limited to its addresses",
+                  file=sys.stderr)
     try:
         os.execvpe(command[0], command, env)
     except OSError as exc:

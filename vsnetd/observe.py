@@ -11,6 +11,7 @@ the receive buffer.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 from typing import Any
 
 from vsnetd import netlink
@@ -20,6 +21,7 @@ from vsnetd.kinds import (
     Namespace,
     Sysctl,
     address,
+    confinement,
     link,
     namespace,
     resolver,
@@ -54,7 +56,23 @@ def observe(kernel: Kernel, scope: Scope) -> ObservedState:
             state.add(found)
         if foreign:
             state.foreign_resolvers.add(name)
+    observe_confinements(scope, state)
     return state
+
+
+def observe_confinements(scope: Scope, state: ObservedState) -> None:
+    """pbr confinement (cgroups, programs, pins; not per network namespace), or what the
+    machine lacks for it."""
+    if scope.cgroup_root is None:
+        return
+    state.confinement_unavailable = confinement.unavailable(scope.pin_root)
+    if state.confinement_unavailable is not None:
+        return
+    for found, server, foreign in confinement.observe(scope.cgroup_root, scope.pin_root):
+        if found is not None:
+            state.add(found)
+        if foreign is not None:
+            state.foreign_confinements[server] = foreign
 
 
 def _observe_in(
@@ -92,6 +110,43 @@ def _observe_in(
             else:
                 state.foreign_rules.append(found_rule)
     return names
+
+
+def recheck_confinements(scope: Scope, servers: Iterable[DesiredServer], state: ObservedState,
+                         seen: dict[str, tuple[Any, ...]]) -> list[KernelObject]:
+    """BPF attachments send no notifications: look at each confined VS again (cheaply:
+    ``seen`` keeps what was read last time), update ``state`` where the kernel differs from
+    it, and return the objects concerned (the daemon heals their VS)."""
+    changed: list[KernelObject] = []
+    if scope.cgroup_root is None or state.confinement_unavailable is not None:
+        return changed
+    mount = confinement.cgroup2_mount()
+    for server in servers:
+        if server.mode != "pbr":
+            continue
+        key = ("confinement", (server.name,))
+        wanted = server.keyed.get(key)
+        if wanted is None:
+            continue
+        now = confinement.signature(server.name, scope.cgroup_root, scope.pin_root, mount)
+        if seen.get(server.name) == now:
+            continue
+        seen[server.name] = now
+        found, foreign = confinement.observe_one(server.name, scope.cgroup_root, scope.pin_root,
+                                                 mount)
+        if found == state.owned.get(key) and foreign == state.foreign_confinements.get(
+                server.name):
+            continue
+        if found is None:
+            state.owned.pop(key, None)
+        else:
+            state.add(found)
+        if foreign is None:
+            state.foreign_confinements.pop(server.name, None)
+        else:
+            state.foreign_confinements[server.name] = foreign
+        changed.append(found or wanted)
+    return changed
 
 
 def refresh(kernel: Kernel, state: ObservedState, scope: Scope,

@@ -3,7 +3,8 @@
 ``python -m vsnetd.sandbox -- CMD ...`` runs CMD inside fresh network + mount namespaces
 (``unshare --net --mount``) with private tmpfs mounts on ``/run``, ``/etc/netns`` and
 ``/etc/iproute2/rt_protos.d`` (where vsnet's protocol name is registered, so ``ip rule``
-prints ``proto vsnet``). Everything created inside dies with the namespaces.
+prints ``proto vsnet``) and a private bpffs on ``/sys/fs/bpf``. Everything created inside
+dies with the namespaces.
 
 Inside a sandbox, :func:`fresh_netns` gives the calling thread a further, empty network
 namespace for the length of a ``with`` block: one per test.
@@ -61,6 +62,9 @@ def _prepare() -> None:
     protos = Path("/etc/iproute2/rt_protos.d")
     _mount_tmpfs(protos)
     (protos / "vsnet.conf").write_text(PROTOCOL_NAMES)
+    # a bpffs of the sandbox's own (each mount is a new instance): pins made inside vanish
+    # with it. cgroups have no such thing: tests name theirs uniquely and remove them.
+    subprocess.run(["mount", "-t", "bpf", "vsnet-sandbox", "/sys/fs/bpf"], check=False)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 
 

@@ -38,6 +38,8 @@ class Scope:
     tables: range = range(0)
     priorities: range = range(0)
     sysctls: dict[str, tuple[str, ...]] = field(default_factory=dict)  # by namespace
+    cgroup_root: str | None = None  # pbr confinement (settings.cgroup_root); None: off
+    pin_root: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,8 @@ class ObservedState:
     foreign_links: set[tuple[str, str]] = field(default_factory=set)  # (netns, name)
     foreign_namespaces: set[str] = field(default_factory=set)
     foreign_resolvers: set[str] = field(default_factory=set)  # namespaces
+    foreign_confinements: dict[str, str] = field(default_factory=dict)  # VS -> why
+    confinement_unavailable: str | None = None  # what the machine lacks for it
 
     def add(self, obj: KernelObject) -> None:
         self.owned[object_key(obj)] = obj

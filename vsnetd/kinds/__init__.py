@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 
 from vsnetd.kinds.address import Address
+from vsnetd.kinds.confinement import Confinement
 from vsnetd.kinds.link import Link
 from vsnetd.kinds.namespace import Namespace
 from vsnetd.kinds.resolver import ResolverFile
@@ -14,9 +15,9 @@ from vsnetd.kinds.route import Route
 from vsnetd.kinds.rule import Rule
 from vsnetd.kinds.sysctl import Sysctl
 
-KernelObject = Namespace | Link | Address | Route | Rule | Sysctl | ResolverFile
+KernelObject = Namespace | Link | Address | Route | Rule | Sysctl | ResolverFile | Confinement
 
-__all__ = ["Address", "KernelObject", "Link", "Namespace", "ResolverFile", "Route", "Rule",
+__all__ = ["Address", "Confinement", "KernelObject", "Link", "Namespace", "ResolverFile", "Route", "Rule",
            "Sysctl", "family_name"]
 
 

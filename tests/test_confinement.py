@@ -1,0 +1,577 @@
+"""pbr confinement against the real kernel: cgroup-BPF programs, real traffic between
+namespaces, a real daemon and vsnet-exec.
+
+cgroups and bpffs are not namespaced: every test names its cgroup root and pin root
+uniquely (``vsnet-test-<pid>-<n>``) and removes them in a ``finally``, processes first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests import lab
+from tests.test_daemon import Daemon, save, wait_until
+from vsnetd import bpf
+from vsnetd.kinds import Confinement, confinement
+from vsnetd.sandbox import ip, ip_json
+
+pytestmark = pytest.mark.usefixtures("netns")
+
+SO_MARK = 36
+MARK1, MARK2 = 0x5600001, 0x5600002
+NAMES = itertools.count()
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def cgroup_tree(path: Path) -> Iterator[Path]:
+    """A cgroup made (or left) under ``path``, removed afterwards with everything in it:
+    processes killed, then the directories bottom-up (their programs go with them)."""
+    try:
+        yield path
+    finally:
+        for directory in sorted((p for p in [path, *path.rglob("*")] if p.is_dir()),
+                                key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                (directory / "cgroup.kill").write_text("1\n")
+            wait_until(lambda d=directory: not (d / "cgroup.procs").exists()
+                       or not (d / "cgroup.procs").read_text().strip(), 10, f"{directory} empty")
+            with contextlib.suppress(FileNotFoundError):
+                directory.rmdir()
+
+
+def remove_pins(path: Path) -> None:
+    for directory, _dirs, files in sorted(os.walk(path), key=lambda w: -len(w[0])):
+        for name in files:
+            os.unlink(os.path.join(directory, name))
+        os.rmdir(directory)
+
+
+@pytest.fixture
+def roots() -> Iterator[tuple[str, str]]:
+    """(cgroup root relative to the cgroup-v2 mount, pin root), unique to this test."""
+    mount = confinement.cgroup2_mount()
+    if mount is None:
+        pytest.fail("this machine has no cgroup v2: confinement cannot be tested here")
+    name = f"vsnet-test-{os.getpid()}-{next(NAMES)}"
+    pins = Path("/sys/fs/bpf") / name
+    try:
+        with cgroup_tree(mount / name), cgroup_tree(mount / f"{name}-foreign"):
+            yield name, str(pins)
+    finally:
+        if pins.exists():
+            remove_pins(pins)
+    assert not (mount / name).exists() and not pins.exists()
+
+
+def settings_yaml(roots: tuple[str, str]) -> str:
+    return f"settings: {{cgroup_root: {roots[0]}, bpf_pin_root: {roots[1]}}}\n"
+
+
+NAS1 = """\
+  nas1:
+    id: 1
+    mode: pbr
+    uplink: eth0
+    addresses:
+      - {address: 10.0.0.5/24, gateway: 10.0.0.1}
+      - {address: 10.0.1.5/24, gateway: 10.0.1.1}
+    gateway: 10.0.1.1
+"""
+NAS2 = """\
+  nas2:
+    id: 2
+    mode: pbr
+    uplink: eth0
+    addresses:
+      - {address: 10.0.0.7/24, gateway: 10.0.0.1}
+    gateway: 10.0.0.1
+"""
+
+
+def config(roots: tuple[str, str] | None, *servers: str) -> str:
+    return "version: 1\n" + (settings_yaml(roots) if roots else "") + "servers:\n" + "".join(servers)
+
+
+def cgroup_of(roots: tuple[str, str], server: str) -> Path:
+    mount = confinement.cgroup2_mount()
+    assert mount is not None
+    return mount / roots[0] / server
+
+
+def attached(cgroup: Path) -> list[dict[str, Any]]:
+    """What the kernel says is attached to ``cgroup`` (bpftool, not vsnet)."""
+    out = subprocess.run(["bpftool", "-j", "cgroup", "show", str(cgroup)], capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out) if out.strip() else []  # type: ignore[no-any-return]
+
+
+def by_hook(cgroup: Path) -> dict[str, list[tuple[int, str]]]:
+    hooks: dict[str, list[tuple[int, str]]] = {}
+    for entry in attached(cgroup):
+        hooks.setdefault(entry["attach_type"], []).append((entry["id"], entry["name"]))
+    return hooks
+
+
+def pinned_id(path: Path) -> int:
+    out = subprocess.run(["bpftool", "-j", "prog", "show", "pinned", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(json.loads(out)["id"])
+
+
+def program_exists(prog_id: int) -> bool:
+    return subprocess.run(["bpftool", "prog", "show", "id", str(prog_id)],
+                          capture_output=True).returncode == 0
+
+
+# --------------------------------------------------------------------------- verifier
+
+
+@pytest.mark.parametrize("addresses", [
+    ("10.0.0.5",),
+    ("2001:db8:5::5",),
+    ("10.0.0.5", "10.0.1.5", "2001:db8:5::5"),
+    tuple(f"10.0.{i}.5" for i in range(8)) + tuple(f"2001:db8:{i}::5" for i in range(7)),
+])
+def test_the_verifier_accepts_every_program(addresses: tuple[str, ...]) -> None:
+    for hook, code in confinement.programs_of(0xFFFFFFFF, addresses).items():
+        name = confinement.program_name(hook, code)
+        fd = bpf.prog_load(code, name, bpf.BPF_PROG_TYPE_CGROUP_SOCK,
+                           confinement.ATTACH_TYPES[hook])
+        try:
+            info = bpf.prog_info(fd)
+            assert (info.type, info.name) == (bpf.BPF_PROG_TYPE_CGROUP_SOCK, name)
+        finally:
+            os.close(fd)
+
+
+def test_a_program_the_verifier_refuses_is_reported_with_its_log() -> None:
+    # post_bind programs may not write the mark: the verifier must say so
+    code = confinement.sock_create_program(1)
+    with pytest.raises(OSError) as refused:
+        bpf.prog_load(code, "vsnet_wrong", bpf.BPF_PROG_TYPE_CGROUP_SOCK,
+                      bpf.BPF_CGROUP_INET4_POST_BIND)
+    assert "invalid bpf_context access" in str(refused.value)
+
+
+BINDER = """\
+import errno, socket, sys
+open(sys.argv[1], "w").write("0")  # into the cgroup under test
+print("ready", flush=True)
+for line in sys.stdin:
+    family, address = line.split()
+    v6 = family == "6"
+    with socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        # freebind: the kernel's own address checks pass, the programs' verdict is left
+        s.setsockopt(socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP, 78 if v6 else 15, 1)
+        try:
+            s.bind((address, 0))
+            print("ok", flush=True)
+        except OSError as exc:
+            print(errno.errorcode[exc.errno], flush=True)
+"""
+
+V4_POOL = [f"10.0.0.{i}" for i in range(1, 5)]
+V6_POOL = [f"2001:db8::{i}" for i in range(1, 5)]
+V4_TARGETS = [*V4_POOL, "0.0.0.0", "127.0.0.1", "127.255.0.9", "126.255.255.255",
+              "128.0.0.1", "224.0.0.251", "10.0.1.1"]
+V6_TARGETS = [*V6_POOL, "::", "::1", "::2", "::ffff:0.0.0.0", "ff05::1", "2001:db8:1::1",
+              *(f"::ffff:{a}" for a in V4_TARGETS)]
+
+
+def allowed(family: int, target: str, vs: set[str]) -> bool:
+    """The rule the programs implement, written plainly."""
+    import ipaddress
+
+    address = ipaddress.ip_address(target)
+    if family == 6 and isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return allowed(4, str(address.ipv4_mapped), vs)
+    return address.is_unspecified or address.is_loopback or target in vs
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(vs=st.sets(st.sampled_from(V4_POOL + V6_POOL), min_size=1, max_size=5),
+       targets=st.lists(st.sampled_from([(4, t) for t in V4_TARGETS] +
+                                        [(6, t) for t in V6_TARGETS]), min_size=1, max_size=12))
+def test_bind_verdicts_follow_the_rule(shared_cgroup: tuple[Confinement, Any],
+                                       vs: set[str], targets: list[tuple[int, str]]) -> None:
+    """The hand-emitted bind programs against a plain model, on the kernel: every bind of a
+    process in the cgroup is allowed exactly when the model allows it."""
+    base, binder = shared_cgroup
+    confinement.ensure(confinement.desired(base.server, base.cgroup.split("/")[0],
+                                           base.pins.rsplit("/", 1)[0], 1, tuple(sorted(vs))))
+    for family, target in targets:
+        binder.stdin.write(f"{family} {target}\n")
+        binder.stdin.flush()
+        verdict = binder.stdout.readline().strip()
+        assert verdict == ("ok" if allowed(family, target, vs) else "EPERM"), (family, target)
+
+
+@pytest.fixture
+def shared_cgroup(roots: tuple[str, str]) -> Iterator[tuple[Confinement, Any]]:
+    """One VS cgroup and a process in it that binds on request."""
+    base = confinement.desired("prop", roots[0], roots[1], 1, ("10.0.0.1",))
+    confinement.ensure(base)
+    binder = subprocess.Popen([sys.executable, "-c", BINDER,
+                               str(cgroup_of(roots, "prop") / "cgroup.procs")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert binder.stdout is not None and binder.stdout.readline().strip() == "ready"
+        yield base, binder
+    finally:
+        binder.kill()
+        binder.wait()
+
+
+# --------------------------------------------------------------------------- traffic
+
+PEER = """\
+import socket, sys
+device, port = sys.argv[1], int(sys.argv[2])
+tcp = socket.socket(); udp = socket.socket(type=socket.SOCK_DGRAM)
+for s in (tcp, udp):
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.settimeout(15)
+    s.bind(("0.0.0.0", port))
+tcp.listen()
+print("listening", flush=True)
+conn, peer = tcp.accept(); conn.sendall(b"tcp ok"); conn.close()
+print("tcp", peer[0], flush=True)
+data, peer = udp.recvfrom(64); udp.sendto(b"udp ok", peer)
+print("udp", peer[0], flush=True)
+"""
+
+APP = """\
+import errno, json, socket, subprocess, sys
+client, port = sys.argv[1], int(sys.argv[2])
+if sys.argv[3:] == ["--child"]:  # fork + exec: the same checks, in a child
+    sys.exit(subprocess.run([sys.executable, *sys.argv[:3]]).returncode)
+report = {}
+with socket.create_connection((client, port), timeout=10) as tcp:
+    report["tcp"] = tcp.recv(16).decode()
+    report["tcp_source"] = tcp.getsockname()[0]
+    report["tcp_mark"] = tcp.getsockopt(socket.SOL_SOCKET, 36)
+with socket.socket(type=socket.SOCK_DGRAM) as udp:
+    udp.settimeout(10)
+    udp.sendto(b"hello", (client, port))
+    report["udp"] = udp.recv(16).decode()
+    report["udp_mark"] = udp.getsockopt(socket.SOL_SOCKET, 36)
+for address in sys.argv[4:] or ["10.0.0.5", "10.0.0.7", "127.0.0.1", "0.0.0.0"]:
+    for family, text in ((socket.AF_INET, address), (socket.AF_INET6, "::ffff:" + address)):
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((text, 0))
+                report[f"bind {text}"] = "ok"
+            except OSError as exc:
+                report[f"bind {text}"] = errno.errorcode[exc.errno]
+print(json.dumps(report))
+"""
+
+
+def client_peer(device: str, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(["ip", "netns", "exec", "client", sys.executable, "-c", PEER, device,
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "listening"
+    return proc
+
+
+def run_app(port: int, device: str, prefix: list[str], *extra: str
+            ) -> tuple[dict[str, Any], list[str], str]:
+    """The app's own report, what the client saw arrive through ``device``, its stderr."""
+    program = Path(f"/run/vsnet-test-app-{os.getpid()}.py")
+    program.write_text(APP)
+    peer = client_peer(device, port)
+    try:
+        app = subprocess.run([*prefix, sys.executable, str(program), lab.CLIENT, str(port),
+                              *extra],
+                             capture_output=True, text=True, timeout=60)
+        seen, _ = peer.communicate(timeout=20)
+    finally:
+        peer.kill()
+        peer.wait()
+    assert app.returncode == 0, app.stderr
+    return json.loads(app.stdout), seen.split("\n"), app.stderr
+
+
+@pytest.fixture
+def lab_box() -> None:
+    lab.build("eth0")
+    ip("addr", "add", "10.0.0.2/24", "dev", "eth0")
+    ip("route", "add", "default", "via", "10.0.0.1")  # the box's own, through gw-a
+
+
+def start(tmp_path: Path, text: str, *wrapper: str) -> tuple[Daemon, Path]:
+    path = tmp_path / "etc" / "servers.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    broker = Path("/run") / f"vsnet-test-broker-{tmp_path.name}.sock"
+    daemon = Daemon(tmp_path, path, ["--broker", str(broker)], wrapper=list(wrapper) or None)
+    daemon.ready()
+    wait_until(lambda: all(s["state"] == "in-sync" for s in daemon.status()["servers"].values()),
+               20, "in sync")
+    return daemon, broker
+
+
+def vsnet_exec(broker: Path, server: str) -> list[str]:
+    return [sys.executable, "-m", "vsnetd.exec", "--broker", str(broker), "--server", server,
+            "--"]
+
+
+def test_a_program_run_by_vsnet_exec_is_confined_to_its_vs(
+    lab_box: None, roots: tuple[str, str], tmp_path: Path
+) -> None:
+    daemon, broker = start(tmp_path, config(roots, NAS1, NAS2))
+    try:
+        # confined: TCP and UDP leave with nas1's address next to its gateway, through
+        # gw-b (the client's listeners only hear link cb)
+        report, seen, stderr = run_app(7001, "cb", vsnet_exec(broker, "nas1"))
+        assert seen[:2] == ["tcp 10.0.1.5", "udp 10.0.1.5"], (seen, stderr)
+        assert report["tcp"] == "tcp ok" and report["udp"] == "udp ok"
+        assert report["tcp_source"] == "10.0.1.5"
+        assert report["tcp_mark"] == report["udp_mark"] == MARK1
+        assert report["bind 10.0.0.5"] == report["bind ::ffff:10.0.0.5"] == "ok"
+        assert report["bind 10.0.0.7"] == report["bind ::ffff:10.0.0.7"] == "EPERM"  # nas2's
+        assert report["bind 127.0.0.1"] == report["bind 0.0.0.0"] == "ok"
+        assert "warning" not in stderr
+
+        # a child (fork + exec) is confined as well
+        child, seen, _ = run_app(7002, "cb", vsnet_exec(broker, "nas1"), "--child")
+        assert seen[:2] == ["tcp 10.0.1.5", "udp 10.0.1.5"]
+        assert child["tcp_mark"] == MARK1 and child["bind 10.0.0.7"] == "EPERM"
+
+        # nas2's programs: its own mark, its own address
+        other, seen, _ = run_app(7003, "ca", vsnet_exec(broker, "nas2"))
+        assert seen[:2] == ["tcp 10.0.0.7", "udp 10.0.0.7"]
+        assert other["tcp_mark"] == MARK2
+        assert other["bind 10.0.0.5"] == "EPERM" and other["bind 10.0.0.7"] == "ok"
+
+        # the same program without vsnet-exec: the host's route (gw-a, its own address)
+        free, seen, _ = run_app(7004, "ca", [])
+        assert seen[:2] == ["tcp 10.0.0.2", "udp 10.0.0.2"]
+        assert free["tcp_mark"] == free["udp_mark"] == 0
+        assert free["bind 10.0.0.7"] == "ok"
+    finally:
+        daemon.stop()
+
+
+def test_marked_unbound_traffic_leaves_by_the_gateway_of_the_second_address(
+    lab_box: None, tmp_path: Path
+) -> None:
+    """No confinement here: a socket marked by hand, never bound. nas1's gateway is in its
+    second address's subnet: the mark table's default takes that address as source."""
+    path = tmp_path / "servers.yaml"
+    path.write_text(config(None, NAS1))
+    applied = subprocess.run([sys.executable, "-m", "vsnetd.cli", "apply", "-c", str(path)],
+                             capture_output=True, text=True, timeout=60)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    default = next(r for r in ip_json("route", "show", "table", "10031")
+                   if r["dst"] == "default")
+    assert default["prefsrc"] == "10.0.1.5"
+    peer = client_peer("cb", 7010)  # only what comes through gw-b
+    try:
+        with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp:
+            for sock in (tcp, udp):
+                sock.setsockopt(socket.SOL_SOCKET, SO_MARK, MARK1)
+                sock.settimeout(10)
+            tcp.connect((lab.CLIENT, 7010))
+            assert tcp.recv(16) == b"tcp ok"
+            assert tcp.getsockname()[0] == "10.0.1.5"
+            udp.sendto(b"hello", (lab.CLIENT, 7010))
+            assert udp.recv(16) == b"udp ok"
+        seen, _ = peer.communicate(timeout=20)
+    finally:
+        peer.kill()
+        peer.wait()
+    assert seen.split("\n")[:2] == ["tcp 10.0.1.5", "udp 10.0.1.5"]
+
+
+# --------------------------------------------------------------------------- ownership
+
+
+def foreign_program(cgroup: Path) -> int:
+    """A program someone else attached (not named vsnet...): its id."""
+    cgroup.mkdir(parents=True, exist_ok=True)
+    fd = bpf.prog_load(confinement.sock_create_program(0x1234), "admin_mark",
+                       bpf.BPF_PROG_TYPE_CGROUP_SOCK, bpf.BPF_CGROUP_INET_SOCK_CREATE)
+    try:
+        cgroup_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            bpf.prog_attach(cgroup_fd, fd, bpf.BPF_CGROUP_INET_SOCK_CREATE)
+        finally:
+            os.close(cgroup_fd)
+        return bpf.prog_info(fd).id
+    finally:
+        os.close(fd)
+
+
+def detach(cgroup: Path, hook: str, prog_id: int) -> None:
+    subprocess.run(["bpftool", "cgroup", "detach", str(cgroup), hook, "id", str(prog_id)],
+                   check=True)
+
+
+def test_heal_update_and_removal_leave_foreign_programs_alone(
+    uplink: str, roots: tuple[str, str], tmp_path: Path
+) -> None:
+    mount = confinement.cgroup2_mount()
+    assert mount is not None
+    elsewhere = foreign_program(mount / f"{roots[0]}-foreign")
+    daemon, _broker = start(tmp_path, config(roots, NAS1))
+    cgroup, pins = cgroup_of(roots, "nas1"), Path(roots[1]) / "nas1"
+    try:
+        hooks = by_hook(cgroup)
+        assert sorted(hooks) == ["cgroup_inet4_post_bind", "cgroup_inet6_post_bind",
+                                 "cgroup_inet_sock_create"]
+        assert all(len(found) == 1 and found[0][1].startswith("vsnet")
+                   for found in hooks.values())
+        (create_id, _), = hooks["cgroup_inet_sock_create"]
+        assert pinned_id(pins / "sock_create") == create_id
+        mine = foreign_program(cgroup)  # someone else's, on vsnet's cgroup
+
+        # detached by hand: attached again (the pinned program), within the periodic check
+        detach(cgroup, "sock_create", create_id)
+        wait_until(lambda: (create_id, hooks["cgroup_inet_sock_create"][0][1]) in
+                   by_hook(cgroup).get("cgroup_inet_sock_create", []), 10, "re-attached")
+        # unpinned by hand: pinned again
+        (pins / "post_bind4").unlink()
+        wait_until(lambda: (pins / "post_bind4").exists(), 10, "pinned again")
+        assert pinned_id(pins / "post_bind4") == hooks["cgroup_inet4_post_bind"][0][0]
+
+        # an address more: the bind programs are replaced in place, the mark's stays
+        save(daemon.config, config(roots, NAS1.replace(
+            "    gateway:", "      - {address: 10.0.2.9/24}\n    gateway:")))
+        wait_until(lambda: by_hook(cgroup)["cgroup_inet4_post_bind"][0][0]
+                   != hooks["cgroup_inet4_post_bind"][0][0], 10, "replaced")
+        now = by_hook(cgroup)
+        assert [len(now[h]) for h in sorted(now)] == [1, 1, 2]  # + the foreign one
+        assert (create_id, hooks["cgroup_inet_sock_create"][0][1]) in now[
+            "cgroup_inet_sock_create"]
+        assert mine in [i for i, _ in now["cgroup_inet_sock_create"]]
+        assert pinned_id(pins / "post_bind4") == now["cgroup_inet4_post_bind"][0][0]
+        wait_until(lambda: not program_exists(hooks["cgroup_inet4_post_bind"][0][0]), 10,
+                   "the replaced program freed")
+
+        # a new mark: the mark's program swapped in place, the foreign one still there
+        save(daemon.config, config(roots, NAS1.replace(
+            "    gateway:", "      - {address: 10.0.2.9/24}\n    mark: 0x5600042\n    gateway:")))
+        wait_until(lambda: create_id not in [i for i, _ in by_hook(cgroup)[
+            "cgroup_inet_sock_create"]], 10, "the mark's program replaced")
+        now = by_hook(cgroup)
+        ours = [(i, n) for i, n in now["cgroup_inet_sock_create"] if n.startswith("vsnet")]
+        assert len(ours) == 1 and mine in [i for i, _ in now["cgroup_inet_sock_create"]]
+        assert pinned_id(pins / "sock_create") == ours[0][0]
+        # programs run in attach order, the last mark written wins: vsnet's, re-attached
+        # after the foreign one by the heal above and swapped in place since
+        probe = subprocess.run(
+            [sys.executable, "-c", f"open('{cgroup}/cgroup.procs', 'w').write('0');"
+             "import socket; print(socket.socket().getsockopt(socket.SOL_SOCKET, 36))"],
+            capture_output=True, text=True, timeout=30)
+        assert probe.stdout.strip() == str(0x5600042), probe.stderr
+
+        # the VS goes: vsnet will not take the foreign program with its cgroup...
+        ids = [i for found in now.values() for i, name in found if name.startswith("vsnet")]
+        save(daemon.config, config(roots))
+        wait_until(lambda: not pins.exists(), 10, "pins removed")
+        assert cgroup.exists() and mine in [i for i, _ in by_hook(cgroup)[
+            "cgroup_inet_sock_create"]]
+        # ...until its owner takes it away; then the cgroup goes on the next retry
+        detach(cgroup, "sock_create", mine)
+        subprocess.run([sys.executable, "-m", "vsnetd.cli", "reload"], env=daemon.env,
+                       capture_output=True, timeout=30)
+        wait_until(lambda: not cgroup.exists(), 90, "cgroup removed")
+        assert not (mount / roots[0]).exists() and not Path(roots[1]).exists()
+        wait_until(lambda: not any(program_exists(i) for i in ids), 10, "programs freed")
+        assert [(e["id"], e["name"]) for e in attached(mount / f"{roots[0]}-foreign")] == [
+            (elsewhere, "admin_mark")]
+    finally:
+        daemon.stop()
+
+
+def test_the_pins_confine_a_unit_the_way_systemd_attaches_them(
+    uplink: str, roots: tuple[str, str], tmp_path: Path
+) -> None:
+    """systemd's ``BPFProgram=hook:PIN`` opens the pin (BPF_OBJ_GET) and attaches it to the
+    unit's cgroup with BPF_F_ALLOW_MULTI: done here with bpftool on a cgroup of nobody's."""
+    mount = confinement.cgroup2_mount()
+    assert mount is not None
+    path = tmp_path / "servers.yaml"
+    path.write_text(config(roots, NAS1, NAS2))
+    applied = subprocess.run([sys.executable, "-m", "vsnetd.cli", "apply", "-c", str(path)],
+                             capture_output=True, text=True, timeout=60)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    unit = mount / f"{roots[0]}-foreign" / "vsnet-app@nas1.service"
+    unit.mkdir(parents=True)
+    for hook in confinement.HOOKS:
+        subprocess.run(["bpftool", "cgroup", "attach", str(unit), hook, "pinned",
+                        f"{roots[1]}/nas1/{hook}", "multi"], check=True)
+    probe = (f"open('{unit}/cgroup.procs', 'w').write('0');"
+             "import socket, json; s = socket.socket(); t = socket.socket(type=socket.SOCK_DGRAM);"
+             "r = {'mark': s.getsockopt(socket.SOL_SOCKET, 36)};"
+             "r['own'] = t.bind(('10.0.0.5', 0)) or 'ok';"
+             "u = socket.socket(type=socket.SOCK_DGRAM);\n"
+             "try: u.bind(('10.0.0.7', 0)); r['other'] = 'ok'\n"
+             "except PermissionError: r['other'] = 'EPERM'\n"
+             "print(json.dumps(r))")
+    seen = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=30)
+    assert seen.returncode == 0, seen.stderr
+    assert json.loads(seen.stdout) == {"mark": MARK1, "own": "ok", "other": "EPERM"}
+    # vsnet's own view is unchanged by the unit's attachments: nothing to do
+    plan = subprocess.run([sys.executable, "-m", "vsnetd.cli", "plan", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert plan.returncode == 0, plan.stdout
+
+
+# --------------------------------------------------------------------------- degraded
+
+
+def test_without_cgroup_v2_the_vs_works_and_both_tools_say_what_is_missing(
+    lab_box: None, roots: tuple[str, str], tmp_path: Path
+) -> None:
+    mount = confinement.cgroup2_mount()
+    # daemon and vsnet-exec in a mount namespace of their own without the cgroup-v2 mount
+    hide = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f'umount -l {mount} && exec "$@"', "hide"]
+    daemon, broker = start(tmp_path, config(roots, NAS1), *hide)
+    try:
+        nas1 = daemon.status()["servers"]["nas1"]
+        assert nas1["state"] == "in-sync"
+        assert nas1["reasons"] == ["not confined: cgroup v2 is not mounted"]
+        assert any(r.get("fwmark") == hex(MARK1) for r in ip_json("rule"))
+        report, seen, stderr = run_app(7020, "ca", [*hide, *vsnet_exec(broker, "nas1")])
+        assert "nas1: not confined, cgroup v2 is not mounted" in stderr
+        assert report["tcp_mark"] == 0 and seen[:2] == ["tcp 10.0.0.2", "udp 10.0.0.2"]
+    finally:
+        daemon.stop()
+    assert not cgroup_of(roots, "nas1").exists()
+
+
+def test_the_example_unit_attaches_the_pinned_programs(tmp_path: Path) -> None:
+    unit = (ROOT / "packaging" / "examples" / "vsnet-app@.service").read_text()
+    assert [line for line in unit.splitlines() if line.startswith("BPFProgram=")] == [
+        f"BPFProgram={hook}:/sys/fs/bpf/vsnet/%i/{hook}" for hook in confinement.HOOKS]
+    # systemd itself accepts it (BPFProgram= since v249), beside the daemon's unit
+    (tmp_path / "vsnet-app@nas1.service").write_text(
+        unit.replace("/usr/local/bin/my-application", "/bin/true"))
+    daemon_unit = (ROOT / "systemd" / "vsnetd.service").read_text()
+    (tmp_path / "vsnetd.service").write_text(daemon_unit.replace(
+        "/usr/bin/vsnetd", str(Path(sys.executable).with_name("vsnetd"))))
+    result = subprocess.run(["systemd-analyze", "verify", "vsnet-app@nas1.service"],
+                            cwd=tmp_path, capture_output=True, text=True,
+                            env=dict(os.environ, SYSTEMD_UNIT_PATH=f"{tmp_path}:"))
+    assert result.returncode == 0 and "Unknown" not in result.stderr, result.stderr
