@@ -392,8 +392,23 @@ def check_semantics(config: Config) -> Problems:
     return problems
 
 
-def _uniqueness_problems(config: Config) -> Problems:
-    """What one VS may not share with another: ids, addresses (per namespace), marks."""
+Claims = tuple[int, list[tuple[tuple[str, int, int], IpAddress]], int, bool]
+
+
+def server_claims(name: str, server: ServerConfig, settings: Settings) -> Claims:
+    """What a VS holds that no other may: (id, address slots, mark, mark by default)."""
+    netns = server.namespace_name(name)
+    slots: list[tuple[tuple[str, int, int], IpAddress]] = []
+    for entry in server.addresses:
+        ip = entry.address.ip
+        slots.append(((netns, int(ip.version), int(ip)), ip))  # ints hash fast; addresses do not
+    mark = server.mark if server.mark is not None else settings.mark_base + server.id
+    return server.id, slots, mark, server.mark is None
+
+
+def _uniqueness_problems(config: Config, claims: dict[str, Claims] | None = None) -> Problems:
+    """What one VS may not share with another: ids, addresses (per namespace), marks.
+    ``claims`` (by VS name) may come from a cache: see :class:`ParsedFile`."""
     problems: Problems = []
     ids: dict[int, str] = {}
     address_owner: dict[tuple[str, int, int], str] = {}  # per namespace: plans may overlap
@@ -401,25 +416,21 @@ def _uniqueness_problems(config: Config) -> Problems:
     settings = config.settings
     for name, server in config.servers.items():
         base: FieldPath = ("servers", name)
-        duplicate_id = server.id in ids
+        server_id, slots, mark, default_mark = (
+            claims[name] if claims is not None else server_claims(name, server, settings))
+        duplicate_id = server_id in ids
         if duplicate_id:
-            problems.append(((*base, "id"), f"id {server.id} is already used by {ids[server.id]}"))
+            problems.append(((*base, "id"), f"id {server_id} is already used by {ids[server_id]}"))
         else:
-            ids[server.id] = name
-        netns = server.namespace_name(name)
-        for index, entry in enumerate(server.addresses):
-            ip = entry.address.ip
-            slot = (netns, ip.version, int(ip))  # ints hash fast; ipaddress objects do not
-            if slot in address_owner:
-                owner = address_owner[slot]
+            ids[server_id] = name
+        for index, (slot, ip) in enumerate(slots):
+            owner = address_owner.setdefault(slot, name)
+            if owner is not name:
                 where = "this server" if owner == name else owner
                 problems.append(((*base, "addresses", index, "address"),
                                  f"{ip} is already an address of {where}"))
-            else:
-                address_owner[slot] = name
-        mark = server.mark if server.mark is not None else settings.mark_base + server.id
-        if mark in marks and not (duplicate_id and server.mark is None):
-            mark_path: FieldPath = (*base, "mark") if server.mark is not None else (*base, "id")
+        if mark in marks and not (duplicate_id and default_mark):
+            mark_path: FieldPath = (*base, "id") if default_mark else (*base, "mark")
             problems.append((mark_path, f"mark {mark:#x} is already used by {marks[mark]}"))
         else:
             marks[mark] = name
@@ -679,6 +690,7 @@ class ParsedFile:
     issues: list[ConfigIssue] = field(default_factory=list)
     smap: SourceMap | None = None  # built only when a problem needs positions
     problems: tuple[Settings, Problems] | None = None  # server_problems, per settings
+    claims: tuple[Settings, dict[str, Claims]] | None = None
 
     def positions(self, limit: int) -> SourceMap:
         if self.smap is None:
@@ -688,8 +700,15 @@ class ParsedFile:
                 self.smap = SourceMap(self.file)
         return self.smap
 
+    def server_claims(self, settings: Settings) -> dict[str, Claims]:
+        if self.claims is None or not (self.claims[0] is settings or self.claims[0] == settings):
+            self.claims = (settings, {name: server_claims(name, server, settings)
+                                      for name, server in self.servers.items()})
+        return self.claims[1]
+
     def server_problems(self, settings: Settings) -> Problems:
-        if self.problems is None or self.problems[0] != settings:
+        if self.problems is None or not (self.problems[0] is settings
+                                         or self.problems[0] == settings):
             found: Problems = []
             for name, server in self.servers.items():
                 found.extend(server_problems(name, server, settings))
@@ -845,7 +864,10 @@ def assemble(main: ParsedFile, drop_ins: Sequence[ParsedFile]) -> Config:
             servers[name] = server
             origin[name] = parsed
     config = Config.model_construct(version=1, settings=settings, servers=servers)
-    problems = _uniqueness_problems(config) + _shared_namespace_problems(config)
+    claims: dict[str, Claims] = {}
+    for parsed in (main, *drop_ins):
+        claims.update(parsed.server_claims(settings))
+    problems = _uniqueness_problems(config, claims) + _shared_namespace_problems(config)
     for parsed in (main, *drop_ins):
         problems.extend(p for p in parsed.server_problems(settings) if origin[str(p[0][1])]
                         is parsed)
@@ -885,6 +907,53 @@ def json_schema(*, drop_in: bool = False) -> dict[str, Any]:
     return schema
 
 
+@dataclass(slots=True)
+class _Index:
+    """What a valid config's VS hold, by owner: the cross-VS checks of one more VS, in
+    constant time (:meth:`ConfigLoader._edit_in_place`)."""
+
+    config: Config
+    origin: dict[str, ParsedFile]
+    ids: dict[int, str]
+    slots: dict[tuple[str, int, int], str]
+    marks: dict[int, str]
+    moved_uplinks: set[str]  # uplinks handed whole to a VS (link: move)
+
+    @classmethod
+    def of(cls, config: Config, files: Sequence[ParsedFile]) -> _Index:
+        origin: dict[str, ParsedFile] = {}
+        for parsed in files:
+            for name in parsed.servers:
+                origin.setdefault(name, parsed)
+        index = cls(config, origin, {}, {}, {}, set())
+        for name, server in config.servers.items():
+            index.add(name, origin[name].server_claims(config.settings)[name])
+            if server.mode == "netns" and server.link_type() == "move":
+                index.moved_uplinks.add(server.uplink)
+        return index
+
+    def add(self, name: str, claims: Claims) -> None:
+        server_id, slots, mark, _default = claims
+        self.ids[server_id] = name
+        for slot, _ip in slots:
+            self.slots[slot] = name
+        self.marks[mark] = name
+
+    def remove(self, name: str, claims: Claims) -> None:
+        server_id, slots, mark, _default = claims
+        for table, key in ((self.ids, server_id), (self.marks, mark)):
+            if table.get(key) == name:
+                del table[key]
+        for slot, _ip in slots:
+            if self.slots.get(slot) == name:
+                del self.slots[slot]
+
+    def free(self, claims: Claims) -> bool:
+        server_id, slots, mark, _default = claims
+        return (server_id not in self.ids and mark not in self.marks
+                and not any(slot in self.slots for slot, _ip in slots))
+
+
 class ConfigLoader:
     """The main file and its drop-in directory, read again and again: each file on its
     own, so an edit of one file costs that file (the daemon: one VS of a thousand in its
@@ -897,28 +966,93 @@ class ConfigLoader:
         self.limit = DEFAULT_MAX_FILE_BYTES
         self._main: ParsedFile | None = None
         self._drop_ins: dict[Path, ParsedFile] = {}
+        self._order: list[Path] | None = None  # the drop-ins in name order, while unchanged
+        self._index: _Index | None = None  # of the last load, when it was valid
 
     def concerns(self, path: Path) -> bool:
         return path == self.path or (path.parent == self.directory and is_drop_in(path))
 
     def load(self, changed: Iterable[Path] | None = None) -> Config:
         """Read the files in ``changed`` again (None: every file), then assemble."""
+        replaced: list[tuple[ParsedFile | None, ParsedFile | None]] = []
         if changed is None or self._main is None:
             self._main = self._read(self.path, main=True)
             self._drop_ins = {path: self._read(path, main=False)
                               for path in drop_in_files(self.directory)}
+            self._index = None
         else:
             for path in changed:
                 if path == self.path:
                     self._main = self._read(path, main=True)
+                    self._index = None
                 elif self.concerns(path):
+                    before = self._drop_ins.get(path)
                     if os.path.lexists(path):
                         self._drop_ins[path] = self._read(path, main=False)
                     else:
                         self._drop_ins.pop(path, None)
-        config = assemble(self._main, [self._drop_ins[p] for p in sorted(self._drop_ins)])
+                    if (before is None) != (path not in self._drop_ins):
+                        self._order = None
+                    replaced.append((before, self._drop_ins.get(path)))
+        if changed is None or self._order is None:
+            self._order = sorted(self._drop_ins, key=str)
+        config = self._edit_in_place(replaced) if self._index is not None else None
+        if config is None:
+            self._index = None
+            files = [self._drop_ins[p] for p in self._order]
+            config = assemble(self._main, files)
+            self._index = _Index.of(config, [self._main, *files])
         self.limit = config.settings.max_file_bytes
         return config
+
+    def _edit_in_place(self, replaced: list[tuple[ParsedFile | None, ParsedFile | None]]
+                       ) -> Config | None:
+        """The config after drop-ins of pbr VS were replaced, checked against the index
+        of the last valid one; None when a full assemble must decide (a problem to
+        locate, a netns VS, a name moving between files). With no conflict before and
+        none found here, the full checks would find none either: they are symmetric."""
+        index = self._index
+        assert index is not None
+        settings = index.config.settings
+        gone: dict[str, Claims] = {}
+        new: dict[str, tuple[ParsedFile, Claims]] = {}
+        for before, after in replaced:
+            for parsed in (before, after):
+                if parsed is None:
+                    continue
+                if parsed.issues or any(server.mode != "pbr" for server in
+                                        parsed.servers.values()):
+                    return None
+            if before is not None:
+                if any(index.origin.get(name) is not before for name in before.servers):
+                    return None
+                gone.update(before.server_claims(settings))
+            if after is not None:
+                if after.server_problems(settings):
+                    return None
+                for name, claims in after.server_claims(settings).items():
+                    if name in new or (name in index.origin and name not in gone):
+                        return None
+                    new[name] = (after, claims)
+        if not gone and not new:
+            return index.config
+        servers = dict(index.config.servers)
+        for name, claims in gone.items():
+            index.remove(name, claims)
+            del servers[name]
+            del index.origin[name]
+        fits = True
+        for name, (parsed, claims) in new.items():
+            if not index.free(claims) or parsed.servers[name].uplink in index.moved_uplinks:
+                fits = False
+                break
+            index.add(name, claims)
+            servers[name] = parsed.servers[name]
+            index.origin[name] = parsed
+        if not fits:
+            return None  # the index is half-updated: the caller rebuilds it
+        index.config = Config.model_construct(version=1, settings=settings, servers=servers)
+        return index.config
 
     def _read(self, path: Path, *, main: bool) -> ParsedFile:
         try:
