@@ -521,7 +521,9 @@ def measure_edits(bench: Bench) -> None:
                 results.time("status_last_reconcile", float(last["seconds"]))
                 views = results.values.setdefault("status_views", [])
                 views.append({"why": last.get("why"), "seconds": last.get("seconds"),
-                              "changes": last.get("changes")})
+                              "changes": last.get("changes"),
+                              "read_seconds": last.get("read_seconds"),
+                              "handover_seconds": last.get("handover_seconds")})
         time.sleep(EDIT_GAP)
     if lost:
         results.note(f"edits: {lost} of {bench.args.edits} never showed their last change "
@@ -773,6 +775,13 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
         changes = sorted({str(v["changes"]) for v in views})
         print(f"vsnetctl status --json after {len(views)} of the edits: last_reconcile why "
               f"{'/'.join(whys)}, changes {'/'.join(changes)}")
+        reads = [float(v["read_seconds"]) for v in views if v.get("read_seconds") is not None]
+        hands = [float(v["handover_seconds"]) for v in views
+                 if v.get("handover_seconds") is not None]
+        if reads and hands:
+            print(f"  of which the reader thread (read + compile) p50 "
+                  f"{statistics.median(reads) * 1000:.2f} ms, handover to the loop p50 "
+                  f"{statistics.median(hands) * 1000:.2f} ms")
     print()
     print_targets(targets(results, args.servers), results.notes)
 

@@ -17,7 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_pipeline_properties import server_specs
-from vsnetd.config import ConfigError, ConfigLoader, load_config
+from vsnetd.compile import compile_config, compile_edit
+from vsnetd.config import Config, ConfigError, ConfigLoader, load_config
+from vsnetd.state import DesiredState
 
 MAIN = "version: 1\nsettings: {table_base: 20000}\n"
 
@@ -67,6 +69,7 @@ def test_every_edit_reads_as_a_full_load(ids: list[int], steps: list[tuple[str, 
             write(name)
         loader = ConfigLoader(path)
         assert outcome(loader.load) == outcome(lambda: load_config(path))
+        previous: tuple[Config, DesiredState] | None = None
         for edit, which in steps:
             holder = sorted(files)[which % len(files)]
             servers = files[holder]
@@ -99,6 +102,13 @@ def test_every_edit_reads_as_a_full_load(ids: list[int], steps: list[tuple[str, 
                 del files[holder]
             changed = write(holder)
             assert outcome(lambda c=changed: loader.load([c])) == outcome(lambda: load_config(path))
+            try:
+                config = loader.load([])
+            except ConfigError:
+                continue
+            # the daemon's compile of an edit is that of the whole config
+            assert compile_edit(config, previous) == compile_config(config)
+            previous = (config, compile_config(config))
 
 
 def vs(server_id: int, address: str) -> dict[str, Any]:

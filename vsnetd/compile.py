@@ -227,3 +227,25 @@ def compile_config(config: Config, previous: tuple[Config, DesiredState] | None 
         scope=scope_of(config.settings, servers.values()),
         servers=servers,
     )
+
+
+def compile_edit(config: Config, previous: tuple[Config, DesiredState] | None) -> DesiredState:
+    """:func:`compile_config` for the daemon's edits: when only pbr VS changed, keeping
+    their ids (the numbering, the order by id and the scope stay as they are), only those
+    are compiled and placed; anything else is compiled as a whole."""
+    if previous is None or previous[0].settings is not config.settings:
+        return compile_config(config, previous)
+    old_config, old_desired = previous
+    if old_config.servers.keys() != config.servers.keys():
+        return compile_config(config, previous)
+    servers = old_desired.servers
+    for name, server in config.servers.items():
+        old = old_config.servers[name]
+        if old is server:
+            continue
+        if old.id != server.id or old.mode != "pbr" or server.mode != "pbr":
+            return compile_config(config, previous)
+        if servers is old_desired.servers:
+            servers = dict(servers)
+        servers[name] = compile_server(name, server, config.settings)
+    return DesiredState(settings=config.settings, scope=old_desired.scope, servers=servers)

@@ -130,6 +130,7 @@ class Reconciler:
         self.observed: ObservedState | None = None
         self.verdicts: dict[str, ServerVerdict] = {}
         self.schedule = schedule or Schedule(now=time.monotonic())
+        self._former: tuple[DesiredState, dict[int, str], dict[str, str]] | None = None
 
     def edit(self, desired: DesiredState) -> ConvergeResult:
         """A new config: converge what it changed at once (everything when nothing is
@@ -198,11 +199,15 @@ class Reconciler:
         changed: set[str],
     ) -> ConvergeResult:
         started = time.perf_counter()
+        if self._former is None or self._former[0] is not previous:  # once per config
+            self._former = (previous, previous.names_by_id(),
+                            {s.netns: s.name for s in previous.servers.values() if s.netns})
         subset_desired = dataclasses.replace(
             desired,
-            servers={n: s for n, s in desired.servers.items() if n in changed},
-            former_names=previous.names_by_id(),
-            former_namespaces={s.netns: s.name for s in previous.servers.values() if s.netns},
+            servers={n: desired.servers[n] for n in sorted(  # in the order of the ids
+                (n for n in changed if n in desired.servers), key=lambda n: desired.servers[n].id)},
+            former_names=self._former[1],
+            former_namespaces=self._former[2],
         )
         subset = dataclasses.replace(observed, owned={})  # the foreign objects are all there
         for server in _each(previous, desired, changed):

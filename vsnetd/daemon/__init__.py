@@ -244,9 +244,14 @@ class Daemon:
         self.config_issues = []
         self.config, self.desired = loaded.config, loaded.desired
         self.generation += 1
+        handed_over = time.perf_counter() - loaded.done_at
         with gc_paused():
             result = self.reconciler.edit(loaded.desired)
         self._after(result, f"{why} (generation {self.generation})")
+        # where an edit's time goes: reading + compiling (the reader thread), waiting for
+        # this loop, converging
+        self.last.update(read_seconds=round(loaded.seconds, 6),
+                         handover_seconds=round(handed_over, 6), files=loaded.files[:10])
 
     def heal(self, now: float) -> None:
         """Whatever the schedule says is due: the VS the kernel's notifications concern,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vsnetd import log
-from vsnetd.compile import compile_config
+from vsnetd.compile import compile_edit
 from vsnetd.config import Config, ConfigError, ConfigIssue, ConfigLoader
 from vsnetd.reconcile import gc_paused
 from vsnetd.state import DesiredState
@@ -101,7 +101,8 @@ class Loaded:
     desired: DesiredState | None = None
     issues: list[ConfigIssue] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # read again ([] when all were)
-    seconds: float = 0.0
+    seconds: float = 0.0  # reading and compiling
+    done_at: float = 0.0  # time.perf_counter() when handed over
 
 
 class ConfigReader:
@@ -211,9 +212,10 @@ class ConfigReader:
                 result.issues = exc.issues
             else:
                 result.config = config
-                result.desired = compile_config(config, self._previous)
+                result.desired = compile_edit(config, self._previous)
                 self._previous = (config, result.desired)
-        result.seconds = time.perf_counter() - started
+        result.done_at = time.perf_counter()
+        result.seconds = result.done_at - started
         return result
 
     def _poke(self) -> None:
