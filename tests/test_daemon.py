@@ -134,6 +134,7 @@ def test_start_converges_and_speaks_the_notify_protocol(daemon: Daemon) -> None:
     assert {name: s["state"] for name, s in status["servers"].items()} == {
         "nas1": "in-sync", "nas2": "in-sync"}
     assert status["daemon"]["generation"] == 1
+    assert status["daemon"]["pending"] == {}  # nothing waits for a retry
     ready = next(m for m in daemon.notify.poll() if m.get("READY") == "1")
     assert ready["STATUS"].startswith("2 servers in sync; last reconcile ")
     wait_until(lambda: daemon.notify.seen("WATCHDOG", "1"), 5, "WATCHDOG=1")
@@ -488,3 +489,34 @@ def _served(broker: Path) -> bool:
         return isinstance(client_servers(broker), list)
     except Exception:  # refused (closed at once) while the broker is full
         return False
+
+
+def test_drop_in_files_are_added_changed_and_removed_live(daemon: Daemon, config_file: Path
+                                                         ) -> None:
+    directory = config_file.with_name("servers.d")
+    directory.mkdir()
+    web = directory / "web.yaml"
+    entry = "servers:\n  web: {id: 3, mode: pbr, uplink: eth0, addresses: [{address: %s}]}\n"
+    save(web, entry % "10.0.2.5/24")
+    wait_until(lambda: "10.0.2.5" in addresses(), what="the added file")
+    assert any(r["priority"] == 10048 and r.get("src") == "10.0.2.5" for r in vsnet_rules())
+    save(web, entry % "10.0.2.6/24")
+    wait_until(lambda: "10.0.2.6" in addresses() and "10.0.2.5" not in addresses(),
+               what="the changed file")
+    # nas1 defined a second time, in another file: refused, naming both files
+    twice = directory / "twice.yaml"
+    save(twice, "servers:\n  nas1: {id: 9, mode: pbr, uplink: eth0, "
+                "addresses: [{address: 10.0.3.5/24}]}\n")
+    status = wait_until(lambda: (s := answers(daemon))["daemon"]["config_errors"] and s,
+                        what="the refusal")
+    assert status["daemon"]["config_errors"] == [{
+        "file": str(twice), "line": 2, "column": 3, "path": "servers.nas1",
+        "message": f"nas1 is already defined in {config_file}"}]
+    assert "10.0.3.5" not in addresses()
+    twice.unlink()
+    wait_until(lambda: not answers(daemon)["daemon"]["config_errors"], what="the fix")
+    web.unlink()
+    wait_until(lambda: "10.0.2.6" not in addresses(), what="the removed file")
+    assert not any(r["priority"] == 10048 for r in vsnet_rules())
+    assert addresses() == {"10.0.0.5", "10.0.1.5"}
+    assert set(answers(daemon)["servers"]) == {"nas1", "nas2"}

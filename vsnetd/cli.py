@@ -145,6 +145,10 @@ def _print_daemon(reply: dict[str, Any], args: argparse.Namespace) -> int:
         for error in daemon["config_errors"]:
             print(f"config refused: {error['file']}:{error['line']}:{error['column']}: "
                   f"{error['path']}: {error['message']}")
+        for name, entry in (daemon.get("pending") or {}).items():
+            print(f"pending: {'everything (full run)' if name == '*' else name}: "
+                  f"{entry['why']}; {entry['tries']} tr{'y' if entry['tries'] == 1 else 'ies'}"
+                  f" so far, next in {entry['next_attempt_in']:.1f} s")
         print()
         from vsnetd.status import render_status
 

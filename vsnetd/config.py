@@ -623,7 +623,8 @@ def _load_fast(text: str, file: str, limit: int) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        check_expansion(node, limit, file)
+        if "*" in text:  # no alias without one: the document is the text, under the cap
+            check_expansion(node, limit, file)
         return loader.construct_document(node)
     finally:
         loader.dispose()
@@ -730,6 +731,9 @@ def parse_file(text: str, file: str, *, main: bool,
                           dict(valid.servers))
     except ConfigError as exc:
         return ParsedFile(file, text, main, issues=exc.issues)
+    except RecursionError:
+        return ParsedFile(file, text, main, issues=[ConfigIssue(
+            file, 1, 1, "", f"nested deeper than {MAX_DEPTH} levels")])
     except (yaml.YAMLError, ValidationError, _DuplicateKey):
         pass
     try:
