@@ -240,6 +240,9 @@ def netlink_changes() -> socket.socket:
 
 
 def count_changes(sock: socket.socket) -> int:
+    """Changes announced since the socket was opened, but the kernel's own doings on an
+    uplink that just came up (IPv6 duplicate address detection ending: its link-local
+    address and the routes the kernel makes for it, which no vsnet request causes)."""
     count = 0
     while True:
         try:
@@ -249,7 +252,12 @@ def count_changes(sock: socket.socket) -> int:
         offset = 0
         while offset + 16 <= len(data):
             length, kind = struct.unpack_from("=IH", data, offset)
-            count += kind in (16, 17, 20, 21, 24, 25, 32, 33)
+            body = offset + 16
+            link_local = kind in (20, 21) and data[body] == socket.AF_INET6 and (
+                data[body + 3] == 253)  # ifa_scope: RT_SCOPE_LINK
+            kernel_route = kind in (24, 25) and data[body + 5] == 2  # rtm_protocol: kernel
+            count += kind in (16, 17, 20, 21, 24, 25, 32, 33) and not (
+                link_local or kernel_route)
             offset += (length + 3) & ~3
 
 

@@ -236,10 +236,7 @@ class Daemon:
             notify("RELOADING=1\nMONOTONIC_USEC="
                    f"{time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         if loaded.desired is None or loaded.config is None:
-            self.config_issues = loaded.issues
-            for issue in loaded.issues:
-                log.event(logging.ERROR, f"config refused, last good config stays: {issue}",
-                          op="reload")
+            self.refuse(loaded.issues)
             return
         self.config_issues = []
         self.config, self.desired = loaded.config, loaded.desired
@@ -252,6 +249,13 @@ class Daemon:
         # this loop, converging
         self.last.update(read_seconds=round(loaded.seconds, 6),
                          handover_seconds=round(handed_over, 6), files=loaded.files[:10])
+
+    def refuse(self, issues: list[ConfigIssue]) -> None:
+        """A config with problems: reported, and the last good one stays applied."""
+        self.config_issues = issues
+        for issue in issues:
+            log.event(logging.ERROR, f"config refused, last good config stays: {issue}",
+                      op="reload")
 
     def heal(self, now: float) -> None:
         """Whatever the schedule says is due: the VS the kernel's notifications concern,
@@ -329,14 +333,7 @@ class Daemon:
         while True:
             try:
                 if capacity <= 0:
-                    # full: the one waiting is told so by a closed connection, at once
-                    conn, _ = listener.accept()
-                    conn.close()
-                    self.broker_refused += 1
-                    if self.broker_refused in (1, 10, 100) or self.broker_refused % 1000 == 0:
-                        log.event(logging.WARNING, f"broker: {len(self.broker.clients)} "
-                                  f"clients hold the descriptors it may use; "
-                                  f"{self.broker_refused} refused", op="broker")
+                    self.refuse_client(listener)
                     continue
                 client = self.broker.accept()
             except (BlockingIOError, InterruptedError):
@@ -351,6 +348,15 @@ class Daemon:
             capacity -= 1
             self.selector.register(client.conn, selectors.EVENT_READ,
                                    lambda client=client: self._broker_read(client))
+
+    def refuse_client(self, listener: Any) -> None:
+        """The broker is full: the one waiting is told so by a closed connection, at once."""
+        conn, _ = listener.accept()
+        conn.close()
+        self.broker_refused += 1
+        if self.broker_refused in (1, 10, 100) or self.broker_refused % 1000 == 0:
+            log.event(logging.WARNING, f"broker: {len(self.broker.clients)} clients hold the "
+                      f"descriptors it may use; {self.broker_refused} refused", op="broker")
 
     def _broker_pause(self, exc: OSError) -> None:
         """No descriptor to accept with: stop listening for a moment (a listener left
