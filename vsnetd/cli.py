@@ -24,8 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vsnetd import control
-
 # Each command imports what it uses, when it runs: pydantic, PyYAML and pyroute2 cost
 # ~150 ms to import, `vsnetctl --help` or `status` against a daemon need none of them.
 if TYPE_CHECKING:
@@ -122,6 +120,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def _daemon_status(args: argparse.Namespace) -> dict[str, Any] | None:
     """The running daemon's view, when it serves the same config file."""
+    from vsnetd import control
+
     try:
         reply = control.request("status")
     except (control.DaemonUnavailable, OSError, ValueError):
@@ -179,6 +179,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
+    from vsnetd import control
+
     try:
         reply = control.request("reload")
     except control.DaemonUnavailable:
