@@ -130,16 +130,20 @@ class Reconciler:
         self.observed: ObservedState | None = None
         self.verdicts: dict[str, ServerVerdict] = {}
         self.schedule = schedule or Schedule(now=time.monotonic())
-        self._former: tuple[DesiredState, dict[int, str], dict[str, str]] | None = None
 
     def edit(self, desired: DesiredState) -> ConvergeResult:
         """A new config: converge what it changed at once (everything when nothing is
         known yet); failures join the schedule."""
-        full = self.desired is None or self.observed is None
-        changed = set() if full or self.desired is None else changed_servers(self.desired,
-                                                                             desired)
+        previous, observed = self.desired, self.observed
+        full = (previous is None or observed is None or previous.settings != desired.settings)
+        changed: set[str] = set()
         try:
-            result = self.converge(desired, full=full)
+            if full or previous is None or observed is None:
+                result = self._full(desired)
+            else:
+                changed = changed_servers(previous, desired)
+                with gc_paused():
+                    result = self._scoped(previous, observed, desired, changed)
         except Exception as exc:
             self.desired = desired  # what the retry converges to
             self._lost_track(exc)
@@ -199,15 +203,15 @@ class Reconciler:
         changed: set[str],
     ) -> ConvergeResult:
         started = time.perf_counter()
-        if self._former is None or self._former[0] is not previous:  # once per config
-            self._former = (previous, previous.names_by_id(),
-                            {s.netns: s.name for s in previous.servers.values() if s.netns})
+        # only objects of the changed VS are planned: their former names are all it takes
+        # to attribute deletes (not a pass over every VS)
+        before = [server for name in changed if (server := previous.servers.get(name))]
         subset_desired = dataclasses.replace(
             desired,
             servers={n: desired.servers[n] for n in sorted(  # in the order of the ids
                 (n for n in changed if n in desired.servers), key=lambda n: desired.servers[n].id)},
-            former_names=self._former[1],
-            former_namespaces=self._former[2],
+            former_names=previous.former_names | {server.id: server.name for server in before},
+            former_namespaces={server.netns: server.name for server in before if server.netns},
         )
         subset = dataclasses.replace(observed, owned={})  # the foreign objects are all there
         for server in _each(previous, desired, changed):
