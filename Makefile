@@ -41,6 +41,7 @@ lint: setup
 
 schema: setup
 	$(VENV)/bin/vsnetctl schema > schemas/servers.schema.json
+	$(VENV)/bin/vsnetctl schema --drop-in > schemas/servers.d.schema.json
 
 bench: setup
 	$(PY) bench/pbr.py --servers 1000

@@ -301,6 +301,41 @@ def table(rows: list[list[str]]) -> str:
 # --------------------------------------------------------------------------- the demo
 
 
+DROP_IN = LIVE_CONFIG.with_name("servers.d") / "web1.yaml"
+WEB1 = """\
+servers:
+  web1: {id: 4, mode: pbr, uplink: eth0, addresses: [{address: 10.0.0.9/24, gateway: 10.0.0.1}]}
+"""
+
+
+def drop_in_steps() -> list[str]:
+    """A VS added, then removed, as a file of its own in servers.d/."""
+    failures: list[str] = []
+    say(f"A VS of its own file: {DROP_IN} (only that file is read again):")
+    DROP_IN.parent.mkdir(exist_ok=True)
+    partial = DROP_IN.with_name(".web1.yaml.new")
+    partial.write_text(WEB1)
+    print("".join(f"  {line}\n" for line in WEB1.splitlines()), end="")
+    partial.replace(DROP_IN)
+    started = time.perf_counter()
+    added = wait_for(lambda: "10.0.0.9/24" in sandbox.sh("ip", "-br", "addr", "show", "eth0"), 5)
+    print(f"  ... web1 in the kernel after {(time.perf_counter() - started) * 1000:.0f} ms"
+          if added else "  ... web1 NOT applied")
+    if not added:
+        failures.append("drop-in servers.d/web1.yaml")
+    show(["ip", "rule", "list", "table", "10064"])
+    say("The file removed, web1's objects go:")
+    DROP_IN.unlink()
+    started = time.perf_counter()
+    removed = wait_for(lambda: "10.0.0.9/24" not in sandbox.sh("ip", "-br", "addr", "show",
+                                                                "eth0"), 5)
+    print(f"  ... gone after {(time.perf_counter() - started) * 1000:.0f} ms"
+          if removed else "  ... web1 NOT removed")
+    if not removed:
+        failures.append("removal of servers.d/web1.yaml")
+    return failures
+
+
 def demo() -> list[str]:
     """Run every step; return the failed checks."""
     failures: list[str] = []
@@ -406,6 +441,7 @@ def demo() -> list[str]:
     if not edited_in:
         failures.append("live edit of iscsi1")
     show(["ip", "rule", "list", "priority", "18758"])  # 10.0.0.0/28: nas1's, iscsi1's
+    failures += drop_in_steps()
     vsnetctl("status", config=str(LIVE_CONFIG))
     say("What the daemon logged (under systemd, journal fields VSNET_SERVER, VSNET_OP):")
     for line in DAEMON_LOG.read_text().splitlines()[-6:]:

@@ -90,9 +90,30 @@ def test_every_error_is_reported_in_one_pass() -> None:
         """)
     assert errors == [
         "servers.yaml:7:5: servers.a.colour: unknown key",
+        # a is checked too, its unknown key set aside
+        "servers.yaml:13:27: servers.b.addresses[0].address: 10.0.0.5 is already an address of a",
         "servers.yaml:13:49: servers.b.addresses[0].gateway: 10.9.0.1 is not inside 10.0.0.5/24",
         "servers.yaml:18:27: servers.c.addresses[0].address: 10.0.0.300/24: "
         "value is not a valid IPv4 or IPv6 interface",
+    ]
+
+
+def test_an_unknown_key_does_not_hide_the_entrys_other_errors() -> None:
+    errors = errors_of("""\
+        version: 1
+        servers:
+          a: {id: 1, mode: pbr, uplink: eth0, addresses: [{address: 10.0.0.5/24}]}
+          b:
+            id: 1
+            mode: pbr
+            uplink: eth0
+            colour: blue
+            addresses: [{address: 10.0.1.5/24, gateway: 10.9.0.1}]
+        """)
+    assert errors == [
+        "servers.yaml:5:9: servers.b.id: id 1 is already used by a",
+        "servers.yaml:8:5: servers.b.colour: unknown key",
+        "servers.yaml:9:49: servers.b.addresses[0].gateway: 10.9.0.1 is not inside 10.0.1.5/24",
     ]
 
 
@@ -216,6 +237,8 @@ def test_unreadable_file(tmp_path: Path) -> None:
 def test_schema_file_is_fresh() -> None:
     on_disk = json.loads((ROOT / "schemas" / "servers.schema.json").read_text())
     assert on_disk == json_schema(), "schemas/servers.schema.json is stale: run `make schema`"
+    drop_in = json.loads((ROOT / "schemas" / "servers.d.schema.json").read_text())
+    assert drop_in == json_schema(drop_in=True), "schemas/servers.d.schema.json is stale"
 
 
 def test_validate_cli_exit_codes(tmp_path: Path) -> None:

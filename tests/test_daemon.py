@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -19,6 +20,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, RUNNING
+from vsnetd import control
+from vsnetd.client import servers as client_servers
 from vsnetd.sandbox import NotifySocket, ip, ip_json
 from vsnetd.state import VSNET_PROTOCOL
 
@@ -132,6 +135,7 @@ def test_start_converges_and_speaks_the_notify_protocol(daemon: Daemon) -> None:
     assert {name: s["state"] for name, s in status["servers"].items()} == {
         "nas1": "in-sync", "nas2": "in-sync"}
     assert status["daemon"]["generation"] == 1
+    assert status["daemon"]["pending"] == {}  # nothing waits for a retry
     ready = next(m for m in daemon.notify.poll() if m.get("READY") == "1")
     assert ready["STATUS"].startswith("2 servers in sync; last reconcile ")
     wait_until(lambda: daemon.notify.seen("WATCHDOG", "1"), 5, "WATCHDOG=1")
@@ -240,6 +244,9 @@ def netlink_changes() -> socket.socket:
 
 
 def count_changes(sock: socket.socket) -> int:
+    """Changes announced since the socket was opened, but the kernel's own doings on an
+    uplink that just came up (IPv6 duplicate address detection ending: its link-local
+    address and the routes the kernel makes for it, which no vsnet request causes)."""
     count = 0
     while True:
         try:
@@ -249,7 +256,12 @@ def count_changes(sock: socket.socket) -> int:
         offset = 0
         while offset + 16 <= len(data):
             length, kind = struct.unpack_from("=IH", data, offset)
-            count += kind in (16, 17, 20, 21, 24, 25, 32, 33)
+            body = offset + 16
+            link_local = kind in (20, 21) and data[body] == socket.AF_INET6 and (
+                data[body + 3] == 253)  # ifa_scope: RT_SCOPE_LINK
+            kernel_route = kind in (24, 25) and data[body + 5] == 2  # rtm_protocol: kernel
+            count += kind in (16, 17, 20, 21, 24, 25, 32, 33) and not (
+                link_local or kernel_route)
             offset += (length + 3) & ~3
 
 
@@ -355,3 +367,170 @@ def test_namespaces_are_mounted_in_the_mount_namespace_given(
         assert addresses("nas2", "vs-nas2") == {"10.1.1.5"}  # `ip -n` works from here
     finally:
         running.stop()
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+def answers(daemon: Daemon) -> dict[str, Any]:
+    """The daemon's status through the control socket; a second at most (the witness
+    that it is not stuck)."""
+    return control.request("status", daemon.control, timeout=1.0)
+
+
+def peak_memory(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def still_healing(daemon: Daemon) -> None:
+    """It answers, and a rule of vsnet's deleted by hand comes back."""
+    assert answers(daemon)["ok"]
+    ip("rule", "del", "priority", "18758")  # nas1's from 10.0.0.5 (docs/rule-tree.md)
+    wait_until(lambda: any(r["priority"] == 18758 for r in vsnet_rules()), 1.0,
+               "the rule deleted by hand back")
+    assert answers(daemon)["ok"]
+
+
+def replace_with_fifo(path: Path) -> None:
+    fifo = path.with_name(".fifo")
+    os.mkfifo(fifo)
+    fifo.replace(path)
+
+
+def replace_with_directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def replace_with_huge_file(path: Path) -> None:
+    huge = path.with_name(".huge")
+    with huge.open("wb") as sparse:  # 1 GiB that takes no disk
+        sparse.truncate(1 << 30)
+    huge.replace(path)
+
+
+def replace_with_billion_laughs(path: Path) -> None:
+    lines = ["version: 1", "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    save(path, "\n".join([*lines, "servers: {x: *a9}"]) + "\n")
+
+
+def replace_with_dev_zero(path: Path) -> None:
+    link = path.with_name(".link")
+    link.symlink_to("/dev/zero")
+    link.replace(path)
+
+
+@pytest.mark.parametrize(("hostile", "reason"), [
+    (replace_with_dev_zero, "refused: a character device, not a regular file"),
+    (replace_with_fifo, "refused: a named pipe, not a regular file"),
+    (replace_with_directory, "refused: a directory, not a regular file"),
+    (replace_with_huge_file, f"refused: {1 << 30} bytes, more than {16 << 20} "
+                             "(settings.max_file_bytes)"),
+    (replace_with_billion_laughs, f"the document expands (aliases included) to more than "
+                                  f"{16 << 20} bytes (settings.max_file_bytes)"),
+], ids=["dev-zero", "fifo", "directory", "huge", "billion-laughs"])
+def test_a_hostile_config_is_refused_and_healing_goes_on(
+    daemon: Daemon, config_file: Path, hostile: Callable[[Path], None], reason: str
+) -> None:
+    rules = vsnet_rules()
+    hostile(config_file)
+
+    def refused() -> dict[str, Any] | None:
+        status = answers(daemon)
+        messages = [e["message"] for e in status["daemon"]["config_errors"]]
+        return status if messages == [reason] else None
+
+    status = wait_until(refused, what="the refusal")
+    [error] = status["daemon"]["config_errors"]
+    assert (error["file"], error["message"]) == (str(config_file), reason)
+    assert status["daemon"]["generation"] == 1
+    assert vsnet_rules() == rules  # the last good state stays
+    still_healing(daemon)
+    assert peak_memory(daemon.proc.pid) < 200_000_000
+    # a valid file afterwards converges
+    if config_file.is_dir():
+        config_file.rmdir()
+    save(config_file, CONFIG.replace("10.0.1.5/24", "10.0.1.6/24"))
+    wait_until(lambda: addresses() == {"10.0.0.5", "10.0.1.6"}, what="the valid file")
+    assert answers(daemon)["daemon"]["config_errors"] == []
+
+
+def test_a_full_broker_does_not_stop_healing(
+    uplink: str, config_file: Path, tmp_path: Path
+) -> None:
+    """LimitNOFILE=1024 (a container's default) and 1100 idle broker clients: the broker
+    keeps a reserve of descriptors, healing goes on, clients are served again as soon as
+    some leave."""
+    broker = tmp_path / "broker.sock"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), max(hard, 4096)))
+    running = Daemon(tmp_path, config_file, ["--broker", str(broker)],
+                     wrapper=["prlimit", "--nofile=1024:1024", "--"])
+    clients: list[socket.socket] = []
+    try:
+        running.ready()
+        for _ in range(1100):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            client.connect(str(broker))
+            clients.append(client)
+        # the witness that every connection was seen: the broker's own count settles
+        status = wait_until(
+            lambda: (s := answers(running))["daemon"]["broker"]["clients"]
+            + s["daemon"]["broker"]["refused"] >= 1100 and s, what="every client seen")
+        held = status["daemon"]["broker"]["clients"]
+        assert 0 < held < 1024 - 64
+        still_healing(running)
+        for client in clients[:300]:
+            client.close()
+        del clients[:300]
+        # descriptors free again: a new client is served
+        assert wait_until(lambda: _served(broker), 2.0, "a client served again")
+        still_healing(running)
+        assert peak_memory(running.proc.pid) < 200_000_000
+    finally:
+        for client in clients:
+            client.close()
+        running.stop()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _served(broker: Path) -> bool:
+    try:
+        return isinstance(client_servers(broker), list)
+    except Exception:  # refused (closed at once) while the broker is full
+        return False
+
+
+def test_drop_in_files_are_added_changed_and_removed_live(daemon: Daemon, config_file: Path
+                                                         ) -> None:
+    directory = config_file.with_name("servers.d")
+    directory.mkdir()
+    web = directory / "web.yaml"
+    entry = "servers:\n  web: {id: 3, mode: pbr, uplink: eth0, addresses: [{address: %s}]}\n"
+    save(web, entry % "10.0.2.5/24")
+    wait_until(lambda: "10.0.2.5" in addresses(), what="the added file")
+    assert any(r["table"] == "10048" and r.get("src") == "10.0.2.5" for r in vsnet_rules())
+    save(web, entry % "10.0.2.6/24")
+    wait_until(lambda: "10.0.2.6" in addresses() and "10.0.2.5" not in addresses(),
+               what="the changed file")
+    # nas1 defined a second time, in another file: refused, naming both files
+    twice = directory / "twice.yaml"
+    save(twice, "servers:\n  nas1: {id: 9, mode: pbr, uplink: eth0, "
+                "addresses: [{address: 10.0.3.5/24}]}\n")
+    status = wait_until(lambda: (s := answers(daemon))["daemon"]["config_errors"] and s,
+                        what="the refusal")
+    assert status["daemon"]["config_errors"] == [{
+        "file": str(twice), "line": 2, "column": 3, "path": "servers.nas1",
+        "message": f"nas1 is already defined in {config_file}"}]
+    assert "10.0.3.5" not in addresses()
+    twice.unlink()
+    wait_until(lambda: not answers(daemon)["daemon"]["config_errors"], what="the fix")
+    web.unlink()
+    wait_until(lambda: "10.0.2.6" not in addresses(), what="the removed file")
+    assert not any(r["table"] in ("10048", "10063") for r in vsnet_rules())
+    assert addresses() == {"10.0.0.5", "10.0.1.5"}
+    assert set(answers(daemon)["servers"]) == {"nas1", "nas2"}

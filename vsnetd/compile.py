@@ -262,12 +262,43 @@ def compile_config(config: Config, previous: tuple[Config, DesiredState] | None 
         name: reuse.get(name) or compile_server(name, server, config.settings)
         for name, server in sorted(config.servers.items(), key=lambda item: item[1].id)
     }
-    shared: dict[ObjectKey, KernelObject] = {}
-    for compiled in servers.values():
-        shared.update(compiled.shared)
     return DesiredState(
         settings=config.settings,
         scope=scope_of(config.settings, servers.values()),
         servers=servers,
-        shared=shared,
+        shared=_union_of_shared(servers.values()),
     )
+
+
+def compile_edit(config: Config, previous: tuple[Config, DesiredState] | None) -> DesiredState:
+    """:func:`compile_config` for the daemon's edits: when only pbr VS changed, keeping
+    their ids (the numbering, the order by id and the scope stay as they are), only those
+    are compiled and placed; anything else is compiled as a whole."""
+    if previous is None or previous[0].settings is not config.settings:
+        return compile_config(config, previous)
+    old_config, old_desired = previous
+    if old_config.servers.keys() != config.servers.keys():
+        return compile_config(config, previous)
+    servers = old_desired.servers
+    same_paths = True
+    for name, server in config.servers.items():
+        old = old_config.servers[name]
+        if old is server:
+            continue
+        if old.id != server.id or old.mode != "pbr" or server.mode != "pbr":
+            return compile_config(config, previous)
+        if servers is old_desired.servers:
+            servers = dict(servers)
+        servers[name] = compile_server(name, server, config.settings)
+        same_paths = same_paths and servers[name].shared == old_desired.servers[name].shared
+    # an edit inside the VS's own groups of the rule tree (the usual one) keeps the tree
+    shared = old_desired.shared if same_paths else _union_of_shared(servers.values())
+    return DesiredState(settings=config.settings, scope=old_desired.scope, servers=servers,
+                        shared=shared)
+
+
+def _union_of_shared(servers: Iterable[DesiredServer]) -> dict[ObjectKey, KernelObject]:
+    shared: dict[ObjectKey, KernelObject] = {}
+    for compiled in servers:
+        shared.update(compiled.shared)
+    return shared

@@ -13,10 +13,13 @@ refused as a whole (:class:`ConfigError`): the caller keeps its last good state.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
+import os
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import stat
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -38,6 +41,7 @@ from pydantic import (
 from vsnetd import numbering, ruletree
 
 DEFAULT_CONFIG_PATH = Path("/etc/vsnet/servers.yaml")
+DEFAULT_MAX_FILE_BYTES = 16 << 20
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -194,7 +198,7 @@ class Settings(_Strict):
         default=numbering.DEFAULT_BLOCK_SIZE,
         ge=2,
         le=256,
-        description="Tables and rule priorities reserved per VS (block_size - 1 addresses max).",
+        description="Tables reserved per VS (block_size - 1 addresses max).",
     )
     cgroup_root: Annotated[str, Field(pattern=CGROUP_PATH_RE.pattern)] | None = Field(
         default=None,
@@ -206,7 +210,11 @@ class Settings(_Strict):
         default="/sys/fs/bpf/vsnet",
         description="Where the confinement programs are pinned: <bpf_pin_root>/<VS>/<hook>.",
     )
-
+    max_file_bytes: StrictInt = Field(
+        default=DEFAULT_MAX_FILE_BYTES, ge=4096, le=1 << 30,
+        description="Largest config file, and YAML document once its aliases are expanded, "
+                    "that vsnet reads; a bigger one is refused.",
+    )
 
     @field_validator("priority_base")
     @classmethod
@@ -236,6 +244,11 @@ class Config(_Strict):
         description="Virtual servers by name.",
         json_schema_extra={"propertyNames": {"pattern": SERVER_NAME_RE.pattern}},
     )
+
+    @field_validator("servers", mode="before")
+    @classmethod
+    def _no_servers(cls, value: Any) -> Any:
+        return {} if value is None else value  # `servers:` with nothing under it
 
 
 # --------------------------------------------------------------------------- errors
@@ -350,7 +363,7 @@ def _construct(
     return loader.construct_object(node)
 
 
-def _parse_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
+def _parse_yaml(text: str, file: str, limit: int = 0) -> tuple[Any, SourceMap]:
     smap = SourceMap(file)
     loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster
     loader = loader_cls(text)
@@ -365,6 +378,7 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
             ) from None
         if root is None:
             raise ConfigError([ConfigIssue(file, 1, 1, "", "the file is empty")])
+        check_expansion(root, limit or DEFAULT_MAX_FILE_BYTES, file)
         issues: list[ConfigIssue] = []
         data = _construct(root, (), loader, smap, issues)
         if issues:
@@ -413,8 +427,23 @@ def check_semantics(config: Config) -> Problems:
     return problems
 
 
-def _uniqueness_problems(config: Config) -> Problems:
-    """What one VS may not share with another: ids, addresses (per namespace), marks."""
+Claims = tuple[int, list[tuple[tuple[str, int, int], IpAddress]], int, bool]
+
+
+def server_claims(name: str, server: ServerConfig, settings: Settings) -> Claims:
+    """What a VS holds that no other may: (id, address slots, mark, mark by default)."""
+    netns = server.namespace_name(name)
+    slots: list[tuple[tuple[str, int, int], IpAddress]] = []
+    for entry in server.addresses:
+        ip = entry.address.ip
+        slots.append(((netns, int(ip.version), int(ip)), ip))  # ints hash fast; addresses do not
+    mark = server.mark if server.mark is not None else settings.mark_base + server.id
+    return server.id, slots, mark, server.mark is None
+
+
+def _uniqueness_problems(config: Config, claims: dict[str, Claims] | None = None) -> Problems:
+    """What one VS may not share with another: ids, addresses (per namespace), marks.
+    ``claims`` (by VS name) may come from a cache: see :class:`ParsedFile`."""
     problems: Problems = []
     ids: dict[int, str] = {}
     address_owner: dict[tuple[str, int, int], str] = {}  # per namespace: plans may overlap
@@ -422,25 +451,21 @@ def _uniqueness_problems(config: Config) -> Problems:
     settings = config.settings
     for name, server in config.servers.items():
         base: FieldPath = ("servers", name)
-        duplicate_id = server.id in ids
+        server_id, slots, mark, default_mark = (
+            claims[name] if claims is not None else server_claims(name, server, settings))
+        duplicate_id = server_id in ids
         if duplicate_id:
-            problems.append(((*base, "id"), f"id {server.id} is already used by {ids[server.id]}"))
+            problems.append(((*base, "id"), f"id {server_id} is already used by {ids[server_id]}"))
         else:
-            ids[server.id] = name
-        netns = server.namespace_name(name)
-        for index, entry in enumerate(server.addresses):
-            ip = entry.address.ip
-            slot = (netns, ip.version, int(ip))  # ints hash fast; ipaddress objects do not
-            if slot in address_owner:
-                owner = address_owner[slot]
+            ids[server_id] = name
+        for index, (slot, ip) in enumerate(slots):
+            owner = address_owner.setdefault(slot, name)
+            if owner is not name:
                 where = "this server" if owner == name else owner
                 problems.append(((*base, "addresses", index, "address"),
                                  f"{ip} is already an address of {where}"))
-            else:
-                address_owner[slot] = name
-        mark = server.mark if server.mark is not None else settings.mark_base + server.id
-        if mark in marks and not (duplicate_id and server.mark is None):
-            mark_path: FieldPath = (*base, "mark") if server.mark is not None else (*base, "id")
+        if mark in marks and not (duplicate_id and default_mark):
+            mark_path: FieldPath = (*base, "id") if default_mark else (*base, "mark")
             problems.append((mark_path, f"mark {mark:#x} is already used by {marks[mark]}"))
         else:
             marks[mark] = name
@@ -559,6 +584,11 @@ def _inside(address: IpAddress, interface: IpInterface) -> bool:
     return address.version == interface.version and address in interface.network
 
 
+
+
+# --------------------------------------------------------------------------- intake
+
+
 class _DuplicateKey(Exception):
     pass
 
@@ -576,183 +606,501 @@ class _FastLoader(_BaseLoader):  # type: ignore[misc]
         return super().construct_mapping(node, deep)
 
 
+# Deeper than any servers.yaml needs (servers > name > addresses > [i] > address), far
+# below Python's recursion limit, which the constructors would otherwise reach.
+MAX_DEPTH = 32
+
+
+def _refusal(file: str, reason: str, line: int = 0, column: int = 0) -> ConfigError:
+    return ConfigError([ConfigIssue(file, line, column, "", reason)])
+
+
+def check_expansion(root: yaml.Node, limit: int, file: str) -> None:
+    """Refuse a node graph whose expanded size (every alias counted as a copy of what it
+    names: "billion laughs") exceeds ``limit`` bytes, or that nests deeper than
+    :data:`MAX_DEPTH`. Linear in the number of distinct nodes: sizes are memoized."""
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if depth > MAX_DEPTH:
+            pos = _mark(node)
+            raise _refusal(file, f"nested deeper than {MAX_DEPTH} levels", pos.line, pos.column)
+        if id(node) in in_progress:
+            pos = _mark(node)
+            raise _refusal(file, "an alias refers to a node that contains it", pos.line,
+                           pos.column)
+        in_progress.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            total = 2 + sum(size(k, depth + 1) + size(v, depth + 1) + 2 for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 2 + sum(size(item, depth + 1) + 2 for item in node.value)
+        else:
+            total = len(node.value) + 1
+        in_progress.discard(id(node))
+        if total > limit:
+            pos = _mark(node)
+            raise _refusal(file, f"the document expands (aliases included) to more than "
+                                 f"{limit} bytes (settings.max_file_bytes)", pos.line, pos.column)
+        sizes[id(node)] = total
+        return total
+
+    size(root, 0)
+
+
+def _load_fast(text: str, file: str, limit: int) -> Any:
+    """libyaml's load, with the expansion bound checked between composing and building."""
+    loader = _FastLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if "*" in text:  # no alias without one: the document is the text, under the cap
+            check_expansion(node, limit, file)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+_FILE_TYPES = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe",
+               stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+               stat.S_IFSOCK: "a socket"}
+
+
+def read_config_text(path: Path | str, limit: int = DEFAULT_MAX_FILE_BYTES) -> str:
+    """The text of a config file, read so that no file can hang or exhaust the reader:
+    a regular file only (after following symlinks: not a pipe, device or directory),
+    opened without blocking, at most ``limit`` bytes."""
+    file = str(path)
+    try:
+        before = os.stat(path)  # no open() at all of a device or a pipe
+        if not stat.S_ISREG(before.st_mode):
+            kind = _FILE_TYPES.get(stat.S_IFMT(before.st_mode), "not a regular file")
+            raise _refusal(file, f"refused: {kind}, not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _refusal(file, f"cannot read: {exc.strerror}") from None
+    try:
+        opened = os.fstat(fd)  # replaced between the two looks: judge what was opened
+        if not stat.S_ISREG(opened.st_mode):
+            raise _refusal(file, "refused: not a regular file")
+        if opened.st_size > limit:
+            raise _refusal(file, f"refused: {opened.st_size} bytes, more than {limit} "
+                                 "(settings.max_file_bytes)")
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:  # it grew while being read
+                raise _refusal(file, f"refused: more than {limit} bytes "
+                                     "(settings.max_file_bytes)")
+    except OSError as exc:
+        raise _refusal(file, f"cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _refusal(file, f"not UTF-8 text: {exc.reason}", 1, 1) from None
+
+
+# --------------------------------------------------------------------------- one file
+
+
+@dataclass(slots=True)
+class ParsedFile:
+    """One file as read: the valid part of it, and what is wrong within it."""
+
+    file: str
+    text: str
+    main: bool
+    settings: Settings | None = None  # the main file's, when valid
+    servers: dict[str, ServerConfig] = field(default_factory=dict)
+    issues: list[ConfigIssue] = field(default_factory=list)
+    smap: SourceMap | None = None  # built only when a problem needs positions
+    problems: tuple[Settings, Problems] | None = None  # server_problems, per settings
+    claims: tuple[Settings, dict[str, Claims]] | None = None
+
+    def positions(self, limit: int) -> SourceMap:
+        if self.smap is None:
+            try:
+                _data, self.smap = _parse_yaml(self.text, self.file, limit)
+            except ConfigError:
+                self.smap = SourceMap(self.file)
+        return self.smap
+
+    def server_claims(self, settings: Settings) -> dict[str, Claims]:
+        if self.claims is None or not (self.claims[0] is settings or self.claims[0] == settings):
+            self.claims = (settings, {name: server_claims(name, server, settings)
+                                      for name, server in self.servers.items()})
+        return self.claims[1]
+
+    def server_problems(self, settings: Settings) -> Problems:
+        if self.problems is None or not (self.problems[0] is settings
+                                         or self.problems[0] == settings):
+            found: Problems = []
+            for name, server in self.servers.items():
+                found.extend(server_problems(name, server, settings))
+            self.problems = (settings, found)
+        return self.problems[1]
+
+
+def parse_file(text: str, file: str, *, main: bool,
+               limit: int = DEFAULT_MAX_FILE_BYTES) -> ParsedFile:
+    """Read one file: the main file (``version``, ``settings``, ``servers``) or a drop-in
+    (``servers`` only). Never raises: what is wrong is in ``issues``."""
+    model: type[_Strict] = Config if main else ServersFile
+    try:
+        data = _load_fast(text, file, limit)
+        if data is None and not main:
+            return ParsedFile(file, text, main)  # an empty drop-in holds no servers
+        valid: Any = model.model_validate(data)
+        return ParsedFile(file, text, main, valid.settings if main else None,
+                          dict(valid.servers))
+    except ConfigError as exc:
+        return ParsedFile(file, text, main, issues=exc.issues)
+    except RecursionError:
+        return ParsedFile(file, text, main, issues=[ConfigIssue(
+            file, 1, 1, "", f"nested deeper than {MAX_DEPTH} levels")])
+    except (yaml.YAMLError, ValidationError, _DuplicateKey):
+        pass
+    try:
+        data, smap = _parse_yaml(text, file, limit)
+    except ConfigError as exc:
+        return ParsedFile(file, text, main, issues=exc.issues)
+    parsed = ParsedFile(file, text, main, smap=smap)
+    try:
+        valid = model.model_validate(data)
+        parsed.settings = valid.settings if main else None
+        parsed.servers = dict(valid.servers)
+    except ValidationError as exc:
+        parsed.issues.extend(_structure_issues(exc, smap))
+        parsed.settings, parsed.servers = _valid_part(data, main)
+    return parsed
+
+
+def _valid_part(data: Any, main: bool) -> tuple[Settings | None, dict[str, ServerConfig]]:
+    """The servers that are valid once their faulty optional keys are set aside, so one
+    pass reports every kind of error (an unknown key must not hide a wrong gateway)."""
+    if not isinstance(data, dict):
+        return None, {}
+    settings: Settings | None = None
+    if main:
+        try:
+            settings = Settings.model_validate(data.get("settings") or {})
+        except ValidationError:
+            settings = Settings()
+    servers = data.get("servers")
+    valid: dict[str, ServerConfig] = {}
+    for name, server in (servers.items() if isinstance(servers, dict) else ()):
+        recovered = _recover_server(server)
+        if recovered is not None:
+            valid[str(name)] = recovered
+    return settings, valid
+
+
+_REQUIRED_SERVER_KEYS = {name for name, f in ServerConfig.model_fields.items()
+                         if f.is_required()}
+
+
+def _recover_server(data: Any) -> ServerConfig | None:
+    """``data`` validated after removing unknown keys and invalid optional fields, or None
+    when a required field itself is wrong (the structural error says so already)."""
+    if not isinstance(data, dict):
+        return None
+    data = copy.deepcopy(data)
+    for _attempt in range(8):
+        try:
+            return ServerConfig.model_validate(data)
+        except ValidationError as exc:
+            removed = False
+            for error in exc.errors():
+                path = [p for p in error["loc"] if isinstance(p, str | int)]
+                if error["type"] == "extra_forbidden" and path:
+                    removed |= _remove(data, path)
+                elif path and path[0] not in _REQUIRED_SERVER_KEYS:
+                    removed |= _remove(data, path[:1])
+            if not removed:
+                return None
+    return None
+
+
+def _remove(data: Any, path: Sequence[str | int]) -> bool:
+    node = data
+    for part in path[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    if isinstance(node, dict) and path[-1] in node:
+        del node[path[-1]]
+        return True
+    return False
+
+
+class ServersFile(_Strict):
+    """A drop-in file of ``servers.d/``: virtual servers only."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="vsnet servers.d/*.yaml",
+        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
+    )
+
+    servers: dict[str, ServerConfig] = Field(
+        default_factory=dict,
+        description="Virtual servers by name (each name in one file only).",
+        json_schema_extra={"propertyNames": {"pattern": SERVER_NAME_RE.pattern}},
+    )
+
+    @field_validator("servers", mode="before")
+    @classmethod
+    def _no_servers(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+# --------------------------------------------------------------------------- all files
+
+
+def drop_in_dir(path: Path | str) -> Path:
+    """``/etc/vsnet/servers.d`` for ``/etc/vsnet/servers.yaml``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.d")
+
+
+def is_drop_in(path: Path) -> bool:
+    return path.suffix == ".yaml" and not path.name.startswith(".")
+
+
+def drop_in_files(directory: Path) -> list[Path]:
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(directory / name for name in names if is_drop_in(Path(name)))
+
+
+def assemble(main: ParsedFile, drop_ins: Sequence[ParsedFile]) -> Config:
+    """One config from the main file and the drop-ins (in name order); every issue of
+    every file, and those between files, raised together."""
+    limit = DEFAULT_MAX_FILE_BYTES
+    settings = main.settings or Settings()
+    issues = [*main.issues]
+    servers: dict[str, ServerConfig] = {}
+    origin: dict[str, ParsedFile] = {}
+    for parsed in (main, *drop_ins):
+        if parsed is not main:
+            issues.extend(parsed.issues)
+        for name, server in parsed.servers.items():
+            first = origin.get(name)
+            if first is not None:
+                issues.append(parsed.positions(limit).issue(
+                    ("servers", name), f"{name} is already defined in {first.file}", key=True))
+                continue
+            servers[name] = server
+            origin[name] = parsed
+    config = Config.model_construct(version=1, settings=settings, servers=servers)
+    claims: dict[str, Claims] = {}
+    for parsed in (main, *drop_ins):
+        claims.update(parsed.server_claims(settings))
+    problems = _uniqueness_problems(config, claims) + _shared_namespace_problems(config)
+    for parsed in (main, *drop_ins):
+        problems.extend(p for p in parsed.server_problems(settings) if origin[str(p[0][1])]
+                        is parsed)
+    for path, message in problems:
+        parsed = origin[str(path[1])]
+        issues.append(parsed.positions(limit).issue(path, message, key=len(path) == 2))
+    if issues:
+        order = {parsed.file: index for index, parsed in enumerate((main, *drop_ins))}
+        raise ConfigError(sorted(issues, key=lambda i: (order.get(i.file, 0), i.line, i.column)))
+    return config
+
+
 def parse_config(text: str, file: str = "servers.yaml") -> Config:
-    """Validate config text; raise :class:`ConfigError` with every issue found.
+    """Validate the text of one main file; raise :class:`ConfigError` with every issue.
 
     A valid file takes the fast path (libyaml, pydantic, semantic checks: ~0.1 ms per
     VS); only a file with problems is read again, recording where every value stands,
     to say where each problem is.
     """
-    try:
-        config = Config.model_validate(yaml.load(text, Loader=_FastLoader))
-        if not check_semantics(config):
-            return config
-    except (yaml.YAMLError, ValidationError, _DuplicateKey):
-        pass
-    return _parse_with_positions(text, file)
-
-
-def _parse_with_positions(text: str, file: str) -> Config:
-    data, smap = _parse_yaml(text, file)
-    issues: list[ConfigIssue] = []
-    try:
-        config = Config.model_validate(data)
-    except ValidationError as exc:
-        issues.extend(_structure_issues(exc, smap))
-        config = _valid_part(data)
-    issues.extend(
-        smap.issue(path, message, key=len(path) == 2)  # ("servers", name): the name itself
-        for path, message in check_semantics(config)
-    )
-    if issues:
-        raise ConfigError(sorted(issues, key=lambda i: (i.line, i.column)))
-    return config
-
-
-def _valid_part(data: Any) -> Config:
-    """The servers that are valid on their own, so one pass reports every kind of error."""
-    if not isinstance(data, dict):
-        return Config(version=1)
-    try:
-        settings = Settings.model_validate(data.get("settings") or {})
-    except ValidationError:
-        settings = Settings()
-    servers = data.get("servers")
-    valid: dict[str, ServerConfig] = {}
-    for name, server in (servers.items() if isinstance(servers, dict) else ()):
-        try:
-            valid[str(name)] = ServerConfig.model_validate(server)
-        except ValidationError:
-            continue
-    return Config.model_construct(version=1, settings=settings, servers=valid)
+    return assemble(parse_file(text, file, main=True), ())
 
 
 def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> Config:
-    """Read and validate a config file; raise :class:`ConfigError` naming file and line."""
-    file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([ConfigIssue(file, 0, 0, "", f"cannot read: {exc.strerror}")]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError([ConfigIssue(file, 1, 1, "", f"not UTF-8 text: {exc.reason}")]) from None
-    return parse_config(text, file)
+    """Read and validate a config file and its drop-in directory; raise
+    :class:`ConfigError` naming file and line."""
+    return ConfigLoader(path).load()
 
 
-def json_schema() -> dict[str, Any]:
-    """The JSON Schema of ``servers.yaml``, for editors and ``schemas/``."""
+def json_schema(*, drop_in: bool = False) -> dict[str, Any]:
+    """The JSON Schema of ``servers.yaml`` (or of a ``servers.d/*.yaml`` file)."""
+    if drop_in:
+        schema = ServersFile.model_json_schema()
+        schema["$id"] = "https://vsnet.invalid/schemas/servers.d.schema.json"
+        return schema
     schema = Config.model_json_schema()
     schema["$id"] = "https://vsnet.invalid/schemas/servers.schema.json"
     return schema
 
 
-# --------------------------------------------------------------------------- incremental
+@dataclass(slots=True)
+class _Index:
+    """What a valid config's VS hold, by owner: the cross-VS checks of one more VS, in
+    constant time (:meth:`ConfigLoader._edit_in_place`)."""
 
+    config: Config
+    origin: dict[str, ParsedFile]
+    ids: dict[int, str]
+    slots: dict[tuple[str, int, int], str]
+    marks: dict[int, str]
+    moved_uplinks: set[str]  # uplinks handed whole to a VS (link: move)
 
-_SERVERS_LINE = re.compile(r"^servers:[ \t]*(?:#[^\n]*)?$", re.MULTILINE)
-_TOP_LEVEL = re.compile(r"^[^\s#]", re.MULTILINE)
-_CONTENT = re.compile(r"^( *)[^\s#]", re.MULTILINE)
-_TAB_INDENT = re.compile(r"^ *\t", re.MULTILINE)
+    @classmethod
+    def of(cls, config: Config, files: Sequence[ParsedFile]) -> _Index:
+        origin: dict[str, ParsedFile] = {}
+        for parsed in files:
+            for name in parsed.servers:
+                origin.setdefault(name, parsed)
+        index = cls(config, origin, {}, {}, {}, set())
+        for name, server in config.servers.items():
+            index.add(name, origin[name].server_claims(config.settings)[name])
+            if server.mode == "netns" and server.link_type() == "move":
+                index.moved_uplinks.add(server.uplink)
+        return index
 
+    def add(self, name: str, claims: Claims) -> None:
+        server_id, slots, mark, _default = claims
+        self.ids[server_id] = name
+        for slot, _ip in slots:
+            self.slots[slot] = name
+        self.marks[mark] = name
 
-def split_servers(text: str) -> tuple[str, list[tuple[str, str]]] | None:
-    """A block-style file cut into (everything but the servers' entries, [(name, entry
-    text)]), or None when its layout is not that simple (then it is read whole). Done with
-    a few regular expressions over the whole text: a file of 1,000 VS has 12,000 lines."""
-    found = _SERVERS_LINE.search(text)
-    if found is None or _SERVERS_LINE.search(text, found.end()) is not None:
-        return None
-    block_start = found.end() + 1
-    following = _TOP_LEVEL.search(text, block_start)
-    end = following.start() if following is not None else len(text)
-    block = text[block_start:end]
-    if _TAB_INDENT.search(block):
-        return None
-    first = _CONTENT.search(block)
-    if first is None:
-        return text, []
-    indent = len(first.group(1))
-    if indent > 1 and re.search(rf"^ {{1,{indent - 1}}}[^\s#]", block, re.MULTILINE):
-        return None  # a line less indented than the entries: not a simple layout
-    entry = re.compile(rf"^ {{{indent}}}([A-Za-z0-9][A-Za-z0-9_-]*):(?=\s)|^ {{{indent}}}\S",
-                       re.MULTILINE)
-    starts = list(entry.finditer(block))
-    if any(match.group(1) is None for match in starts):
-        return None  # an entry whose key is not a plain name
-    bounds = [match.start() for match in starts] + [len(block)]
-    entries = [(match.group(1), block[bounds[i] : bounds[i + 1]])
-               for i, match in enumerate(starts)]
-    outer = text[:block_start] + block[: bounds[0]] + text[end:]
-    return outer, entries
+    def remove(self, name: str, claims: Claims) -> None:
+        server_id, slots, mark, _default = claims
+        for table, key in ((self.ids, server_id), (self.marks, mark)):
+            if table.get(key) == name:
+                del table[key]
+        for slot, _ip in slots:
+            if self.slots.get(slot) == name:
+                del self.slots[slot]
+
+    def free(self, claims: Claims) -> bool:
+        server_id, slots, mark, _default = claims
+        return (server_id not in self.ids and mark not in self.marks
+                and not any(slot in self.slots for slot, _ip in slots))
 
 
 class ConfigLoader:
-    """Loads one config file again and again, reading again only the VS entries that
-    changed (the daemon: an edit of one VS among a thousand costs one VS).
-
-    Whenever the file is not simple block-style YAML, its settings changed, or anything is
-    wrong with it, the whole file is read as :func:`load_config` reads it, so the result,
-    and every error with its line and column, is exactly that of a full load.
+    """The main file and its drop-in directory, read again and again: each file on its
+    own, so an edit of one file costs that file (the daemon: one VS of a thousand in its
+    own drop-in file costs one VS). The result, and every error, is that of a full load.
     """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._outer: str | None = None
-        self._entries: dict[str, tuple[str, ServerConfig]] = {}  # entry text -> (name, VS)
-        self._config: Config | None = None
+        self.directory = drop_in_dir(self.path)
+        self.limit = DEFAULT_MAX_FILE_BYTES
+        self._main: ParsedFile | None = None
+        self._drop_ins: dict[Path, ParsedFile] = {}
+        self._order: list[Path] | None = None  # the drop-ins in name order, while unchanged
+        self._index: _Index | None = None  # of the last load, when it was valid
 
-    def load(self) -> Config:
-        file = str(self.path)
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError([ConfigIssue(file, 0, 0, "", f"cannot read: {exc.strerror}")]
-                              ) from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError([ConfigIssue(file, 1, 1, "", f"not UTF-8 text: {exc.reason}")]
-                              ) from None
-        split = split_servers(text)
-        if split is not None and self._config is not None and split[0] == self._outer:
-            config = self._incremental(split[1], self._config.settings)
-            if config is not None:
-                return config
-        config = parse_config(text, file)
-        self._remember(split, config)
+    def concerns(self, path: Path) -> bool:
+        return path == self.path or (path.parent == self.directory and is_drop_in(path))
+
+    def load(self, changed: Iterable[Path] | None = None) -> Config:
+        """Read the files in ``changed`` again (None: every file), then assemble."""
+        replaced: list[tuple[ParsedFile | None, ParsedFile | None]] = []
+        if changed is None or self._main is None:
+            self._main = self._read(self.path, main=True)
+            self._drop_ins = {path: self._read(path, main=False)
+                              for path in drop_in_files(self.directory)}
+            self._index = None
+        else:
+            for path in changed:
+                if path == self.path:
+                    self._main = self._read(path, main=True)
+                    self._index = None
+                elif self.concerns(path):
+                    before = self._drop_ins.get(path)
+                    if os.path.lexists(path):
+                        self._drop_ins[path] = self._read(path, main=False)
+                    else:
+                        self._drop_ins.pop(path, None)
+                    if (before is None) != (path not in self._drop_ins):
+                        self._order = None
+                    replaced.append((before, self._drop_ins.get(path)))
+        if changed is None or self._order is None:
+            self._order = sorted(self._drop_ins, key=str)
+        config = self._edit_in_place(replaced) if self._index is not None else None
+        if config is None:
+            self._index = None
+            files = [self._drop_ins[p] for p in self._order]
+            config = assemble(self._main, files)
+            self._index = _Index.of(config, [self._main, *files])
+        self.limit = config.settings.max_file_bytes
         return config
 
-    def _remember(self, split: tuple[str, list[tuple[str, str]]] | None, config: Config
-                  ) -> None:
-        self._config = config
-        self._outer = split[0] if split is not None else None
-        self._entries = {}
-        if split is not None:
-            for name, entry in split[1]:
-                if name in config.servers:
-                    self._entries[entry] = (name, config.servers[name])
-
-    def _incremental(self, entries: list[tuple[str, str]], settings: Settings) -> Config | None:
-        servers: dict[str, ServerConfig] = {}
-        remembered: dict[str, tuple[str, ServerConfig]] = {}
-        for name, entry in entries:
-            if name in servers:
-                return None  # a duplicate: the full read says where
-            known = self._entries.get(entry)
-            if known is not None and known[0] == name:
-                server = known[1]
-            else:
-                try:
-                    data = yaml.load(entry, Loader=_FastLoader)
-                    if not isinstance(data, dict) or list(data) != [name]:
+    def _edit_in_place(self, replaced: list[tuple[ParsedFile | None, ParsedFile | None]]
+                       ) -> Config | None:
+        """The config after drop-ins of pbr VS were replaced, checked against the index
+        of the last valid one; None when a full assemble must decide (a problem to
+        locate, a netns VS, a name moving between files). With no conflict before and
+        none found here, the full checks would find none either: they are symmetric."""
+        index = self._index
+        assert index is not None
+        settings = index.config.settings
+        gone: dict[str, Claims] = {}
+        new: dict[str, tuple[ParsedFile, Claims]] = {}
+        for before, after in replaced:
+            for parsed in (before, after):
+                if parsed is None:
+                    continue
+                if parsed.issues or any(server.mode != "pbr" for server in
+                                        parsed.servers.values()):
+                    return None
+            if before is not None:
+                if any(index.origin.get(name) is not before for name in before.servers):
+                    return None
+                gone.update(before.server_claims(settings))
+            if after is not None:
+                if after.server_problems(settings):
+                    return None
+                for name, claims in after.server_claims(settings).items():
+                    if name in new or (name in index.origin and name not in gone):
                         return None
-                    server = ServerConfig.model_validate(data[name])
-                except (yaml.YAMLError, ValidationError, _DuplicateKey):
-                    return None
-                if server_problems(name, server, settings):
-                    return None
-            servers[name] = server
-            remembered[entry] = (name, server)
-        config = Config.model_construct(version=1, settings=settings, servers=servers)
-        if _uniqueness_problems(config) or _shared_namespace_problems(config):
-            return None
-        self._config, self._entries = config, remembered
-        return config
+                    new[name] = (after, claims)
+        if not gone and not new:
+            return index.config
+        servers = dict(index.config.servers)
+        for name, claims in gone.items():
+            index.remove(name, claims)
+            del servers[name]
+            del index.origin[name]
+        fits = True
+        for name, (parsed, claims) in new.items():
+            if not index.free(claims) or parsed.servers[name].uplink in index.moved_uplinks:
+                fits = False
+                break
+            index.add(name, claims)
+            servers[name] = parsed.servers[name]
+            index.origin[name] = parsed
+        if not fits:
+            return None  # the index is half-updated: the caller rebuilds it
+        index.config = Config.model_construct(version=1, settings=settings, servers=servers)
+        return index.config
+
+    def _read(self, path: Path, *, main: bool) -> ParsedFile:
+        try:
+            text = read_config_text(path, self.limit)
+        except ConfigError as exc:
+            return ParsedFile(str(path), "", main, issues=exc.issues)
+        return parse_file(text, str(path), main=main, limit=self.limit)

@@ -70,13 +70,18 @@ def peer_uid(conn: socket.socket) -> int:
 
 def parse(line: bytes) -> str:
     """The operation of one request line; ValueError with a reason when it is not one."""
+    return str(parse_request(line)["op"])
+
+
+def parse_request(line: bytes) -> dict[str, Any]:
+    """One request line: an object with a string ``op`` (and whatever that op takes)."""
     try:
         message = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"malformed JSON: {exc}") from None
     if not isinstance(message, dict) or not isinstance(message.get("op"), str):
         raise ValueError('a request is an object like {"op": "status"}')
-    return str(message["op"])
+    return message
 
 
 def dumps(reply: dict[str, Any]) -> bytes:

@@ -2,8 +2,9 @@
 
 Why not pyroute2's ``IPRoute`` calls here: one request per round trip costs ~500 µs and
 parsing a dump costs ~90 µs per object (measured on this project's machines), so 1,000 VS
-(~12,000 objects) would take seconds. vsnet packs many requests into one ``send`` and decodes only the attributes
-it compares, with ``struct``; the kernel then costs the same as ``ip -batch``. pyroute2
+(~12,000 objects) would take seconds. vsnet packs many requests into one ``send`` and
+decodes only the attributes it compares, with ``struct``; the kernel then costs the same
+as ``ip -batch``. pyroute2
 stays the reference decoder in the tests, which cross-check this codec against it.
 
 Only the message layout lives here; what a route, rule or address *is* lives in

@@ -125,11 +125,54 @@ class Reconciler:
     its netlink notifications).
     """
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, schedule: Schedule | None = None) -> None:
         self.kernel = kernel
         self.desired: DesiredState | None = None
         self.observed: ObservedState | None = None
         self.verdicts: dict[str, ServerVerdict] = {}
+        self.schedule = schedule or Schedule(now=time.monotonic())
+
+    def edit(self, desired: DesiredState) -> ConvergeResult:
+        """A new config: converge what it changed at once (everything when nothing is
+        known yet); failures join the schedule."""
+        previous, observed = self.desired, self.observed
+        full = (previous is None or observed is None or previous.settings != desired.settings)
+        changed: set[str] = set()
+        try:
+            if full or previous is None or observed is None:
+                result = self._full(desired)
+            else:
+                changed = changed_servers(previous, desired)
+                with gc_paused():
+                    result = self._scoped(previous, observed, desired, changed)
+        except Exception as exc:
+            self.desired = desired  # what the retry converges to
+            self._lost_track(exc)
+            raise
+        self.schedule.forget(set(desired.servers))
+        self.schedule.done(full, changed, result.failures, time.monotonic())
+        return result
+
+    def run_due(self, now: float) -> tuple[ConvergeResult, str] | None:
+        """The run the schedule asks for at ``now``, if any, and why it ran."""
+        if self.desired is None:
+            return None
+        full, names, why = self.schedule.due(now)
+        if not full and not names:
+            return None
+        try:
+            result = self.converge(self.desired, full=True) if full else self.heal(names)
+        except Exception as exc:
+            self._lost_track(exc)
+            raise
+        self.schedule.done(full, names, result.failures, time.monotonic())
+        return result, why
+
+    def _lost_track(self, exc: Exception) -> None:
+        # e.g. a netlink dump failing under memory pressure, or no descriptor left: look
+        # at the whole kernel again, after a backoff (never in a tight loop)
+        self.observed = None
+        self.schedule.failed_full(f"error: {exc!r}", time.monotonic())
 
     def converge(self, desired: DesiredState, *, full: bool = False) -> ConvergeResult:
         previous, observed = self.desired, self.observed
@@ -163,12 +206,16 @@ class Reconciler:
         started = time.perf_counter()
         # the shared rules on the way to these VS: still wanted if any VS needs them
         paths = {key for server in _each(previous, desired, changed) for key in server.shared}
+        # only objects of the changed VS are planned: their former names are all it takes
+        # to attribute deletes (not a pass over every VS)
+        before = [server for name in changed if (server := previous.servers.get(name))]
         subset_desired = dataclasses.replace(
             desired,
-            servers={n: s for n, s in desired.servers.items() if n in changed},
+            servers={n: desired.servers[n] for n in sorted(  # in the order of the ids
+                (n for n in changed if n in desired.servers), key=lambda n: desired.servers[n].id)},
             shared={key: desired.shared[key] for key in paths if key in desired.shared},
-            former_names=previous.names_by_id(),
-            former_namespaces={s.netns: s.name for s in previous.servers.values() if s.netns},
+            former_names=previous.former_names | {server.id: server.name for server in before},
+            former_namespaces={server.netns: server.name for server in before if server.netns},
         )
         keys = paths.union(*(server.keyed for server in _each(previous, desired, changed)))
         # the foreign objects are all there
@@ -249,3 +296,97 @@ def _each(previous: DesiredState, desired: DesiredState, names: set[str]) -> Ite
             server = state.servers.get(name)
             if server is not None:
                 yield server
+
+
+# --------------------------------------------------------------------------- scheduling
+
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 10.0  # a failing VS is tried again at least this often
+RESYNC_SECONDS = 60.0
+
+
+@dataclass(slots=True)
+class Pending:
+    """Why a VS (or the whole kernel: ``"*"``) waits for a run, and when that run comes."""
+
+    why: str
+    tries: int = 0
+    next_at: float = 0.0  # time.monotonic()
+
+    def as_json(self, now: float) -> dict[str, object]:
+        return {"why": self.why, "tries": self.tries,
+                "next_attempt_in": round(max(0.0, self.next_at - now), 3)}
+
+
+def backoff(tries: int) -> float:
+    return float(min(RETRY_FIRST_SECONDS * 2 ** max(0, tries - 1), RETRY_MAX_SECONDS))
+
+
+WHOLE = "*"  # the key of a pending full run
+
+
+class Schedule:
+    """What is to be converged, and when: the dirty VS (each with its reason, its tries
+    and a capped backoff), a full run wanted (lost netlink notifications, an unexpected
+    error, a namespace replaced by hand) and the periodic resync.
+
+    The daemon feeds it and asks :meth:`due`; a run's outcome goes back through
+    :meth:`done`. Pure bookkeeping: no kernel access, clock passed in.
+    """
+
+    def __init__(self, resync_seconds: float = RESYNC_SECONDS, now: float = 0.0) -> None:
+        self.resync_seconds = resync_seconds
+        self.next_resync = now + resync_seconds
+        self.pending: dict[str, Pending] = {}
+
+    def want(self, names: set[str] | list[str], why: str, now: float) -> None:
+        for name in names:
+            entry = self.pending.get(name)
+            if entry is None:
+                self.pending[name] = Pending(why, 0, now)
+            elif entry.tries == 0:
+                entry.next_at = min(entry.next_at, now)  # a failing one keeps its backoff
+
+    def want_full(self, why: str, now: float) -> None:
+        self.want([WHOLE], why, now)
+
+    def failed_full(self, why: str, now: float) -> None:
+        """An unexpected error in a run: the whole kernel again, after a backoff."""
+        entry = self.pending.setdefault(WHOLE, Pending(why))
+        entry.why, entry.tries = why, entry.tries + 1
+        entry.next_at = now + backoff(entry.tries)
+
+    def deadline(self) -> float:
+        return min([self.next_resync, *(p.next_at for p in self.pending.values())])
+
+    def due(self, now: float) -> tuple[bool, set[str], str]:
+        """(full run?, VS to converge, why) for the moment ``now``."""
+        whole = self.pending.get(WHOLE)
+        if whole is not None and whole.next_at <= now:
+            return True, set(), whole.why
+        if now >= self.next_resync:
+            return True, set(), "resync"
+        names = {name for name, p in self.pending.items() if p.next_at <= now and name != WHOLE}
+        reasons = sorted({self.pending[name].why for name in names})
+        return False, names, ", ".join(reasons[:3])
+
+    def done(self, full: bool, names: set[str], failures: dict[str, str], now: float) -> None:
+        """A run over ``names`` (or everything) ended with these failures."""
+        if full:
+            self.next_resync = now + self.resync_seconds
+            names = set(self.pending)
+        for name in names:
+            if name not in failures:
+                self.pending.pop(name, None)
+        for name, reason in failures.items():
+            entry = self.pending.setdefault(name, Pending(reason))
+            entry.why, entry.tries = reason, entry.tries + 1
+            entry.next_at = now + backoff(entry.tries)
+
+    def forget(self, known: set[str]) -> None:
+        """A new config: VS that are gone wait for nothing."""
+        for name in [n for n in self.pending if n != WHOLE and n not in known]:
+            del self.pending[name]
+
+    def as_json(self, now: float) -> dict[str, dict[str, object]]:
+        return {name: entry.as_json(now) for name, entry in sorted(self.pending.items())}

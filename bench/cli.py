@@ -1,0 +1,210 @@
+"""Benchmark of ``vsnetctl`` as whole processes: apply, validate, plan, --help, against ``ip -batch``.
+
+``bench/cli.py --servers 1000`` measures, in one run, inside a sandbox (fresh network
+namespaces; the machine's own network is never touched), each measure a process timed
+from its start to its exit, rounds interleaved so that contention from elsewhere weighs
+on every measure alike, medians reported:
+
+* the floor: ``ip -batch`` creating the addresses, routes and rules of N pbr VS (two IPv4
+  addresses each), in a fresh namespace;
+* ``vsnetctl apply`` of the same N VS, in a fresh namespace: the same objects;
+* ``vsnetctl validate`` of that file;
+* ``vsnetctl --help``;
+* ``vsnetctl plan`` with nothing to do, over N netns VS (applied once beforehand).
+
+The targets are reported PASS/MISS; this is a benchmark, not a test, so it always exits 0
+once it has measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import common, netns, pbr
+from bench.common import (
+    Results,
+    console_script,
+    description,
+    enter_sandbox,
+    machine,
+    machine_line,
+    make_pbr_servers,
+    pbr_yaml,
+    print_targets,
+    progress,
+    report,
+)
+from vsnetd.config import Settings
+from vsnetd.state import VSNET_PROTOCOL
+
+# Targets (from the issue), at TARGET_SERVERS VS.
+APPLY_RATIO_TARGET = 1.2  # vsnetctl apply <= 1.2x ip -batch, both whole processes
+VALIDATE_TARGET = 0.120
+HELP_TARGET = 0.050
+PLAN_NETNS_TARGET = 0.200
+TARGET_SERVERS = 1000
+
+
+def vsnetctl(*args: str) -> list[str]:
+    return [*console_script("vsnetctl", "vsnetd.cli"), *args]
+
+
+def timed_process(argv: list[str], what: str, results: Results,
+                  expect: tuple[int, ...] = (0,)) -> float:
+    started = time.perf_counter()
+    process = subprocess.run(argv, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if process.returncode not in expect:
+        results.note(f"{what} exited {process.returncode}: {process.stderr.strip()[:300]}")
+    return seconds
+
+
+def floor_lines(servers: Sequence[common.PbrServer]) -> list[str]:
+    settings = Settings()
+    numbering = pbr.Numbering(settings.table_base, settings.priority_base, settings.mark_base,
+                              settings.block_size)
+    ops = [op for vs in servers for op in pbr.server_ops(vs, numbering)]
+    kinds = (pbr.AddressOp, pbr.RouteOp, pbr.RuleOp)  # vsnet's order
+    return [pbr.ip_command(op, VSNET_PROTOCOL) for kind in kinds for op in ops
+            if isinstance(op, kind)]
+
+
+def run(args: argparse.Namespace) -> Results:
+    results = Results()
+    servers = make_pbr_servers(args.servers)
+    with tempfile.TemporaryDirectory(prefix="vsnet-bench-", dir="/run") as tmp:
+        workdir = Path(tmp)
+        config = workdir / "servers.yaml"
+        config.write_text(pbr_yaml(servers))
+        batch = workdir / "floor.batch"
+        lines = floor_lines(servers)
+        batch.write_text("\n".join(lines) + "\n")
+        results.count("floor_objects", len(lines))
+        for round_ in range(1, args.repeat + 1):
+            progress(f"round {round_}/{args.repeat}: ip -batch")
+            with common.uplinked_netns():
+                results.time("floor", timed_process(["ip", "-batch", str(batch)],
+                                                    "ip -batch", results))
+            progress(f"round {round_}/{args.repeat}: vsnetctl apply")
+            with common.uplinked_netns():
+                results.time("apply", timed_process(vsnetctl("apply", "-c", str(config)),
+                                                    "vsnetctl apply", results))
+                timed_process(vsnetctl("teardown", "-c", str(config)), "teardown", results)
+            progress(f"round {round_}/{args.repeat}: vsnetctl validate, --help")
+            results.time("validate", timed_process(vsnetctl("validate", "-c", str(config)),
+                                                   "vsnetctl validate", results))
+            results.time("help", timed_process(vsnetctl("--help"), "vsnetctl --help", results))
+        measure_plan_netns(args, results, workdir)
+    progress("")
+    return results
+
+
+def measure_plan_netns(args: argparse.Namespace, results: Results, workdir: Path) -> None:
+    config = workdir / "netns.yaml"
+    config.write_text(netns.to_yaml(netns.make_servers(args.servers)))
+    with common.uplinked_netns():
+        progress(f"netns: applying {args.servers} VS once")
+        timed_process(vsnetctl("apply", "-c", str(config)), "vsnetctl apply (netns)", results)
+        try:
+            for round_ in range(1, args.repeat + 1):
+                progress(f"round {round_}/{args.repeat}: vsnetctl plan (netns, nothing to do)")
+                results.time("plan_netns", timed_process(vsnetctl("plan", "-c", str(config)),
+                                                         "vsnetctl plan (netns)", results))
+        finally:
+            progress("netns: teardown")
+            timed_process(vsnetctl("teardown", "-c", str(config)), "teardown (netns)", results)
+
+
+ROWS = [
+    ("floor", "ip -batch, the objects of N pbr VS (floor)"),
+    ("apply", "vsnetctl apply, N pbr VS"),
+    ("validate", "vsnetctl validate, N pbr VS"),
+    ("help", "vsnetctl --help"),
+    ("plan_netns", "vsnetctl plan, N netns VS, nothing to do"),
+]
+
+
+def median(results: Results, name: str) -> float | None:
+    samples = results.samples.get(name)
+    return statistics.median(samples) if samples else None
+
+
+def targets(results: Results, servers: int) -> list[dict[str, Any]]:
+    at = "" if servers == TARGET_SERVERS else f" (target set for {TARGET_SERVERS} VS)"
+    checks: list[dict[str, Any]] = []
+    apply, floor = median(results, "apply"), median(results, "floor")
+    ratio = apply / floor if apply is not None and floor else None
+    checks.append({"name": f"vsnetctl apply <= {APPLY_RATIO_TARGET:g}x ip -batch{at}",
+                   "measure": "apply_vs_floor", "value": ratio, "limit": APPLY_RATIO_TARGET,
+                   "unit": "x floor", "pass": ratio is not None and ratio <= APPLY_RATIO_TARGET})
+    for name, label, limit in (("validate", "vsnetctl validate", VALIDATE_TARGET),
+                               ("help", "vsnetctl --help", HELP_TARGET),
+                               ("plan_netns", "vsnetctl plan, netns, no-op", PLAN_NETNS_TARGET)):
+        value = median(results, name)
+        checks.append({"name": f"{label} <= {limit * 1000:.0f} ms{at}", "measure": name,
+                       "value": value, "limit": limit, "unit": "s",
+                       "pass": value is not None and value <= limit})
+    return checks
+
+
+def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results) -> None:
+    print(f"vsnetctl as whole processes, {args.servers} VS, {args.repeat} interleaved rounds "
+          f"(median; ip -batch: {results.counts.get('floor_objects', ['?'])[0]} objects)")
+    print(machine_line(info) + f"Python {info['python']}, pydantic {info['pydantic']}, "
+          f"pyroute2 {info['pyroute2']}")
+    print()
+    floor = median(results, "floor")
+    print(f"{'process':<46} {'median':>10} {'min':>10} {'x floor':>8}")
+    for name, label in ROWS:
+        samples = results.samples.get(name)
+        if not samples:
+            continue
+        value = statistics.median(samples)
+        ratio = f"{value / floor:7.2f}x" if floor and name in ("floor", "apply") else ""
+        print(f"{label:<46} {value * 1000:7.1f} ms {min(samples) * 1000:7.1f} ms {ratio:>8}")
+    print()
+    print_targets(targets(results, args.servers), results.notes)
+
+
+def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) -> dict[str, Any]:
+    return {"benchmark": "cli", "servers": args.servers, "repeat": args.repeat,
+            "machine": info, "samples_s": results.samples,
+            "targets": targets(results, args.servers), "notes": results.notes}
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser.add_argument("--servers", type=int, default=1000, help="number of VS (default 1000)")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="interleaved rounds; medians are reported (default 5)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    if not 1 <= args.servers <= common.pbr_max_servers():
+        parser.error(f"--servers must be 1..{common.pbr_max_servers()} (default numbering)")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    if not enter_sandbox(__file__, argv):
+        return 1
+    results = run(args)
+    info = machine(pyroute2=version("pyroute2"), pydantic=version("pydantic"))
+    return report(info, args, results, as_json, print_table)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,65 @@
+"""The Reconciler's schedule: what waits for a run, why, and when it comes."""
+
+from __future__ import annotations
+
+from vsnetd.reconcile import RETRY_MAX_SECONDS, WHOLE, Schedule
+
+
+def test_a_changed_vs_is_due_at_once_and_done_after_a_clean_run() -> None:
+    schedule = Schedule(resync_seconds=60, now=0)
+    schedule.want({"a", "b"}, "changed in the kernel", 1.0)
+    assert schedule.due(1.0) == (False, {"a", "b"}, "changed in the kernel")
+    assert schedule.deadline() == 1.0
+    schedule.done(False, {"a", "b"}, {}, 1.1)
+    assert schedule.pending == {}
+    assert schedule.due(2.0) == (False, set(), "")
+    assert schedule.deadline() == 60
+
+
+def test_a_failing_vs_is_retried_with_a_capped_backoff_and_says_why() -> None:
+    schedule = Schedule(resync_seconds=600, now=0)
+    schedule.want({"a"}, "edit", 0.0)
+    now, waits = 0.0, []
+    for _attempt in range(8):
+        full, names, _why = schedule.due(now)
+        assert (full, names) == (False, {"a"})
+        schedule.done(False, names, {"a": "RTNETLINK: File exists"}, now)
+        waits.append(schedule.pending["a"].next_at - now)
+        assert schedule.due(now) == (False, set(), "")  # nothing before the backoff ends
+        now = schedule.pending["a"].next_at
+    assert waits == sorted(waits) and waits[0] < 1 and waits[-1] == RETRY_MAX_SECONDS
+    assert schedule.as_json(now - 1.0) == {
+        "a": {"why": "RTNETLINK: File exists", "tries": 8, "next_attempt_in": 1.0}}
+    # a notification about a failing VS does not cut its backoff short
+    schedule.want({"a"}, "changed in the kernel", now - 5)
+    assert schedule.pending["a"].next_at == now
+    schedule.done(False, {"a"}, {}, now)
+    assert schedule.pending == {}
+
+
+def test_a_full_run_is_wanted_after_lost_notifications_and_clears_everything() -> None:
+    schedule = Schedule(resync_seconds=60, now=0)
+    schedule.want({"a"}, "changed in the kernel", 1.0)
+    schedule.want_full("netlink notifications were lost (ENOBUFS)", 1.0)
+    assert schedule.due(1.0) == (True, set(), "netlink notifications were lost (ENOBUFS)")
+    schedule.done(True, set(), {"b": "failed"}, 1.5)
+    assert set(schedule.pending) == {"b"}
+    assert schedule.next_resync == 61.5
+    assert schedule.due(61.5)[0] is True  # the periodic resync
+
+
+def test_an_unexpected_error_backs_off_instead_of_spinning() -> None:
+    schedule = Schedule(resync_seconds=60, now=0)
+    schedule.failed_full("error: OSError(24, 'Too many open files')", 1.0)
+    schedule.failed_full("error: OSError(24, 'Too many open files')", 1.0)
+    assert schedule.pending[WHOLE].tries == 2
+    assert schedule.deadline() > 1.0
+    assert schedule.due(1.0) == (False, set(), "")
+
+
+def test_vs_gone_from_the_config_wait_for_nothing() -> None:
+    schedule = Schedule(resync_seconds=60, now=0)
+    schedule.want({"a", "b"}, "edit", 0)
+    schedule.want_full("lost track", 0)
+    schedule.forget({"a"})
+    assert set(schedule.pending) == {"a", WHOLE}

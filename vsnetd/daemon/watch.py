@@ -1,0 +1,239 @@
+"""The config reader: its own thread, woken by inotify, never by a timer.
+
+Events that mark a complete write (a file renamed into place, closed after writing, removed)
+are acted on at once, without debounce; what arrives together is read together. Each file
+that changed is read again on its own (:class:`vsnetd.config.ConfigLoader`), compiled
+against the previous desired state, and handed to the daemon's loop as a :class:`Loaded`.
+Parsing never runs on the thread that heals and serves the control socket: a slow or
+hostile file delays its own edit only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import queue
+import select
+import stat
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vsnetd import log
+from vsnetd.compile import compile_edit
+from vsnetd.config import Config, ConfigError, ConfigIssue, ConfigLoader
+from vsnetd.reconcile import gc_paused
+from vsnetd.state import DesiredState
+
+# inotify(7)
+IN_MODIFY = 0x2
+IN_ATTRIB = 0x4
+IN_CLOSE_WRITE = 0x8
+IN_MOVED_FROM = 0x40
+IN_MOVED_TO = 0x80
+IN_CREATE = 0x100
+IN_DELETE = 0x200
+IN_DELETE_SELF = 0x400
+IN_MOVE_SELF = 0x800
+IN_Q_OVERFLOW = 0x4000
+IN_IGNORED = 0x8000
+IN_ONLYDIR = 0x1000000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+_EVENT = struct.Struct("iIII")
+
+# A write is complete when the file is closed or renamed into place; a removal is
+# complete at once. IN_CREATE only counts for what has no close to wait for (a symlink,
+# a pipe): a regular file is judged when its writer closes it.
+DIRECTORY_EVENTS = (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE
+                    | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
+
+
+class Inotify:
+    """inotify(7) through libc: the standard library has no binding."""
+
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        self.fd: int = fd
+
+    def watch(self, path: Path, mask: int) -> int:
+        wd = int(self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask))
+        if wd < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno), str(path))
+        return wd
+
+    def read(self) -> list[tuple[int, int, str]]:
+        """Every event waiting, as (watch, mask, name)."""
+        events: list[tuple[int, int, str]] = []
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return events
+            offset = 0
+            while offset < len(data):
+                wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                offset += _EVENT.size
+                name = data[offset:offset + length].rstrip(b"\0")
+                offset += length
+                events.append((wd, mask, os.fsdecode(name)))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass(slots=True)
+class Loaded:
+    """What one read of the config gave: a new desired state, or the reasons it has none."""
+
+    requests: list[int]  # the reload requests this read answers
+    config: Config | None = None
+    desired: DesiredState | None = None
+    issues: list[ConfigIssue] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # read again ([] when all were)
+    seconds: float = 0.0  # reading and compiling
+    done_at: float = 0.0  # time.perf_counter() when handed over
+
+
+class ConfigReader:
+    """The thread that watches and reads the config; the daemon's loop takes its results
+    from :attr:`results` when :attr:`wake` is readable (and namespaces vanishing from
+    ``netns_dir`` through ``on_netns``)."""
+
+    def __init__(self, path: Path, netns_dir: Path, on_netns: Callable[[], None]) -> None:
+        self.loader = ConfigLoader(path)
+        self.path = self.loader.path
+        self.directory = self.loader.directory
+        self.netns_dir = netns_dir
+        self.on_netns = on_netns
+        self.results: queue.SimpleQueue[Loaded] = queue.SimpleQueue()
+        self.wake, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._ask_r, self._ask_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._asked: list[int] = []
+        self._asked_lock = threading.Lock()
+        self._stopping = False
+        self._previous: tuple[Config, DesiredState] | None = None
+        self.inotify = Inotify()
+        self._wd_parent = self.inotify.watch(self.path.parent, DIRECTORY_EVENTS)
+        self._wd_drop_ins = self._watch_drop_ins()
+        netns_dir.mkdir(parents=True, exist_ok=True)
+        self._wd_netns = self.inotify.watch(netns_dir, IN_DELETE | IN_MOVED_FROM | IN_CREATE
+                                            | IN_MOVED_TO | IN_ONLYDIR)
+        self.thread = threading.Thread(target=self._run, name="config-reader", daemon=True)
+
+    def _watch_drop_ins(self) -> int | None:
+        try:
+            return self.inotify.watch(self.directory, DIRECTORY_EVENTS)
+        except OSError:
+            return None  # none yet: its creation in the parent directory is seen
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def request(self, token: int) -> None:
+        """Read every file again (SIGHUP, ``vsnetctl reload``); ``token`` comes back in
+        :attr:`Loaded.requests`."""
+        with self._asked_lock:
+            self._asked.append(token)
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._ask_w, b"r")
+
+    def load_now(self) -> Loaded:
+        """The first read, on the caller's thread (before the loop starts)."""
+        return self._load(None, [])
+
+    def stop(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._ask_w, b"s")
+        self.thread.join(timeout=5)
+
+    # ------------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                select.select([self.inotify.fd, self._ask_r], [], [])
+                self._once()
+            except Exception as exc:  # a bug here must not end the watching
+                log.event(logging.ERROR, f"config reader: {exc!r}", op="reload")
+                time.sleep(0.1)
+
+    def _once(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._ask_r, 4096)
+        with self._asked_lock:
+            requests, self._asked = self._asked, []
+        changed: set[Path] | None = None if requests else set()
+        netns = False
+        for wd, mask, name in self.inotify.read():
+            if mask & IN_Q_OVERFLOW:
+                changed = None  # events were lost: read everything
+            elif wd == self._wd_netns:
+                netns = True
+            elif wd == self._wd_parent:
+                if name == self.directory.name:
+                    self._wd_drop_ins = self._watch_drop_ins()
+                    changed = None  # the directory came or went: every drop-in with it
+                elif changed is not None and name == self.path.name and _complete(mask, self.path):
+                    changed.add(self.path)
+            elif wd == self._wd_drop_ins:
+                if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
+                    self._wd_drop_ins = None
+                    changed = None
+                elif changed is not None and name and _complete(mask, self.directory / name):
+                    path = self.directory / name
+                    if self.loader.concerns(path):
+                        changed.add(path)
+        if netns:
+            self.on_netns()
+        if changed is None or changed:
+            self.results.put(self._load(changed, requests))
+        if changed is None or changed or netns:
+            self._poke()  # after the put: the loop finds what it is woken for
+
+    def _load(self, changed: set[Path] | None, requests: list[int]) -> Loaded:
+        started = time.perf_counter()
+        result = Loaded(requests, files=sorted(str(p) for p in changed or ()))
+        with gc_paused():  # 1,000 VS of small objects, no cycles: no collector passes
+            try:
+                config = self.loader.load(changed)
+            except ConfigError as exc:
+                result.issues = exc.issues
+            else:
+                result.config = config
+                result.desired = compile_edit(config, self._previous)
+                self._previous = (config, result.desired)
+        result.done_at = time.perf_counter()
+        result.seconds = result.done_at - started
+        return result
+
+    def _poke(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"w")
+
+    def close(self) -> None:
+        self.inotify.close()
+        for fd in (self.wake, self._wake_w, self._ask_r, self._ask_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _complete(mask: int, path: Path) -> bool:
+    """Whether this event ends a change worth reading now (see DIRECTORY_EVENTS)."""
+    if mask & IN_CREATE:
+        try:
+            return not stat.S_ISREG(path.lstat().st_mode)
+        except OSError:
+            return True
+    return True
