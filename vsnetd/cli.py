@@ -10,7 +10,14 @@ plan       0 in sync, 2 changes pending (or a VS waiting / in conflict), 1 error
 apply      0 every VS converged, 1 otherwise
 status     0 every VS in sync, 2 otherwise, 1 error
 teardown   0 everything vsnet owned is gone, 1 otherwise
+activate   0 every named VS active and in sync, 1 otherwise
+deactivate 0 every named VS inactive and gone from the kernel, 1 otherwise
+is-active  0 every named VS active and in sync, 3 one inactive, 1 one not in sync
+(all three: 2 when a name is not a cluster VS of the config)
 =========  =====================================================================
+
+activate, deactivate and is-active (placement: cluster) go to the running daemon through
+the lean front door :mod:`vsnetd.ctl`; without a daemon they work here, one shot.
 """
 
 from __future__ import annotations
@@ -25,12 +32,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vsnetd import control
+from vsnetd import activation, control, ctl
 from vsnetd.compile import compile_config
 from vsnetd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, json_schema, load_config
 from vsnetd.kernel import Kernel
+from vsnetd.neighbours import Announcer, announce_servers
 from vsnetd.reconcile import ConvergeResult, converge, plan_for
-from vsnetd.state import ServerVerdict
+from vsnetd.state import DesiredState, ServerVerdict
 from vsnetd.status import render_status, server_status
 
 EXIT_OK, EXIT_ERROR, EXIT_PENDING = 0, 1, 2
@@ -43,6 +51,11 @@ def _print_json(document: dict[str, Any]) -> None:
 
 def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config)
+
+
+def _desired(config: Config) -> DesiredState:
+    """What the kernel should hold here: every VS but the cluster VS not active here."""
+    return activation.select(compile_config(config), config, activation.read_active())
 
 
 # --------------------------------------------------------------------------- commands
@@ -67,7 +80,7 @@ def _render_verdicts(verdicts: dict[str, ServerVerdict]) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    desired = compile_config(_load(args))
+    desired = _desired(_load(args))
     with Kernel() as kernel:
         plan = plan_for(kernel, desired)
     in_sync = all(v.state == "in-sync" for v in plan.servers.values()) and not plan
@@ -102,7 +115,7 @@ def _report_converge(result: ConvergeResult, args: argparse.Namespace) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    desired = compile_config(_load(args))
+    desired = _desired(_load(args))
     with Kernel() as kernel:
         result = converge(kernel, desired)
     _report_converge(result, args)
@@ -136,7 +149,7 @@ def _print_daemon(reply: dict[str, Any], args: argparse.Namespace) -> int:
                   f"{error['path']}: {error['message']}")
         print()
         print(render_status(reply["servers"]))
-    in_sync = all(s["state"] == "in-sync" for s in reply["servers"].values())
+    in_sync = all(s["state"] in ("in-sync", "inactive") for s in reply["servers"].values())
     return EXIT_OK if in_sync and not daemon["config_errors"] else EXIT_PENDING
 
 
@@ -144,15 +157,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     reply = _daemon_status(args)
     if reply is not None:
         return _print_daemon(reply, args)
-    desired = compile_config(_load(args))
+    config = _load(args)
+    compiled, active = compile_config(config), activation.read_active()
     with Kernel() as kernel:
-        plan = plan_for(kernel, desired)
-    report = server_status(desired, plan.servers, plan)
+        plan = plan_for(kernel, activation.select(compiled, config, active))
+    report = activation.annotate(server_status(compiled, plan.servers, plan), config, active)
     if args.json:
         _print_json({"config": str(args.config), "servers": report})
     else:
         print(render_status(report))
-    in_sync = all(s["state"] == "in-sync" for s in report.values())
+    in_sync = all(s["state"] in ("in-sync", "inactive") for s in report.values())
     return EXIT_OK if in_sync else EXIT_PENDING
 
 
@@ -193,6 +207,38 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     return EXIT_OK if result.converged else EXIT_ERROR
 
 
+def _switch(args: argparse.Namespace) -> int:
+    """activate / deactivate / is-active: by the daemon when one answers, else here."""
+    op = args.command
+    reply = ctl.via_daemon(op, args.names, args.config)
+    if reply is None:
+        reply = _switch_here(op, args.names, _load(args))
+    return ctl.report(op, reply, args.json)
+
+
+def _switch_here(op: str, names: list[str], config: Config) -> dict[str, Any]:
+    problems = activation.check_names(config, names)
+    if problems:
+        return {"ok": False, "refused": True, "error": "; ".join(problems)}
+    active = activation.read_active()
+    if op != "is-active":
+        active = activation.switched(active, names, on=op == "activate")
+        activation.write_active(active)
+    desired = activation.select(compile_config(config), config, active)
+    with Kernel() as kernel:
+        if op == "is-active":
+            verdicts = plan_for(kernel, desired).servers
+        else:  # the whole config, as apply: without a daemon nothing else keeps it
+            verdicts = converge(kernel, desired).servers
+        if op == "activate":
+            announcer = Announcer()
+            announce_servers(announcer, kernel, (
+                desired.servers[name] for name in names
+                if verdicts.get(name) == ServerVerdict("in-sync")))
+            announcer.wait()
+    return activation.reply(names, active, verdicts, op)
+
+
 COMMANDS = {
     "validate": (cmd_validate, "check the config file; exit 1 if invalid"),
     "plan": (cmd_plan, "show what apply would change (dry run)"),
@@ -201,7 +247,11 @@ COMMANDS = {
     "teardown": (cmd_teardown, "remove every object vsnet created"),
     "reload": (cmd_reload, "make the running vsnetd read its config now"),
     "schema": (cmd_schema, "print the JSON Schema of the config file"),
+    "activate": (_switch, "put cluster VS in the kernel here and announce their addresses"),
+    "deactivate": (_switch, "take cluster VS out of the kernel here"),
+    "is-active": (_switch, "exit 0 when the VS are active and in sync here, 3 inactive"),
 }
+SWITCHES = ("activate", "deactivate", "is-active")
 
 
 def _common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
@@ -224,8 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common_options(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_func, help_text) in COMMANDS.items():
-        _common_options(sub.add_parser(name, help=help_text, description=help_text),
-                        defaults=False)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        _common_options(command, defaults=False)
+        if name in SWITCHES:
+            command.add_argument("names", nargs="+", metavar="NAME", help="server name")
     return parser
 
 

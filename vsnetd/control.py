@@ -23,8 +23,10 @@ class DaemonUnavailable(Exception):
     """No daemon answers on the control socket."""
 
 
-def request(op: str, path: Path = CONTROL_PATH, timeout: float = TIMEOUT) -> dict[str, Any]:
-    """Ask the running daemon; raise DaemonUnavailable when there is none."""
+def request(op: str, path: Path = CONTROL_PATH, timeout: float = TIMEOUT,
+            **fields: Any) -> dict[str, Any]:
+    """Ask the running daemon (``fields`` go with the op, e.g. ``names``); raise
+    DaemonUnavailable when there is none."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -32,7 +34,7 @@ def request(op: str, path: Path = CONTROL_PATH, timeout: float = TIMEOUT) -> dic
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonUnavailable(str(exc)) from None
-        sock.sendall(json.dumps({"op": op}).encode() + b"\n")
+        sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)
@@ -70,13 +72,18 @@ def peer_uid(conn: socket.socket) -> int:
 
 def parse(line: bytes) -> str:
     """The operation of one request line; ValueError with a reason when it is not one."""
+    return str(parse_message(line)["op"])
+
+
+def parse_message(line: bytes) -> dict[str, Any]:
+    """One request line as an object with a string ``op``; ValueError when it is not."""
     try:
         message = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"malformed JSON: {exc}") from None
     if not isinstance(message, dict) or not isinstance(message.get("op"), str):
         raise ValueError('a request is an object like {"op": "status"}')
-    return str(message["op"])
+    return message
 
 
 def dumps(reply: dict[str, Any]) -> bytes:

@@ -33,17 +33,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vsnetd import control, log
+from vsnetd import activation, control, log
 from vsnetd.broker import BROKER_PATH, Broker, Client, Served
 from vsnetd.compile import compile_config
 from vsnetd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, ConfigIssue, ConfigLoader
 from vsnetd.diff import Affected
 from vsnetd.kernel import ROOT, Kernel
 from vsnetd.kinds import KernelObject, Namespace, namespace
+from vsnetd.neighbours import Announcer, announce_servers
 from vsnetd.netlink import Overrun, RtnlMonitor
 from vsnetd.observe import NotificationFeed
 from vsnetd.reconcile import ConvergeResult, Reconciler, gc_paused
-from vsnetd.state import ACTION_SIGNS, DesiredState, Plan
+from vsnetd.state import ACTION_SIGNS, DesiredState, Plan, ServerVerdict
 from vsnetd.status import server_status, summary
 from vsnetd.syscalls import entered_netns
 
@@ -105,6 +106,10 @@ class Daemon:
         self.monitors: dict[str, RtnlMonitor] = {}
         self.monitor_inodes: dict[str, int | None] = {}
         self.desired: DesiredState | None = None
+        # placement cluster (vsnetd/activation.py): every VS compiled, the active ones desired
+        self.compiled: DesiredState | None = None
+        self.active = activation.read_active()
+        self.announcer = Announcer()
         self.config_issues: list[ConfigIssue] = []
         self.generation = 0
         self.last: dict[str, Any] = {}
@@ -315,9 +320,10 @@ class Daemon:
                           op="reload")
             return False
         self.config_issues = []
-        previous = (self.config, self.desired) if self.config and self.desired else None
+        previous = (self.config, self.compiled) if self.config and self.compiled else None
         self.config = config
-        self.desired = compile_config(config, previous)
+        self.compiled = compile_config(config, previous)
+        self.desired = activation.select(self.compiled, config, self.active)
         self.affected = None  # built by the first heal: not on the way of an edit
         self.generation += 1
         return True
@@ -425,8 +431,9 @@ class Daemon:
         return line
 
     def status(self) -> dict[str, Any]:
-        servers = (server_status(self.desired, self.reconciler.verdicts, Plan((), {}))
-                   if self.desired is not None else {})
+        servers = (activation.annotate(
+            server_status(self.compiled, self.reconciler.verdicts, Plan((), {})),
+            self.config, self.active) if self.compiled is not None and self.config else {})
         return {
             "ok": True,
             "daemon": {
@@ -457,9 +464,12 @@ class Daemon:
         if control.peer_uid(conn) != 0:
             return {"ok": False, "error": "forbidden: the control socket is for root"}
         try:
-            op = control.parse(control.read_line(conn))
+            message = control.parse_message(control.read_line(conn))
         except ValueError as exc:
             return {"ok": False, "error": str(exc)}
+        op = message["op"]
+        if op in ("activate", "deactivate", "is-active"):
+            return self._activation(op, message)
         if op == "status":
             return self.status()
         if op == "reload":
@@ -467,7 +477,40 @@ class Daemon:
             reply = self.status()
             reply["ok"] = not self.config_issues
             return reply
-        return {"ok": False, "error": f"unknown op {op!r} (status, reload)"}
+        return {"ok": False, "error": f"unknown op {op!r} (status, reload, activate, deactivate, "
+                                      "is-active)"}
+
+    def _activation(self, op: str, message: dict[str, Any]) -> dict[str, Any]:
+        """Switch cluster VS on or off here (or say where they stand): converge them at once,
+        and announce the addresses of those switched on (neighbours follow)."""
+        started = time.perf_counter()
+        names = message.get("names")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return {"ok": False, "error": 'names: a list of server names, e.g. ["nas1"]'}
+        config_path = message.get("config")
+        if config_path is not None and Path(str(config_path)).absolute() != self.config_path:
+            return {"ok": False, "error": f"vsnetd serves {self.config_path}, not {config_path}"}
+        if self.config is None or self.compiled is None:
+            return {"ok": False, "error": "no valid config loaded: "
+                    + "; ".join(str(issue) for issue in self.config_issues)}
+        problems = activation.check_names(self.config, names)
+        if problems:
+            return {"ok": False, "refused": True, "error": "; ".join(problems)}
+        if op != "is-active":
+            active = activation.switched(self.active, names, on=op == "activate")
+            if active != self.active:
+                activation.write_active(active)
+                self.active = active
+            self.desired = activation.select(self.compiled, self.config, self.active)
+            self.affected = None
+            self._after(self.reconciler.converge(self.desired), op)
+            if op == "activate":
+                announce_servers(self.announcer, self.kernel, (
+                    self.desired.servers[name] for name in names
+                    if self.reconciler.verdicts.get(name) == ServerVerdict("in-sync")))
+        reply = activation.reply(names, self.active, self.reconciler.verdicts, op)
+        reply["seconds"] = round(time.perf_counter() - started, 6)
+        return reply
 
 
 def main(argv: Sequence[str] | None = None) -> int:
