@@ -14,6 +14,7 @@ VS by itself so that the measurements are vsnet's and Pacemaker's, not a second 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import socket
@@ -82,11 +83,8 @@ def main(namespaces: list[str]) -> int:
                 conn, _peer = sock.accept()
             except OSError:
                 continue
-            with conn:
-                try:
-                    conn.sendall(name)
-                except OSError:
-                    pass
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(name)
 
 
 if __name__ == "__main__":
