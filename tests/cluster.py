@@ -28,7 +28,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
@@ -39,10 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from vsnetd import sandbox
-from vsnetd.kinds import address
-from vsnetd.netlink import RtnlSocket
 from vsnetd.sandbox import ip, sh
-from vsnetd.syscalls import entered_netns
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = ROOT / "packaging" / "ocf" / "vsnet"
@@ -490,46 +486,49 @@ def neighbour(address: str) -> dict[str, Any] | None:
 
 
 class Sampler:
-    """Looks at both nodes' addresses again and again (the kernel's view, by netlink, in
-    each node's namespace and inside its VS namespace), recording every instant where an
-    address of a watched VS is on both nodes at once."""
+    """Looks at both nodes' addresses every 2 ms from a process of its own (the kernel's
+    view, by netlink, in each node's namespace and inside its VS namespace; no GIL shared
+    with the client's probes), and writes down each change with its CLOCK_MONOTONIC time.
+
+    ``both`` lists every instant where a watched address was on both nodes at once. A VS
+    is stopped on one node before it is started on the other: an overlap would last tens
+    of ms at least, and 2 ms between samples leaves the CPUs to the cluster measured."""
 
     def __init__(self, cluster: Cluster, watched: dict[str, list[str]]) -> None:
         self.cluster = cluster
         self.watched = watched
+        self.out = cluster.workdir / f"samples-{time.monotonic_ns()}.jsonl"
+        self.proc: subprocess.Popen[bytes] | None = None
         self.samples = 0
-        self.both: list[tuple[float, str]] = []  # (monotonic time, address)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.changes: list[tuple[float, dict[str, set[str]]]] = []
+        self.both: list[tuple[float, str]] = []
 
     def __enter__(self) -> Sampler:
-        self.thread.start()
+        wanted = sorted({a for addresses in self.watched.values() for a in addresses})
+        nodes = [f"{n.name}={n.pid}" for n in self.cluster.nodes if n.alive]
+        self.proc = spawn([sys.executable, "-m", "tests.cluster_sampler", str(self.out),
+                           ",".join(wanted), *nodes], env=node_env())
+        wait_for(lambda: self.out.exists(), 10, "the sampler", 0.01)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
-
-    def _addresses(self, node: Node) -> set[str]:
-        found: set[str] = set()
-        for path in (node.netns_path(), node.vs_netns_path("vs-nas2")):
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait()
+        for line in self.out.read_text().splitlines():
+            record = json.loads(line)
+            if "samples" in record:
+                self.samples = record["samples"]
                 continue
-            try:
-                with entered_netns(fd), RtnlSocket() as sock:
-                    found.update(a.address for a, _proto in address.observe(sock, {}))
-            except OSError:
-                continue
-            finally:
-                os.close(fd)
-        return found
+            nodes = {name: set(found) for name, found in record["nodes"].items()}
+            self.changes.append((record["t"], nodes))
+            on = list(nodes.values())
+            if len(on) == 2:
+                self.both.extend((record["t"], a) for a in on[0] & on[1])
 
-    def _run(self) -> None:
-        wanted = {a for addresses in self.watched.values() for a in addresses}
-        while not self.stop.is_set():
-            now = time.monotonic()
-            first, second = (self._addresses(n) & wanted for n in self.cluster.nodes)
-            self.samples += 1
-            self.both.extend((now, a) for a in first & second)
+    def first_seen(self, node: str, address: str, after: float) -> float | None:
+        """The first sample after ``after`` (monotonic) where ``node`` held ``address``."""
+        for when, nodes in self.changes:
+            if when >= after and address in nodes.get(node, set()):
+                return when
+        return None
