@@ -48,7 +48,8 @@ PORT = 7000
 CLIENT = "client"
 PR_SET_PDEATHSIG = 1
 
-# pbr and netns VS, several addresses each (IPv4 and IPv6); placement cluster
+# pbr and netns VS, several addresses each (IPv4 and IPv6); placement cluster. nas3 is no
+# Pacemaker resource: bench/cluster.py runs the agent on it by hand.
 VS_CONFIG = f"""\
 version: 1
 servers:
@@ -70,6 +71,15 @@ servers:
       - {{address: {NET}.110/24}}
       - {{address: {NET}.111/24}}
       - {{address: {NET6}110/64}}
+  nas3:
+    id: 3
+    mode: pbr
+    placement: cluster
+    uplink: eth0
+    addresses:
+      - {{address: {NET}.120/24}}
+      - {{address: {NET}.121/24}}
+      - {{address: {NET6}120/64}}
 """
 VS_ADDRESSES = {"nas1": [f"{NET}.100", f"{NET}.101", f"{NET6}100"],
                 "nas2": [f"{NET}.110", f"{NET}.111", f"{NET6}110"],
@@ -409,13 +419,14 @@ class Cluster:
                     return int(starts[-1].get("exec-time", "0"))
         return None
 
-    def membership_formed_after(self, node: str, after: float) -> float | None:
-        """When the node's corosync formed a new membership after ``after`` (epoch seconds),
-        from its log (hires timestamps, local time, no year)."""
-        log = self.node(node).dir / "log" / "cluster" / "corosync.log"
+    def logged_after(self, node: str, log: str, text: str, after: float) -> float | None:
+        """When a line holding ``text`` was first logged after ``after`` (epoch seconds)
+        in the node's ``log`` under /var/log (corosync's and Pacemaker's logs both start
+        with a local time in ms, without the year)."""
+        path = self.node(node).dir / "log" / log
         year = datetime.now().year
-        for line in log.read_text(errors="replace").splitlines():
-            if "A new membership" not in line:
+        for line in path.read_text(errors="replace").splitlines():
+            if text not in line:
                 continue
             stamp = " ".join(line.split()[:3])
             try:
@@ -425,6 +436,19 @@ class Cluster:
             if when >= after:
                 return when
         return None
+
+    def membership_formed_after(self, node: str, after: float) -> float | None:
+        return self.logged_after(node, "cluster/corosync.log", "A new membership", after)
+
+    def start_logged_after(self, node: str, resource: str, after: float
+                           ) -> tuple[float | None, float | None]:
+        """(requested, result): when the node's controller asked for the start of
+        ``resource`` and when it had its result (pacemaker.log)."""
+        log = "pacemaker/pacemaker.log"
+        return (self.logged_after(node, log, f"execution of start operation for {resource} ",
+                                  after),
+                self.logged_after(node, log, f"Result of start operation for {resource} ",
+                                  after))
 
 
 @contextmanager

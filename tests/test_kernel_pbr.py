@@ -126,6 +126,7 @@ def test_plan_status_and_exit_codes(uplink: str, config_file: Path) -> None:
         "addresses": ["10.0.0.5/24", "10.0.1.5/24", "2001:db8:5::5/64"],
         "mark": 0x5600001, "mark_table": 10031, "pending_changes": 0,
         "tables": [10016, 10017, 10018, 10031], "priorities": [10016, 10017, 10018, 10031],
+        "placement": "local", "active": True,
     }
 
 
