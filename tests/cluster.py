@@ -393,6 +393,11 @@ class Cluster:
     def status_xml(self) -> ET.Element:
         return ET.fromstring(self.crm("crm_mon", "--output-as=xml", "-1", check=False))
 
+    def dc(self) -> str | None:
+        """The node that is the cluster's Designated Controller now."""
+        element = self.status_xml().find(".//current_dc")
+        return element.get("name") if element is not None else None
+
     def where(self, resource: str) -> str | None:
         """The node the resource is Started on (None while it is not started anywhere)."""
         for element in self.status_xml().iter("resource"):

@@ -104,7 +104,8 @@ def open_device(device: str, netns_fd: int | None = None) -> tuple[socket.socket
 
 
 class Announcer:
-    """Sends the announcements: the first round at once, the others from a thread."""
+    """Sends the announcements: the first round at once, the others from one thread per
+    call (an activation of 100 VS starts one thread, not 100)."""
 
     def __init__(self, count: int = DEFAULT_COUNT, interval: float = DEFAULT_INTERVAL) -> None:
         self.count = count
@@ -114,24 +115,35 @@ class Announcer:
     def announce(self, server: str, device: str, addresses: Sequence[str],
                  netns_fd: int | None = None) -> int:
         """Announce ``addresses`` of ``server`` on ``device``; the number of frames sent in
-        the first round. A failure is logged (the VS serves anyway; peers catch up when
-        their entries expire) and reported as 0."""
-        try:
-            sock, mac = open_device(device, netns_fd)
-        except OSError as exc:
-            log.event(logging.WARNING, f"cannot announce on {device}: {exc}", server=server,
-                      op="announce")
-            return 0
-        frames = frames_for(mac, addresses)
-        sent = self._round(sock, frames, server)
+        the first round."""
+        return self.announce_many([(server, device, addresses, netns_fd)])
+
+    def announce_many(self, servers: Iterable[tuple[str, str, Sequence[str], int | None]]
+                      ) -> int:
+        """Announce each (server, device, addresses, netns fd); the frames sent in the
+        first round. A failure is logged (the VS serves anyway; peers catch up when their
+        entries expire)."""
+        opened: list[tuple[socket.socket, list[bytes], str]] = []
+        for server, device, addresses, netns_fd in servers:
+            try:
+                sock, mac = open_device(device, netns_fd)
+            except OSError as exc:
+                log.event(logging.WARNING, f"cannot announce on {device}: {exc}",
+                          server=server, op="announce")
+                continue
+            opened.append((sock, frames_for(mac, addresses), server))
+        sent = sum(self._round(sock, frames, server) for sock, frames, server in opened)
+        if not opened:
+            return sent
         if self.count > 1:
-            thread = threading.Thread(target=self._rest, args=(sock, frames, server),
-                                      name=f"announce-{server}", daemon=True)
+            thread = threading.Thread(target=self._rest, args=(opened,), name="announce",
+                                      daemon=True)
             self.threads = [t for t in self.threads if t.is_alive()]
             self.threads.append(thread)
             thread.start()
         else:
-            sock.close()
+            for sock, _frames, _server in opened:
+                sock.close()
         return sent
 
     def _round(self, sock: socket.socket, frames: list[bytes], server: str) -> int:
@@ -140,18 +152,19 @@ class Announcer:
             try:
                 sock.send(frame)
                 sent += 1
-            except OSError as exc:  # the device went down meanwhile: nothing to tell
+            except OSError as exc:  # the device went away meanwhile: nothing to tell
                 log.event(logging.DEBUG, f"announce: {exc}", server=server, op="announce")
         return sent
 
-    def _rest(self, sock: socket.socket, frames: list[bytes], server: str) -> None:
+    def _rest(self, opened: list[tuple[socket.socket, list[bytes], str]]) -> None:
         try:
             for _round in range(self.count - 1):
                 time.sleep(self.interval)
-                if not self._round(sock, frames, server):
-                    return
+                for sock, frames, server in opened:
+                    self._round(sock, frames, server)
         finally:
-            sock.close()
+            for sock, _frames, _server in opened:
+                sock.close()
 
     def wait(self) -> None:
         """Until every round is sent (a one-shot vsnetctl must not exit before)."""
@@ -163,6 +176,7 @@ class Announcer:
 def announce_servers(announcer: Announcer, kernel: Kernel, servers: Iterable[DesiredServer]
                      ) -> None:
     """Announce every address of each VS from its device (in its namespace, in netns mode)."""
+    batch: list[tuple[str, str, Sequence[str], int | None]] = []
     for server in servers:
         try:
             fd = kernel.netns_fd(server.netns) if server.netns else None
@@ -170,4 +184,5 @@ def announce_servers(announcer: Announcer, kernel: Kernel, servers: Iterable[Des
             log.event(logging.WARNING, f"cannot announce: {exc}", server=server.name,
                       op="announce")
             continue
-        announcer.announce(server.name, server.device, server.addresses, fd)
+        batch.append((server.name, server.device, server.addresses, fd))
+    announcer.announce_many(batch)
