@@ -129,11 +129,11 @@ def planned_moves(cluster: Cluster, rounds: int, results: Results, notes: Notes)
 # --------------------------------------------------------------------------- node loss
 
 
-def node_loss(cluster: Cluster, results: Results, notes: Notes) -> None:
-    """The node that holds the resources and is not the DC dies (losing the DC as well
-    adds an election and the new DC's join round to the scheduling)."""
+def node_loss(cluster: Cluster, results: Results, notes: Notes, lose_dc: bool = False) -> None:
+    """The node that holds the resources dies: by default not the DC (losing the DC as
+    well adds an election and the new DC's join round to the scheduling: ``--lose-dc``)."""
     dc = cluster.dc()
-    victim = other(dc) if dc is not None else cluster.where("nas1")
+    victim = (dc if lose_dc else other(dc)) if dc is not None else cluster.where("nas1")
     assert victim is not None
     results.values["victim"] = f"{victim} (DC: {dc})"
     for resource in RESOURCES:
@@ -277,6 +277,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="planned moves per resource, and activation rounds (default 3)")
     parser.add_argument("--token", type=int, default=1000, help="corosync token, ms")
+    parser.add_argument("--lose-dc", action="store_true",
+                        help="the node lost is the DC (default: the other one)")
     args = parser.parse_args(argv)
     if not enter_sandbox(__file__, argv):
         return 1
@@ -287,7 +289,7 @@ def main(argv: list[str]) -> int:
     with running_cluster(token_ms=args.token) as cluster:
         boot = time.monotonic() - started
         overlaps = planned_moves(cluster, args.rounds, results, notes)
-        node_loss(cluster, results, notes)
+        node_loss(cluster, results, notes, args.lose_dc)
     print(machine_line(info) + f"corosync token {args.token} ms; cluster up in {boot:.1f} s; "
           f"node lost: {results.values.get('victim')}")
     print()
