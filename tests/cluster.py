@@ -482,13 +482,18 @@ def client_socket(family: int = socket.AF_INET) -> socket.socket:
 
 
 def served_by(address: str, timeout: float = 0.05) -> str | None:
-    """The name of the node that answers on ``address`` now (None: nobody, yet)."""
+    """The name of the node that answers on ``address`` now (None: nobody, yet).
+
+    The app answers at once; a connection whose answer takes longer than ``2 * timeout``
+    was made with the old node just as it let the address go (its handshake completed
+    there, the rest of it reaches nobody): the probe gives up on it as a client would, and
+    tries again."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = client_socket(family)
     sock.settimeout(timeout)
     try:
         sock.connect((address, PORT))
-        sock.settimeout(1.0)
+        sock.settimeout(2 * timeout)
         return sock.recv(64).decode() or None
     except OSError:
         return None
