@@ -17,6 +17,14 @@ pkg-config --exists libsystemd 2>/dev/null || need+=(libsystemd-dev)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 # the confinement tests read the kernel's view of cgroup-BPF attachments with bpftool
 command -v bpftool >/dev/null || [[ -x /usr/sbin/bpftool ]] || need+=(bpftool)
+# the two-node cluster test and bench/cluster.py (Pacemaker + corosync in namespaces);
+# ocf-tester checks the OCF agent
+command -v corosync >/dev/null     || need+=(corosync)
+command -v pacemakerd >/dev/null   || need+=(pacemaker)
+command -v crm_resource >/dev/null || need+=(pacemaker-cli-utils)
+command -v crm >/dev/null          || need+=(crmsh)
+command -v ocf-tester >/dev/null   || need+=(resource-agents)
+command -v xmllint >/dev/null      || need+=(libxml2-utils)
 
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
@@ -25,6 +33,16 @@ if ((${#need[@]})); then
     fi
     echo "installing: ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${need[@]}"
+    # apt must not start the services it installs (corosync, pacemaker): a policy-rc.d
+    # that says "no" (101) for the length of the install, removed afterwards
+    policy=/usr/sbin/policy-rc.d
+    own_policy=
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        own_policy=1
+    fi
+    trap '[[ -n $own_policy ]] && rm -f "$policy"' EXIT
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need[@]}"
 fi

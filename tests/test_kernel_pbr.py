@@ -135,6 +135,7 @@ def test_plan_status_and_exit_codes(uplink: str, config_file: Path) -> None:
         "mark": 0x5600001, "mark_table": 10031, "pending_changes": 0,
         "tables": [10016, 10017, 10018, 10031],
         "priorities": [18758, 18790, 24932, 25982, 30590],
+        "placement": "local", "active": True,
     }
 
 

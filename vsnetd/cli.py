@@ -10,7 +10,14 @@ plan       0 in sync, 2 changes pending (or a VS waiting / in conflict), 1 error
 apply      0 every VS converged, 1 otherwise
 status     0 every VS in sync, 2 otherwise, 1 error
 teardown   0 everything vsnet owned is gone, 1 otherwise
+activate   0 every named VS active and in sync, 1 otherwise
+deactivate 0 every named VS inactive and gone from the kernel, 1 otherwise
+is-active  0 every named VS active and in sync, 3 one inactive, 1 one not in sync
+(all three: 2 when a name is not a cluster VS of the config)
 =========  =====================================================================
+
+activate, deactivate and is-active (placement: cluster) go to the running daemon through
+the lean front door :mod:`vsnetd.ctl`; without a daemon they work here, one shot.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from vsnetd.config import Config
     from vsnetd.reconcile import ConvergeResult
-    from vsnetd.state import ServerVerdict
+    from vsnetd.state import DesiredState, ServerVerdict
 
 EXIT_OK, EXIT_ERROR, EXIT_PENDING = 0, 1, 2
 JSON_VERSION = 1
@@ -44,6 +51,14 @@ def _load(args: argparse.Namespace) -> Config:
     from vsnetd.config import load_config
 
     return load_config(args.config)
+
+
+def _desired(config: Config) -> DesiredState:
+    """What the kernel should hold here: every VS but the cluster VS not active here."""
+    from vsnetd import activation
+    from vsnetd.compile import compile_config
+
+    return activation.select(compile_config(config), config, activation.read_active())
 
 
 # --------------------------------------------------------------------------- commands
@@ -68,11 +83,10 @@ def _render_verdicts(verdicts: dict[str, ServerVerdict]) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from vsnetd.compile import compile_config
     from vsnetd.kernel import Kernel
     from vsnetd.reconcile import plan_for
 
-    desired = compile_config(_load(args))
+    desired = _desired(_load(args))
     with Kernel() as kernel:
         plan = plan_for(kernel, desired)
     in_sync = all(v.state == "in-sync" for v in plan.servers.values()) and not plan
@@ -107,11 +121,10 @@ def _report_converge(result: ConvergeResult, args: argparse.Namespace) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from vsnetd.compile import compile_config
     from vsnetd.kernel import Kernel
     from vsnetd.reconcile import converge
 
-    desired = compile_config(_load(args))
+    desired = _desired(_load(args))
     with Kernel() as kernel:
         result = converge(kernel, desired)
     _report_converge(result, args)
@@ -153,7 +166,7 @@ def _print_daemon(reply: dict[str, Any], args: argparse.Namespace) -> int:
         from vsnetd.status import render_status
 
         print(render_status(reply["servers"]))
-    in_sync = all(s["state"] == "in-sync" for s in reply["servers"].values())
+    in_sync = all(s["state"] in ("in-sync", "inactive") for s in reply["servers"].values())
     return EXIT_OK if in_sync and not daemon["config_errors"] else EXIT_PENDING
 
 
@@ -161,20 +174,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     reply = _daemon_status(args)
     if reply is not None:
         return _print_daemon(reply, args)
+    from vsnetd import activation
     from vsnetd.compile import compile_config
     from vsnetd.kernel import Kernel
     from vsnetd.reconcile import plan_for
     from vsnetd.status import render_status, server_status
 
-    desired = compile_config(_load(args))
+    config = _load(args)
+    compiled, active = compile_config(config), activation.read_active()
     with Kernel() as kernel:
-        plan = plan_for(kernel, desired)
-    report = server_status(desired, plan.servers, plan)
+        plan = plan_for(kernel, activation.select(compiled, config, active))
+    report = activation.annotate(server_status(compiled, plan.servers, plan), config, active)
     if args.json:
         _print_json({"config": str(args.config), "servers": report})
     else:
         print(render_status(report))
-    in_sync = all(s["state"] == "in-sync" for s in report.values())
+    in_sync = all(s["state"] in ("in-sync", "inactive") for s in report.values())
     return EXIT_OK if in_sync else EXIT_PENDING
 
 
@@ -226,6 +241,47 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     return EXIT_OK if result.converged else EXIT_ERROR
 
 
+def _switch(args: argparse.Namespace) -> int:
+    """activate / deactivate / is-active: by the daemon when one answers, else here."""
+    from vsnetd import ctl
+
+    op = args.command
+    reply = ctl.via_daemon(op, args.names, args.config)
+    if reply is None:
+        reply = _switch_here(op, args.names, _load(args))
+    return ctl.report(op, reply, args.json)
+
+
+def _switch_here(op: str, names: list[str], config: Config) -> dict[str, Any]:
+    from vsnetd import activation
+    from vsnetd.compile import compile_config
+    from vsnetd.kernel import Kernel
+    from vsnetd.neighbours import Announcer, announce_servers
+    from vsnetd.reconcile import converge, plan_for
+    from vsnetd.state import ServerVerdict
+
+    problems = activation.check_names(config, names)
+    if problems:
+        return {"ok": False, "refused": True, "error": "; ".join(problems)}
+    active = activation.read_active()
+    if op != "is-active":
+        active = activation.switched(active, names, on=op == "activate")
+        activation.write_active(active)
+    desired = activation.select(compile_config(config), config, active)
+    with Kernel() as kernel:
+        if op == "is-active":
+            verdicts = plan_for(kernel, desired).servers
+        else:  # the whole config, as apply: without a daemon nothing else keeps it
+            verdicts = converge(kernel, desired).servers
+        if op == "activate":
+            announcer = Announcer()
+            announce_servers(announcer, kernel, (
+                desired.servers[name] for name in names
+                if verdicts.get(name) == ServerVerdict("in-sync")))
+            announcer.wait()
+    return activation.reply(names, active, verdicts, op)
+
+
 COMMANDS = {
     "validate": (cmd_validate, "check the config file; exit 1 if invalid"),
     "plan": (cmd_plan, "show what apply would change (dry run)"),
@@ -234,7 +290,11 @@ COMMANDS = {
     "teardown": (cmd_teardown, "remove every object vsnet created"),
     "reload": (cmd_reload, "make the running vsnetd read its config now"),
     "schema": (cmd_schema, "print the JSON Schema of the config file"),
+    "activate": (_switch, "put cluster VS in the kernel here and announce their addresses"),
+    "deactivate": (_switch, "take cluster VS out of the kernel here"),
+    "is-active": (_switch, "exit 0 when the VS are active and in sync here, 3 inactive"),
 }
+SWITCHES = ("activate", "deactivate", "is-active")
 
 
 def _common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
@@ -262,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "schema":
             command.add_argument("--drop-in", action="store_true",
                                  help="the schema of a servers.d/*.yaml file")
+        if name in SWITCHES:
+            command.add_argument("names", nargs="+", metavar="NAME", help="server name")
     return parser
 
 

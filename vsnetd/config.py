@@ -171,6 +171,11 @@ class ServerConfig(_Strict):
         default_factory=SocketsConfig,
         description="The socket broker: who may fetch this VS's sockets.",
     )
+    placement: Literal["local", "cluster"] = Field(
+        default="local",
+        description="local: always in the kernel; cluster: known (numbers reserved) but in the "
+                    "kernel only while activated (vsnetctl activate, the OCF agent).",
+    )
 
     def namespace_name(self, name: str) -> str:
         """The namespace this VS lives in ("" for pbr: the root namespace)."""
@@ -562,6 +567,11 @@ def _shared_namespace_problems(config: Config) -> list[tuple[FieldPath, str]]:
             moved[server.uplink] = name
         if not netns:
             continue
+        if server.placement == "cluster" and server.namespace is not None:
+            # its namespace comes and goes with its activation: shared, it would take
+            # the other VS with it
+            problems.append(((*base, "namespace"), "a VS with placement cluster keeps the "
+                                                    "namespace of its own (vs-<name>)"))
         if netns not in first:
             first[netns] = (name, server)
             continue

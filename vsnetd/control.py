@@ -23,8 +23,10 @@ class DaemonUnavailable(Exception):
     """No daemon answers on the control socket."""
 
 
-def request(op: str, path: Path = CONTROL_PATH, timeout: float = TIMEOUT) -> dict[str, Any]:
-    """Ask the running daemon; raise DaemonUnavailable when there is none."""
+def request(op: str, path: Path = CONTROL_PATH, timeout: float = TIMEOUT,
+            **fields: Any) -> dict[str, Any]:
+    """Ask the running daemon (``fields`` go with the op, e.g. ``names``); raise
+    DaemonUnavailable when there is none."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -32,7 +34,7 @@ def request(op: str, path: Path = CONTROL_PATH, timeout: float = TIMEOUT) -> dic
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonUnavailable(str(exc)) from None
-        sock.sendall(json.dumps({"op": op}).encode() + b"\n")
+        sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)

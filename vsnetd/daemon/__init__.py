@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vsnetd import control, log
+from vsnetd import activation, control, log
 from vsnetd.broker import BROKER_PATH, MAX_CLIENTS, Broker, Client, Served
 from vsnetd.config import DEFAULT_CONFIG_PATH, Config, ConfigIssue
 from vsnetd.daemon.control_server import ControlServer
@@ -46,9 +46,10 @@ from vsnetd.daemon.monitors import Monitors
 from vsnetd.daemon.watch import ConfigReader, Loaded
 from vsnetd.kernel import ROOT, Kernel
 from vsnetd.kinds import namespace
+from vsnetd.neighbours import Announcer, announce_servers
 from vsnetd.observe import recheck_confinements
 from vsnetd.reconcile import ConvergeResult, Reconciler, Schedule, gc_paused
-from vsnetd.state import ACTION_SIGNS, DesiredState, Plan
+from vsnetd.state import ACTION_SIGNS, DesiredState, Plan, ServerVerdict
 from vsnetd.status import server_status, summary
 
 DEFAULT_RESYNC_SECONDS = 60.0
@@ -122,11 +123,16 @@ class Daemon:
         self.control = ControlServer(control_path, self.selector, {
             "status": lambda _request: self.status(),
             "reload": self._reload_request,
+            **{op: self._activation for op in ("activate", "deactivate", "is-active")},
         })
         self.reader = ConfigReader(self.config_path, namespace.NETNS_DIR,
                                    self._namespaces_touched)
         self.config: Config | None = None
         self.desired: DesiredState | None = None
+        # placement cluster (vsnetd/activation.py): every VS compiled, the active ones desired
+        self.compiled: DesiredState | None = None
+        self.active = activation.read_active()
+        self.announcer = Announcer()
         self.config_issues: list[ConfigIssue] = []
         self.generation = 0
         self.last: dict[str, Any] = {}
@@ -250,11 +256,12 @@ class Daemon:
             self.refuse(loaded.issues)
             return
         self.config_issues = []
-        self.config, self.desired = loaded.config, loaded.desired
+        self.config, self.compiled = loaded.config, loaded.desired
+        self.desired = activation.select(self.compiled, self.config, self.active)
         self.generation += 1
         handed_over = time.perf_counter() - loaded.done_at
         with gc_paused():
-            result = self.reconciler.edit(loaded.desired)
+            result = self.reconciler.edit(self.desired)
         self._after(result, f"{why} (generation {self.generation})")
         # where an edit's time goes: reading + compiling (the reader thread), waiting for
         # this loop, converging
@@ -414,8 +421,9 @@ class Daemon:
         return line
 
     def status(self) -> dict[str, Any]:
-        servers = (server_status(self.desired, self.reconciler.verdicts, Plan((), {}))
-                   if self.desired is not None else {})
+        servers = (activation.annotate(
+            server_status(self.compiled, self.reconciler.verdicts, Plan((), {})),
+            self.config, self.active) if self.compiled is not None and self.config else {})
         pending = self.schedule.as_json(time.monotonic())
         for name, entry in pending.items():
             if name in servers:
@@ -436,6 +444,38 @@ class Daemon:
             },
             "servers": servers,
         }
+
+    def _activation(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Switch cluster VS on or off here (or say where they stand): converge them at once,
+        and announce the addresses of those switched on (neighbours follow)."""
+        started = time.perf_counter()
+        op, names = request["op"], request.get("names")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return {"ok": False, "error": 'names: a list of server names, e.g. ["nas1"]'}
+        config_path = request.get("config")
+        if config_path is not None and Path(str(config_path)).absolute() != self.config_path:
+            return {"ok": False, "error": f"vsnetd serves {self.config_path}, not {config_path}"}
+        if self.config is None or self.compiled is None:
+            return {"ok": False, "error": "no valid config loaded: "
+                    + "; ".join(str(issue) for issue in self.config_issues)}
+        problems = activation.check_names(self.config, names)
+        if problems:
+            return {"ok": False, "refused": True, "error": "; ".join(problems)}
+        if op != "is-active":
+            active = activation.switched(self.active, names, on=op == "activate")
+            if active != self.active:
+                activation.write_active(active)
+                self.active = active
+            self.desired = activation.select(self.compiled, self.config, self.active)
+            with gc_paused():
+                self._after(self.reconciler.edit(self.desired), op)
+            if op == "activate":
+                announce_servers(self.announcer, self.kernel, (
+                    self.desired.servers[name] for name in names
+                    if self.reconciler.verdicts.get(name) == ServerVerdict("in-sync")))
+        reply = activation.reply(names, self.active, self.reconciler.verdicts, op)
+        reply["seconds"] = round(time.perf_counter() - started, 6)
+        return reply
 
     def _reload_request(self, request: dict[str, Any]) -> None:
         """``vsnetctl reload``: answered once every file is read again and converged."""
