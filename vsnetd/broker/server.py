@@ -234,7 +234,7 @@ class Broker:
         try:
             if request.op == "listen" or request.op == "socket":
                 assert isinstance(request, Request)
-                return self._sockets(client, (request,), started, False)
+                return self._one_socket(client, request, started)
             if isinstance(request, Batch):
                 return self._sockets(client, request.requests, started, True)
             client.subscribed |= request.op == "subscribe"
@@ -248,12 +248,55 @@ class Broker:
 
     # ------------------------------------------------------------------ requests
 
+    def _verdict(self, client: Client, name: str) -> int:
+        """The caller's verdict for VS ``name``: decided once per connection and
+        generation (the peer's credentials and the VS's resolved policy are fixed)."""
+        if client.verdicts_generation != self.generation:
+            client.verdicts, client.verdicts_generation = {}, self.generation
+        allowed = client.verdicts.get(name)
+        if allowed is None:
+            allowed = client.verdicts[name] = verdict(client.peer, self.served[name].policy)
+        return allowed
+
+    def _one_socket(self, client: Client, request: Request, started: int) -> bool:
+        """The hottest path: one socket (``socket``, or ``listen`` on one address), the
+        same checks as :meth:`_sockets` in the same order, without its generality."""
+        name = request.server
+        assert name is not None
+        target = self.targets.get(name)
+        if target is None:
+            raise BrokerError("unknown-server", f"no virtual server {name!r}")
+        listen = request.op == "listen"
+        if not allows(self._verdict(client, name), request.port if listen else 0):
+            raise _forbidden(client, name, request.port if listen else 0)
+        address = request.address
+        if address is None:
+            if listen:
+                if len(target.addresses) != 1:  # a socket per address: the general path
+                    return self._sockets(client, (request,), started, False)
+                address = target.addresses[0][0]
+            else:
+                family = request.family or 4
+                address = target.outgoing.get(family)
+                if address is None:
+                    raise BrokerError("bad-request", f"{name} has no IPv{family} address")
+        af = target.families.get(address)
+        if af is None:
+            raise BrokerError("bad-request", f"{address} is not an address of {name}")
+        sock, port = make_socket(target, address, af, request, listen, self.kernel.root_fd)
+        try:
+            sent = self._send(client, (
+                f'{{"v":{VERSION},"ok":true,"generation":{self.generation},"sockets":['
+                f'{target.heads[address]}{port}{target.tails[address][request.proto]}}}],'
+                f'"part":1,"parts":1}}').encode(), _FD.pack(sock.fileno()))
+        finally:
+            sock.close()  # the client has its own copy (or is gone)
+        return self._done(request.op, "ok" if sent else "dropped", started, sent)
+
     def _sockets(self, client: Client, requests: tuple[Request, ...], started: int,
                  batch: bool) -> bool:
         """``listen``/``socket`` (one request) or ``batch``: every socket made or none."""
         op = "batch" if batch else requests[0].op
-        if client.verdicts_generation != self.generation:
-            client.verdicts, client.verdicts_generation = {}, self.generation
         # every socket to make: (target, address, family, request, listen, item)
         plan: list[tuple[Target, str, int, Request, bool, int]] = []
         for item, request in enumerate(requests):
@@ -264,14 +307,8 @@ class Broker:
             if target is None:
                 raise BrokerError("unknown-server", f"{where}no virtual server {name!r}")
             listen = request.op == "listen"
-            allowed = client.verdicts.get(name)
-            if allowed is None:
-                allowed = client.verdicts[name] = verdict(client.peer,
-                                                          self.served[name].policy)
-            if not allows(allowed, request.port if listen else 0):
-                raise BrokerError("forbidden", f"{where}uid {client.peer.uid} may not use "
-                                  f"{name!r}" + (f" port {request.port}" if listen and
-                                                 0 < request.port < PRIVILEGED_PORTS else ""))
+            if not allows(self._verdict(client, name), request.port if listen else 0):
+                raise _forbidden(client, name, request.port if listen else 0, where)
             address = request.address
             if listen:
                 if address is None:
@@ -350,6 +387,14 @@ class Broker:
                 raise
             return False
         return True
+
+
+_FD = struct.Struct("i")
+
+
+def _forbidden(client: Client, name: str, port: int, where: str = "") -> BrokerError:
+    return BrokerError("forbidden", f"{where}uid {client.peer.uid} may not use {name!r}"
+                       + (f" port {port}" if 0 < port < PRIVILEGED_PORTS else ""))
 
 
 def _close_fds(ancdata: list[tuple[int, int, bytes]]) -> int:

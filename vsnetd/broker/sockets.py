@@ -31,8 +31,11 @@ SO_MARK = 36
 IP_FREEBIND = 15
 IPV6_FREEBIND = 78
 AF_INET, AF_INET6 = socket.AF_INET, socket.AF_INET6
-SOCK_CLOEXEC = socket.SOCK_CLOEXEC
-KINDS = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
+SOCK_CLOEXEC, SOCK_STREAM = socket.SOCK_CLOEXEC, socket.SOCK_STREAM
+KINDS = {"tcp": SOCK_STREAM, "udp": socket.SOCK_DGRAM}
+SOL_SOCKET, SO_REUSEADDR, SO_REUSEPORT = (socket.SOL_SOCKET, socket.SO_REUSEADDR,
+                                          socket.SO_REUSEPORT)
+IPPROTO_IP, IPPROTO_IPV6, IPV6_V6ONLY = socket.IPPROTO_IP, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
 
 
 @dataclass(slots=True)
@@ -47,6 +50,7 @@ class Target:
     # the metadata of a socket on an address, around its port: head + port + tail[proto]
     heads: dict[str, str] = field(default_factory=dict)
     tails: dict[str, dict[str, str]] = field(default_factory=dict)
+    families: dict[str, int] = field(default_factory=dict)  # address -> AF_INET/AF_INET6
     netns_fd: int = -1  # the broker's own descriptor of the namespace (-1: none open)
     netns_inode: int = 0
 
@@ -59,6 +63,7 @@ class Target:
                      {family: address for family in (4, 6)
                       if (address := outgoing_address(config, family)) is not None})
         name, netns = json.dumps(desired.name), json.dumps(desired.netns)
+        target.families.update(addresses)
         for address, af in addresses:
             target.heads[address] = f'{{"server":{name},"address":{json.dumps(address)},"port":'
             family = 6 if af == AF_INET6 else 4
@@ -126,18 +131,18 @@ def make_socket(target: Target, address: str, af: int, request: Request, listen:
     port = request.port if listen else 0
     try:
         if target.mark:
-            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, target.mark)
+            sock.setsockopt(SOL_SOCKET, SO_MARK, target.mark)
         if af == AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(IPPROTO_IPV6, IPV6_V6ONLY, 1)
             if request.freebind:  # the address may come a moment after the request
-                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+                sock.setsockopt(IPPROTO_IPV6, IPV6_FREEBIND, 1)
         elif request.freebind:
-            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
-        stream_listen = listen and kind == socket.SOCK_STREAM
+            sock.setsockopt(IPPROTO_IP, IP_FREEBIND, 1)
+        stream_listen = listen and kind == SOCK_STREAM
         if stream_listen:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)
         if request.reuseport:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(SOL_SOCKET, SO_REUSEPORT, 1)
         sock.bind((address, port))
         if stream_listen:
             sock.listen(request.backlog)
