@@ -361,18 +361,30 @@ def test_bad_input_gets_an_error_and_the_daemon_carries_on(
             (b'{"v": 1, "op": "listen", "server": "nas1", "port": 1, "colour": "red"}',
              "bad-request"),
             (b" " * 70_000, "too-large"),
+            (b'{"v": 1, "op": "serv\xff\xfeers"}', "bad-request"),  # not UTF-8
+            (b'{"v": 1, "op": "listen", "server": "nas1", "port": 1, "address": "\xc3("}',
+             "bad-request"),
+            (b'{"v": true, "op": "servers"}', "unsupported-version"),
+            (b'{"v": 1.0, "op": "servers"}', "unsupported-version"),
+            (b'{"v": 1, "op": "batch", "requests": [1]}', "bad-request"),
+            (b'{"v": 1, "op": "batch", "requests": [{"op": "listen", "server": "nas1", '
+             b'"port": 7200}, {"op": "servers"}]}', "bad-request"),
+            (b'{"v": 1, "op": "batch", "requests": []}', "bad-request"),
         ):
             sock.send(request)
             reply = answer(sock)
             assert reply["ok"] is False and reply["error"]["code"] == code, (request, reply)  # type: ignore[index]
-        # descriptors sent to the broker are closed, and refused
-        pipe_r, pipe_w = os.pipe()
-        sock.sendmsg([b'{"v": 1, "op": "servers"}'],
-                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [pipe_r]))])
-        assert answer(sock)["error"]["code"] == "bad-request"  # type: ignore[index]
-        os.close(pipe_r)
-        assert not _has_reader(pipe_w)  # the daemon closed the copy it was sent
-        os.close(pipe_w)
+        # descriptors sent to the broker are closed, and refused (also with a request
+        # that would be served on the fast path, and with a batch)
+        for request in (b'{"v": 1, "op": "servers"}',
+                        b'{"v":1,"op":"listen","server":"nas1","proto":"tcp","port":7201}',
+                        b'{"v":1,"op":"batch","requests":[{"op":"socket","server":"nas1"}]}'):
+            pipe_r, pipe_w = os.pipe()
+            data, ancdata, _flags, _ = _sendmsg_and_receive(sock, request, pipe_r)
+            assert json.loads(data)["error"]["code"] == "bad-request" and not ancdata
+            os.close(pipe_r)
+            assert not _has_reader(pipe_w)  # the daemon closed the copy it was sent
+            os.close(pipe_w)
         # the same connection still works
         sock.send(b'{"v": 1, "op": "servers"}')
         assert answer(sock)["ok"] is True
@@ -398,6 +410,12 @@ def test_bad_input_gets_an_error_and_the_daemon_carries_on(
     assert pbr_daemon.proc.poll() is None
     assert pbr_daemon.status()["servers"]["nas1"]["state"] == "in-sync"
     wait_until(lambda: daemon_fds(pbr_daemon) <= before, 10, "the daemon's fds to settle")
+
+
+def _sendmsg_and_receive(sock: socket.socket, request: bytes, fd: int
+                         ) -> tuple[bytes, list[tuple[int, int, bytes]], int, object]:
+    sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+    return sock.recvmsg(1 << 16, socket.CMSG_SPACE(253 * 4))
 
 
 def _has_reader(pipe_w: int) -> bool:

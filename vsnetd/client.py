@@ -19,9 +19,12 @@ import socket
 import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from vsnetd.broker.protocol import BROKER_PATH, MAX_FDS, VERSION
+
+TYPE_CHECKING = False  # typing is not imported at run time: an application pays its import
+if TYPE_CHECKING:
+    from typing import Any
 
 SO_MARK = 36
 SO_RCVMARK = 75

@@ -15,8 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections import namedtuple
 from pathlib import Path
-from typing import Any, NamedTuple
+
+# typing is imported by type checkers only: the client imports this module, and typing
+# is a noticeable part of an import that must stay cheap (bench/broker.py measures it)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
 
 BROKER_PATH = Path(os.environ.get("VSNET_BROKER", "/run/vsnet/broker.sock"))
 BROKER_GROUP = "vsnet"
@@ -49,26 +55,34 @@ class BrokerError(Exception):
         return encode(self.reply())
 
 
-class Request(NamedTuple):
-    """One request (``listen``, ``socket``, ``servers``, ``subscribe``), or one item of a
-    ``batch``. A tuple: the hot path builds one per request."""
+if TYPE_CHECKING:
+    class Request(NamedTuple):
+        """One request (``listen``, ``socket``, ``servers``, ``subscribe``), or one item
+        of a ``batch``. A tuple: the hot path builds one per request."""
 
-    op: str
-    server: str | None = None
-    proto: str = "tcp"
-    port: int = 0
-    address: str | None = None
-    family: int | None = None  # 4 or 6, for "socket"
-    backlog: int = DEFAULT_BACKLOG
-    reuseport: bool = False
-    freebind: bool = True
+        op: str
+        server: str | None = None
+        proto: str = "tcp"
+        port: int = 0
+        address: str | None = None
+        family: int | None = None  # 4 or 6, for "socket"
+        backlog: int = DEFAULT_BACKLOG
+        reuseport: bool = False
+        freebind: bool = True
 
+    class Batch(NamedTuple):
+        """A ``batch``: several listen/socket requests answered in one message."""
 
-class Batch(NamedTuple):
-    """A ``batch``: several listen/socket requests answered in one message."""
-
-    op: str
-    requests: tuple[Request, ...]
+        op: str
+        requests: tuple[Request, ...]
+else:  # the same tuples, without typing
+    Request = namedtuple("Request", "op server proto port address family backlog reuseport "
+                         "freebind", defaults=(None, "tcp", 0, None, None, DEFAULT_BACKLOG,
+                                               False, True))
+    Request.__doc__ = ("One request (listen, socket, servers, subscribe), or one item of a "
+                       "batch. A tuple: the hot path builds one per request.")
+    Batch = namedtuple("Batch", "op requests")
+    Batch.__doc__ = "A batch: several listen/socket requests answered in one message."
 
 
 _MISSING = object()
