@@ -419,7 +419,11 @@ def bare_request(sock: socket.socket, request: bytes) -> tuple[dict[str, Any], l
     sock.send(request)
     fds: list[int] = []
     while True:
-        data, ancdata, _flags, _ = sock.recvmsg(1 << 20, CONTROL_SPACE, socket.MSG_CMSG_CLOEXEC)
+        # 64 KiB: a sockets reply of up to 253 sockets fits (docs/broker-protocol.md); a
+        # larger buffer costs an allocation of its size per call in Python
+        data, ancdata, flags, _ = sock.recvmsg(1 << 16, CONTROL_SPACE, socket.MSG_CMSG_CLOEXEC)
+        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            raise ConnectionError("a reply did not fit")
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.extend(struct.unpack(f"{len(payload) // 4}i", payload))
