@@ -20,7 +20,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from vsnetd.broker.protocol import BROKER_PATH, MAX_FDS, VERSION
+from vsnetd.broker.protocol import BROKER_PATH, MAX_FDS, VERSION, load_message, quote
 
 TYPE_CHECKING = False  # typing is not imported at run time: an application pays its import
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class Broker:
             raise ConnectionError("the broker closed the connection" if not size else
                                   "a broker message did not fit (truncated)")
         try:
-            message = json.loads(buffer[:size])
+            message = load_message(buffer[:size])
         except ValueError:
             for fd in fds:
                 socket.close(fd)
@@ -113,7 +113,10 @@ class Broker:
 
     def request(self, **fields: Any) -> tuple[dict[str, Any], list[socket.socket]]:
         """Send a request; collect every part of the reply."""
-        self.sock.send(_encode(fields))
+        return self._ask(_encode(fields))
+
+    def _ask(self, data: bytes) -> tuple[dict[str, Any], list[socket.socket]]:
+        self.sock.send(data)
         reply, sockets = self.receive()
         while "event" in reply:  # a subscription's event came first: not the answer
             reply, sockets = self.receive()
@@ -133,6 +136,10 @@ class Broker:
     def listen(self, server: str, proto: str, port: int, address: str | None = None, *,
                backlog: int = 128, reuseport: bool = False) -> list[socket.socket]:
         """:func:`listen` on this connection."""
+        if (address is None and backlog == 128 and not reuseport and type(port) is int
+                and (proto == "tcp" or proto == "udp")):  # the usual request, preformatted
+            return self._ask(b'{"v":%d,"op":"listen","server":%s,"proto":"%s","port":%d}' % (
+                VERSION, quote(server).encode(), proto.encode(), port))[1]
         fields: dict[str, Any] = {"op": "listen", "server": server, "proto": proto,
                                   "port": port}
         if address is not None:
@@ -146,6 +153,9 @@ class Broker:
     def outgoing_socket(self, server: str, proto: str = "tcp", family: int = 4
                         ) -> socket.socket:
         """:func:`outgoing_socket` on this connection."""
+        if (proto == "tcp" or proto == "udp") and (family == 4 or family == 6):
+            return self._ask(b'{"v":%d,"op":"socket","server":%s,"proto":"%s","family":%d}' % (
+                VERSION, quote(server).encode(), proto.encode(), family))[1][0]
         return self.request(op="socket", server=server, proto=proto, family=family)[1][0]
 
     def batch(self, requests: Sequence[dict[str, Any]]
@@ -185,13 +195,9 @@ def listen(server: str, proto: str, port: int, address: str | None = None, *,
            backlog: int = 128, reuseport: bool = False, path: Path | str = BROKER_PATH
            ) -> list[socket.socket]:
     """Listening (tcp) or bound (udp) sockets on every address of a VS (or one)."""
-    fields: dict[str, Any] = {"op": "listen", "server": server, "proto": proto, "port": port,
-                              "backlog": backlog, "reuseport": reuseport}
-    if address is not None:
-        fields["address"] = address
     with Broker(path) as broker:
-        _reply, sockets = broker.request(**fields)
-    return sockets
+        return broker.listen(server, proto, port, address, backlog=backlog,
+                             reuseport=reuseport)
 
 
 def outgoing_socket(server: str, proto: str = "tcp", family: int = 4, *,
@@ -199,9 +205,7 @@ def outgoing_socket(server: str, proto: str = "tcp", family: int = 4, *,
     """An unconnected socket bound to the VS source address of ``family`` and marked (pbr)
     or made inside the VS namespace (netns): its connections cannot leave the VS."""
     with Broker(path) as broker:
-        _reply, sockets = broker.request(op="socket", server=server, proto=proto,
-                                         family=family)
-    return sockets[0]
+        return broker.outgoing_socket(server, proto, family)
 
 
 def servers(path: Path | str = BROKER_PATH) -> list[dict[str, Any]]:

@@ -91,9 +91,10 @@ _scan = json.JSONDecoder().raw_decode
 _BLANK = " \t\n\r"  # JSON's whitespace
 
 
-def _load(data: bytes | bytearray) -> Any:
-    """``json.loads``, without its encoding detection and wrappers for the usual request:
-    UTF-8 starting with ``{`` (UTF-16/32 text has a NUL among its first two bytes)."""
+def load_message(data: bytes | bytearray) -> Any:
+    """``json.loads``, without its encoding detection and wrappers for the usual message:
+    UTF-8 starting with ``{`` (UTF-16/32 text has a NUL among its first two bytes).
+    Both ends use it: the broker for requests, the client for replies."""
     if len(data) > 1 and data[0] == 0x7B and data[1]:
         text = data.decode("utf-8", "surrogatepass")  # as json.loads; errors: ValueError
         value, end = _scan(text)
@@ -101,6 +102,9 @@ def _load(data: bytes | bytearray) -> Any:
             return value
     return _loads(data)
 _encoder = json.JSONEncoder(separators=(",", ":"))  # ASCII only (ensure_ascii)
+
+
+quote = json.encoder.encode_basestring_ascii  # a str as a JSON string (C), ASCII only
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -113,7 +117,7 @@ def parse_request(data: bytes | bytearray) -> Request | Batch:
     if len(data) > MAX_MESSAGE:
         raise BrokerError("too-large", f"a request is at most {MAX_MESSAGE} bytes")
     try:
-        message = _load(data)
+        message = load_message(data)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise BrokerError("bad-request", f"malformed JSON: {exc}") from None
     if type(message) is not dict:
