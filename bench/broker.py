@@ -27,7 +27,8 @@ server process (``recvmsg_into`` a request, ``sendmsg`` a fixed 170-byte reply w
 descriptor) and the bare client: two processes, two wake-ups and SCM_RIGHTS, nothing
 else. Where the two processes run (one CPU or two) changes this floor several times over
 on a virtual machine (a cross-CPU wake-up is an inter-processor interrupt, a VM exit):
-the benchmark shows it so that the broker's figures can be read against it.
+the benchmark measures it both where the scheduler puts them and with the two ends
+forced onto CPUs 0 and 1, so that the broker's figures can be read against it.
 
 Also measured: ``python -c "import vsnetd.client"`` as a whole process (against
 ``python -c pass``) and which heavy modules it loads.
@@ -147,6 +148,7 @@ IMPORT_TARGET = 0.030  # seconds, `python -c "import vsnetd.client"`
 MODES = ("pbr", "netns")
 KINDS = ("floor", "code", "bare", "library", "clients", "batch")
 TRANSPORT = ("-", "transport")
+SPLIT = ("-", "split")  # the transport floor with its ends on two CPUs
 
 
 # --------------------------------------------------------------------------- the daemon
@@ -435,11 +437,14 @@ def bare_request(sock: socket.socket, request: bytes) -> tuple[dict[str, Any], l
 
 
 def client_process(style: str, path: str, target: Target, first: int, requests: int,
-                   warmup: int, batch: int, pipe: Connection, start: Any) -> None:
+                   warmup: int, batch: int, pipe: Connection, start: Any,
+                   cpu: int | None = None) -> None:
     """One client (a process of its own): connect, warm up, say ready, wait for the start,
     then ``requests`` requests; its figures go back through ``pipe``. ``style``: bare,
     library, batch or transport."""
     try:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
         per = batch if style == "batch" else 1
         library = Broker(path, timeout=CLIENT_TIMEOUT) if style in ("library", "batch") else None
         raw = None
@@ -512,7 +517,7 @@ def client_process(style: str, path: str, target: Target, first: int, requests: 
 
 def measure_clients(results: Results, path: Path, server_pid: int, target: Target,
                     style: str, kind: str, clients: int, requests: int, warmup: int,
-                    first: int, batch: int = 1) -> None:
+                    first: int, batch: int = 1, cpu: int | None = None) -> None:
     """``clients`` processes of ``style``, each with its own connection, started together;
     the server's CPU over the measure."""
     label = f"{target.mode} {kind}"
@@ -525,7 +530,7 @@ def measure_clients(results: Results, path: Path, server_pid: int, target: Targe
         mine, theirs = context.Pipe(duplex=False)
         process = context.Process(target=client_process, daemon=True, args=(
             style, str(path), target, first + number * per_client, requests, warmup, batch,
-            theirs, start))
+            theirs, start, cpu))
         process.start()
         theirs.close()
         pipes.append(mine)
@@ -589,9 +594,11 @@ def measure_clients(results: Results, path: Path, server_pid: int, target: Targe
 # --------------------------------------------------------------------------- transport
 
 
-def transport_server(listener: socket.socket) -> None:
+def transport_server(listener: socket.socket, cpu: int | None) -> None:
     """The transport floor's server: one connection, a fixed reply with one descriptor
     per request (the standard library only, as small as a server can be)."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     conn, _ = listener.accept()
     listener.close()
     passed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -605,27 +612,30 @@ def transport_server(listener: socket.socket) -> None:
 
 
 def measure_transport(results: Results, workdir: Path, target: Target, requests: int,
-                      warmup: int) -> None:
+                      warmup: int, split: bool) -> None:
+    """The transport floor, the scheduler placing both ends (``split``: the server on CPU 0,
+    the client on CPU 1: every wake-up crosses CPUs)."""
     path = workdir / "transport.sock"
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(str(path))
     listener.listen(1)
     context = multiprocessing.get_context("fork")
-    server = context.Process(target=transport_server, args=(listener,), daemon=True)
+    server = context.Process(target=transport_server, args=(listener, 0 if split else None),
+                             daemon=True)
     server.start()
     listener.close()
     try:
         assert server.pid is not None
         measure_clients(results, path, server.pid, target, "transport", "transport", 1,
-                        requests, warmup, 0)
+                        requests, warmup, 0, cpu=1 if split else None)
     finally:
         server.join(timeout=5)
         if server.is_alive():
             server.kill()
             server.join()
     figures = results.rounds.pop((target.mode, "transport"))
-    results.rounds.setdefault(TRANSPORT, []).extend(figures)
+    results.rounds.setdefault(SPLIT if split else TRANSPORT, []).extend(figures)
 
 
 # --------------------------------------------------------------------------- import
@@ -716,7 +726,12 @@ def run(args: argparse.Namespace) -> Results:
             for number in range(1, args.repeat + 1):
                 step = f"round {number}/{args.repeat}"
                 progress(f"{step}: transport floor")
-                measure_transport(results, workdir, targets["pbr"], args.requests, args.warmup)
+                measure_transport(results, workdir, targets["pbr"], args.requests, args.warmup,
+                                  split=False)
+                if args.cpu is None and (os.cpu_count() or 1) > 1:
+                    progress(f"{step}: transport floor, two CPUs")
+                    measure_transport(results, workdir, targets["pbr"], args.requests,
+                                      args.warmup, split=True)
                 progress(f"{step}: import")
                 measure_import(results, workdir)
                 for mode in MODES:
@@ -801,7 +816,8 @@ def label_of(kind: str, args: argparse.Namespace) -> str:
             "bare": "bare client -> vsnetd", "library": "vsnetd.client -> vsnetd",
             "clients": f"vsnetd.client x {args.clients} clients",
             "batch": f"batch of {args.batch}, 1 client",
-            "transport": "transport floor (stdlib server)"}[kind]
+            "transport": "transport floor (stdlib server)",
+            "split": "transport floor, ends on CPUs 0 and 1"}[kind]
 
 
 def figures(results: Results, args: argparse.Namespace) -> dict[str, float | None]:
@@ -900,7 +916,7 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
     print(f"{'':<42} {'':>8} {'':>8} {'':>10} {'us/req':>8} {'sched':>8} {'floor':>7}")
 
     def row(mode: str, kind: str) -> None:
-        key = TRANSPORT if kind == "transport" else (mode, kind)
+        key = ("-", kind) if kind in ("transport", "split") else (mode, kind)
         if key not in results.rounds:
             return
         p50 = results.median(*key, p50_of)
@@ -909,9 +925,10 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
               f"{us(results.median(*key, p99_of))} "
               f"{results.median(*key, rate_of) or 0:10,.0f} "
               f"{us(results.median(*key, cpu_of))} {us(results.median(*key, sched_of))} "
-              f"{ratio(p50, floor) if kind not in ('floor', 'transport') else '':>7}")
+              f"{ratio(p50, floor) if mode in MODES and kind != 'floor' else '':>7}")
 
     row("-", "transport")
+    row("-", "split")
     for mode in MODES:
         for kind in KINDS:
             row(mode, kind)
@@ -941,6 +958,12 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
     print("a minimal stdlib server answering with one descriptor (2 processes, 2 wake-ups, "
           "SCM_RIGHTS); lib adds: vsnetd.client p50 - bare p50;")
     print("batch/sock: wall time per socket with batch requests")
+    split = results.median(*SPLIT, p50_of)
+    if split is not None:
+        print(f"the transport floor with its two ends forced onto different CPUs: p50 "
+              f"{split / 1000:.1f} us, server CPU {(results.median(*SPLIT, sched_of) or 0) / 1000:.1f}"
+              f" us per request (where the scheduler puts the daemon and the client decides "
+              f"between the two floors)")
     imports = results.imports
     if imports:
         print()
