@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from vsnetd import control, log
-from vsnetd.broker.server import BROKER_PATH, Broker, Client, Served
+from vsnetd.broker import BROKER_PATH, Broker, Client, Served
 from vsnetd.compile import compile_config
 from vsnetd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, ConfigIssue, ConfigLoader
 from vsnetd.diff import Affected

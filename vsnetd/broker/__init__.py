@@ -16,8 +16,12 @@ Four modules, each depending only on those above it:
 * :mod:`vsnetd.broker.server`: the connections, driven by the daemon's select loop.
 
 This package imports only the protocol module, so that ``from vsnetd.broker import
-BROKER_PATH`` stays as light as the client.
+BROKER_PATH`` stays as light as the client; the server's names (``Broker``, ``Client``,
+``Served``) are found in :mod:`vsnetd.broker.server` on first use, so that the daemon's
+``from vsnetd.broker import Broker, Client, Served`` works as before the split.
 """
+
+from __future__ import annotations
 
 from vsnetd.broker.protocol import (
     BROKER_GROUP,
@@ -31,5 +35,20 @@ from vsnetd.broker.protocol import (
     parse_request,
 )
 
+TYPE_CHECKING = False  # typing stays unimported at run time (the client's import is timed)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from vsnetd.broker.server import Broker, Client, Served
+
 __all__ = ["BROKER_GROUP", "BROKER_PATH", "MAX_FDS", "MAX_MESSAGE", "OPS", "VERSION",
-           "BrokerError", "Request", "parse_request"]
+           "Broker", "BrokerError", "Client", "Request", "Served", "parse_request"]
+_SERVER_NAMES = ("Broker", "Client", "Served")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SERVER_NAMES:
+        from vsnetd.broker import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
