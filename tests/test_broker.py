@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from tests import lab
 from tests.test_daemon import Daemon, wait_until
 from vsnetd import client
 from vsnetd.broker import BrokerError, Request, parse_request
+from vsnetd.broker.protocol import Batch
 from vsnetd.sandbox import ip, sh
 from vsnetd.syscalls import mount, umount
 
@@ -359,18 +361,30 @@ def test_bad_input_gets_an_error_and_the_daemon_carries_on(
             (b'{"v": 1, "op": "listen", "server": "nas1", "port": 1, "colour": "red"}',
              "bad-request"),
             (b" " * 70_000, "too-large"),
+            (b'{"v": 1, "op": "serv\xff\xfeers"}', "bad-request"),  # not UTF-8
+            (b'{"v": 1, "op": "listen", "server": "nas1", "port": 1, "address": "\xc3("}',
+             "bad-request"),
+            (b'{"v": true, "op": "servers"}', "unsupported-version"),
+            (b'{"v": 1.0, "op": "servers"}', "unsupported-version"),
+            (b'{"v": 1, "op": "batch", "requests": [1]}', "bad-request"),
+            (b'{"v": 1, "op": "batch", "requests": [{"op": "listen", "server": "nas1", '
+             b'"port": 7200}, {"op": "servers"}]}', "bad-request"),
+            (b'{"v": 1, "op": "batch", "requests": []}', "bad-request"),
         ):
             sock.send(request)
             reply = answer(sock)
             assert reply["ok"] is False and reply["error"]["code"] == code, (request, reply)  # type: ignore[index]
-        # descriptors sent to the broker are closed, and refused
-        pipe_r, pipe_w = os.pipe()
-        sock.sendmsg([b'{"v": 1, "op": "servers"}'],
-                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [pipe_r]))])
-        assert answer(sock)["error"]["code"] == "bad-request"  # type: ignore[index]
-        os.close(pipe_r)
-        assert not _has_reader(pipe_w)  # the daemon closed the copy it was sent
-        os.close(pipe_w)
+        # descriptors sent to the broker are closed, and refused (also with a request
+        # that would be served on the fast path, and with a batch)
+        for request in (b'{"v": 1, "op": "servers"}',
+                        b'{"v":1,"op":"listen","server":"nas1","proto":"tcp","port":7201}',
+                        b'{"v":1,"op":"batch","requests":[{"op":"socket","server":"nas1"}]}'):
+            pipe_r, pipe_w = os.pipe()
+            data, ancdata, _flags, _ = _sendmsg_and_receive(sock, request, pipe_r)
+            assert json.loads(data)["error"]["code"] == "bad-request" and not ancdata
+            os.close(pipe_r)
+            assert not _has_reader(pipe_w)  # the daemon closed the copy it was sent
+            os.close(pipe_w)
         # the same connection still works
         sock.send(b'{"v": 1, "op": "servers"}')
         assert answer(sock)["ok"] is True
@@ -398,6 +412,12 @@ def test_bad_input_gets_an_error_and_the_daemon_carries_on(
     wait_until(lambda: daemon_fds(pbr_daemon) <= before, 10, "the daemon's fds to settle")
 
 
+def _sendmsg_and_receive(sock: socket.socket, request: bytes, fd: int
+                         ) -> tuple[bytes, list[tuple[int, int, bytes]], int, object]:
+    sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+    return sock.recvmsg(1 << 16, socket.CMSG_SPACE(253 * 4))
+
+
 def _has_reader(pipe_w: int) -> bool:
     """Whether any process still holds the read end of a pipe (a write would tell)."""
     try:
@@ -407,24 +427,38 @@ def _has_reader(pipe_w: int) -> bool:
     return True
 
 
+REQUEST_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000),
+                           st.sampled_from(["listen", "socket", "servers", "subscribe", "batch",
+                                            "tcp", "udp", "nas1"]), st.text(max_size=5))
+REQUEST_DICTS = st.dictionaries(
+    st.sampled_from(["v", "op", "server", "proto", "port", "address", "family", "backlog",
+                     "reuseport", "freebind", "requests", "x"]),
+    REQUEST_VALUES, max_size=8)
+
+
 @given(st.binary(max_size=300) | st.text(max_size=200).map(str.encode)
-       | st.dictionaries(st.sampled_from(["v", "op", "server", "proto", "port", "address",
-                                          "family", "backlog", "reuseport", "freebind", "x"]),
-                         st.one_of(st.none(), st.booleans(), st.integers(-5, 70000),
-                                   st.sampled_from(["listen", "socket", "servers", "subscribe",
-                                                    "tcp", "udp", "nas1"]), st.text(max_size=5)),
-                         max_size=8).map(lambda d: json.dumps(d).encode()))
-@settings(max_examples=1500, deadline=None)
+       | REQUEST_DICTS.map(lambda d: json.dumps(d).encode())
+       | st.builds(lambda top, items: json.dumps({**top, "requests": items}).encode(),
+                   REQUEST_DICTS, st.lists(REQUEST_DICTS | REQUEST_VALUES, max_size=4)))
+@settings(max_examples=2000, deadline=None)
 def test_the_request_parser_only_ever_answers_or_refuses(data: bytes) -> None:
     try:
         request = parse_request(data)
     except BrokerError as exc:
         assert exc.code in {"bad-request", "too-large", "unsupported-version", "unknown-op"}
         return
-    assert isinstance(request, Request)
-    assert request.op in {"listen", "socket", "servers", "subscribe"}
-    if request.op == "listen":
-        assert 1 <= request.port <= 65535 and request.server
+    if isinstance(request, Batch):
+        assert request.op == "batch" and 1 <= len(request.requests) <= 253
+        items = request.requests
+    else:
+        assert isinstance(request, Request)
+        assert request.op in {"listen", "socket", "servers", "subscribe"}
+        items = (request,) if request.op in ("listen", "socket") else ()
+    for item in items:
+        assert item.op in ("listen", "socket") and isinstance(item.server, str)
+        assert item.proto in ("tcp", "udp") and item.family in (None, 4, 6)
+        assert 1 <= item.backlog <= 65535
+        assert 1 <= item.port <= 65535 if item.op == "listen" else 0 <= item.port <= 65535
 
 
 def test_subscribers_hear_about_changes(pbr_daemon: Daemon, broker_path: Path) -> None:
@@ -523,3 +557,169 @@ def test_descriptors_pass_exactly_once(pbr_daemon: Daemon, broker_path: Path) ->
     wait_until(lambda: daemon_fds(pbr_daemon) <= before, 5, "the daemon to keep no copy")
     for sock in sockets:
         sock.close()
+
+
+# --------------------------------------------------------------------------- the worked example
+
+PROTOCOL = Path(__file__).resolve().parent.parent / "docs" / "broker-protocol.md"
+
+
+def worked_example() -> tuple[str, list[bytes], str]:
+    """The worked example of docs/broker-protocol.md: its config, its JSON messages (as
+    written, byte for byte) and its text."""
+    text = PROTOCOL.read_text().split("## Worked example", 1)[1].split("\n## ", 1)[0]
+    config = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    messages = [block.split("```", 1)[0].rstrip("\n").encode()
+                for block in text.split("```json\n")[1:]]
+    return config, messages, text
+
+
+def test_the_worked_example_is_byte_exact(tmp_path: Path, broker_path: Path,
+                                          app_users: None) -> None:
+    config_body, messages, text = worked_example()
+    request, reply, unknown, refused = messages
+    assert f"one message of {len(request)} bytes" in text
+    assert f"one message of {len(reply)} bytes" in text
+    ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+    config = tmp_path / "servers.yaml"
+    config.write_text(config_body)
+    daemon = Daemon(tmp_path, config, ["--broker", str(broker_path)])
+    daemon.ready()
+    try:
+        os.chmod(broker_path, 0o666)
+        before = settled_fds(daemon)
+        with raw(broker_path) as sock:
+            sock.send(request)
+            data, ancdata, flags, _ = sock.recvmsg(1 << 16, socket.CMSG_SPACE(253 * 4))
+            fds = array.array("i")
+            for _level, _kind, payload in ancdata:
+                fds.frombytes(payload)
+            assert data == reply and flags == 0 and len(fds) == 1
+            with socket.socket(fileno=fds[0]) as listener:
+                assert listener.getsockname() == ("10.0.0.5", 8080)
+                assert listener.getsockopt(socket.SOL_SOCKET, SO_MARK) == 0x5600001
+                assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+            sock.send(unknown)
+            data, ancdata, _flags, _ = sock.recvmsg(1 << 16, socket.CMSG_SPACE(253 * 4))
+            assert data == refused and not ancdata
+        forbidden = re.search(r"gets\n`(\{.*?\})`", text, re.DOTALL)
+        assert forbidden is not None
+        code = ("import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET);"
+                "s.connect(sys.argv[1]); s.send(sys.argv[2].encode());"
+                "sys.stdout.write(s.recv(65536).decode())")
+        result = subprocess.run([sys.executable, "-c", code, str(broker_path),
+                                 request.decode()], user=65534, group=65534, extra_groups=[],
+                                capture_output=True, text=True, cwd="/", timeout=30)
+        assert result.stdout == forbidden.group(1).replace("\n", " "), result.stderr
+        wait_until(lambda: daemon_fds(daemon) <= before, 5, "the daemon to keep no copy")
+    finally:
+        daemon.stop()
+
+
+# --------------------------------------------------------------------------- batch
+
+
+def test_a_batch_gets_every_socket_in_one_message(pbr_daemon: Daemon, broker_path: Path
+                                                  ) -> None:
+    before = settled_fds(pbr_daemon)
+    with client.Broker(broker_path) as broker:
+        got = broker.batch([
+            {"op": "listen", "server": "nas1", "proto": "tcp", "port": 7300},
+            {"op": "listen", "server": "nas1", "proto": "udp", "port": 7300,
+             "address": "10.0.1.5"},
+            {"op": "socket", "server": "nas1", "proto": "tcp"},
+        ])
+        try:
+            seen = [(meta["request"], sock.type, sock.getsockname(),
+                     sock.getsockopt(socket.SOL_SOCKET, SO_MARK),
+                     sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+                    for meta, sock in got]
+            outgoing_port = got[3][1].getsockname()[1]
+            assert seen == [
+                (0, socket.SOCK_STREAM, ("10.0.0.5", 7300), 0x5600001, 1),
+                (0, socket.SOCK_STREAM, ("10.0.1.5", 7300), 0x5600001, 1),
+                (1, socket.SOCK_DGRAM, ("10.0.1.5", 7300), 0x5600001, 0),
+                (2, socket.SOCK_STREAM, ("10.0.1.5", outgoing_port), 0x5600001, 0),
+            ]
+            assert outgoing_port != 0
+            assert [m["port"] for m, _ in got] == [7300, 7300, 7300, outgoing_port]
+        finally:
+            for _meta, sock in got:
+                sock.close()
+    wait_until(lambda: daemon_fds(pbr_daemon) <= before, 5, "the daemon to keep no copy")
+
+
+def test_a_batch_is_all_or_nothing(pbr_daemon: Daemon, broker_path: Path) -> None:
+    before = settled_fds(pbr_daemon)
+    with socket.socket() as squatter:  # 10.0.1.5:7400 taken: the third socket fails
+        squatter.setsockopt(socket.IPPROTO_IP, 15, 1)  # IP_FREEBIND
+        squatter.bind(("10.0.1.5", 7400))
+        squatter.listen()
+        with raw(broker_path) as sock:
+            for items, code, where in (
+                ([{"op": "listen", "server": "nas1", "port": 7401},
+                  {"op": "listen", "server": "nas9", "port": 7401}],
+                 "unknown-server", "requests[1]: "),
+                ([{"op": "listen", "server": "nas1", "port": 7402},
+                  {"op": "socket", "server": "nas1", "family": 6}],
+                 "bad-request", "requests[1]: "),
+                ([{"op": "listen", "server": "nas1", "port": 7403},
+                  {"op": "listen", "server": "nas1", "port": 7400}],
+                 "socket-error", "requests[1]: "),
+                ([{"op": "socket", "server": "nas1"}] * 127
+                 + [{"op": "listen", "server": "nas1", "port": 7404}] * 64,
+                 "bad-request", "a batch yields at most 253 sockets"),
+            ):
+                sock.send(json.dumps({"v": 1, "op": "batch", "requests": items}).encode())
+                data, ancdata, _flags, _ = sock.recvmsg(1 << 16, socket.CMSG_SPACE(253 * 4))
+                reply = json.loads(data)
+                assert not ancdata, reply
+                assert reply["error"]["code"] == code, reply
+                assert reply["error"]["message"].startswith(where), reply
+    # nothing of the refused batches is left bound: the ports are free again
+    for port in (7401, 7402, 7403):
+        with socket.socket() as probe:
+            probe.setsockopt(socket.IPPROTO_IP, 15, 1)
+            probe.bind(("10.0.0.5", port))
+    wait_until(lambda: daemon_fds(pbr_daemon) <= before, 5, "the daemon's fds to settle")
+
+
+def test_authorization_holds_per_item_and_per_generation(netns_daemon: Daemon,
+                                                          broker_path: Path) -> None:
+    """A verdict is kept per connection and generation: a reload that takes a VS away
+    from a user applies to the next request of a connection already open."""
+    code = textwrap.dedent("""\
+        import sys
+        from vsnetd import client
+        broker = client.Broker(sys.argv[1])
+        def attempt(items):
+            try:
+                return [m["request"] for m, s in broker.batch(items)]
+            except client.BrokerRefused as exc:
+                return str(exc).split(":")[0] + " " + str(exc).split(": ")[1].split(":")[0]
+        print(attempt([{"op": "listen", "server": "a", "port": 3100},
+                       {"op": "socket", "server": "b"}]), flush=True)
+        print(attempt([{"op": "socket", "server": "a"},
+                       {"op": "socket", "server": "secret"}]), flush=True)
+        print(attempt([{"op": "listen", "server": "a", "port": 99}]), flush=True)
+        sys.stdin.readline()
+        print(attempt([{"op": "socket", "server": "a"}]), flush=True)
+        """)
+    app = subprocess.Popen([sys.executable, "-c", code, str(broker_path)], user=APP_UID,
+                           group=APP_UID, extra_groups=[APP_UID], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert app.stdout is not None and app.stdin is not None
+        assert app.stdout.readline().strip() == "[0, 1]"
+        assert app.stdout.readline().strip() == "forbidden requests[1]"
+        assert app.stdout.readline().strip() == "forbidden requests[0]"
+        config = netns_daemon.config
+        config.write_text(config.read_text().replace("sockets: {allow_users: [vsnetapp]}",
+                                                      "sockets: {allow_users: [stranger]}"))
+        wait_until(lambda: netns_daemon.status()["daemon"]["generation"] == 2, 20, "the reload")
+        app.stdin.write("\n")
+        app.stdin.flush()
+        assert app.stdout.readline().strip() == "forbidden requests[0]"
+    finally:
+        app.kill()
+        app.wait()

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,13 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from vsnetd import broker
+from vsnetd.broker import protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "packaging" / "examples" / "vsnet_listen.c"
 SCHEMA = ROOT / "schemas" / "broker.schema.json"
 PROTOCOL = ROOT / "docs" / "broker-protocol.md"
-BROKER_SOURCE = ROOT / "vsnetd" / "broker.py"
+BROKER_SOURCES = sorted((ROOT / "vsnetd" / "broker").glob("*.py"))
 GCC = ["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
 
 
@@ -38,8 +40,9 @@ def validator(schema: dict[str, Any], definition: str | None = None) -> Draft202
 
 
 def broker_codes() -> set[str]:
-    codes = set(re.findall(r'BrokerError\(\s*"([a-z-]+)"', BROKER_SOURCE.read_text()))
-    assert codes, "no BrokerError codes found in vsnetd/broker.py"
+    codes = {code for source in BROKER_SOURCES
+             for code in re.findall(r'BrokerError\(\s*"([a-z-]+)"', source.read_text())}
+    assert codes, "no BrokerError codes found in vsnetd/broker/"
     return codes
 
 
@@ -85,6 +88,11 @@ GOOD_REQUESTS: list[dict[str, Any]] = [
     {"v": 1, "op": "servers"},
     {"v": 1, "op": "subscribe"},
     {"v": 1, "op": "servers", "server": "ignored", "port": "not even checked"},
+    {"v": 1, "op": "batch", "requests": [{"op": "listen", "server": "nas1", "port": 2049},
+                                         {"op": "listen", "server": "nas1", "port": 2049,
+                                          "proto": "udp"},
+                                         {"op": "socket", "server": "nas2", "family": 6}]},
+    {"v": 1, "op": "batch", "requests": [{"op": "socket", "server": "nas1"}] * 253},
 ]
 
 BAD_REQUESTS: dict[str, dict[str, Any]] = {
@@ -106,6 +114,19 @@ BAD_REQUESTS: dict[str, dict[str, Any]] = {
     "version 2": {"v": 2, "op": "servers"},
     "no version": {"op": "servers"},
     "no op": {"v": 1, "server": "nas1"},
+    "empty batch": {"v": 1, "op": "batch", "requests": []},
+    "batch of 254": {"v": 1, "op": "batch", "requests": [{"op": "socket", "server": "a"}] * 254},
+    "batch without requests": {"v": 1, "op": "batch"},
+    "batch with a server key": {"v": 1, "op": "batch", "server": "nas1",
+                                "requests": [{"op": "socket", "server": "nas1"}]},
+    "batch of servers": {"v": 1, "op": "batch", "requests": [{"op": "servers"}]},
+    "batch item with v": {"v": 1, "op": "batch",
+                          "requests": [{"v": 1, "op": "socket", "server": "nas1"}]},
+    "batch item without server": {"v": 1, "op": "batch", "requests": [{"op": "socket"}]},
+    "batch item with port 0": {"v": 1, "op": "batch",
+                               "requests": [{"op": "listen", "server": "nas1", "port": 0}]},
+    "batch item not an object": {"v": 1, "op": "batch", "requests": ["listen"]},
+    "nested batch": {"v": 1, "op": "batch", "requests": [{"op": "batch", "requests": []}]},
 }
 
 META = {"server": "nas1", "address": "10.0.0.5", "port": 8080, "proto": "tcp", "family": 4,
@@ -123,6 +144,8 @@ GOOD_REPLIES: list[dict[str, Any]] = [
                   "address": "2001:db8::7", "proto": "udp", "port": 53}],
      "part": 2, "parts": 2},
     {"v": 1, "ok": True, "generation": 0, "sockets": [], "part": 1, "parts": 1},
+    {"v": 1, "ok": True, "generation": 3, "part": 1, "parts": 1,
+     "sockets": [{**META, "request": 0}, {**META, "proto": "udp", "request": 1}]},
     {"v": 1, "ok": True, "generation": 1, "servers": [NAS1, NAS2]},
     {"v": 1, "ok": True, "generation": 0, "servers": []},
     {"v": 1, "ok": False, "error": {"code": "forbidden",
@@ -139,6 +162,8 @@ BAD_REPLIES: dict[str, dict[str, Any]] = {
     "error without message": {"v": 1, "ok": False, "error": {"code": "forbidden"}},
     "ok true with an error": {"v": 1, "ok": True,
                               "error": {"code": "forbidden", "message": "no"}},
+    "negative request index": {"v": 1, "ok": True, "generation": 1, "part": 1, "parts": 1,
+                               "sockets": [{**META, "request": -1}]},
     "unknown state": {"v": 1, "ok": True, "generation": 1,
                       "servers": [{**NAS1, "state": "fine"}]},
 }
@@ -213,12 +238,22 @@ def test_the_broker_error_replies_match_the_schema(schema: dict[str, Any]) -> No
 
 
 def test_the_schema_knows_every_request_key_and_op(schema: dict[str, Any]) -> None:
-    """The fields of broker.Request (plus v, op) are the keys the schema allows."""
-    allowed = {"v", "op", *broker.Request.__dataclass_fields__}
-    for op in broker.OPS:
+    """The fields of broker.Request (plus v) are the keys the schema allows; a batch item
+    has the same keys but v."""
+    allowed = {"v", *broker.Request._fields}
+    assert allowed == protocol.REQUEST_KEYS
+    for op in ("listen", "socket", "servers", "subscribe"):
         properties = schema["$defs"][f"{op}_request"]["properties"]
         assert set(properties) == allowed, op
         assert properties["op"] == {"const": op}
+    for op in protocol.SOCKET_OPS:
+        item = schema["$defs"][f"{op}_item"]
+        assert set(item["properties"]) == allowed - {"v"} == protocol.ITEM_KEYS, op
+        assert item["required"] == [k for k in schema["$defs"][f"{op}_request"]["required"]
+                                    if k != "v"]
+    batch = schema["$defs"]["batch_request"]
+    assert set(batch["properties"]) == protocol.BATCH_KEYS
+    assert batch["properties"]["requests"]["maxItems"] == broker.MAX_FDS
     assert [one["$ref"] for one in schema["$defs"]["request"]["oneOf"]] == [
         f"#/$defs/{op}_request" for op in broker.OPS]
 
@@ -243,7 +278,7 @@ def test_every_broker_error_code_is_documented_and_in_the_schema(schema: dict[st
     codes = broker_codes()
     expected = {"bad-request", "too-large", "unsupported-version", "unknown-op",
                 "unknown-server", "forbidden", "socket-error"}
-    assert codes == expected  # a new code: document it, then add it here
+    assert codes == expected == set(protocol.ERROR_CODES)  # a new code: document it, then here
     documented = set(re.findall(r"^\| `([a-z-]+)` \|", PROTOCOL.read_text(), re.MULTILINE))
     assert codes <= documented, codes - documented
     assert set(schema["$defs"]["error_code"]["enum"]) == codes
@@ -260,3 +295,28 @@ def test_the_protocol_document_states_the_broker_constants() -> None:
                 "allow_groups", "privileged_ports", "SO_PEERCRED", "IP_FREEBIND",
                 "IPV6_FREEBIND", "IPV6_V6ONLY", "SO_MARK", "SCM_RIGHTS"):
         assert key in text, key
+
+
+# --------------------------------------------------------------------------- the client
+
+
+def test_the_client_library_imports_nothing_heavy() -> None:
+    """An application that imports vsnetd.client gets the protocol module and the standard
+    library: no pydantic, no YAML, no netlink (the import time is bench/broker.py's)."""
+    code = ("import sys, vsnetd.client\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('pydantic', 'pydantic_core', 'yaml', 'pyroute2', 'vsnetd', 'watchfiles'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.split() == ["vsnetd", "vsnetd.broker", "vsnetd.broker.protocol",
+                                     "vsnetd.client"]
+
+
+def test_the_c_example_and_the_client_name_only_the_protocol() -> None:
+    """Both clients depend on the protocol alone: the C example cites the protocol module,
+    the Python client imports nothing else of vsnet."""
+    imports = re.findall(r"^from (vsnetd\S*) import|^import (vsnetd\S*)",
+                         (ROOT / "vsnetd" / "client.py").read_text(), re.MULTILINE)
+    assert {a or b for a, b in imports} == {"vsnetd.broker.protocol"}
+    example = EXAMPLE.read_text()
+    assert "vsnetd/broker/protocol.py" in example and "vsnetd/broker.py" not in example

@@ -14,15 +14,17 @@ was sent to (IP_PKTINFO / IPV6_PKTINFO). See docs/udp.md.
 
 from __future__ import annotations
 
-import array
 import json
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
-from vsnetd.broker import BROKER_PATH, MAX_FDS, VERSION
+from vsnetd.broker.protocol import BROKER_PATH, MAX_FDS, VERSION, load_message, quote
+
+TYPE_CHECKING = False  # typing is not imported at run time: an application pays its import
+if TYPE_CHECKING:
+    from typing import Any
 
 SO_MARK = 36
 SO_RCVMARK = 75
@@ -30,6 +32,11 @@ IP_PKTINFO = 8
 IPV6_RECVPKTINFO = 49
 IPV6_PKTINFO = 50
 REPLY_MAX = 1 << 20
+CONTROL_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
+FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
+TYPES = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
+SOL_SOCKET, SCM_RIGHTS = socket.SOL_SOCKET, socket.SCM_RIGHTS
+TRUNCATED = socket.MSG_TRUNC | socket.MSG_CTRUNC
 
 
 class BrokerRefused(Exception):
@@ -41,12 +48,27 @@ class BrokerRefused(Exception):
 
 
 class Broker:
-    """One connection to the broker (several requests may share it)."""
+    """One connection to the broker (several requests may share it).
+
+    ``timeout`` (seconds, None: wait forever) bounds each send and receive; it is set as
+    SO_SNDTIMEO/SO_RCVTIMEO on a blocking socket rather than with ``settimeout``, which
+    would add a ``poll`` before every system call.
+    """
 
     def __init__(self, path: Path | str = BROKER_PATH, timeout: float | None = 10.0) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
+        self.timeout = timeout
+        self._buffer: bytearray | None = None  # REPLY_MAX bytes, on the first receive
+        try:
+            if timeout is not None:
+                seconds = int(timeout)
+                limit = struct.pack("ll", seconds, int((timeout - seconds) * 1e6))
+                self.sock.setsockopt(SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+                self.sock.setsockopt(SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+            self.sock.connect(str(path))
+        except BaseException:
+            self.sock.close()
+            raise
 
     def close(self) -> None:
         self.sock.close()
@@ -59,51 +81,123 @@ class Broker:
 
     def receive(self) -> tuple[dict[str, Any], list[socket.socket]]:
         """One message and the sockets it carries."""
-        data, ancdata, flags, _ = self.sock.recvmsg(
-            REPLY_MAX, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC)
-        fds = array.array("i")
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = bytearray(REPLY_MAX)
+        try:
+            size, ancdata, flags, _ = self.sock.recvmsg_into(
+                (buffer,), CONTROL_SPACE, socket.MSG_CMSG_CLOEXEC)
+        except BlockingIOError:  # SO_RCVTIMEO expired
+            raise TimeoutError(f"the broker did not answer within {self.timeout} s") from None
+        fds: tuple[int, ...] = ()
         for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-        sockets = [socket.socket(fileno=fd) for fd in fds]
-        if not data:
-            raise ConnectionError("the broker closed the connection")
-        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-            for sock in sockets:
-                sock.close()
-            raise ConnectionError("a broker message did not fit (truncated)")
-        return json.loads(data), sockets
+            if level == SOL_SOCKET and kind == SCM_RIGHTS:
+                usable = len(payload) - len(payload) % 4
+                fds += struct.unpack(f"{usable // 4}i", payload[:usable])
+        if not size or flags & TRUNCATED:
+            for fd in fds:
+                socket.close(fd)
+            raise ConnectionError("the broker closed the connection" if not size else
+                                  "a broker message did not fit (truncated)")
+        try:
+            message = load_message(buffer[:size])
+        except ValueError:
+            for fd in fds:
+                socket.close(fd)
+            raise
+        return message, _sockets(message, fds)
+
+    def send(self, **fields: Any) -> None:
+        """Send one request (``v`` added); :meth:`request` also waits for its reply."""
+        self.sock.send(_encode(fields))
 
     def request(self, **fields: Any) -> tuple[dict[str, Any], list[socket.socket]]:
         """Send a request; collect every part of the reply."""
-        self.sock.send(json.dumps({"v": VERSION, **fields}).encode())
+        return self._ask(_encode(fields))
+
+    def _ask(self, data: bytes) -> tuple[dict[str, Any], list[socket.socket]]:
+        self.sock.send(data)
         reply, sockets = self.receive()
         while "event" in reply:  # a subscription's event came first: not the answer
             reply, sockets = self.receive()
-        if not reply.get("ok"):
+        if reply.get("ok") is not True:
             for sock in sockets:
                 sock.close()
             error = reply.get("error", {})
             raise BrokerRefused(error.get("code", "error"), error.get("message", ""))
-        while reply.get("part", 1) < reply.get("parts", 1):
+        parts = reply.get("parts", 1)
+        while reply.get("part", 1) < parts:
             more, more_sockets = self.receive()
             reply["sockets"] = reply.get("sockets", []) + more.get("sockets", [])
-            reply["part"] = more.get("part", reply["parts"])
+            reply["part"] = more.get("part", parts)
             sockets += more_sockets
         return reply, sockets
+
+    def listen(self, server: str, proto: str, port: int, address: str | None = None, *,
+               backlog: int = 128, reuseport: bool = False) -> list[socket.socket]:
+        """:func:`listen` on this connection."""
+        if (address is None and backlog == 128 and not reuseport and type(port) is int
+                and (proto == "tcp" or proto == "udp")):  # the usual request, preformatted
+            return self._ask(b'{"v":%d,"op":"listen","server":%s,"proto":"%s","port":%d}' % (
+                VERSION, quote(server).encode(), proto.encode(), port))[1]
+        fields: dict[str, Any] = {"op": "listen", "server": server, "proto": proto,
+                                  "port": port}
+        if address is not None:
+            fields["address"] = address
+        if backlog != 128:
+            fields["backlog"] = backlog
+        if reuseport:
+            fields["reuseport"] = True
+        return self.request(**fields)[1]
+
+    def outgoing_socket(self, server: str, proto: str = "tcp", family: int = 4
+                        ) -> socket.socket:
+        """:func:`outgoing_socket` on this connection."""
+        if (proto == "tcp" or proto == "udp") and (family == 4 or family == 6):
+            return self._ask(b'{"v":%d,"op":"socket","server":%s,"proto":"%s","family":%d}' % (
+                VERSION, quote(server).encode(), proto.encode(), family))[1][0]
+        return self.request(op="socket", server=server, proto=proto, family=family)[1][0]
+
+    def batch(self, requests: Sequence[dict[str, Any]]
+              ) -> list[tuple[dict[str, Any], socket.socket]]:
+        """Several listen/socket requests (dicts of their keys, ``op`` included, no
+        ``v``) in one message; every socket with its metadata (``request``: the index of
+        the request it answers), all or nothing, at most 253 sockets."""
+        reply, sockets = self.request(op="batch", requests=list(requests))
+        return list(zip(reply["sockets"], sockets, strict=True))
+
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _encode(fields: dict[str, Any]) -> bytes:
+    return _dumps({"v": VERSION, **fields}).encode()
+
+
+def _sockets(message: dict[str, Any], fds: tuple[int, ...]) -> list[socket.socket]:
+    """Socket objects for the descriptors of one message; the metadata says their family
+    and type (else the socket module asks the kernel)."""
+    if not fds:
+        return []
+    metas = message.get("sockets")
+    if type(metas) is list and len(metas) == len(fds):
+        try:
+            kinds = [(FAMILIES[m["family"]], TYPES[m["proto"]]) for m in metas]
+        except (KeyError, TypeError):
+            pass
+        else:
+            return [socket.socket(family, kind, 0, fd)
+                    for (family, kind), fd in zip(kinds, fds, strict=True)]
+    return [socket.socket(fileno=fd) for fd in fds]
 
 
 def listen(server: str, proto: str, port: int, address: str | None = None, *,
            backlog: int = 128, reuseport: bool = False, path: Path | str = BROKER_PATH
            ) -> list[socket.socket]:
     """Listening (tcp) or bound (udp) sockets on every address of a VS (or one)."""
-    fields: dict[str, Any] = {"op": "listen", "server": server, "proto": proto, "port": port,
-                              "backlog": backlog, "reuseport": reuseport}
-    if address is not None:
-        fields["address"] = address
     with Broker(path) as broker:
-        _reply, sockets = broker.request(**fields)
-    return sockets
+        return broker.listen(server, proto, port, address, backlog=backlog,
+                             reuseport=reuseport)
 
 
 def outgoing_socket(server: str, proto: str = "tcp", family: int = 4, *,
@@ -111,9 +205,7 @@ def outgoing_socket(server: str, proto: str = "tcp", family: int = 4, *,
     """An unconnected socket bound to the VS source address of ``family`` and marked (pbr)
     or made inside the VS namespace (netns): its connections cannot leave the VS."""
     with Broker(path) as broker:
-        _reply, sockets = broker.request(op="socket", server=server, proto=proto,
-                                         family=family)
-    return sockets[0]
+        return broker.outgoing_socket(server, proto, family)
 
 
 def servers(path: Path | str = BROKER_PATH) -> list[dict[str, Any]]:

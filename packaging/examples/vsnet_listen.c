@@ -18,7 +18,8 @@
  * closes it. SIGTERM or SIGINT end it cleanly (exit status 0). A refusal by the broker is
  * printed on stderr ("refused: CODE: MESSAGE") and ends it with status 1.
  *
- * The protocol is in docs/broker-protocol.md. Plain C99 + POSIX (+ the Linux
+ * The protocol is in docs/broker-protocol.md (the reference: vsnetd/broker/protocol.py,
+ * the only part of vsnet a client depends on). Plain C99 + POSIX (+ the Linux
  * MSG_CMSG_CLOEXEC flag when the headers have it), no dependency beyond libc:
  *
  *     gcc -std=c99 -Wall -Wextra -Werror -O2 -o vsnet_listen vsnet_listen.c

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from vsnetd import activation, control, log
-from vsnetd.broker import BROKER_PATH, MAX_CLIENTS, Broker, Client, Served
+from vsnetd.broker import BROKER_PATH
+from vsnetd.broker.server import MAX_CLIENTS, Broker, Client, Served
 from vsnetd.config import DEFAULT_CONFIG_PATH, Config, ConfigIssue
 from vsnetd.daemon.control_server import ControlServer
 from vsnetd.daemon.monitors import Monitors

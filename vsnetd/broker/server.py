@@ -1,0 +1,412 @@
+"""The broker's connections, driven by the daemon's select loop.
+
+The daemon registers the listening socket (:meth:`Broker.open`), calls :meth:`accept`
+when it is readable and :meth:`readable` when a client is, and hands the broker its
+picture of the VS after every reconcile (:meth:`update`). One request is served per
+wake-up of a client (the loop is level-triggered: a client with more queued is woken
+again, after the others' turn).
+
+The hot path (``listen``/``socket``, a profile showed where the time went): one
+``recvmsg_into`` into a buffer kept for the broker's life, :func:`parse_request`, a dict
+lookup of the VS's :class:`~vsnetd.broker.sockets.Target` (built once per picture), the
+caller's verdict for that VS (decided once per connection and generation), the socket's
+system calls, a reply joined from preformatted strings, one ``sendmsg``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import os
+import socket
+import struct
+import time
+from _socket import socket as _socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vsnetd.broker.access import (
+    DENIED,
+    PRIVILEGED_PORTS,
+    Access,
+    Peer,
+    allows,
+    peer_of,
+    verdict,
+)
+from vsnetd.broker.protocol import (
+    BROKER_GROUP,
+    BROKER_PATH,
+    MAX_FDS,
+    MAX_MESSAGE,
+    VERSION,
+    Batch,
+    BrokerError,
+    Request,
+    encode,
+    parse_request,
+)
+from vsnetd.broker.sockets import Target, make_socket
+from vsnetd.config import ServerConfig
+from vsnetd.kernel import Kernel
+from vsnetd.kinds import confinement
+from vsnetd.state import DesiredServer
+
+__all__ = ["BROKER_PATH", "Broker", "Client", "Observer", "Served"]
+
+MAX_CLIENTS = 4096
+SO_SNDBUFFORCE = 32
+CONTROL_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
+SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+DROPPED_ERRNOS = frozenset({errno.EAGAIN, errno.EPIPE, errno.ECONNRESET, errno.ENOBUFS,
+                            errno.EMSGSIZE})
+SOL_SOCKET, SCM_RIGHTS = socket.SOL_SOCKET, socket.SCM_RIGHTS
+_perf = time.perf_counter_ns
+
+# A request's observer: (op, result, nanoseconds) -- result is "ok", an error code, or
+# "dropped" (the reply could not be handed over). The one place where a request's op,
+# outcome and service time are all known (for metrics).
+Observer = Callable[[str, str, int], object]
+
+
+@dataclass(slots=True)
+class Served:
+    """What the broker knows of one VS: what the daemon compiled, and its policy."""
+
+    desired: DesiredServer
+    config: ServerConfig
+    state: str = "pending"
+    access: Access | None = None  # resolved from ``config`` when not given
+
+    def __post_init__(self) -> None:
+        if self.access is None:
+            self.access = Access.of(self.config)
+
+    @property
+    def policy(self) -> Access:
+        assert self.access is not None
+        return self.access
+
+    def describe(self) -> dict[str, Any]:
+        d = self.desired
+        return {"server": d.name, "mode": d.mode, "addresses": list(d.addresses),
+                "mark": d.numbers.mark if d.mode == "pbr" else 0,
+                "namespace": d.netns, "state": self.state,
+                "cgroup": getattr(confinement.of(d.objects), "cgroup", "")}
+
+
+@dataclass(slots=True)
+class Client:
+    conn: socket.socket
+    peer: Peer
+    subscribed: bool = False
+    # verdicts (access.DENIED...) by VS, valid for one generation of the config
+    verdicts: dict[str, int] = field(default_factory=dict)
+    verdicts_generation: int = -1
+
+
+@dataclass(slots=True)
+class Broker:
+    """The broker's listening socket and clients, driven by the daemon's select loop."""
+
+    kernel: Kernel
+    path: Path = BROKER_PATH
+    served: dict[str, Served] = field(default_factory=dict)
+    generation: int = 0
+    clients: dict[int, Client] = field(default_factory=dict)
+    listener: socket.socket | None = None
+    unregister: Callable[[socket.socket], object] | None = None  # the select loop's
+    observe: Observer | None = None
+    targets: dict[str, Target] = field(default_factory=dict)
+    buffer: bytearray = field(default_factory=lambda: bytearray(MAX_MESSAGE + 1))
+
+    def open(self) -> socket.socket:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX,
+                             socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        sock.bind(str(self.path))
+        group = -1
+        with contextlib.suppress(KeyError):
+            group = grp.getgrnam(BROKER_GROUP).gr_gid
+        os.chown(self.path, 0, group)
+        os.chmod(self.path, 0o660)
+        sock.listen(4096)
+        self.listener = sock
+        return sock
+
+    def close(self) -> None:
+        for client in list(self.clients.values()):
+            self.drop(client)
+        if self.listener is not None:
+            self.listener.close()
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        for target in self.targets.values():
+            target.close()
+        self.targets = {}
+
+    # ------------------------------------------------------------------ the picture
+
+    def update(self, served: dict[str, Served], generation: int) -> None:
+        """The daemon's new picture (after every reconcile); subscribers hear what changed
+        among the VS they may use (added, changed, removed or no longer theirs)."""
+        before = self.served
+        self.served, self.generation = served, generation
+        self._retarget()
+        for client in list(self.clients.values()):
+            if not client.subscribed:
+                continue
+            old = {n: s.describe() for n, s in before.items()
+                   if verdict(client.peer, s.policy) != DENIED}
+            new = {n: s.describe() for n, s in served.items()
+                   if verdict(client.peer, s.policy) != DENIED}
+            changed = sorted(n for n in new if old.get(n) != new[n])
+            removed = sorted(n for n in old if n not in new)
+            if (changed or removed) and not self._send(client, encode({
+                "v": VERSION, "event": "changed", "generation": generation,
+                "changed": changed, "removed": removed, "servers": [new[n] for n in changed],
+            })):
+                self.drop(client)
+
+    def _retarget(self) -> None:
+        """The VS data requests need, for this picture; namespace descriptors carried over
+        while a name means the same namespace (a reconcile may have made it anew)."""
+        previous = self.targets
+        targets = {}
+        for name, served in self.served.items():
+            target = Target.of(served.desired, served.config)
+            target.open_namespace(previous.get(name))
+            targets[name] = target
+        self.targets = targets
+        for target in previous.values():
+            target.close()  # those not handed over
+
+    # ------------------------------------------------------------------ connections
+
+    def accept(self) -> Client | None:
+        assert self.listener is not None
+        try:
+            conn, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return None
+        if len(self.clients) >= MAX_CLIENTS:
+            conn.close()  # one over the limit goes; the next one waiting may fit
+            return self.accept() if len(self.clients) < MAX_CLIENTS else None
+        conn.setblocking(False)
+        with contextlib.suppress(OSError):  # room for a `servers` reply of thousands of VS
+            conn.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 8 << 20)
+        client = Client(conn, peer_of(conn))
+        self.clients[conn.fileno()] = client
+        return client
+
+    def drop(self, client: Client) -> None:
+        if self.clients.pop(client.conn.fileno(), None) is None:
+            return
+        if self.unregister is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.unregister(client.conn)
+        client.conn.close()
+
+    def readable(self, client: Client) -> bool:
+        """Serve one request of the client; False when it is gone (the caller drops it)."""
+        try:
+            size, ancdata, flags, _ = client.conn.recvmsg_into(
+                (self.buffer,), CONTROL_SPACE, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        started = _perf()
+        if ancdata and _close_fds(ancdata):
+            return self._refuse(client, "?", started, BrokerError(
+                "bad-request", "the broker takes no file descriptors"))
+        if not size:
+            return False  # end of file: the client went away
+        if flags & socket.MSG_TRUNC:
+            return self._refuse(client, "?", started, BrokerError(
+                "too-large", f"a request is at most {MAX_MESSAGE} bytes"))
+        try:
+            request = parse_request(self.buffer[:size])
+        except BrokerError as exc:
+            return self._refuse(client, "?", started, exc)
+        try:
+            if request.op == "listen" or request.op == "socket":
+                assert isinstance(request, Request)
+                return self._one_socket(client, request, started)
+            if isinstance(request, Batch):
+                return self._sockets(client, request.requests, started, True)
+            client.subscribed |= request.op == "subscribe"
+            sent = self._send(client, encode({
+                "v": VERSION, "ok": True, "generation": self.generation,
+                "servers": [s.describe() for s in self.served.values()
+                            if verdict(client.peer, s.policy) != DENIED]}))
+            return self._done(request.op, "ok" if sent else "dropped", started, sent)
+        except BrokerError as exc:
+            return self._refuse(client, request.op, started, exc)
+
+    # ------------------------------------------------------------------ requests
+
+    def _verdict(self, client: Client, name: str) -> int:
+        """The caller's verdict for VS ``name``: decided once per connection and
+        generation (the peer's credentials and the VS's resolved policy are fixed)."""
+        if client.verdicts_generation != self.generation:
+            client.verdicts, client.verdicts_generation = {}, self.generation
+        allowed = client.verdicts.get(name)
+        if allowed is None:
+            allowed = client.verdicts[name] = verdict(client.peer, self.served[name].policy)
+        return allowed
+
+    def _one_socket(self, client: Client, request: Request, started: int) -> bool:
+        """The hottest path: one socket (``socket``, or ``listen`` on one address), the
+        same checks as :meth:`_sockets` in the same order, without its generality."""
+        name = request.server
+        assert name is not None
+        target = self.targets.get(name)
+        if target is None:
+            raise BrokerError("unknown-server", f"no virtual server {name!r}")
+        listen = request.op == "listen"
+        if not allows(self._verdict(client, name), request.port if listen else 0):
+            raise _forbidden(client, name, request.port if listen else 0)
+        address = request.address
+        if address is None:
+            if listen:
+                if len(target.addresses) != 1:  # a socket per address: the general path
+                    return self._sockets(client, (request,), started, False)
+                address = target.addresses[0][0]
+            else:
+                family = request.family or 4
+                address = target.outgoing.get(family)
+                if address is None:
+                    raise BrokerError("bad-request", f"{name} has no IPv{family} address")
+        af = target.families.get(address)
+        if af is None:
+            raise BrokerError("bad-request", f"{address} is not an address of {name}")
+        sock, port = make_socket(target, address, af, request, listen, self.kernel.root_fd)
+        try:
+            sent = self._send(client, (
+                f'{{"v":{VERSION},"ok":true,"generation":{self.generation},"sockets":['
+                f'{target.heads[address]}{port}{target.tails[address][request.proto]}}}],'
+                f'"part":1,"parts":1}}').encode(), _FD.pack(sock.fileno()))
+        finally:
+            sock.close()  # the client has its own copy (or is gone)
+        return self._done(request.op, "ok" if sent else "dropped", started, sent)
+
+    def _sockets(self, client: Client, requests: tuple[Request, ...], started: int,
+                 batch: bool) -> bool:
+        """``listen``/``socket`` (one request) or ``batch``: every socket made or none."""
+        op = "batch" if batch else requests[0].op
+        # every socket to make: (target, address, family, request, listen, item)
+        plan: list[tuple[Target, str, int, Request, bool, int]] = []
+        for item, request in enumerate(requests):
+            where = f"requests[{item}]: " if batch else ""
+            name = request.server
+            assert name is not None
+            target = self.targets.get(name)
+            if target is None:
+                raise BrokerError("unknown-server", f"{where}no virtual server {name!r}")
+            listen = request.op == "listen"
+            if not allows(self._verdict(client, name), request.port if listen else 0):
+                raise _forbidden(client, name, request.port if listen else 0, where)
+            address = request.address
+            if listen:
+                if address is None:
+                    plan.extend((target, a, af, request, True, item)
+                                for a, af in target.addresses)
+                    continue
+            elif address is None:
+                family = request.family or 4
+                address = target.outgoing.get(family)
+                if address is None:
+                    raise BrokerError("bad-request",
+                                      f"{where}{name} has no IPv{family} address")
+            for known, af in target.addresses:
+                if known == address:
+                    plan.append((target, address, af, request, listen, item))
+                    break
+            else:
+                raise BrokerError("bad-request",
+                                  f"{where}{address} is not an address of {name}")
+        if batch and len(plan) > MAX_FDS:
+            raise BrokerError("bad-request", f"a batch yields at most {MAX_FDS} sockets "
+                                             f"(one message); this one {len(plan)}")
+        home = self.kernel.root_fd
+        made: list[_socket] = []
+        metas: list[str] = []
+        try:
+            for target, address, af, request, listen, item in plan:
+                try:
+                    sock, port = make_socket(target, address, af, request, listen, home)
+                except BrokerError as exc:
+                    if batch:
+                        exc.message = f"requests[{item}]: {exc.message}"
+                    raise
+                made.append(sock)
+                metas.append(f"{target.heads[address]}{port}"
+                             f"{target.tails[address][request.proto]}"
+                             + (f',"request":{item}}}' if batch else "}"))
+            sent = self._send_sockets(client, made, metas)
+            return self._done(op, "ok" if sent else "dropped", started, sent)
+        finally:
+            for sock in made:
+                sock.close()  # the client has its own copies (or is gone)
+
+    def _send_sockets(self, client: Client, made: list[_socket], metas: list[str]
+                      ) -> bool:
+        count = len(made)
+        parts = (count + MAX_FDS - 1) // MAX_FDS or 1
+        head = f'{{"v":{VERSION},"ok":true,"generation":{self.generation},"sockets":['
+        for number in range(parts):
+            first, last = number * MAX_FDS, min(count, (number + 1) * MAX_FDS)
+            data = f'{head}{",".join(metas[first:last])}],"part":{number + 1},"parts":{parts}}}'
+            fds = struct.pack(f"{last - first}i", *(s.fileno() for s in made[first:last]))
+            if not self._send(client, data.encode(), fds):
+                return False
+        return True
+
+    def _refuse(self, client: Client, op: str, started: int, error: BrokerError) -> bool:
+        sent = self._send(client, error.encoded())
+        return self._done(op, error.code if sent else "dropped", started, sent)
+
+    def _done(self, op: str, result: str, started: int, alive: bool) -> bool:
+        """Every request ends here: its op ("?" when unreadable), its result ("ok", an
+        error code, "dropped") and its service time are known."""
+        if self.observe is not None:
+            self.observe(op, result, _perf() - started)
+        return alive
+
+    def _send(self, client: Client, data: bytes, fds: bytes = b"") -> bool:
+        """Send one message; a client that cannot take it now (slow, stuck, gone) is
+        dropped: the daemon never waits for anyone."""
+        try:
+            client.conn.sendmsg((data,), ((SOL_SOCKET, SCM_RIGHTS, fds),) if fds else (),
+                                SEND_FLAGS)
+        except OSError as exc:
+            if exc.errno not in DROPPED_ERRNOS:
+                raise
+            return False
+        return True
+
+
+_FD = struct.Struct("i")
+
+
+def _forbidden(client: Client, name: str, port: int, where: str = "") -> BrokerError:
+    return BrokerError("forbidden", f"{where}uid {client.peer.uid} may not use {name!r}"
+                       + (f" port {port}" if 0 < port < PRIVILEGED_PORTS else ""))
+
+
+def _close_fds(ancdata: list[tuple[int, int, bytes]]) -> int:
+    """Close descriptors a client passed (the broker takes none); how many there were."""
+    count = 0
+    for level, kind, payload in ancdata:
+        if level == SOL_SOCKET and kind == SCM_RIGHTS:
+            usable = len(payload) - len(payload) % 4
+            for fd in struct.unpack(f"{usable // 4}i", payload[:usable]):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                count += 1
+    return count

@@ -1,0 +1,155 @@
+"""Making a VS's sockets: marked (pbr) or inside its namespace (netns).
+
+What a request needs to know of a VS does not change within a config generation: its
+addresses and their families, its mark, its outgoing address per family, its namespace
+(as an open descriptor: entering it is one ``setns``, not a path lookup), and the fixed
+part of each socket's metadata as it appears in the reply. :class:`Target` holds all of
+it, built when the daemon hands the broker a new picture; a request then costs its
+system calls (socket, setsockopt, bind, listen), a dict lookup and a string join.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import socket
+from _socket import socket as _socket  # the C type: no Python-level __init__ per socket
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from vsnetd.broker.protocol import BrokerError, Request
+from vsnetd.kinds.namespace import NETNS_DIR
+from vsnetd.syscalls import CLONE_NEWNET, setns
+
+if TYPE_CHECKING:
+    from vsnetd.config import ServerConfig
+    from vsnetd.state import DesiredServer
+
+SO_MARK = 36
+IP_FREEBIND = 15
+IPV6_FREEBIND = 78
+AF_INET, AF_INET6 = socket.AF_INET, socket.AF_INET6
+SOCK_CLOEXEC, SOCK_STREAM = socket.SOCK_CLOEXEC, socket.SOCK_STREAM
+KINDS = {"tcp": SOCK_STREAM, "udp": socket.SOCK_DGRAM}
+SOL_SOCKET, SO_REUSEADDR, SO_REUSEPORT = (socket.SOL_SOCKET, socket.SO_REUSEADDR,
+                                          socket.SO_REUSEPORT)
+IPPROTO_IP, IPPROTO_IPV6, IPV6_V6ONLY = socket.IPPROTO_IP, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
+
+
+@dataclass(slots=True)
+class Target:
+    """One VS as the broker's requests need it, for one config generation."""
+
+    name: str
+    netns: str  # "" for pbr
+    mark: int  # SO_MARK; 0 for netns (not set)
+    addresses: tuple[tuple[str, int], ...]  # (address, AF_INET/AF_INET6), config order
+    outgoing: dict[int, str]  # family 4/6 -> the address a `socket` request binds
+    # the metadata of a socket on an address, around its port: head + port + tail[proto]
+    heads: dict[str, str] = field(default_factory=dict)
+    tails: dict[str, dict[str, str]] = field(default_factory=dict)
+    families: dict[str, int] = field(default_factory=dict)  # address -> AF_INET/AF_INET6
+    netns_fd: int = -1  # the broker's own descriptor of the namespace (-1: none open)
+    netns_inode: int = 0
+
+    @classmethod
+    def of(cls, desired: DesiredServer, config: ServerConfig) -> Target:
+        addresses = tuple((a.split("/")[0], AF_INET6 if ":" in a else AF_INET)
+                          for a in desired.addresses)
+        mark = 0 if desired.netns else desired.numbers.mark
+        target = cls(desired.name, desired.netns, mark, addresses,
+                     {family: address for family in (4, 6)
+                      if (address := outgoing_address(config, family)) is not None})
+        name, netns = json.dumps(desired.name), json.dumps(desired.netns)
+        target.families.update(addresses)
+        for address, af in addresses:
+            target.heads[address] = f'{{"server":{name},"address":{json.dumps(address)},"port":'
+            family = 6 if af == AF_INET6 else 4
+            target.tails[address] = {
+                proto: f',"proto":"{proto}","family":{family},"mark":{mark},"namespace":{netns}'
+                for proto in KINDS}
+        return target
+
+    def open_namespace(self, previous: Target | None) -> None:
+        """Hold a descriptor of the VS's namespace: the previous picture's when the name
+        still means the same namespace, else a new one (none while it does not exist)."""
+        if not self.netns:
+            return
+        try:
+            inode = os.stat(NETNS_DIR / self.netns).st_ino
+        except OSError:
+            return
+        if previous is not None and previous.netns_fd >= 0 and previous.netns_inode == inode:
+            self.netns_fd, self.netns_inode = previous.netns_fd, inode
+            previous.netns_fd = -1  # handed over: closing the previous one leaves it open
+            return
+        with contextlib.suppress(OSError):
+            self.netns_fd = os.open(NETNS_DIR / self.netns, os.O_RDONLY | os.O_CLOEXEC)
+            self.netns_inode = inode
+
+    def close(self) -> None:
+        if self.netns_fd >= 0:
+            os.close(self.netns_fd)
+            self.netns_fd = -1
+
+
+def outgoing_address(config: ServerConfig, family: int) -> str | None:
+    """The source for outgoing connections: the address whose subnet holds the VS gateway
+    of that family (its own ``from`` rule then sends the traffic through that gateway), or
+    the first address of the family; None when the VS has none of that family."""
+    candidates = [a.address for a in config.addresses if a.address.version == family]
+    if not candidates:
+        return None
+    for gateway in config.gateway:
+        for interface in candidates:
+            if gateway.version == family and gateway in interface.network:
+                return str(interface.ip)
+    return str(ipaddress.ip_interface(candidates[0]).ip)
+
+
+def make_socket(target: Target, address: str, af: int, request: Request, listen: bool,
+                home_fd: int) -> tuple[_socket, int]:
+    """A socket bound to ``address`` of the VS, marked or inside its namespace, and the
+    port it is bound to. ``home_fd``: the calling thread's namespace, to come back to."""
+    kind = KINDS[request.proto]
+    try:
+        if target.netns:
+            if target.netns_fd < 0:
+                raise BrokerError("socket-error", f"{target.name}: its namespace "
+                                                  f"{target.netns} does not exist")
+            setns(target.netns_fd, CLONE_NEWNET)
+            try:
+                sock = _socket(af, kind | SOCK_CLOEXEC)
+            finally:
+                setns(home_fd, CLONE_NEWNET)
+        else:
+            sock = _socket(af, kind | SOCK_CLOEXEC)
+    except OSError as exc:  # out of descriptors, the namespace is being torn down...
+        raise BrokerError("socket-error", f"{target.name}: {exc.strerror or exc}") from None
+    port = request.port if listen else 0
+    try:
+        if target.mark:
+            sock.setsockopt(SOL_SOCKET, SO_MARK, target.mark)
+        if af == AF_INET6:
+            sock.setsockopt(IPPROTO_IPV6, IPV6_V6ONLY, 1)
+            if request.freebind:  # the address may come a moment after the request
+                sock.setsockopt(IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        elif request.freebind:
+            sock.setsockopt(IPPROTO_IP, IP_FREEBIND, 1)
+        stream_listen = listen and kind == SOCK_STREAM
+        if stream_listen:
+            sock.setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)
+        if request.reuseport:
+            sock.setsockopt(SOL_SOCKET, SO_REUSEPORT, 1)
+        sock.bind((address, port))
+        if stream_listen:
+            sock.listen(request.backlog)
+        if not port:
+            port = sock.getsockname()[1]
+    except OSError as exc:
+        sock.close()
+        raise BrokerError("socket-error", f"{address} port {request.port}: {exc.strerror}"
+                          ) from None
+    return sock, port
