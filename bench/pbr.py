@@ -67,6 +67,7 @@ from vsnetd.diff import plan_changes
 from vsnetd.kernel import Kernel
 from vsnetd.kinds import Rule
 from vsnetd.kinds.rule import FR_ACT_GOTO, FR_ACT_NOP, FULL_MASK
+from vsnetd.numbering import table_number
 from vsnetd.observe import observe
 from vsnetd.reconcile import converge, gc_paused, plan_for
 from vsnetd.state import VSNET_PROTOCOL, DesiredState, object_key
@@ -138,10 +139,10 @@ def server_ops(vs: PbrServer, numbering: Numbering, rules: list[Rule]) -> list[K
     block = vs.id * numbering.block_size
     ops: list[KernelOp] = [AddressOp(address) for address in vs.addresses]
     for index, (address, gateway) in enumerate(zip(vs.addresses, vs.gateways, strict=True)):
-        table = numbering.table_base + block + index
+        table = table_number(numbering.table_base, block + index)
         ops.append(RouteOp(table, address.network, address.ip, None))
         ops.append(RouteOp(table, None, address.ip, gateway))
-    mark_table = numbering.table_base + block + numbering.block_size - 1
+    mark_table = table_number(numbering.table_base, block + numbering.block_size - 1)
     first = vs.addresses[0].ip
     for subnet in dict.fromkeys(address.network for address in vs.addresses):
         ops.append(RouteOp(mark_table, subnet, first, None))

@@ -153,7 +153,7 @@ def test_missing_keys_and_bad_modes() -> None:
 def test_semantic_checks() -> None:
     errors = errors_of("""\
         version: 1
-        settings: {table_base: 230}
+        settings: {table_base: 4294967290}
         servers:
           "bad name":
             id: 1
@@ -172,11 +172,10 @@ def test_semantic_checks() -> None:
         "servers.yaml:4:3: servers.bad name: name 'bad name' must be 1-12 letters, digits, "
         "'-' or '_' (it becomes part of interface and namespace names)")
     assert errors[1:] == [
-        "servers.yaml:5:9: servers.bad name.id: route tables 246-261 include the kernel's "
-        "reserved table(s) 253, 254, 255 (settings.table_base)",
+        "servers.yaml:5:9: servers.bad name.id: route tables 4294967309-4294967324 exceed "
+        "2^32-1",
         "servers.yaml:10:9: servers.b.id: id 1 is already used by bad name",
-        "servers.yaml:10:9: servers.b.id: route tables 246-261 include the kernel's "
-        "reserved table(s) 253, 254, 255 (settings.table_base)",
+        "servers.yaml:10:9: servers.b.id: route tables 4294967309-4294967324 exceed 2^32-1",
         "servers.yaml:14:25: servers.b.gateway[1]: more than one IPv4 gateway",
         "servers.yaml:14:35: servers.b.gateway[2]: 2001:db9::1 is not inside any subnet of b",
         "servers.yaml:15:40: servers.b.routes[0].via: 2001:db8::1 is not of the family of "

@@ -63,15 +63,17 @@ def test_host_traffic_reaches_main_and_each_vs_its_tables(uplink: str, tmp_path:
     for host_lookup in (route_get(), route_get("from", "10.0.0.2"), route_get("mark", "7")):
         assert (host_lookup.get("gateway"), host_lookup.get("table", "main")) == (
             "10.0.0.1", "main"), host_lookup
-    for server_id in (1, 500, 1000):
-        table = 10000 + server_id * 16
+    # the VS's tables: 10000 + 16 * id + index, skipping the numbers 253-255 modulo 256
+    # (vsnetd/numbering.py)
+    for server_id, tables in ((1, (10016, 10017, 10031)), (500, (18093, 18094, 18108)),
+                              (1000, (26189, 26190, 26204))):
         for subnet in (1, 2):
             reply = route_get("from", address(server_id, subnet))
             assert (reply["gateway"], reply["table"]) == (
-                f"10.{subnet}.0.1", str(table + subnet - 1)), reply
+                f"10.{subnet}.0.1", str(tables[subnet - 1])), reply
         marked = route_get("mark", hex(MARK_BASE + server_id))
         assert (marked["gateway"], marked["table"], marked["prefsrc"]) == (
-            "10.1.0.1", str(table + 15), address(server_id, 1)), marked
+            "10.1.0.1", str(tables[2]), address(server_id, 1)), marked
 
 
 def test_adding_or_removing_a_vs_in_the_middle_changes_only_its_rules(
@@ -89,8 +91,8 @@ def test_adding_or_removing_a_vs_in_the_middle_changes_only_its_rules(
     # vs500's address rules and its mark rule; the rule tree's nodes on its way exist
     # already (its neighbours' addresses and marks share them)
     assert sorted((r["src"], r.get("fwmark"), r["table"], r["protocol"]) for r in added) == [
-        ("10.1.1.254", None, "18000", "vsnet"), ("10.2.1.254", None, "18001", "vsnet"),
-        ("all", "0x56001f4", "18015", "vsnet")]
+        ("10.1.1.254", None, "18093", "vsnet"), ("10.2.1.254", None, "18094", "vsnet"),
+        ("all", "0x56001f4", "18108", "vsnet")]
 
     apply(path, others)
     assert all_rules() == before

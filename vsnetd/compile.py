@@ -235,7 +235,9 @@ def scope_of(settings: Settings, servers: Iterable[DesiredServer]) -> Scope:
                 sysctls.setdefault(obj.netns, set()).add(obj.name)
     return Scope(
         protocol=VSNET_PROTOCOL,
-        tables=range(settings.table_base, settings.table_base + top * size),
+        tables=range(settings.table_base,
+                     numbering.table_number(settings.table_base, top * size) if top else
+                     settings.table_base),
         priorities=range(settings.priority_base,
                          ruletree.last_priority(settings.priority_base) + 1),
         sysctls={netns: tuple(sorted(names)) for netns, names in sysctls.items()},

@@ -1,10 +1,16 @@
 """Deterministic numbering: route tables and fwmarks from a VS ``id``.
 
-Every VS owns one *block* of ``block_size`` consecutive tables::
+Every VS owns one *block* of ``block_size`` table slots::
 
-    address table i  = table_base + id * block_size + i        (i = index in ``addresses``)
-    mark table       = table_base + id * block_size + block_size - 1
+    address table i  = table(id * block_size + i)              (i = index in ``addresses``)
+    mark table       = table(id * block_size + block_size - 1)
     mark             = ``mark`` if set, else mark_base + id
+
+``table(k)`` counts up from ``table_base`` but skips every number that is 253, 254 or 255
+modulo 256: the kernel finds a table by id in a hash of 256 buckets (``id mod 256``), and
+the buckets of ``local`` (255) and ``main`` (254) are looked at for nearly every packet;
+a thousand VS tables chained in front of them would cost every packet microseconds
+(docs/rule-tree.md, "Measured"). Below the first such number, ``table(k) = table_base + k``.
 
 A VS's numbers depend only on its own ``id`` and the settings, so adding, removing or
 editing one VS never renumbers another. IPv4 and IPv6 use the same numbers: the kernel
@@ -27,7 +33,8 @@ if TYPE_CHECKING:
 DEFAULT_BLOCK_SIZE = 16
 MAX_SERVER_ID = 65535
 U32_MAX = 0xFFFFFFFF
-RESERVED_TABLES = frozenset({0, 253, 254, 255})  # unspec, default, main, local
+TABLE_BUCKETS = 256  # the kernel's FIB_TABLE_HASHSZ, IPv4 and IPv6
+USABLE_RESIDUES = 253  # 253-255 modulo 256: the buckets of default, main and local
 MAIN_RULE_PRIORITY = 32766  # vsnet's rules must be looked at before the main table
 
 
@@ -35,7 +42,7 @@ MAIN_RULE_PRIORITY = 32766  # vsnet's rules must be looked at before the main ta
 class ServerNumbers:
     """The numbers one VS owns."""
 
-    table_block: range
+    table_block: tuple[int, ...]
     mark: int
 
     @property
@@ -48,11 +55,34 @@ class ServerNumbers:
 
 def layout(settings: Settings, server_id: int, mark: int | None = None) -> ServerNumbers:
     size = settings.block_size
-    table_start = settings.table_base + server_id * size
+    first = server_id * size
     return ServerNumbers(
-        table_block=range(table_start, table_start + size),
+        table_block=tuple(table_number(settings.table_base, k) for k in range(first, first + size)),
         mark=mark if mark is not None else settings.mark_base + server_id,
     )
+
+
+def _origin(table_base: int) -> tuple[int, int]:
+    """(the bucket-aligned number table slots count from, the first slot's residue)"""
+    residue = table_base % TABLE_BUCKETS
+    if residue >= USABLE_RESIDUES:  # a base in the kernel's buckets starts after them
+        return table_base - residue + TABLE_BUCKETS, 0
+    return table_base - residue, residue
+
+
+def table_number(table_base: int, slot: int) -> int:
+    """The ``slot``-th table from ``table_base``, skipping the kernel tables' buckets."""
+    origin, residue = _origin(table_base)
+    rounds, rest = divmod(residue + slot, USABLE_RESIDUES)
+    return origin + rounds * TABLE_BUCKETS + rest
+
+
+def table_slot(table_base: int, table: int) -> int | None:
+    """The inverse of :func:`table_number`: None for a number it never gives."""
+    origin, residue = _origin(table_base)
+    rounds, rest = divmod(table - origin, TABLE_BUCKETS)
+    slot = rounds * USABLE_RESIDUES + rest - residue
+    return slot if slot >= 0 and rest < USABLE_RESIDUES else None
 
 
 def namespace_rule_priority(settings: Settings, index: int) -> int:
@@ -66,12 +96,6 @@ def check_reserved(numbers: ServerNumbers, settings: Settings) -> list[str]:
     tables = numbers.table_block
     if tables[-1] > U32_MAX:
         problems.append(f"route tables {tables[0]}-{tables[-1]} exceed 2^32-1")
-    clash = sorted(RESERVED_TABLES.intersection(tables))
-    if clash:
-        problems.append(
-            f"route tables {tables[0]}-{tables[-1]} include the kernel's reserved table(s) "
-            f"{', '.join(map(str, clash))} (settings.table_base)"
-        )
     if not 0 < numbers.mark <= U32_MAX:
         problems.append(f"mark {numbers.mark:#x} is outside 1..0xffffffff (settings.mark_base)")
     return problems
@@ -79,5 +103,5 @@ def check_reserved(numbers: ServerNumbers, settings: Settings) -> list[str]:
 
 def server_id_of_table(settings: Settings, table: int) -> int | None:
     """Which VS id a table number belongs to, if it is in vsnet's range at all."""
-    offset = table - settings.table_base
-    return offset // settings.block_size if offset >= 0 else None
+    slot = table_slot(settings.table_base, table)
+    return slot // settings.block_size if slot is not None else None
