@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_daemon import Daemon, addresses, vsnet_rules
+from tests.daemons import Daemon, addresses, vsnet_rules
 from vsnetd import activation, ctl, neighbours
 from vsnetd.compile import compile_config
 from vsnetd.config import DEFAULT_CONFIG_PATH, ConfigError, parse_config

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests import lab
-from tests.test_daemon import Daemon, wait_until
+from tests.daemons import Daemon, wait_until
 from vsnetd import client
 from vsnetd.broker import BrokerError, Request, parse_request
 from vsnetd.broker.protocol import Batch
@@ -128,7 +128,6 @@ def settled_fds(daemon: Daemon) -> int:
         return "anon_inode:inotify" in links
 
     wait_until(watching, 10, "the config watcher")
-    time.sleep(0.05)
     return daemon_fds(daemon)
 
 

@@ -16,7 +16,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.test_pipeline_properties import server_specs
+from tests.strategies import server_specs
 from vsnetd.compile import compile_config, compile_edit
 from vsnetd.config import Config, ConfigError, ConfigLoader, load_config
 from vsnetd.state import DesiredState

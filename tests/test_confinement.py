@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import lab
-from tests.test_daemon import Daemon, save, wait_until
+from tests.daemons import Daemon, save, wait_until
 from vsnetd import bpf
 from vsnetd.kinds import Confinement, confinement
 from vsnetd.sandbox import ip, ip_json

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import resource
 import shutil
@@ -12,17 +11,17 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, RUNNING
+from tests.conftest import ROOT
+from tests.daemons import Daemon, addresses, save, vsnet_rules, wait_until
 from vsnetd import control
 from vsnetd.client import servers as client_servers
-from vsnetd.sandbox import NotifySocket, ip, ip_json
+from vsnetd.sandbox import ip, ip_json
 from vsnetd.state import VSNET_PROTOCOL
 
 pytestmark = pytest.mark.usefixtures("netns")
@@ -47,51 +46,6 @@ servers:
 """
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        time.sleep(0.02)
-
-
-class Daemon:
-    def __init__(self, tmp: Path, config: Path, extra: list[str] | None = None,
-                 wrapper: list[str] | None = None) -> None:
-        self.config = config
-        self.control = tmp / "control.sock"
-        self.notify = NotifySocket(tmp / f"notify-{time.monotonic_ns()}.sock")
-        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify.path), WATCHDOG_USEC="400000",
-                   VSNET_CONTROL=str(self.control))
-        self.log = tmp / "vsnetd.log"
-        self.proc = subprocess.Popen(
-            [*(wrapper or []), sys.executable, "-m", "vsnetd.daemon", "-c", str(config),
-             "--control", str(self.control), "-v", *(extra or [])],
-            env=env, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
-        )
-        RUNNING.append(self.proc)
-        self.env = env
-
-    def ready(self, timeout: float = 20.0) -> None:
-        wait_until(lambda: self.notify.seen("READY", "1") or self.proc.poll() is not None,
-                   timeout, "READY=1")
-        assert self.proc.poll() is None, self.log.read_text()
-
-    def status(self) -> dict[str, Any]:
-        result = subprocess.run([sys.executable, "-m", "vsnetd.cli", "status", "--json", "-c",
-                                 str(self.config)], capture_output=True, text=True,
-                                env=self.env, timeout=30)
-        return json.loads(result.stdout)  # type: ignore[no-any-return]
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout=20)
-
-
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
     path = tmp_path / "etc" / "servers.yaml"
@@ -106,28 +60,6 @@ def daemon(uplink: str, config_file: Path, tmp_path: Path) -> Iterator[Daemon]:
     running.ready()
     yield running
     running.stop()
-
-
-def save(path: Path, text: str) -> None:
-    """Write the way editors do: a new file renamed over the old one."""
-    partial = path.with_name(".servers.yaml.swp")
-    partial.write_text(text)
-    partial.replace(path)
-
-
-def vsnet_rules() -> list[dict[str, Any]]:
-    """vsnet's rules that choose a table (the rule tree's goto and nop rules left out)."""
-    return [r for family in ("-4", "-6") for r in ip_json(family, "rule")
-            if r.get("protocol") == "vsnet" and "table" in r]
-
-
-def addresses(dev: str = "eth0", netns: str | None = None) -> set[str]:
-    """Global addresses of a device (none while it does not exist)."""
-    try:
-        links = ip_json("addr", "show", "dev", dev, netns=netns)
-    except RuntimeError:
-        return set()
-    return {a["local"] for link in links for a in link["addr_info"] if a["scope"] == "global"}
 
 
 def test_start_converges_and_speaks_the_notify_protocol(daemon: Daemon) -> None:
@@ -212,7 +144,11 @@ def test_a_foreign_rule_in_vsnet_range_is_reported_not_removed(daemon: Daemon) -
     assert status["servers"]["nas1"]["reasons"] == [
         "priority 18790 is taken by a foreign rule 18790 from 192.0.2.9 lookup 254"]
     assert status["servers"]["nas2"]["state"] == "in-sync"
-    time.sleep(0.3)
+    # a full reload answers once converged: the witness that vsnet has looked again
+    reload = subprocess.run([sys.executable, "-m", "vsnetd.cli", "reload"],
+                            capture_output=True, text=True, env=daemon.env, timeout=30)
+    assert reload.returncode == 0, reload.stdout + reload.stderr
+    assert daemon.status()["servers"]["nas1"]["state"] == "conflict"
     assert any(r["priority"] == 18790 and r.get("src") == "192.0.2.9"
                for r in ip_json("rule") if r.get("protocol") != "vsnet")
 
@@ -243,20 +179,26 @@ def netlink_changes() -> socket.socket:
     return sock
 
 
-def count_changes(sock: socket.socket) -> int:
-    """Changes announced since the socket was opened, but the kernel's own doings on an
-    uplink that just came up (IPv6 duplicate address detection ending: its link-local
-    address and the routes the kernel makes for it, which no vsnet request causes)."""
+MARKER_PRIORITY = 5  # a rule the test adds: everything announced before it has been read
+
+
+def count_changes_until_marker(sock: socket.socket) -> int:
+    """Changes announced since the socket was opened until the test's marker rule (added
+    after what is being counted), but the kernel's own doings on an uplink that just came
+    up (IPv6 duplicate address detection ending: its link-local address and the routes
+    the kernel makes for it, which no vsnet request causes)."""
+    ip("rule", "add", "priority", str(MARKER_PRIORITY), "from", "192.0.2.123", "lookup", "main")
+    sock.setblocking(True)
+    sock.settimeout(10)
     count = 0
     while True:
-        try:
-            data = sock.recv(1 << 20)
-        except BlockingIOError:
-            return count
+        data = sock.recv(1 << 20)
         offset = 0
         while offset + 16 <= len(data):
             length, kind = struct.unpack_from("=IH", data, offset)
             body = offset + 16
+            if kind == 32 and _rule_priority(data, body + 12, offset + length) == MARKER_PRIORITY:
+                return count  # RTM_NEWRULE of the marker
             link_local = kind in (20, 21) and data[body] == socket.AF_INET6 and (
                 data[body + 3] == 253)  # ifa_scope: RT_SCOPE_LINK
             kernel_route = kind in (24, 25) and data[body + 5] == 2  # rtm_protocol: kernel
@@ -275,11 +217,22 @@ def test_a_restart_over_converged_state_changes_nothing(
     second = Daemon(tmp_path, config_file)
     try:
         second.ready()
-        time.sleep(0.2)
-        assert count_changes(watcher) == 0
+        assert count_changes_until_marker(watcher) == 0
         assert second.status()["daemon"]["last_reconcile"]["changes"] == 0
     finally:
         second.stop()
+
+
+def _rule_priority(data: bytes, start: int, end: int) -> int | None:
+    """FRA_PRIORITY of a rule message's attributes."""
+    while start + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, start)
+        if length < 4:
+            return None
+        if kind == 6:
+            return int(struct.unpack_from("=I", data, start + 4)[0])
+        start += (length + 3) & ~3
+    return None
 
 
 def big_config(servers: int) -> str:

@@ -15,7 +15,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from tests import lab
-from tests.test_config import ISSUE_EXAMPLE
+from tests.examples import ISSUE_EXAMPLE
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.kernel import Kernel
