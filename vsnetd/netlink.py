@@ -194,31 +194,41 @@ class RtnlSocket:
         raise NetlinkError(errno.EAGAIN, "netlink dump kept being interrupted")
 
     def _dump_once(self, kind: int, body: bytes, decode: Decoder[T]) -> list[T]:
+        # the receive loop is written out (no generator, no per-message tuple): at 1,000
+        # namespaces a plan makes ~4,000 dumps and this loop is most of their Python cost
         seq = self._next_seq()
-        self._sock.send(
+        sock = self._sock
+        sock.send(
             NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
             + body
         )
+        data = _receive_buffer()
+        unpack = NLMSGHDR.unpack_from
         found: list[T] = []
         interrupted = False
         while True:
-            for mtype, flags, mseq, data, start, end in self._receive():
-                if mseq != seq:
-                    continue
-                if flags & NLM_F_DUMP_INTR:
-                    interrupted = True
-                if mtype == NLMSG_DONE:
-                    if interrupted:
-                        raise DumpInterrupted
-                    return found
-                if mtype == NLMSG_ERROR:
-                    error = I32.unpack_from(data, start)[0]
-                    if error:
-                        raise NetlinkError(-error, os.strerror(-error))
-                    continue
-                item = decode(data, start, end)
-                if item is not None:
-                    found.append(item)
+            received = sock.recv_into(data)
+            offset = 0
+            while offset + 16 <= received:
+                length, mtype, flags, mseq, _pid = unpack(data, offset)
+                if length < 16:
+                    break
+                if mseq == seq:
+                    if flags & NLM_F_DUMP_INTR:
+                        interrupted = True
+                    if mtype == NLMSG_DONE:
+                        if interrupted:
+                            raise DumpInterrupted
+                        return found
+                    if mtype == NLMSG_ERROR:
+                        error = I32.unpack_from(data, offset + 16)[0]
+                        if error:
+                            raise NetlinkError(-error, os.strerror(-error))
+                    else:
+                        item = decode(data, offset + 16, offset + length)
+                        if item is not None:
+                            found.append(item)
+                offset += (length + 3) & ~3
 
     # ------------------------------------------------------------------ batches
 
