@@ -161,59 +161,67 @@ def test_fast_observe_equals_the_previous_one_with_foreign_objects(tmp_path: Pat
         ip("link", "set", f"{name}p", "up")
     path = tmp_path / "servers.yaml"
     path.write_text(CONFIG)
-    applied = subprocess.run([sys.executable, "-m", "vsnetd.cli", "apply", "-c", str(path)],
-                             capture_output=True, text=True, timeout=60)
-    assert applied.returncode == 0, applied.stdout + applied.stderr
-    scope = compile_config(parse_config(CONFIG)).scope
-    table = scope.tables.start + 7
-    priority = scope.priorities.start + 3
+    try:
+        applied = subprocess.run([sys.executable, "-m", "vsnetd.cli", "apply", "-c", str(path)],
+                                 capture_output=True, text=True, timeout=60)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        scope = compile_config(parse_config(CONFIG)).scope
+        table = scope.tables.start + 7
+        priority = scope.priorities.start + 3
 
-    # foreign objects: a namespace of someone else's, and in vsnet's own namespaces and the
-    # root namespace devices, addresses, routes in vsnet's tables, rules in its priorities
-    ip("netns", "add", "other")
-    ip("link", "add", "o0", "type", "veth", "peer", "name", "o1", netns="other")
-    for netns in ("vs-a", None):
-        ip("link", "add", "f0", "type", "veth", "peer", "name", "f1", netns=netns)
-        ip("link", "set", "f0", "up", netns=netns)
-        ip("address", "add", "10.9.9.9/24", "dev", "f0", netns=netns)
-        ip("address", "add", "2001:db8:9::9/64", "dev", "f0", "nodad", netns=netns)
-        ip("route", "add", "192.0.2.0/24", "dev", "f0", "table", str(table), netns=netns)
-        ip("-6", "route", "add", "2001:db8:99::/64", "dev", "f0", "table", str(table),
-           netns=netns)
-        ip("rule", "add", "pref", str(priority), "from", "10.9.9.9", "lookup", str(table),
-           netns=netns)
-        ip("-6", "rule", "add", "pref", str(priority), "from", "2001:db8:9::9",
-           "lookup", str(table), netns=netns)
-    Path("/etc/netns/vs-b").mkdir(parents=True, exist_ok=True)
-    Path("/etc/netns/vs-b/resolv.conf").write_text("nameserver 192.0.2.53\n")
-    sh("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2", netns="vs-a")  # drifted
+        # foreign objects: a namespace of someone else's, and in vsnet's own namespaces and the
+        # root namespace devices, addresses, routes in vsnet's tables, rules in its priorities
+        ip("netns", "add", "other")
+        ip("link", "add", "o0", "type", "veth", "peer", "name", "o1", netns="other")
+        for netns in ("vs-a", None):
+            ip("link", "add", "f0", "type", "veth", "peer", "name", "f1", netns=netns)
+            ip("link", "set", "f0", "up", netns=netns)
+            ip("address", "add", "10.9.9.9/24", "dev", "f0", netns=netns)
+            ip("address", "add", "2001:db8:9::9/64", "dev", "f0", "nodad", netns=netns)
+            ip("route", "add", "192.0.2.0/24", "dev", "f0", "table", str(table), netns=netns)
+            ip("-6", "route", "add", "2001:db8:99::/64", "dev", "f0", "table", str(table),
+               netns=netns)
+            ip("rule", "add", "pref", str(priority), "from", "10.9.9.9", "lookup", str(table),
+               netns=netns)
+            ip("-6", "rule", "add", "pref", str(priority), "from", "2001:db8:9::9",
+               "lookup", str(table), netns=netns)
+        Path("/etc/netns/vs-b").mkdir(parents=True, exist_ok=True)
+        Path("/etc/netns/vs-b/resolv.conf").write_text("nameserver 192.0.2.53\n")
+        sh("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2", netns="vs-a")  # drifted
 
-    with Kernel() as kernel:
-        fast = observe(kernel, scope)
-        again = observe(kernel, scope)  # sockets and namespace fds reused
-    previous = previous_observe(scope)
+        with Kernel() as kernel:
+            fast = observe(kernel, scope)
+            again = observe(kernel, scope)  # sockets and namespace fds reused
+        previous = previous_observe(scope)
 
-    assert comparable(fast) == comparable(previous)
-    assert comparable(again) == comparable(previous)
-    # the foreign objects were seen at all (the comparison is not of two empty views), as
-    # the kernel shows them
-    kernel_rules = [r for r in ip_json("rule", "show", netns="vs-a")
-                    if r.get("priority") == priority]
-    assert kernel_rules
-    for netns in ("vs-a", ""):
-        assert (netns, "f0") in fast.foreign_links
-        assert (netns, "10.9.9.9") in fast.foreign_addresses
-        assert {(r.family, r.destination) for r in fast.foreign_routes if r.netns == netns} >= {
-            (socket.AF_INET, "192.0.2.0/24"), (socket.AF_INET6, "2001:db8:99::/64")}
-        assert {r.family for r in fast.foreign_rules
-                if r.netns == netns and r.priority == priority} == {socket.AF_INET,
-                                                                    socket.AF_INET6}
-    assert "other" in fast.foreign_namespaces
-    assert fast.foreign_resolvers == {"vs-b"}
-    assert ("sysctl", ("vs-a", "net.ipv4.conf.all.rp_filter")) in fast.owned
-    assert fast.owned[("sysctl", ("vs-a", "net.ipv4.conf.all.rp_filter"))].value == "2"
-    # only IPv4 and IPv6 from the one-dump-for-both-families requests (the kernel adds its
-    # multicast routing families to them)
-    assert {r.family for r in fast.foreign_rules} <= {socket.AF_INET, socket.AF_INET6}
-    kinds = Counter(obj.kind for obj in fast.owned.values())
-    assert kinds["namespace"] == 2 and kinds["rule"] >= 2 and kinds["route"] >= 6
+        assert comparable(fast) == comparable(previous)
+        assert comparable(again) == comparable(previous)
+        # the foreign objects were seen at all (the comparison is not of two empty views), as
+        # the kernel shows them
+        kernel_rules = [r for r in ip_json("rule", "show", netns="vs-a")
+                        if r.get("priority") == priority]
+        assert kernel_rules
+        for netns in ("vs-a", ""):
+            assert (netns, "f0") in fast.foreign_links
+            assert (netns, "10.9.9.9") in fast.foreign_addresses
+            assert {(r.family, r.destination) for r in fast.foreign_routes if r.netns == netns} >= {
+                (socket.AF_INET, "192.0.2.0/24"), (socket.AF_INET6, "2001:db8:99::/64")}
+            assert {r.family for r in fast.foreign_rules
+                    if r.netns == netns and r.priority == priority} == {socket.AF_INET,
+                                                                        socket.AF_INET6}
+        assert "other" in fast.foreign_namespaces
+        assert fast.foreign_resolvers == {"vs-b"}
+        assert ("sysctl", ("vs-a", "net.ipv4.conf.all.rp_filter")) in fast.owned
+        assert fast.owned[("sysctl", ("vs-a", "net.ipv4.conf.all.rp_filter"))].value == "2"
+        # only IPv4 and IPv6 from the one-dump-for-both-families requests (the kernel adds its
+        # multicast routing families to them)
+        assert {r.family for r in fast.foreign_rules} <= {socket.AF_INET, socket.AF_INET6}
+        kinds = Counter(obj.kind for obj in fast.owned.values())
+        assert kinds["namespace"] == 2 and kinds["rule"] >= 2 and kinds["route"] >= 6
+    finally:  # the sandbox's /etc/netns and /run/vsnet outlive this test's namespace
+        subprocess.run([sys.executable, "-m", "vsnetd.cli", "teardown", "-c", str(path)],
+                       capture_output=True, timeout=60)
+        resolver_file = Path("/etc/netns/vs-b/resolv.conf")
+        resolver_file.unlink(missing_ok=True)
+        if resolver_file.parent.exists():
+            resolver_file.parent.rmdir()

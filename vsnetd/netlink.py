@@ -19,8 +19,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 # netlink message types and flags (linux/netlink.h, linux/rtnetlink.h)
 NLMSG_ERROR = 2
@@ -107,8 +106,7 @@ T = TypeVar("T")
 Decoder = Callable[[bytearray, int, int], T | None]
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     """The kernel's answer to one request of a batch: 0 or a negative errno."""
 
     error: int
@@ -139,18 +137,27 @@ class RtnlSocket:
     def __init__(self) -> None:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         try:
-            for option in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
-                sock.setsockopt(SOL_NETLINK, option, 1)
-            try:  # root may exceed rmem_max; a full batch of ACKs must fit
-                sock.setsockopt(socket.SOL_SOCKET, 33, RECV_BUFFER)  # SO_RCVBUFFORCE
-            except PermissionError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+            sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
             sock.bind((0, 0))
         except BaseException:
             sock.close()
             raise
         self._sock = sock
         self._seq = 0
+        # What only batches need is set up before the first one: a plan opens a socket in
+        # each of 1,000 namespaces only to dump (dumps are paced by the kernel to the
+        # default receive buffer), and three system calls each are ~10 % of its sockets.
+        self._batch_ready = False
+
+    def _prepare_batches(self) -> None:
+        sock = self._sock
+        for option in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
+            sock.setsockopt(SOL_NETLINK, option, 1)
+        try:  # root may exceed rmem_max; a full batch of ACKs must fit
+            sock.setsockopt(socket.SOL_SOCKET, 33, RECV_BUFFER)  # SO_RCVBUFFORCE
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+        self._batch_ready = True
 
     def close(self) -> None:
         self._sock.close()
@@ -238,6 +245,8 @@ class RtnlSocket:
         Each request asks for an ACK; the kernel handles the messages of one send in
         order and independently, so one failure does not stop the others.
         """
+        if not self._batch_ready:
+            self._prepare_batches()
         replies: list[Reply] = []
         chunk: list[bytes] = []
         size = 0
