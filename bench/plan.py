@@ -1,5 +1,7 @@
 """Benchmark of ``vsnetctl plan`` with nothing to do over N netns VS, as a whole process.
 
+(``--mode pbr``: the same over N pbr VS, for comparison; the issue sets no target there.)
+
 ``bench/plan.py --servers 1000`` builds N netns VS (bench/netns.py's workload: a namespace
 per VS with a macvlan on a veth uplink, an address and a default route) once with
 ``vsnetctl apply``, inside a sandbox (the machine's own network is never touched), with a
@@ -128,10 +130,11 @@ def run(args: argparse.Namespace) -> Results:
         trees = {"this tree": REPO}
         if args.baseline:
             trees[args.baseline] = export_tree(args.baseline, workdir / "baseline")
-        config = workdir / "netns.yaml"
-        config.write_text(netns.to_yaml(netns.make_servers(args.servers)))
+        config = workdir / f"{args.mode}.yaml"
+        config.write_text(netns.to_yaml(netns.make_servers(args.servers)) if args.mode == "netns"
+                          else common.pbr_yaml(common.make_pbr_servers(args.servers)))
         with common.uplinked_netns():
-            progress(f"applying {args.servers} netns VS once\n")
+            progress(f"applying {args.servers} {args.mode} VS once\n")
             applied = subprocess.run(vsnetctl("apply", "-c", str(config)), capture_output=True,
                                      text=True, env=environment(REPO), cwd="/")
             if applied.returncode != 0:
@@ -158,8 +161,10 @@ def median(results: Results, name: str) -> float | None:
     return statistics.median(samples) if samples else None
 
 
-def targets(results: Results, servers: int) -> list[dict[str, Any]]:
-    at = "" if servers == TARGET_SERVERS else f" (target set for {TARGET_SERVERS} VS)"
+def targets(results: Results, args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.mode != "netns":
+        return []  # the issue's target is for netns VS; pbr is measured for comparison
+    at = "" if args.servers == TARGET_SERVERS else f" (target set for {TARGET_SERVERS} VS)"
     value = median(results, "this tree:process")
     return [{"name": f"vsnetctl plan, netns, no-op <= {PLAN_TARGET * 1000:.0f} ms{at}",
              "measure": "this tree:process", "value": value, "limit": PLAN_TARGET,
@@ -167,7 +172,7 @@ def targets(results: Results, servers: int) -> list[dict[str, Any]]:
 
 
 def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results) -> None:
-    print(f"vsnetctl plan, nothing to do, {args.servers} netns VS, {args.repeat} interleaved "
+    print(f"vsnetctl plan, nothing to do, {args.servers} {args.mode} VS, {args.repeat} interleaved "
           f"rounds (median)")
     print(machine_line(info) + f"Python {info['python']}")
     print()
@@ -180,13 +185,13 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
             row += f"{'-' if value is None else f'{value * 1000:.1f} ms':>16}"
         print(row)
     print()
-    common.print_targets(targets(results, args.servers), results.notes)
+    common.print_targets(targets(results, args), results.notes)
 
 
 def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) -> dict[str, Any]:
-    return {"benchmark": "plan", "servers": args.servers, "repeat": args.repeat,
+    return {"benchmark": "plan", "mode": args.mode, "servers": args.servers, "repeat": args.repeat,
             "baseline": args.baseline, "machine": info, "samples_s": results.samples,
-            "targets": targets(results, args.servers), "notes": results.notes}
+            "targets": targets(results, args), "notes": results.notes}
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -196,10 +201,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="interleaved rounds; medians are reported (default 7)")
     parser.add_argument("--baseline", metavar="REV",
                         help="also measure the vsnetd of this git revision, in the same rounds")
+    parser.add_argument("--mode", choices=("netns", "pbr"), default="netns",
+                        help="the VS's mode (default netns, the issue's target; pbr: bench/cli.py's "
+                             "workload, two addresses each)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
-    if not 1 <= args.servers <= netns.MAX_ID:
-        parser.error(f"--servers must be 1..{netns.MAX_ID}")
+    limit = netns.MAX_ID if args.mode == "netns" else common.pbr_max_servers()
+    if not 1 <= args.servers <= limit:
+        parser.error(f"--servers must be 1..{limit} for {args.mode} VS")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return args
