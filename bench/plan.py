@@ -13,8 +13,9 @@ weighs on every measure alike, medians reported:
   it, observing the kernel, diffing. The config's part (parse) and the kernel's part
   (observe) are owned by different modules and improve separately.
 
-``--baseline REV`` measures the tree of a git revision (exported with ``git archive`` to a
-temporary directory, run from there) in the same rounds, so that a change is shown
+This tree's ``vsnetd`` is measured from a copy in a temporary directory on /run;
+``--baseline REV`` measures the tree of a git revision (exported with ``git archive`` next
+to it) in the same rounds, so that a change is shown
 against what it replaces in the same conditions. This is a benchmark, not a test: it
 always exits 0 once it has measured.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,6 +89,14 @@ def export_tree(revision: str, into: Path) -> Path:
     return into
 
 
+def copy_tree(into: Path) -> Path:
+    """This tree's ``vsnetd`` (as it is on disk, uncommitted changes included), copied."""
+    shutil.copytree(REPO / "vsnetd", into / "vsnetd",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(into)], check=True)
+    return into
+
+
 def environment(tree: Path) -> dict[str, str]:
     """The tree's ``vsnetd`` first on the path. Processes run in a directory without one
     (``python -c`` looks in its working directory first)."""
@@ -127,7 +137,9 @@ def run(args: argparse.Namespace) -> Results:
     results = Results()
     with tempfile.TemporaryDirectory(prefix="vsnet-bench-", dir="/run") as tmp:
         workdir = Path(tmp)
-        trees = {"this tree": REPO}
+        # both trees are measured from copies side by side in /run (a tmpfs): reading the
+        # modules from the worktree's disk while other work loads it biased the imports
+        trees = {"this tree": copy_tree(workdir / "this-tree")}
         if args.baseline:
             trees[args.baseline] = export_tree(args.baseline, workdir / "baseline")
         config = workdir / f"{args.mode}.yaml"
