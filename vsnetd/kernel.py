@@ -8,7 +8,7 @@ import resource
 
 from vsnetd.kinds import namespace
 from vsnetd.netlink import RtnlSocket
-from vsnetd.syscalls import entered_netns
+from vsnetd.syscalls import CLONE_NEWNET, entered_netns, setns
 
 ROOT = ""  # the namespace vsnet itself runs in
 
@@ -66,6 +66,38 @@ class Kernel:
                 sock = RtnlSocket()
             self._sockets[name] = sock
         return sock
+
+    def open_sockets(self, inodes: dict[str, int]) -> dict[str, RtnlSocket]:
+        """The sockets of many namespaces at once, given the inode each name is known to
+        mount (from :func:`namespace.scan`): no second ``stat``, and the thread enters
+        each missing namespace in turn and comes back once, instead of twice per
+        namespace. A namespace gone meanwhile is left out."""
+        sockets: dict[str, RtnlSocket] = {}
+        missing: list[tuple[str, int]] = []
+        for name, inode in inodes.items():
+            cached = self._fds.get(name)
+            if cached is not None and cached[1] == inode and name in self._sockets:
+                sockets[name] = self._sockets[name]
+                continue
+            self.forget(name)
+            try:
+                fd = namespace.open_fd(name)
+            except OSError:
+                continue
+            if os.fstat(fd).st_ino != inode:  # replaced since it was scanned
+                os.close(fd)
+                continue
+            self._fds[name] = (fd, inode)
+            missing.append((name, fd))
+        if missing:
+            with open("/proc/thread-self/ns/net", "rb", buffering=0) as home:
+                try:
+                    for name, fd in missing:
+                        setns(fd, CLONE_NEWNET)
+                        sockets[name] = self._sockets[name] = RtnlSocket()
+                finally:
+                    setns(home.fileno(), CLONE_NEWNET)
+        return sockets
 
     def forget(self, name: str) -> None:
         """Close what vsnet holds of a namespace (before it is deleted, or when stale)."""

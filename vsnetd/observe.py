@@ -37,20 +37,23 @@ from vsnetd.state import DesiredServer, ObservedState, Scope, object_key
 
 def observe(kernel: Kernel, scope: Scope) -> ObservedState:
     state = ObservedState()
-    owned_namespaces, foreign_namespaces = namespace.observe_namespaces()
+    owned_namespaces, foreign_namespaces = namespace.scan()
     state.foreign_namespaces = set(foreign_namespaces)
     root_names = _observe_in(kernel.root, ROOT, scope, state, {})
+    sockets = kernel.open_sockets(owned_namespaces)
+    with_resolver = resolver.namespaces_with_files()
     for name in owned_namespaces:
         state.add(Namespace(name))
-        try:
-            sock = kernel.socket(name)
-        except OSError:  # removed meanwhile
+        sock = sockets.get(name)
+        if sock is None:  # removed meanwhile
             continue
         _observe_in(sock, name, scope, state, root_names)
         keys = scope.sysctls.get(name)
         if keys:
             for key, value in sysctl.read(kernel.netns_fd(name), list(keys)).items():
                 state.add(Sysctl(name, key, value))
+        if name not in with_resolver:
+            continue
         found, foreign = resolver.observe(name)
         if found is not None:
             state.add(found)
@@ -97,18 +100,19 @@ def _observe_in(
         else:
             state.foreign_addresses[(netns, found_address.address)] = found_address
 
-    for family in (socket.AF_INET, socket.AF_INET6):
-        for found_route, owned in route.observe(sock, family, names, protocol, scope.tables,
-                                                netns):
-            if owned:
-                state.add(found_route)
-            else:
-                state.foreign_routes.append(found_route)
-        for found_rule, owned in rule.observe(sock, family, protocol, scope.priorities, netns):
-            if owned:
-                state.add(found_rule)
-            else:
-                state.foreign_rules.append(found_rule)
+    # one dump per kind for both families (AF_UNSPEC): a round trip per namespace saved
+    for found_route, owned in route.observe(sock, socket.AF_UNSPEC, names, protocol,
+                                            scope.tables, netns):
+        if owned:
+            state.add(found_route)
+        else:
+            state.foreign_routes.append(found_route)
+    for found_rule, owned in rule.observe(sock, socket.AF_UNSPEC, protocol, scope.priorities,
+                                          netns):
+        if owned:
+            state.add(found_rule)
+        else:
+            state.foreign_rules.append(found_rule)
     return names
 
 

@@ -8,6 +8,7 @@ vsnet's header line; a resolv.conf without it is foreign and never overwritten.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -46,6 +47,15 @@ def render(servers: list[str], search: list[str], options: list[str]) -> str:
 
 def path_of(netns: str) -> Path:
     return ETC_NETNS / netns / "resolv.conf"
+
+
+def namespaces_with_files() -> set[str]:
+    """The names under /etc/netns: a namespace not among them has no resolver file, which
+    spares :func:`observe` a failed open per namespace."""
+    try:
+        return set(os.listdir(ETC_NETNS))
+    except OSError:
+        return set()
 
 
 def observe(netns: str) -> tuple[ResolverFile | None, bool]:

@@ -111,6 +111,8 @@ def decoder(
             data, start)
         if src_len or (rtype != RTN_UNICAST and rtype != RTN_UNREACHABLE):
             return None
+        if family != socket.AF_INET and family != socket.AF_INET6:
+            return None  # an AF_UNSPEC dump also holds multicast (RTNL_FAMILY_IPMR...) ones
         owned = proto == protocol
         if not owned and table != RT_TABLE_COMPAT and table not in tables:
             return None  # a foreign route in a table vsnet never uses (main, local...)
@@ -151,7 +153,8 @@ def observe(
     sock: netlink.RtnlSocket, family: int, names: dict[int, str], protocol: int,
     tables: range | frozenset[int], netns: str = "", only_table: int | None = None,
 ) -> list[tuple[Route, bool]]:
-    """Routes of ``family`` as (route, owned), see :func:`decoder`. Every table is dumped
+    """Routes of ``family`` (AF_UNSPEC: IPv4 then IPv6, one dump) as (route, owned), see
+    :func:`decoder`. Every table is dumped
     (the host's own tables are small next to vsnet's, and foreign routes in vsnet's tables
     must be seen), or only ``only_table``, filtered by the kernel."""
     header = RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)

@@ -121,6 +121,8 @@ def decoder(
         action_name = ACTION_NAMES.get(action)
         if action_name is None:
             return None
+        if family != socket.AF_INET and family != socket.AF_INET6:
+            return None  # an AF_UNSPEC dump also holds multicast (RTNL_FAMILY_IPMR...) ones
         source = fwmark = fwmask = None
         priority = proto = target = 0
         pos = start + FIB_RULE_HDR.size
@@ -157,6 +159,7 @@ def decoder(
 def observe(
     sock: netlink.RtnlSocket, family: int, protocol: int, priorities: range, netns: str = ""
 ) -> list[tuple[Rule, bool]]:
-    """Rules of ``family`` as (rule, owned), see :func:`decoder`."""
+    """Rules of ``family`` (AF_UNSPEC: IPv4 then IPv6, one dump) as (rule, owned), see
+    :func:`decoder`."""
     header = FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
     return sock.dump(netlink.RTM_GETRULE, header, decoder(protocol, priorities, netns))

@@ -1,0 +1,227 @@
+"""observe's fast path (one route and one rule dump per namespace for both families, link
+dumps without counters, namespaces scanned with plain paths, sockets opened in one pass,
+resolver files looked up only where /etc/netns has a directory) sees exactly what the
+previous, straightforward observe saw: on a kernel populated by vsnet, with foreign
+objects of every kind beside vsnet's, in the root namespace and inside VS namespaces."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vsnetd import netlink
+from vsnetd.compile import compile_config
+from vsnetd.config import parse_config
+from vsnetd.kernel import ROOT, Kernel
+from vsnetd.kinds import Namespace, Sysctl, link, route, rule, sysctl
+from vsnetd.kinds import address as address_kind
+from vsnetd.kinds import namespace as namespace_kind
+from vsnetd.kinds import resolver as resolver_kind
+from vsnetd.netlink import RtnlSocket
+from vsnetd.observe import observe, observe_confinements
+from vsnetd.sandbox import ip, ip_json, sh
+from vsnetd.state import ObservedState, Scope
+
+pytestmark = pytest.mark.usefixtures("netns")
+
+CONFIG = """\
+version: 1
+servers:
+  a:
+    id: 1
+    mode: netns
+    uplink: eth0
+    addresses: [{address: 10.1.1.5/24}, {address: 2001:db8:1::5/64}]
+    gateway: [10.1.1.1, 2001:db8:1::1]
+    routes: [{to: 192.168.0.0/16, via: 10.1.1.254}]
+    sysctl: {net.ipv4.conf.all.rp_filter: 1}
+    dns: {servers: [10.1.1.53], search: [corp.example]}
+  b:
+    id: 2
+    mode: netns
+    uplink: eth1
+    addresses: [{address: 10.1.1.5/24, gateway: 10.1.1.1}, {address: 10.2.2.5/24, gateway: 10.2.2.1}]
+    gateway: 10.1.1.1
+  c:
+    id: 3
+    mode: pbr
+    uplink: eth0
+    addresses: [{address: 10.7.0.5/24}, {address: 2001:db8:7::5/64}]
+    gateway: [10.7.0.1, 2001:db8:7::1]
+"""
+
+
+# ------------------------------------------------------------------ the previous observe
+# As it was before the fast path (git history of vsnetd/observe.py): every namespace
+# looked up through pathlib, its socket opened on its own, links dumped with counters,
+# routes and rules dumped once per family, every namespace's resolver file opened.
+
+
+def previous_namespaces() -> tuple[list[str], list[str]]:
+    owned: list[str] = []
+    foreign: list[str] = []
+    for name in sorted(os.listdir(namespace_kind.NETNS_DIR)):
+        try:
+            inode: int | None = (namespace_kind.NETNS_DIR / name).stat().st_ino
+        except OSError:
+            inode = None
+        try:
+            recorded: int | None = int((namespace_kind.RECORD_DIR / name).read_text())
+        except (OSError, ValueError):
+            recorded = None
+        (owned if inode is not None and inode == recorded else foreign).append(name)
+    return owned, foreign
+
+
+def previous_observe_in(sock: RtnlSocket, netns: str, scope: Scope, state: ObservedState,
+                        root_names: dict[int, str]) -> dict[int, str]:
+    devices = sock.dump(netlink.RTM_GETLINK, link.IFINFOMSG.pack(0, 0, 0, 0, 0), link.decode)
+    names = {found.ifindex: found.name for found in devices}
+    state.links[netns] = {found.name: found.ifindex for found in devices}
+    parents = root_names if netns else names
+    for found in devices:
+        owned_link = link.as_owned(found, netns, parents)
+        if owned_link is not None:
+            state.add(owned_link)
+        else:
+            state.foreign_links.add((netns, found.name))
+    for found_address, owner in address_kind.observe(sock, names, netns):
+        if owner == scope.protocol:
+            state.add(found_address)
+        else:
+            state.foreign_addresses[(netns, found_address.address)] = found_address
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for found_route, owned in route.observe(sock, family, names, scope.protocol,
+                                                scope.tables, netns):
+            if owned:
+                state.add(found_route)
+            else:
+                state.foreign_routes.append(found_route)
+        for found_rule, owned in rule.observe(sock, family, scope.protocol, scope.priorities,
+                                              netns):
+            if owned:
+                state.add(found_rule)
+            else:
+                state.foreign_rules.append(found_rule)
+    return names
+
+
+def previous_observe(scope: Scope) -> ObservedState:
+    state = ObservedState()
+    with Kernel() as kernel:
+        owned_namespaces, foreign_namespaces = previous_namespaces()
+        state.foreign_namespaces = set(foreign_namespaces)
+        root_names = previous_observe_in(kernel.root, ROOT, scope, state, {})
+        for name in owned_namespaces:
+            state.add(Namespace(name))
+            previous_observe_in(kernel.socket(name), name, scope, state, root_names)
+            keys = scope.sysctls.get(name)
+            if keys:
+                for key, value in sysctl.read(kernel.netns_fd(name), list(keys)).items():
+                    state.add(Sysctl(name, key, value))
+            found, foreign = resolver_kind.observe(name)
+            if found is not None:
+                state.add(found)
+            if foreign:
+                state.foreign_resolvers.add(name)
+        observe_confinements(scope, state)
+    return state
+
+
+# ------------------------------------------------------------------ the test
+
+
+def comparable(state: ObservedState) -> dict[str, Any]:
+    return {
+        "links": state.links,
+        "owned": state.owned,
+        "foreign_addresses": state.foreign_addresses,
+        # lists whose order follows the dump order: compared as multisets
+        "foreign_routes": Counter(state.foreign_routes),
+        "foreign_rules": Counter(state.foreign_rules),
+        "foreign_links": state.foreign_links,
+        "foreign_namespaces": state.foreign_namespaces,
+        "foreign_resolvers": state.foreign_resolvers,
+        "foreign_confinements": state.foreign_confinements,
+        "confinement_unavailable": state.confinement_unavailable,
+    }
+
+
+def test_fast_observe_equals_the_previous_one_with_foreign_objects(tmp_path: Path) -> None:
+    for name in ("eth0", "eth1"):
+        ip("link", "add", name, "type", "veth", "peer", "name", f"{name}p")
+        ip("link", "set", name, "up")
+        ip("link", "set", f"{name}p", "up")
+    path = tmp_path / "servers.yaml"
+    path.write_text(CONFIG)
+    try:
+        applied = subprocess.run([sys.executable, "-m", "vsnetd.cli", "apply", "-c", str(path)],
+                                 capture_output=True, text=True, timeout=60)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        scope = compile_config(parse_config(CONFIG)).scope
+        table = scope.tables.start + 7
+        priority = scope.priorities.start + 3
+
+        # foreign objects: a namespace of someone else's, and in vsnet's own namespaces and the
+        # root namespace devices, addresses, routes in vsnet's tables, rules in its priorities
+        ip("netns", "add", "other")
+        ip("link", "add", "o0", "type", "veth", "peer", "name", "o1", netns="other")
+        for netns in ("vs-a", None):
+            ip("link", "add", "f0", "type", "veth", "peer", "name", "f1", netns=netns)
+            ip("link", "set", "f0", "up", netns=netns)
+            ip("address", "add", "10.9.9.9/24", "dev", "f0", netns=netns)
+            ip("address", "add", "2001:db8:9::9/64", "dev", "f0", "nodad", netns=netns)
+            ip("route", "add", "192.0.2.0/24", "dev", "f0", "table", str(table), netns=netns)
+            ip("-6", "route", "add", "2001:db8:99::/64", "dev", "f0", "table", str(table),
+               netns=netns)
+            ip("rule", "add", "pref", str(priority), "from", "10.9.9.9", "lookup", str(table),
+               netns=netns)
+            ip("-6", "rule", "add", "pref", str(priority), "from", "2001:db8:9::9",
+               "lookup", str(table), netns=netns)
+        Path("/etc/netns/vs-b").mkdir(parents=True, exist_ok=True)
+        Path("/etc/netns/vs-b/resolv.conf").write_text("nameserver 192.0.2.53\n")
+        sh("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2", netns="vs-a")  # drifted
+
+        with Kernel() as kernel:
+            fast = observe(kernel, scope)
+            again = observe(kernel, scope)  # sockets and namespace fds reused
+        previous = previous_observe(scope)
+
+        assert comparable(fast) == comparable(previous)
+        assert comparable(again) == comparable(previous)
+        # the foreign objects were seen at all (the comparison is not of two empty views), as
+        # the kernel shows them
+        kernel_rules = [r for r in ip_json("rule", "show", netns="vs-a")
+                        if r.get("priority") == priority]
+        assert kernel_rules
+        for netns in ("vs-a", ""):
+            assert (netns, "f0") in fast.foreign_links
+            assert (netns, "10.9.9.9") in fast.foreign_addresses
+            assert {(r.family, r.destination) for r in fast.foreign_routes if r.netns == netns} >= {
+                (socket.AF_INET, "192.0.2.0/24"), (socket.AF_INET6, "2001:db8:99::/64")}
+            assert {r.family for r in fast.foreign_rules
+                    if r.netns == netns and r.priority == priority} == {socket.AF_INET,
+                                                                        socket.AF_INET6}
+        assert "other" in fast.foreign_namespaces
+        assert fast.foreign_resolvers == {"vs-b"}
+        assert ("sysctl", ("vs-a", "net.ipv4.conf.all.rp_filter")) in fast.owned
+        assert fast.owned[("sysctl", ("vs-a", "net.ipv4.conf.all.rp_filter"))].value == "2"
+        # only IPv4 and IPv6 from the one-dump-for-both-families requests (the kernel adds its
+        # multicast routing families to them)
+        assert {r.family for r in fast.foreign_rules} <= {socket.AF_INET, socket.AF_INET6}
+        kinds = Counter(obj.kind for obj in fast.owned.values())
+        assert kinds["namespace"] == 2 and kinds["rule"] >= 2 and kinds["route"] >= 6
+    finally:  # the sandbox's /etc/netns and /run/vsnet outlive this test's namespace
+        subprocess.run([sys.executable, "-m", "vsnetd.cli", "teardown", "-c", str(path)],
+                       capture_output=True, timeout=60)
+        resolver_file = Path("/etc/netns/vs-b/resolv.conf")
+        resolver_file.unlink(missing_ok=True)
+        if resolver_file.parent.exists():
+            resolver_file.parent.rmdir()
