@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vsnetd import metrics
 from vsnetd.config import ServerConfig
 from vsnetd.kernel import Kernel
 from vsnetd.state import DesiredServer
@@ -416,8 +417,10 @@ class Broker:
             return self._send(client, BrokerError(
                 "too-large", f"a request is at most {MAX_MESSAGE} bytes").reply()), True
         try:
-            request = parse_request(data)
-            return self._serve(client, request), True
+            with metrics.broker_request() as counted:
+                request = parse_request(data)
+                counted.op = request.op
+                return self._serve(client, request), True
         except BrokerError as exc:
             return self._send(client, exc.reply()), True
 

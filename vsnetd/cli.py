@@ -10,6 +10,7 @@ plan       0 in sync, 2 changes pending (or a VS waiting / in conflict), 1 error
 apply      0 every VS converged, 1 otherwise
 status     0 every VS in sync, 2 otherwise, 1 error
 teardown   0 everything vsnet owned is gone, 1 otherwise
+metrics    0 printed, 1 no daemon
 =========  =====================================================================
 """
 
@@ -169,6 +170,19 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return EXIT_OK if reply.get("ok") else EXIT_ERROR
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    try:
+        reply = control.request("metrics")
+    except control.DaemonUnavailable:
+        print(f"vsnetctl: no vsnetd answers on {control.CONTROL_PATH}", file=sys.stderr)
+        return EXIT_ERROR
+    if not reply.get("ok"):
+        print(f"vsnetctl: {reply.get('error', 'metrics failed')}", file=sys.stderr)
+        return EXIT_ERROR
+    sys.stdout.write(reply["metrics"])
+    return EXIT_OK
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(json_schema(), indent=2, sort_keys=True))
     return EXIT_OK
@@ -200,6 +214,7 @@ COMMANDS = {
     "status": (cmd_status, "per virtual server: numbers, addresses, in sync or why not"),
     "teardown": (cmd_teardown, "remove every object vsnet created"),
     "reload": (cmd_reload, "make the running vsnetd read its config now"),
+    "metrics": (cmd_metrics, "the running vsnetd's Prometheus metrics (text format)"),
     "schema": (cmd_schema, "print the JSON Schema of the config file"),
 }
 

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vsnetd import control, log
+from vsnetd import control, log, metrics
 from vsnetd.broker import BROKER_PATH, Broker, Client, Served
 from vsnetd.compile import compile_config
 from vsnetd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, ConfigIssue, ConfigLoader
@@ -95,6 +95,7 @@ class Daemon:
         self.resync_seconds = resync_seconds
         self.control_path = control_path
         self.kernel = Kernel()
+        metrics.enable()
         self.reconciler = Reconciler(self.kernel)
         self.selector = selectors.DefaultSelector()
         self.broker = Broker(self.kernel, broker_path)
@@ -309,6 +310,7 @@ class Daemon:
         try:
             config = self.loader.load()
         except ConfigError as exc:
+            metrics.config_refused()
             self.config_issues = exc.issues
             for issue in exc.issues:
                 log.event(logging.ERROR, f"config refused, last good config stays: {issue}",
@@ -356,6 +358,7 @@ class Daemon:
 
     def _after(self, result: ConvergeResult, why: str) -> None:
         self._sync_monitors()
+        metrics.reconciled(result, why, self.reconciler.verdicts, self.config_path)
         per_server: dict[str, int] = {}
         for change in result.applied:
             name = change.server or "(removed)"
@@ -467,10 +470,12 @@ class Daemon:
             reply = self.status()
             reply["ok"] = not self.config_issues
             return reply
-        return {"ok": False, "error": f"unknown op {op!r} (status, reload)"}
+        if op == "metrics":
+            return {"ok": True, "metrics": metrics.exposition()}
+        return {"ok": False, "error": f"unknown op {op!r} (status, reload, metrics)"}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsnetd", description="Keep the kernel converged to "
                                      "the vsnet config (runs in the foreground).")
     parser.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG_PATH,
@@ -484,10 +489,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mount-ns", metavar="PATH",
                         help="mount namespace to mount network namespaces in (the unit "
                              "file passes /proc/1/ns/mnt); default: vsnetd's own")
+    parser.add_argument("--metrics-listen", metavar="ADDR:PORT",
+                        help="serve Prometheus metrics over HTTP there, e.g. 127.0.0.1:9586 "
+                             "(default: none; `vsnetctl metrics` works regardless)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every change")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     log.setup(args.verbose)
     namespace.use_mount_namespace(args.mount_ns)
+    if args.metrics_listen:
+        try:
+            metrics.serve(args.metrics_listen)
+        except (ValueError, OSError) as exc:
+            parser.error(f"--metrics-listen: {exc}")
     try:
         daemon = Daemon(args.config, args.resync_interval, args.control, args.broker)
     except PermissionError as exc:
