@@ -141,14 +141,30 @@ def _print_daemon(reply: dict[str, Any], args: argparse.Namespace) -> int:
     return EXIT_OK if in_sync and not daemon["config_errors"] else EXIT_PENDING
 
 
+def _only(servers: dict[str, Any], names: list[str], args: argparse.Namespace
+          ) -> dict[str, Any] | None:
+    """The VS named on the command line (all when none is); None when one is unknown."""
+    unknown = [name for name in names if name not in servers]
+    if unknown:
+        print(f"vsnetctl: no virtual server {', '.join(unknown)} in {args.config}",
+              file=sys.stderr)
+        return None
+    return {name: s for name, s in servers.items() if not names or name in names}
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     reply = _daemon_status(args)
     if reply is not None:
-        return _print_daemon(reply, args)
+        selected = _only(reply["servers"], args.servers, args)
+        if selected is None:
+            return EXIT_ERROR
+        return _print_daemon({**reply, "servers": selected}, args)
     desired = compile_config(_load(args))
     with Kernel() as kernel:
         plan = plan_for(kernel, desired)
-    report = server_status(desired, plan.servers, plan)
+    report = _only(server_status(desired, plan.servers, plan), args.servers, args)
+    if report is None:
+        return EXIT_ERROR
     if args.json:
         _print_json({"config": str(args.config), "servers": report})
     else:
@@ -239,8 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common_options(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_func, help_text) in COMMANDS.items():
-        _common_options(sub.add_parser(name, help=help_text, description=help_text),
-                        defaults=False)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        _common_options(command, defaults=False)
+        if name == "status":
+            command.add_argument("servers", nargs="*", metavar="SERVER",
+                                 help="only these virtual servers (default: all)")
     return parser
 
 
