@@ -15,6 +15,19 @@ command -v gcc >/dev/null          || need+=(gcc)
 command -v pkg-config >/dev/null   || need+=(pkg-config)
 pkg-config --exists libsystemd 2>/dev/null || need+=(libsystemd-dev)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# make deb (packaging/build-deb.sh): the package's virtualenv runs on Debian's python3.11,
+# its C extensions build against Debian's headers and libraries; lintian checks the result
+[[ -e /usr/include/python3.11/Python.h ]] || need+=(python3.11-dev)
+/usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3.11-venv)
+pkg-config --exists yaml-0.1 2>/dev/null || need+=(libyaml-dev)
+command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
+command -v strip >/dev/null         || need+=(binutils)
+command -v lintian >/dev/null       || need+=(lintian)
+# man pages and completion (tests/test_manpages.py), the VM's systemd scenario (curl)
+command -v man >/dev/null           || need+=(man-db)
+command -v groff >/dev/null         || need+=(groff-base)
+[[ -e /usr/share/bash-completion/bash_completion ]] || need+=(bash-completion)
+command -v curl >/dev/null          || need+=(curl)
 
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
@@ -23,6 +36,6 @@ if ((${#need[@]})); then
     fi
     echo "installing: ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${need[@]}"
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need[@]}"
 fi
