@@ -37,6 +37,16 @@ done
 find "$root$prefix/bin" "$root$prefix/pyvenv.cfg" -type f -exec sed -i "s|$root$prefix|$prefix|g" {} +
 rm -f "$root$prefix/lib64"  # venv's lib64 -> lib convenience link; nothing uses it
 if grep -rlF "$root" "$root$prefix"; then echo "build path left in the package" >&2; exit 1; fi
+# What the three programs import: postinst byte-compiles these (not all of pyroute2 & co.)
+"$root$prefix/bin/python" - "$root$prefix" "$prefix" >"$root$prefix/lib/vsnet-bytecode.list" <<'PY'
+import sys
+import prometheus_client, systemd.daemon, systemd.journal, watchfiles, yaml  # noqa: F401
+import vsnetd.cli, vsnetd.completion, vsnetd.daemon, vsnetd.exec, vsnetd.metrics  # noqa: F401
+built, prefix = sys.argv[1], sys.argv[2]
+print("\n".join(sorted({m.__file__.replace(built, prefix, 1) for m in list(sys.modules.values())
+                        if (getattr(m, "__file__", None) or "").startswith(built)
+                        and m.__file__.endswith(".py")})))
+PY
 find "$root$prefix" -name __pycache__ -prune -exec rm -rf {} +  # compiled by postinst
 rm -f "$root$prefix"/bin/activate* "$root$prefix"/bin/Activate.ps1
 # pydantic-core, watchfiles & co. ship stripped manylinux builds; ours (systemd-python) too

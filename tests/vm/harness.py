@@ -40,7 +40,8 @@ from pathlib import Path
 from vsnetd import sandbox
 
 PROJECT = Path(__file__).resolve().parents[2]
-CACHE = PROJECT / ".cache" / "vm"
+# VSNET_VM_CACHE: another place for it (e.g. one shared by several checkouts)
+CACHE = Path(os.environ.get("VSNET_VM_CACHE") or PROJECT / ".cache" / "vm")
 
 # The exact package: a wildcard would download dozens of kernels. Debian 12's kernel ships
 # 8021q, vrf, dummy and ipvlan as modules.
@@ -79,7 +80,9 @@ done
 
 # The virtio device may need a moment after its driver loads.
 tries=0
-until mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /lower; do
+# cache=loose: the export is read-only and the VM short-lived; without a page cache every
+# read crosses 9p again (dpkg and apt read thousands of database files, each run)
+until mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /lower; do
     tries=$((tries + 1))
     [ "$tries" -ge 20 ] && fail "cannot mount the host root over 9p"
     sleep 0.2

@@ -111,6 +111,7 @@ def step(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
             out["errors"][name] = traceback.format_exc()
             print(out["errors"][name], flush=True)
         print(f"step {name}: {time.monotonic() - started:.1f} s", flush=True)
+        print("VSNET-SYSTEMD=" + json.dumps(out), flush=True)  # the last one counts
         return body
     return run
 
@@ -147,8 +148,8 @@ def main() -> None:
         out["start"] = sh("systemctl", "start", "vsnetd")
         out["started"] = show("ActiveState", "SubState", "StatusText", "MainPID", "NRestarts",
                               "WatchdogTimestampMonotonic", "WatchdogUSec")
-        out["status_cli"] = sh("vsnetctl", "status")
-        out["status_json"] = json.loads(sh("vsnetctl", "status", "--json")["out"])
+        out["status_cli"] = sh("vsnetctl", "status", "--json")
+        out["status_json"] = json.loads(out["status_cli"]["out"])
         out["plan"] = sh("vsnetctl", "plan")
         out["rules"] = ip_json("rule")
         out["rules_text"] = sh("ip", "rule")["out"]
@@ -248,7 +249,7 @@ def main() -> None:
     @step("reinstall")
     def _() -> None:
         before = snapshot()
-        for round_ in ("after_remove", "over_installed"):
+        for round_ in ("after_remove",):
             out[f"reinstall_{round_}"] = sh("dpkg", "-i", deb)
             state = wait_for(lambda: (s := show("ActiveState", "MainPID"))
                              and s["ActiveState"] == "active" and s, 60)
@@ -262,7 +263,8 @@ def main() -> None:
         out["foreign_after"] = {"rules": [r for r in ip_json("rule") if r.get("src") == "192.0.2.99"],
                                 "routes": ip_json("route", "show", "table", "200")}
 
-    print("VSNET-SYSTEMD=" + json.dumps(out))
+    out["done"] = True
+    print("VSNET-SYSTEMD=" + json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":
