@@ -122,6 +122,8 @@ done
 # ../shared/spikes/README.md); vsnet-vm.target runs stage 2 as a service.
 # With these files systemd believes it runs in a container and ignores the kernel command line.
 rm -f /newroot/.dockerenv /newroot/run/.containerenv
+# a container's policy-rc.d (exit 101) forbids maintainer scripts to start services
+rm -f /newroot/usr/sbin/policy-rc.d
 units=/newroot/etc/systemd/system
 mkdir -p "$units" /newroot/etc/tmpfiles.d
 # systemd-tmpfiles would empty /tmp at boot, where the project may live (a CI clone)

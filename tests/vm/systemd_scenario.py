@@ -123,6 +123,8 @@ def main() -> None:
     @step("setup")
     def _() -> None:
         sh("modprobe", "-a", "veth", "macvlan", "8021q", check=True)
+        # man-db's trigger would index every man page of the host: minutes under emulation
+        Path("/var/lib/man-db/auto-update").unlink(missing_ok=True)
         sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p", check=True)
         for dev in ("eth0", "eth0p"):
             sh("ip", "link", "set", dev, "up", check=True)

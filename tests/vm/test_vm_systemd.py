@@ -60,7 +60,7 @@ def test_the_package_installs_and_the_shipped_unit_runs_unmodified(seen: dict[st
     assert seen["after_install"]["Type"] == "notify"
     # man pages named in Documentation= exist now: verify checks them too
     assert seen["unit_verify"]["rc"] == 0, seen["unit_verify"]
-    assert "CAP_SYS_PTRACE" in seen["unit_cat"]
+    assert "CAP_SYS_PTRACE" in seen["unit_cat"] and "CAP_CHOWN" in seen["unit_cat"]
 
 
 def test_start_reaches_active_with_the_vs_in_the_kernel_and_in_sync(seen: dict[str, Any]) -> None:
