@@ -251,7 +251,7 @@ def main() -> None:
     @step("reinstall")
     def _() -> None:
         before = snapshot()
-        for round_ in ("after_remove",):
+        for round_ in ("after_remove", "over_installed"):
             out[f"reinstall_{round_}"] = sh("dpkg", "-i", deb)
             state = wait_for(lambda: (s := show("ActiveState", "MainPID"))
                              and s["ActiveState"] == "active" and s, 60)
