@@ -125,6 +125,9 @@ def main() -> None:
         sh("modprobe", "-a", "veth", "macvlan", "8021q", check=True)
         # man-db's trigger would index every man page of the host: minutes under emulation
         Path("/var/lib/man-db/auto-update").unlink(missing_ok=True)
+        # run from `make test`, the VM sees the test sandbox's /etc/iproute2/rt_protos.d,
+        # which registers vsnet's protocol itself: dpkg would ask about its conffile there
+        Path("/etc/iproute2/rt_protos.d/vsnet.conf").unlink(missing_ok=True)
         sh("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p", check=True)
         for dev in ("eth0", "eth0p"):
             sh("ip", "link", "set", dev, "up", check=True)
