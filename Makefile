@@ -6,7 +6,13 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 SANDBOX := $(PY) -m vsnetd.sandbox --
 
-.PHONY: setup vm-image demo test test-vm lint schema bench bench-netns bench-dataplane clean
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DEB     := dist/vsnet_$(VERSION)_amd64.deb
+# what goes into the package: rebuilt when any of it changes
+PACKAGED := $(wildcard $(shell git ls-files vsnetd systemd packaging etc schemas docs README.md \
+                                             pyproject.toml 2>/dev/null))
+
+.PHONY: setup vm-image deb demo test test-vm lint schema bench bench-netns bench-dataplane clean
 
 setup: $(STAMP)
 
@@ -26,13 +32,20 @@ demo: setup
 vm-image: setup
 	$(PY) -m tests.vm.harness
 
+# The Debian package: vsnet in a virtualenv under /opt/vsnet, unit, man pages, completion.
+# Built before the sandbox: pip fetches the dependencies.
+deb: $(DEB)
+
+$(DEB): $(STAMP) $(PACKAGED)
+	bash packaging/build-deb.sh $(PY)
+
 # Everything: lint, type check, the schema check, unit, property, namespace and VM tests.
 # pytest itself runs inside fresh network + mount namespaces.
-test: setup lint vm-image
+test: setup lint vm-image deb
 	$(SANDBOX) $(PY) -m pytest -q
 
 # Only the tests that boot a VM (real 802.1Q VLANs).
-test-vm: setup vm-image
+test-vm: setup vm-image deb
 	$(SANDBOX) $(PY) -m pytest -q -m vm
 
 lint: setup
@@ -53,4 +66,4 @@ bench-dataplane: setup
 	$(PY) bench/dataplane.py --servers 100,1000,4000
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist

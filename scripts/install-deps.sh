@@ -25,6 +25,19 @@ command -v crm_resource >/dev/null || need+=(pacemaker-cli-utils)
 command -v crm >/dev/null          || need+=(crmsh)
 command -v ocf-tester >/dev/null   || need+=(resource-agents)
 command -v xmllint >/dev/null      || need+=(libxml2-utils)
+# make deb (packaging/build-deb.sh): the package's virtualenv runs on Debian's python3.11,
+# its C extensions build against Debian's headers and libraries; lintian checks the result
+[[ -e /usr/include/python3.11/Python.h ]] || need+=(python3.11-dev)
+/usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3.11-venv)
+pkg-config --exists yaml-0.1 2>/dev/null || need+=(libyaml-dev)
+command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
+command -v strip >/dev/null         || need+=(binutils)
+command -v lintian >/dev/null       || need+=(lintian)
+# man pages and completion (tests/test_manpages.py), the VM's systemd scenario (curl)
+command -v man >/dev/null           || need+=(man-db)
+command -v groff >/dev/null         || need+=(groff-base)
+[[ -e /usr/share/bash-completion/bash_completion ]] || need+=(bash-completion)
+command -v curl >/dev/null          || need+=(curl)
 
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then

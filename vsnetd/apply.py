@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from vsnetd import metrics
 from vsnetd.kernel import ROOT, Kernel
 from vsnetd.kinds import (
     Address,
@@ -224,4 +225,6 @@ def apply_plan(
                           if c.action == "delete" and isinstance(c.obj, Address)
                           and not c.obj.netns and c.obj.family == socket.AF_INET}):
         address.protect_secondaries(device)
-    return _Applier(kernel, links, protocol).run(plan.changes)
+    result = _Applier(kernel, links, protocol).run(plan.changes)
+    metrics.changes(result)
+    return result

@@ -14,6 +14,7 @@ activate   0 every named VS active and in sync, 1 otherwise
 deactivate 0 every named VS inactive and gone from the kernel, 1 otherwise
 is-active  0 every named VS active and in sync, 3 one inactive, 1 one not in sync
 (all three: 2 when a name is not a cluster VS of the config)
+metrics    0 printed, 1 no daemon
 =========  =====================================================================
 
 activate, deactivate and is-active (placement: cluster) go to the running daemon through
@@ -170,10 +171,24 @@ def _print_daemon(reply: dict[str, Any], args: argparse.Namespace) -> int:
     return EXIT_OK if in_sync and not daemon["config_errors"] else EXIT_PENDING
 
 
+def _only(servers: dict[str, Any], names: list[str], args: argparse.Namespace
+          ) -> dict[str, Any] | None:
+    """The VS named on the command line (all when none is); None when one is unknown."""
+    unknown = [name for name in names if name not in servers]
+    if unknown:
+        print(f"vsnetctl: no virtual server {', '.join(unknown)} in {args.config}",
+              file=sys.stderr)
+        return None
+    return {name: s for name, s in servers.items() if not names or name in names}
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     reply = _daemon_status(args)
     if reply is not None:
-        return _print_daemon(reply, args)
+        selected = _only(reply["servers"], args.servers, args)
+        if selected is None:
+            return EXIT_ERROR
+        return _print_daemon({**reply, "servers": selected}, args)
     from vsnetd import activation
     from vsnetd.compile import compile_config
     from vsnetd.kernel import Kernel
@@ -184,7 +199,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     compiled, active = compile_config(config), activation.read_active()
     with Kernel() as kernel:
         plan = plan_for(kernel, activation.select(compiled, config, active))
-    report = activation.annotate(server_status(compiled, plan.servers, plan), config, active)
+    report = _only(activation.annotate(server_status(compiled, plan.servers, plan), config,
+                                       active), args.servers, args)
+    if report is None:
+        return EXIT_ERROR
     if args.json:
         _print_json({"config": str(args.config), "servers": report})
     else:
@@ -206,6 +224,21 @@ def cmd_reload(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     _print_daemon(reply, args)
     return EXIT_OK if reply.get("ok") else EXIT_ERROR
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from vsnetd import control
+
+    try:
+        reply = control.request("metrics")
+    except control.DaemonUnavailable:
+        print(f"vsnetctl: no vsnetd answers on {control.CONTROL_PATH}", file=sys.stderr)
+        return EXIT_ERROR
+    if not reply.get("ok"):
+        print(f"vsnetctl: {reply.get('error', 'metrics failed')}", file=sys.stderr)
+        return EXIT_ERROR
+    sys.stdout.write(reply["metrics"])
+    return EXIT_OK
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -289,6 +322,7 @@ COMMANDS = {
     "status": (cmd_status, "per virtual server: numbers, addresses, in sync or why not"),
     "teardown": (cmd_teardown, "remove every object vsnet created"),
     "reload": (cmd_reload, "make the running vsnetd read its config now"),
+    "metrics": (cmd_metrics, "the running vsnetd's Prometheus metrics (text format)"),
     "schema": (cmd_schema, "print the JSON Schema of the config file"),
     "activate": (_switch, "put cluster VS in the kernel here and announce their addresses"),
     "deactivate": (_switch, "take cluster VS out of the kernel here"),
@@ -324,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="the schema of a servers.d/*.yaml file")
         if name in SWITCHES:
             command.add_argument("names", nargs="+", metavar="NAME", help="server name")
+        if name == "status":
+            command.add_argument("servers", nargs="*", metavar="SERVER",
+                                 help="only these virtual servers (default: all)")
     return parser
 
 

@@ -1,8 +1,8 @@
 """The daemon's control socket: ``/run/vsnet/control.sock``, root only.
 
-One JSON object per line each way: ``{"op": "status"}`` or ``{"op": "reload"}`` in,
-``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}`` out. ``vsnetctl status`` and
-``vsnetctl reload`` use it when a daemon is running.
+One JSON object per line each way: ``{"op": "status"}``, ``{"op": "reload"}`` or
+``{"op": "metrics"}`` in, ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}`` out.
+``vsnetctl status``, ``reload`` and ``metrics`` use it when a daemon is running.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def confine(cgroup: str) -> str | None:
     return None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vsnet-exec", description="Run a program in a virtual server with sockets "
         "from the vsnet broker (LISTEN_FDS, as systemd socket activation).")
@@ -68,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also enter the VS's network namespace (netns mode)")
     parser.add_argument("--broker", type=Path, default=BROKER_PATH, help="broker socket")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS...")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:

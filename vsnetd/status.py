@@ -68,13 +68,20 @@ def render_status(report: dict[str, dict[str, Any]]) -> str:
     return _table(rows) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
+SUMMARY_NAMES = 3  # VS named per state in the line; `vsnetctl status` has them all
+
+
 def summary(verdicts: dict[str, ServerVerdict], seconds: float | None) -> str:
-    """One line for systemd's STATUS=: '12 servers in sync, 1 failed; last reconcile 3.1 ms'."""
-    counts: dict[str, int] = {}
-    for verdict in verdicts.values():
-        counts[verdict.state] = counts.get(verdict.state, 0) + 1
-    parts = [f"{counts.pop('in-sync', 0)} servers in sync"]
-    parts += [f"{count} {state}" for state, count in sorted(counts.items())]
+    """One line for systemd's STATUS= (what `systemctl status` shows):
+    '12 servers in sync, 1 failed (nas2); last reconcile 3.1 ms'."""
+    names: dict[str, list[str]] = {}
+    for name, verdict in verdicts.items():
+        names.setdefault(verdict.state, []).append(name)
+    parts = [f"{len(names.pop('in-sync', []))} servers in sync"]
+    for state, which in sorted(names.items()):
+        shown = ", ".join(sorted(which)[:SUMMARY_NAMES]) + (
+            ", ..." if len(which) > SUMMARY_NAMES else "")
+        parts.append(f"{len(which)} {state} ({shown})")
     line = ", ".join(parts)
     if seconds is not None:
         line += f"; last reconcile {seconds * 1000:.1f} ms"

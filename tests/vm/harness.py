@@ -40,7 +40,8 @@ from pathlib import Path
 from vsnetd import sandbox
 
 PROJECT = Path(__file__).resolve().parents[2]
-CACHE = PROJECT / ".cache" / "vm"
+# VSNET_VM_CACHE: another place for it (e.g. one shared by several checkouts)
+CACHE = Path(os.environ.get("VSNET_VM_CACHE") or PROJECT / ".cache" / "vm")
 
 # The exact package: a wildcard would download dozens of kernels. Debian 12's kernel ships
 # 8021q, vrf, dummy and ipvlan as modules.
@@ -79,7 +80,9 @@ done
 
 # The virtio device may need a moment after its driver loads.
 tries=0
-until mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /lower; do
+# cache=loose: the export is read-only and the VM short-lived; without a page cache every
+# read crosses 9p again (dpkg and apt read thousands of database files, each run)
+until mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /lower; do
     tries=$((tries + 1))
     [ "$tries" -ge 20 ] && fail "cannot mount the host root over 9p"
     sleep 0.2
@@ -105,11 +108,38 @@ mount --bind /newroot@MODULES_DIR@ /newroot/lib/modules/@VERSION@
 mkdir /newroot/run/vsnet-vm
 cp /stage2 /newroot/run/vsnet-vm/stage2
 run=
+init=bash
 for arg in $(cat /newroot/proc/cmdline); do
-    case "$arg" in vsnet.run=*) run="${arg#vsnet.run=}" ;; esac
+    case "$arg" in
+        vsnet.run=*) run="${arg#vsnet.run=}" ;;
+        vsnet.init=*) init="${arg#vsnet.init=}" ;;
+    esac
 done
 [ -n "$run" ] || fail "no vsnet.run= on the kernel command line"
-exec switch_root /newroot /bin/bash /run/vsnet-vm/stage2 "$run"
+[ "$init" = bash ] && exec switch_root /newroot /bin/bash /run/vsnet-vm/stage2 "$run"
+
+# vsnet.init=systemd: the host's systemd as PID 1 (see "systemd as PID 1 in the test VM" in
+# ../shared/spikes/README.md); vsnet-vm.target runs stage 2 as a service.
+# With these files systemd believes it runs in a container and ignores the kernel command line.
+rm -f /newroot/.dockerenv /newroot/run/.containerenv
+# a container's policy-rc.d (exit 101) forbids maintainer scripts to start services
+rm -f /newroot/usr/sbin/policy-rc.d
+units=/newroot/etc/systemd/system
+mkdir -p "$units" /newroot/etc/tmpfiles.d
+# systemd-tmpfiles would empty /tmp at boot, where the project may live (a CI clone)
+ln -sf /dev/null /newroot/etc/tmpfiles.d/tmp.conf
+# what the host enabled (databases, cluster stacks, gettys, timers) has no business here
+for wanted in "$units"/*.wants/*; do
+    [ -L "$wanted" ] || [ -e "$wanted" ] || continue
+    ln -sf /dev/null "$units/${wanted##*/}"
+done
+printf '%s\n' '[Unit]' 'Description=vsnet VM: basic system plus the test script' \
+    'Requires=basic.target vsnet-vm-run.service' 'After=basic.target' 'AllowIsolate=yes' \
+    >"$units/vsnet-vm.target"
+printf '%s\n' '[Unit]' 'Description=vsnet VM: the test script (output on ttyS1)' \
+    'After=basic.target' '[Service]' 'Type=simple' \
+    "ExecStart=/bin/bash /run/vsnet-vm/stage2 $run" >"$units/vsnet-vm-run.service"
+exec switch_root /newroot /lib/systemd/systemd
 """
 
 # PID 1 after switch_root: the host's userland on the VM's kernel.
@@ -273,9 +303,11 @@ def _build_initramfs(modules: Path, target: Path) -> None:
                      staging / "bin" / "busybox")
         names = [_copy_module(path, staging / "modules")
                  for path in _load_order(modules, INITRAMFS_MODULES)]
+        # resolved: stage 1 binds it from under /newroot, where an absolute symlink on the
+        # way (a worktree's .cache -> /work/main/.cache) would point into the initramfs
         init = (INIT.replace("@MODULES@", " ".join(names))
                 .replace("@VERSION@", KERNEL_VERSION)
-                .replace("@MODULES_DIR@", str(modules)))
+                .replace("@MODULES_DIR@", str(modules.resolve())))
         (staging / "init").write_text(init)
         (staging / "init").chmod(0o755)
         (staging / "stage2").write_text(STAGE2.replace("@MARKER@", EXIT_MARKER)
@@ -295,7 +327,7 @@ def _build_initramfs(modules: Path, target: Path) -> None:
 def _recipe() -> str:
     """Identifies what goes into the initramfs: rebuild it when any of this changes."""
     text = "\0".join([INIT, STAGE2, EXIT_MARKER, KERNEL_VERSION, *INITRAMFS_MODULES, str(CACHE),
-                      str(PROJECT)])
+                      str(PROJECT), str(CACHE.resolve())])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -309,21 +341,30 @@ def ensure_image() -> Image:
     base = CACHE / KERNEL_VERSION
     tree = _ensure_kernel_tree(base)
     modules = tree / "lib" / "modules" / KERNEL_VERSION
-    initramfs = base / "initramfs.cpio"
-    stamp = base / "initramfs.recipe"
     recipe = _recipe()
-    if not (initramfs.exists() and stamp.exists() and stamp.read_text() == recipe):
+    # one file per recipe: checkouts sharing .cache/vm (worktrees, CI clones) each keep theirs
+    initramfs = base / f"initramfs-{recipe[:16]}.cpio"
+    if not initramfs.exists():
         _build_initramfs(modules, initramfs)
-        stamp.write_text(recipe)
     return Image(version=KERNEL_VERSION, kernel=tree / "boot" / f"vmlinuz-{KERNEL_VERSION}",
                  initramfs=initramfs, modules=modules)
 
 
-def qemu_command(image: Image, run_dir: Path) -> list[str]:
-    """The qemu command line booting `image` to run ``run_dir/script.sh`` (host paths)."""
+# systemd as PID 1: the target stage 1 writes; no gettys, no first-boot questions
+SYSTEMD_CMDLINE = ("vsnet.init=systemd systemd.unit=vsnet-vm.target systemd.getty_auto=0 "
+                   "systemd.firstboot=0")
+
+
+def qemu_command(image: Image, run_dir: Path, init: str = "bash") -> list[str]:
+    """The qemu command line booting `image` to run ``run_dir/script.sh`` (host paths),
+    started by bash as PID 1 (``init="bash"``) or as a service of the host's systemd."""
     if any(c.isspace() for c in str(run_dir)):
         raise ValueError(f"the run directory goes on the kernel command line: {run_dir!r}")
+    if init not in ("bash", "systemd"):
+        raise ValueError(f"init is bash or systemd, not {init!r}")
     cmdline = f"console=ttyS0 panic=-1 vsnet.run={run_dir}"
+    if init == "systemd":
+        cmdline += " " + SYSTEMD_CMDLINE
     return [
         "qemu-system-x86_64",
         "-accel", "tcg",  # KVM hangs on this machine
@@ -355,11 +396,12 @@ def _read(path: Path) -> str:
     return path.read_bytes().decode(errors="replace") if path.exists() else ""
 
 
-def run_in_vm(script: str, timeout: float = 180) -> VmResult:
+def run_in_vm(script: str, timeout: float = 180, init: str = "bash") -> VmResult:
     """Boot a VM, run `script` with bash as root (cwd: the project), return status and output.
 
     The VM sees the host's files read-only (its writes land in a tmpfs) and has no network
-    devices. The host kills qemu after `timeout` seconds.
+    devices. The host kills qemu after `timeout` seconds. ``init="systemd"`` boots the
+    host's systemd as PID 1 and runs the script as one of its services (~15 s more).
     """
     image = ensure_image()
     runs = CACHE / "runs"
@@ -371,7 +413,7 @@ def run_in_vm(script: str, timeout: float = 180) -> VmResult:
         (run_dir / "env.sh").write_text(f"export PATH={shlex.quote(_vm_path())}\n")
         timed_out = False
         try:
-            qemu = subprocess.run(qemu_command(image, run_dir), stdin=subprocess.DEVNULL,
+            qemu = subprocess.run(qemu_command(image, run_dir, init), stdin=subprocess.DEVNULL,
                                   capture_output=True, text=True, timeout=timeout)
             ending = f"qemu exited with status {qemu.returncode}"
             qemu_messages = qemu.stdout + qemu.stderr
@@ -397,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="Build the test VM image; optionally run a script in it.")
     parser.add_argument("-c", dest="script", help="bash script to run inside the VM")
     parser.add_argument("--timeout", type=float, default=180)
+    parser.add_argument("--init", choices=("bash", "systemd"), default="bash",
+                        help="PID 1 after the initramfs: bash, or the host's systemd")
     args = parser.parse_args(argv)
     try:
         image = ensure_image()
@@ -406,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.script is None:
         print(f"kernel {image.version}\n  {image.kernel}\n  {image.initramfs}\n  {image.modules}")
         return 0
-    result = run_in_vm(args.script, timeout=args.timeout)
+    result = run_in_vm(args.script, timeout=args.timeout, init=args.init)
     sys.stdout.write(result.output)
     return result.returncode if result.returncode >= 0 else 1
 

@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vsnetd import activation, control, log
+from vsnetd import activation, control, log, metrics
 from vsnetd.broker import BROKER_PATH
 from vsnetd.broker.server import MAX_CLIENTS, Broker, Client, Served
 from vsnetd.config import DEFAULT_CONFIG_PATH, Config, ConfigIssue
@@ -117,13 +117,16 @@ class Daemon:
         self.schedule = self.reconciler.schedule
         self.selector = selectors.DefaultSelector()
         self.monitors = Monitors(self.reconciler, self.selector)
+        metrics.enable()
         self.broker = Broker(self.kernel, broker_path)
+        self.broker.observe = metrics.broker_served
         self.broker.unregister = self.selector.unregister
         self.broker_paused_until: float | None = None
         self.broker_refused = 0
         self.control = ControlServer(control_path, self.selector, {
             "status": lambda _request: self.status(),
             "reload": self._reload_request,
+            "metrics": lambda _request: {"ok": True, "metrics": metrics.exposition()},
             **{op: self._activation for op in ("activate", "deactivate", "is-active")},
         })
         self.reader = ConfigReader(self.config_path, namespace.NETNS_DIR,
@@ -272,6 +275,7 @@ class Daemon:
     def refuse(self, issues: list[ConfigIssue]) -> None:
         """A config with problems: reported, and the last good one stays applied."""
         self.config_issues = issues
+        metrics.config_refused()
         for issue in issues:
             log.event(logging.ERROR, f"config refused, last good config stays: {issue}",
                       op="reload")
@@ -310,6 +314,7 @@ class Daemon:
             CONFINEMENT_CHECK_SECONDS, (now - started) * CONFINEMENT_CHECK_SPACING)
 
     def _after(self, result: ConvergeResult, why: str) -> None:
+        metrics.reconciled(result, why, self.reconciler.verdicts, self.config_path)
         self.monitors.sync()
         per_server: dict[str, int] = {}
         for change in result.applied:
@@ -485,7 +490,7 @@ class Daemon:
         self.reader.request(self.reload_token)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsnetd", description="Keep the kernel converged to "
                                      "the vsnet config (runs in the foreground).")
     parser.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG_PATH,
@@ -501,8 +506,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="mount namespace to mount network namespaces in (the unit "
                              "file passes /proc/1/ns/mnt); default: vsnetd's own")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every change")
+    parser.add_argument("--metrics-listen", metavar="ADDR:PORT",
+                        help="serve Prometheus metrics over HTTP there, e.g. 127.0.0.1:9586 "
+                             "(default: none; `vsnetctl metrics` works regardless)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     log.setup(args.verbose)
+    if args.metrics_listen:
+        try:
+            metrics.serve(args.metrics_listen)
+        except (ValueError, OSError) as exc:
+            parser.error(f"--metrics-listen: {exc}")
     namespace.use_mount_namespace(args.mount_ns)
     try:
         daemon = Daemon(args.config, args.resync_interval, args.control, args.broker)
