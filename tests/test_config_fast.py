@@ -12,6 +12,7 @@ Both are only worth having if they can never change an answer:
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import subprocess
 import sys
@@ -302,3 +303,29 @@ def test_a_valid_file_costs_neither_pyyaml_nor_pydantic(tmp_path: Any) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT).stdout.split()
     assert out == ["20", "False", "False"]
+
+
+@given(ip=st.integers(0, 2**32 - 1), prefix=st.integers(0, 32),
+       spelling=st.sampled_from(["canonical", "zero-padded prefix", "leading zero"]))
+def test_an_ipv4_interface_is_built_as_ipaddress_builds_it(ip: int, prefix: int,
+                                                           spelling: str) -> None:
+    text = f"{ipaddress.IPv4Address(ip)}/{prefix}"
+    if spelling == "zero-padded prefix":
+        text = text.replace("/", "/0")
+    elif spelling == "leading zero":
+        text = "0" + text
+    addresses = config._Addresses()
+    try:
+        expected = ipaddress.IPv4Interface(text)
+    except ValueError:
+        with pytest.raises(config._Unsure):
+            addresses.interface(text)
+        return
+    built = addresses.interface(text)
+    assert built == expected and hash(built) == hash(expected) and str(built) == str(expected)
+    assert vars(built) == vars(expected)
+    # /31 and /32 networks carry their own ``hosts`` function: compare what it gives
+    assert ({k: v for k, v in vars(built.network).items() if k != "hosts"}
+            == {k: v for k, v in vars(expected.network).items() if k != "hosts"})
+    if prefix >= 31:
+        assert list(built.network.hosts()) == list(expected.network.hosts())

@@ -560,6 +560,7 @@ class _Addresses:
 
     def __init__(self) -> None:
         self.addresses: dict[str, IpAddress] = {}
+        self.networks: dict[tuple[int, int], ipaddress.IPv4Network] = {}
 
     def address(self, value: Any) -> IpAddress:
         found = self.addresses.get(value) if type(value) is str else None
@@ -575,14 +576,13 @@ class _Addresses:
             self.addresses[text] = found
         return found
 
-    @staticmethod
-    def interface(value: Any) -> IpInterface:
+    def interface(self, value: Any) -> IpInterface:
         text = _text(value)
         canonical = _IPV4_INTERFACE(text)
         if canonical is not None:
             a, b, c, d, prefix = map(int, canonical.groups())
             if a < 256 and b < 256 and c < 256 and d < 256 and prefix <= 32:
-                return ipaddress.IPv4Interface(((a << 24) | (b << 16) | (c << 8) | d, prefix))
+                return self._ipv4_interface((a << 24) | (b << 16) | (c << 8) | d, prefix)
         try:  # as pydantic's IPvAnyInterface
             return ipaddress.IPv4Interface(text)
         except ValueError:
@@ -590,6 +590,21 @@ class _Addresses:
                 return ipaddress.IPv6Interface(text)
             except ValueError:
                 raise _Unsure from None
+
+    def _ipv4_interface(self, ip: int, prefix: int) -> ipaddress.IPv4Interface:
+        """``IPv4Interface((ip, prefix))``, sharing the network object with the other
+        interfaces of its subnet: what ``IPv4Interface.__init__`` sets, without building
+        the same network once per address (tests/test_config_fast.py compares both)."""
+        key = (ip & (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF, prefix)
+        network = self.networks.get(key)
+        if network is None:
+            network = self.networks[key] = ipaddress.IPv4Network(key)
+        interface = ipaddress.IPv4Interface.__new__(ipaddress.IPv4Interface)
+        interface._ip = ip  # type: ignore[attr-defined]
+        interface.network = network
+        interface.netmask = network.netmask
+        interface._prefixlen = prefix  # type: ignore[attr-defined]
+        return interface
 
     @staticmethod
     def network(value: Any) -> IpNetwork:
@@ -697,6 +712,8 @@ def _fast_dns(data: Any, ips: _Addresses) -> DnsConfig:
 def _fast_sockets(data: Any) -> SocketsConfig:
     if type(data) is not dict or not data.keys() <= _SOCKETS_KEYS:
         raise _Unsure
+    if not data:
+        return SocketsConfig()
     privileged = data.get("privileged_ports", False)
     if type(privileged) is not bool:
         raise _Unsure
@@ -808,19 +825,36 @@ def _yaml_value(text: str) -> Any:
     return _yaml_scalar(text)
 
 
+_NO_VALUE = object()  # "key:" with nothing after it
+
+
 class _YamlLines:
     def __init__(self, text: str) -> None:
         self.lines: list[tuple[int, str]] = []
+        append = self.lines.append
+        comments = "#" in text
         for raw in text.split("\n"):
             content = raw.lstrip(" ")
             if not content or content[0] == "#":
                 continue
             indent = len(raw) - len(content)
-            comment = content.find(" #")
-            if comment >= 0:
-                content = content[:comment]
-            self.lines.append((indent, content.rstrip(" ")))
+            if comments:
+                comment = content.find(" #")
+                if comment >= 0:
+                    content = content[:comment]
+            append((indent, content.rstrip(" ")))
         self.at = 0
+        # a config repeats itself ("mode: pbr", "uplink: eth0" in every VS): each distinct
+        # line is read once (values are immutable scalars; a flow list is copied)
+        self.entries: dict[str, tuple[Any, Any] | None] = {}
+
+    def entry(self, content: str) -> tuple[Any, Any] | None:
+        """``key: value`` read as (key, value or _NO_VALUE), or None: not such a line."""
+        line = _YAML_KEY_LINE(content)
+        entry = None if line is None else (
+            _yaml_scalar(line[1]), _NO_VALUE if line[2] is None else _yaml_value(line[2]))
+        self.entries[content] = entry
+        return entry
 
     def node(self, depth: int) -> Any:
         indent, content = self.lines[self.at]
@@ -838,22 +872,24 @@ class _YamlLines:
         return None
 
     def mapping(self, indent: int, depth: int) -> dict[Any, Any]:
-        lines, result = self.lines, {}
+        lines, entries, result = self.lines, self.entries, {}
         while self.at < len(lines):
             at_indent, content = lines[self.at]
             if at_indent != indent:
                 if at_indent > indent:
                     raise _Declined
                 break
-            line = _YAML_KEY_LINE(content)
-            if line is None:
+            entry: Any = entries.get(content, _NO_VALUE)
+            if entry is _NO_VALUE:
+                entry = self.entry(content)
+            if entry is None:
                 raise _Declined
-            key, rest = _yaml_scalar(line[1]), line[2]
+            key, value = entry
             if key in result:
                 raise _Declined  # duplicate: the full path says where
             self.at += 1
-            if rest:
-                result[key] = _yaml_value(rest)
+            if value is not _NO_VALUE:
+                result[key] = value.copy() if type(value) is list else value
                 if self.at < len(lines) and lines[self.at][0] > indent:
                     raise _Declined  # a scalar continued on the next line
             elif self.at < len(lines) and lines[self.at][0] == indent and (
@@ -879,7 +915,8 @@ class _YamlLines:
                 break  # the next key of a mapping holding this list at its own depth
             rest = content[2:].lstrip(" ")
             column = indent + len(content) - len(rest)
-            if _YAML_KEY_LINE(rest) is not None:  # "- key: value": a mapping in the list
+            if (self.entries[rest] if rest in self.entries else self.entry(rest)) is not None:
+                # "- key: value": a mapping in the list
                 lines[self.at] = (column, rest)
                 if depth + 1 > _YAML_MAX_DEPTH:
                     raise _Declined
