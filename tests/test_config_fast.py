@@ -11,6 +11,7 @@ Both are only worth having if they can never change an answer:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import ipaddress
 import json
@@ -210,14 +211,15 @@ def documents_to_check(draw: st.DrawFn) -> tuple[Any, bool]:
             parent = parent[step]
         action = draw(st.sampled_from(["set", "set", "delete", "unknown"]))
         if not where:
-            data = draw(st.sampled_from([None, [], "x", {"version": 1, "servers": None}]))
+            data = copy.deepcopy(draw(st.sampled_from(
+                [None, [], "x", {"version": 1, "servers": None}])))
             break
         if action == "delete" and isinstance(parent, dict):
             del parent[where[-1]]
         elif action == "unknown" and isinstance(parent, dict):
             parent["colour"] = "blue"
         else:
-            parent[where[-1]] = draw(st.sampled_from(ODD_VALUES))
+            parent[where[-1]] = copy.deepcopy(draw(st.sampled_from(ODD_VALUES)))
     return data, main
 
 
