@@ -1223,8 +1223,9 @@ def assemble(main: ParsedFile, drop_ins: Sequence[ParsedFile]) -> Config:
 def parse_config(text: str, file: str = "servers.yaml") -> Config:
     """Validate the text of one main file; raise :class:`ConfigError` with every issue.
 
-    A valid file takes the fast path (libyaml, pydantic, semantic checks: ~0.1 ms per
-    VS); only a file with problems is read again, recording where every value stands,
+    A valid plain file takes the fast path (the line reader, the hand checks, the
+    semantic checks: ~30 µs per VS); anything else goes through libyaml and the pydantic
+    models, and a file with problems is read again, recording where every value stands,
     to say where each problem is.
     """
     return assemble(parse_file(text, file, main=True), ())
