@@ -1224,7 +1224,7 @@ def parse_config(text: str, file: str = "servers.yaml") -> Config:
     """Validate the text of one main file; raise :class:`ConfigError` with every issue.
 
     A valid plain file takes the fast path (the line reader, the hand checks, the
-    semantic checks: ~30 µs per VS); anything else goes through libyaml and the pydantic
+    semantic checks: ~40 µs per VS); anything else goes through libyaml and the pydantic
     models, and a file with problems is read again, recording where every value stands,
     to say where each problem is.
     """
