@@ -340,8 +340,8 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
 
 
 def _exit_now(status: int) -> NoReturn:
-    """Exit without the interpreter's teardown: freeing a config of 1,000 VS, its compiled
-    and observed states object by object costs ~30 ms, a fifth of ``vsnetctl validate``.
+    """Exit without the interpreter's teardown: freeing a config of 1,000 VS and its
+    compiled state object by object costs ~30 ms of CPU, more after an apply.
     Nothing is left to release (sockets and files are closed by their ``with`` blocks);
     what is buffered is written first."""
     if "logging" in sys.modules:
