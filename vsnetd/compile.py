@@ -146,12 +146,12 @@ def compile_pbr(name: str, server: ServerConfig, numbers: numbering.ServerNumber
     for family, subnets in _by_family(server).items():
         source = normal(str(subnets[0].ip))
         table = numbers.mark_table
-        routes = _table_routes(family, table, device, source, subnets, gateways.get(family),
-                               server)
+        gateway = gateways.get(family)
+        routes = _table_routes(family, table, device, source, subnets, gateway, server)
         # Unlike the paper's Table 1, the default's source is the address whose subnet holds
         # the VS gateway: its own ``from`` rule then keeps a marked unbound connection on
         # that gateway (README, "Confinement").
-        routes = [_via_gateway_source(r, subnets) for r in routes]
+        routes = [_via_gateway_source(r, subnets, gateway) for r in routes]
         if family not in gateways:
             default = _default(family)
             routes.append(Route(family, table, default, _metric(family), type="unreachable"))
@@ -162,10 +162,15 @@ def compile_pbr(name: str, server: ServerConfig, numbers: numbering.ServerNumber
     return objects, device, shared
 
 
-def _via_gateway_source(route: Route, subnets: list[IpInterface]) -> Route:
+def _via_gateway_source(route: Route, subnets: list[IpInterface],
+                        gateway: IpAddress | None) -> Route:
+    """``route`` with the source on the subnet of its gateway, when it is a default. With
+    a VS ``gateway`` of its family the default is via it (``_table_routes``): its address
+    is at hand, not parsed again from the route's text."""
     if route.gateway is None or not route.destination.endswith("/0"):
         return route
-    gateway = ipaddress.ip_address(route.gateway)
+    if gateway is None:  # an extra route to the default
+        gateway = ipaddress.ip_address(route.gateway)
     for subnet in subnets:
         if gateway in subnet.network:
             return route._replace(source=normal(str(subnet.ip)))

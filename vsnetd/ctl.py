@@ -97,6 +97,7 @@ def report(op: str, reply: dict[str, Any], as_json: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    whole_process = argv is None  # the console script: vsnetd.cli may end the process
     argv = list(sys.argv[1:] if argv is None else argv)
     parsed = split(argv)
     if parsed is not None and parsed[0] in FAST and parsed[3]:
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return report(op, reply, as_json)
     from vsnetd import cli  # no daemon, or another command: the whole of vsnetctl
 
-    return cli.main(argv)
+    return cli.main(argv, whole_process=whole_process)
 
 
 if __name__ == "__main__":

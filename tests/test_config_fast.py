@@ -1,0 +1,333 @@
+"""The fast path of config loading gives what the full path gives, or steps aside.
+
+vsnetd.config reads the common file without PyYAML or pydantic (docs: the module's
+docstring): a line-by-line reader for plain block YAML and hand-written structural checks.
+Both are only worth having if they can never change an answer:
+
+* the reader returns exactly what libyaml loads, or declines the document;
+* the checks accept only documents the pydantic models accept, with equal objects, and
+  decline every document the models refuse, so its errors are the models' as before.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import ipaddress
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from tests.conftest import ROOT
+from tests.test_pipeline_properties import server_specs
+from vsnetd import config, config_models
+from vsnetd.config import parse_file
+
+# --------------------------------------------------------------------------- the reader
+
+# scalars a config may hold, and the ones YAML 1.1 reads as something else than a string
+SCALARS = [
+    "eth0", "pbr", "netns", "10.0.0.5/24", "10.0.0.1", "2001:db8::1", "2001:db8:5::5/64",
+    "vs-1_a", "net.ipv4.ip_forward", "/sys/fs/bpf/vsnet", "a.b", "x:y", "a#b", "a b",
+    "0", "7", "42", "010", "0x5600000", "0x1F", "0o7", "0b101", "1_000", "-3", "+4", "1.5",
+    "1e5", ".5", ".inf", ".NaN", "1:30", "2001-12-14", "2002-12-14 21:59:43.10 -5",
+    "yes", "No", "TRUE", "off", "On", "y", "n", "null", "Null", "~", "<<", "=", "yEs",
+    "-", "-x", "?x", ":x", "x:", "[a]", "{a: 1}", "'q'", '"q"', "&a", "*a", "!t", "|", ">",
+    "%x", "@x", "`x", "a: b", "a #c", "a\tb", "é", "1.2.3.4", "00", "0x", "-0", "0_1",
+]
+KEYS = ["id", "mode", "uplink", "addresses", "gateway", "a", "b-c", "x.y", "1", "0x10",
+        "yes", "null", "1.5", "servers", "a/b", "_"]
+
+
+def scalars() -> st.SearchStrategy[str]:
+    return st.one_of(st.sampled_from(SCALARS),
+                     st.text(alphabet="ab09.:/-_# xy!'\"[]{},&*?|>%@`~\\", min_size=1,
+                             max_size=8))
+
+
+def documents(depth: int = 3) -> st.SearchStrategy[Any]:
+    leaves = st.one_of(scalars(), st.lists(scalars(), max_size=3).map(tuple))
+    return st.recursive(
+        leaves,
+        lambda inner: st.one_of(
+            st.dictionaries(st.sampled_from(KEYS), inner, max_size=4),
+            st.lists(inner, max_size=3),
+        ),
+        max_leaves=12,
+    )
+
+
+def render(value: Any, indent: int, draw: st.DrawFn, dash: bool = False) -> list[str]:
+    """Block YAML of ``value`` (tuples: flow lists), spaced and commented at random."""
+    pad = " " * indent
+    lines: list[str] = []
+    if isinstance(value, dict):
+        for index, (key, item) in enumerate(value.items()):
+            first = pad if not (dash and index == 0) else ""
+            comment = draw(st.sampled_from(["", "", " # note", "  #", "#x"]))
+            if isinstance(item, dict | list) and item:
+                lines.append(f"{first}{key}:{comment}")
+                step = 0 if isinstance(item, list) and draw(st.booleans()) else draw(
+                    st.sampled_from([1, 2, 4]))
+                lines.extend(render(item, indent + step, draw))
+            else:
+                lines.append(f"{first}{key}:{draw(st.sampled_from([' ', '  ']))}"
+                             f"{inline(item)}{comment}")
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict) and item:
+                spaces = draw(st.sampled_from([1, 1, 2]))
+                inner = render(item, indent + 1 + spaces, draw, dash=True)
+                lines.append(f"{pad}-{' ' * spaces}{inner[0]}")
+                lines.extend(inner[1:])
+            elif isinstance(item, list) and item:
+                lines.append(f"{pad}-")
+                lines.extend(render(item, indent + 2, draw))
+            else:
+                lines.append(f"{pad}- {inline(item)}")
+    else:
+        lines.append(f"{pad}{inline(value)}")
+    if draw(st.integers(0, 5)) == 0:
+        lines.insert(draw(st.integers(0, len(lines))), draw(st.sampled_from(
+            ["", "   ", "# comment", "  # indented comment", "---", "...", "\t", " x"])))
+    return lines
+
+
+def inline(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(value) + "]"
+    if isinstance(value, dict | list):
+        return "{}" if isinstance(value, dict) else "[]"
+    return str(value)
+
+
+@st.composite
+def yaml_texts(draw: st.DrawFn) -> str:
+    return "\n".join(render(draw(documents()), draw(st.sampled_from([0, 0, 2])), draw)) + "\n"
+
+
+def libyaml(text: str) -> Any:
+    return yaml.load(text, Loader=config._libyaml_loader())  # a safe loader, refusing duplicates
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=yaml_texts())
+def test_the_reader_loads_what_libyaml_loads_or_declines(text: str) -> None:
+    try:
+        fast = config._fast_yaml(text)
+    except config._Declined:
+        return
+    assert type(fast) is type(libyaml(text))
+    assert fast == libyaml(text)
+    assert json.dumps(fast, sort_keys=False, default=str) == json.dumps(
+        libyaml(text), sort_keys=False, default=str)  # same key order, same types inside
+
+
+def test_the_reader_takes_the_shipped_example_and_the_benchmark_file() -> None:
+    from bench.common import make_pbr_servers, pbr_yaml
+
+    for text in ((ROOT / "etc/vsnet/servers.yaml").read_text(),
+                 pbr_yaml(make_pbr_servers(50))):
+        assert config._fast_yaml(text) == libyaml(text)
+
+
+@pytest.mark.parametrize("text", [
+    "a: 1\na: 2\n",            # duplicate key: the full path names it
+    "a: &x 1\nb: *x\n",        # aliases
+    "a: 'q'\n",                # quotes
+    "a: {b: 1}\n",             # flow mapping
+    "a: |\n  text\n",          # block scalar
+    "a: b\n  c\n",             # a scalar over two lines
+    "a:\n\tb: 1\n",            # a tab
+    "a: 1.5\n",                # not an int
+    "a: 010\n",                # octal
+    "---\na: 1\n",             # a document marker
+])
+def test_the_reader_declines_what_it_does_not_know(text: str) -> None:
+    with pytest.raises(config._Declined):
+        config._fast_yaml(text)
+
+
+# --------------------------------------------------------------------------- the checks
+
+ODD_VALUES = [None, True, False, "yes", 0, -1, 1, 4095, 65536, 1.5, "1", "", [], {}, ["x"],
+              {"a": 1}, "10.0.0.300/24", "10.0.0.5/24", "10.0.0.0/24", "2001:db8::1",
+              "eth0\n", "e" * 16, "x", "pbr", "netns", "macvlan", "move", "cluster",
+              167772165, "010.0.0.5/24", "10.0.0.5/08", "10.0.0.5", " eth0", "vs1",
+              ["10.0.0.1"], ["10.0.0.1", "10.0.0.2"], "net.ipv4.ip_forward", "/sys/fs/bpf/x",
+              "é"]
+
+
+def paths(data: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix]
+    if isinstance(data, dict):
+        for key, value in data.items():
+            found.extend(paths(value, (*prefix, key)))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            found.extend(paths(value, (*prefix, index)))
+    return found
+
+
+@st.composite
+def documents_to_check(draw: st.DrawFn) -> tuple[Any, bool]:
+    """A valid config document, then perhaps a few changes anywhere in it."""
+    main = draw(st.booleans())
+    ids = draw(st.lists(st.integers(1, 300), max_size=4, unique=True))
+    servers = {f"vs{i}": draw(server_specs(i)) for i in ids}
+    for spec in servers.values():
+        if draw(st.integers(0, 3)) == 0:
+            spec["sockets"] = {"allow_users": ["www-data"], "privileged_ports": True}
+        if draw(st.integers(0, 5)) == 0:
+            spec["placement"] = "cluster"
+        if spec["mode"] == "netns" and draw(st.integers(0, 3)) == 0:
+            spec["link"] = draw(st.sampled_from(["macvlan", "move", "vlan"]))
+            spec["vlan"] = 10
+    data: dict[str, Any] = {"servers": servers}
+    if main:
+        data["version"] = 1
+        if draw(st.booleans()):
+            data["settings"] = draw(st.fixed_dictionaries({}, optional={
+                "table_base": st.sampled_from([1, 20000, 0, 2**32]),
+                "priority_base": st.sampled_from([10000, 1, 20000, 40000]),
+                "mark_base": st.sampled_from([0, 0x100, -1]),
+                "block_size": st.sampled_from([2, 16, 300]),
+                "cgroup_root": st.sampled_from([None, "vsnet", "a/b", "/abs"]),
+                "bpf_pin_root": st.sampled_from(["/sys/fs/bpf/x", "rel", "/a.b"]),
+                "max_file_bytes": st.sampled_from([4096, 100, 1 << 20]),
+            }))
+    for _change in range(draw(st.integers(0, 3))):
+        places = paths(data)
+        where = draw(st.sampled_from(places))
+        parent: Any = data
+        for step in where[:-1]:
+            parent = parent[step]
+        action = draw(st.sampled_from(["set", "set", "delete", "unknown"]))
+        if not where:
+            data = copy.deepcopy(draw(st.sampled_from(
+                [None, [], "x", {"version": 1, "servers": None}])))
+            break
+        if action == "delete" and isinstance(parent, dict):
+            del parent[where[-1]]
+        elif action == "unknown" and isinstance(parent, dict):
+            parent["colour"] = "blue"
+        else:
+            parent[where[-1]] = copy.deepcopy(draw(st.sampled_from(ODD_VALUES)))
+    return data, main
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=documents_to_check())
+def test_the_checks_agree_with_the_models(case: tuple[Any, bool]) -> None:
+    data, main = case
+    fast = config._fast_file(data, main=main)
+    try:
+        full = config_models.validate(data, main)
+    except ValidationError:
+        assert fast is None, "the fast checks accepted what the models refuse"
+        return
+    if fast is not None:
+        assert fast == full
+        assert repr(fast) == repr(full)  # the same types all the way down
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=documents_to_check())
+def test_a_file_reads_the_same_by_either_path(case: tuple[Any, bool]) -> None:
+    data, main = case
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=draw_style(data))
+    fast = parse_file(text, "servers.yaml", main=main)
+    slow = full_path(text, main)
+    assert (fast.settings, fast.servers) == (slow.settings, slow.servers)
+    assert fast.issues == slow.issues
+
+
+def draw_style(data: Any) -> bool:
+    servers = data.get("servers") if isinstance(data, dict) else None
+    return isinstance(servers, dict) and len(servers) == 3  # some in flow style
+
+
+def full_path(text: str, main: bool) -> config.ParsedFile:
+    """parse_file as it reads a file its fast path declines."""
+    fast_yaml, fast_file = config._fast_yaml, config._fast_file
+    try:
+        config._fast_yaml = _declines  # type: ignore[assignment]
+        return parse_file(text, "servers.yaml", main=main)
+    finally:
+        config._fast_yaml, config._fast_file = fast_yaml, fast_file
+
+
+def _declines(text: str) -> Any:
+    raise config._Declined
+
+
+def test_the_plain_classes_have_the_models_fields() -> None:
+    pairs = [(config.AddressConfig, config_models.AddressConfig),
+             (config.RouteConfig, config_models.RouteConfig),
+             (config.DnsConfig, config_models.DnsConfig),
+             (config.SocketsConfig, config_models.SocketsConfig),
+             (config.ServerConfig, config_models.ServerConfig),
+             (config.Settings, config_models.Settings),
+             (config.Config, config_models.Config)]
+    for plain, model in pairs:
+        assert plain.__name__ == model.__name__
+        fields = {f.name: f for f in dataclasses.fields(plain)}
+        assert list(fields) == list(model.model_fields)
+        for name, info in model.model_fields.items():
+            ours = fields[name]
+            has_default = (ours.default is not dataclasses.MISSING
+                           or ours.default_factory is not dataclasses.MISSING)
+            assert has_default != info.is_required(), (plain.__name__, name)
+            if has_default:
+                theirs = info.get_default(call_default_factory=True)
+                mine = (ours.default if ours.default is not dataclasses.MISSING
+                        else ours.default_factory())  # type: ignore[misc]
+                assert mine == config_models.to_runtime(theirs), (plain.__name__, name)
+
+
+def test_a_valid_file_costs_neither_pyyaml_nor_pydantic(tmp_path: Any) -> None:
+    """What makes ``vsnetctl validate`` of 1,000 VS fast (bench/cli.py): nothing but the
+    standard library on the way of a valid plain file."""
+    from bench.common import make_pbr_servers, pbr_yaml
+
+    path = tmp_path / "servers.yaml"
+    path.write_text(pbr_yaml(make_pbr_servers(20)))
+    code = ("import sys; from vsnetd.config import load_config; "
+            f"c = load_config({str(path)!r}); "
+            "print(len(c.servers), 'pydantic' in sys.modules, 'yaml' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.split()
+    assert out == ["20", "False", "False"]
+
+
+@given(ip=st.integers(0, 2**32 - 1), prefix=st.integers(0, 32),
+       spelling=st.sampled_from(["canonical", "zero-padded prefix", "leading zero"]))
+def test_an_ipv4_interface_is_built_as_ipaddress_builds_it(ip: int, prefix: int,
+                                                           spelling: str) -> None:
+    text = f"{ipaddress.IPv4Address(ip)}/{prefix}"
+    if spelling == "zero-padded prefix":
+        text = text.replace("/", "/0")
+    elif spelling == "leading zero":
+        text = "0" + text
+    addresses = config._Addresses()
+    try:
+        expected = ipaddress.IPv4Interface(text)
+    except ValueError:
+        with pytest.raises(config._Unsure):
+            addresses.interface(text)
+        return
+    built = addresses.interface(text)
+    assert built == expected and hash(built) == hash(expected) and str(built) == str(expected)
+    assert vars(built) == vars(expected)
+    # /31 and /32 networks carry their own ``hosts`` function: compare what it gives
+    assert ({k: v for k, v in vars(built.network).items() if k != "hosts"}
+            == {k: v for k, v in vars(expected.network).items() if k != "hosts"})
+    if prefix >= 31:
+        assert list(built.network.hosts()) == list(expected.network.hosts())
