@@ -13,15 +13,17 @@ tree (docs/rule-tree.md has the picture and the measurements):
   sit — ``from <child prefix> goto <child's group>`` rules, or at the last level the leaf
   ``lookup`` rules themselves — and, one priority later, an end rule ``goto <exit>`` that
   leaves the trie when no child matched (the source trie exits to the mark trie's root,
-  the mark trie to a final ``nop`` rule). So a lookup checks at most 16 rules a level and
-  the host's own traffic leaves each trie after a few checks;
+  the mark trie to a final ``nop`` rule). So a lookup checks at most 16 rules a level
+  (more where nodes share a group) and the host's own traffic leaves each trie after a
+  few checks;
 * the priority of a group depends only on the node's prefix: levels have fixed priority
-  ranges, and a node's group is ``level start + 2 * (prefix value mod groups of the level)``.
+  ranges, and a node's group is ``level start + 2 * fold(prefix)`` (:meth:`Trie.group`).
   A rule's place is therefore a function of its own key: adding or removing a VS never
   moves another VS's rules, and creates or removes at most the nodes on its own path.
   Two nodes of one level that share a group only make that group longer: every selector
-  is exact, so whatever subset of the tree's ``goto`` rules exists (during an apply, or
-  after a hand-made deletion), a lookup reaches the same table — only its cost changes.
+  is exact, so a lookup never reaches another VS's rule; with some of the tree's ``goto``
+  rules missing (during an apply, or after a hand-made deletion until it is healed) a
+  packet may miss its address's rule and be routed by its mark or by ``main`` instead.
 
 The ``goto`` and ``nop`` rules are shared by every VS below them; the leaves are the VS's.
 """

@@ -1,7 +1,7 @@
 """Run shell scripts under a real Debian kernel, in a throwaway qemu VM.
 
 This machine's kernel lacks 802.1Q, dummy, VRF and ipvlan, so tests that need them run
-inside a VM instead (see "Testing without harming the host" in DESIGN.md):
+inside a VM instead (docs/architecture.md, "Test layers"):
 
 - the kernel is Debian's (``KERNEL_PACKAGE``), downloaded with ``apt-get download`` and
   unpacked, with its modules, under ``.cache/vm/`` (:func:`ensure_image`, once);
