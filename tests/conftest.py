@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def pytest_configure(config: pytest.Config) -> None:
         sandbox.reexec([sys.executable, "-m", "pytest", *sys.argv[1:]])
 
 ROOT = Path(__file__).resolve().parent.parent
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+DEB = ROOT / "dist" / f"vsnet_{VERSION}_amd64.deb"  # `make deb` builds it
 RUNNING: list[subprocess.Popen[bytes]] = []  # daemons the tests started
 
 

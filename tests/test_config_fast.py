@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from tests.conftest import ROOT
-from tests.test_pipeline_properties import server_specs
+from tests.strategies import server_specs
 from vsnetd import config, config_models
 from vsnetd.config import parse_file
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.test_daemon import Daemon, save, wait_until
+from tests.daemons import Daemon, save, wait_until
 from vsnetd import client, metrics
 from vsnetd.sandbox import ip
 

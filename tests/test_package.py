@@ -6,16 +6,13 @@ from __future__ import annotations
 import io
 import subprocess
 import tarfile
-import tomllib
 from functools import cache
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import DEB, ROOT
 
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-DEB = ROOT / "dist" / f"vsnet_{VERSION}_amd64.deb"
 PREFIX = "opt/vsnet"
 SITE = f"{PREFIX}/lib/python3.11/site-packages"
 

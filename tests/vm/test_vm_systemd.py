@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_package import DEB
+from tests.conftest import DEB
 from tests.vm.harness import HarnessError, ensure_image, run_in_vm
 from vsnetd import __version__
 
