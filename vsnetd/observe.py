@@ -140,9 +140,10 @@ class NotificationFeed:
         if entry is None:
             return
         kind, gone = entry
-        state = self.state
-        inside = Inside(self.netns, self.scope, state, self._names(self.netns),
-                        self._names(ROOT))
+        state, netns = self.state, self.netns
+        names = self._names(netns)
+        inside = Inside(netns, self.scope, state, names,
+                        names if netns == ROOT else self._names(ROOT))
         decoded = kind.notified(inside, gone, data, start, end)
         if decoded is None:
             return

@@ -15,8 +15,7 @@ from typing import Any
 from vsnetd.kinds import address, confinement, link, namespace, resolver, route, rule, sysctl
 from vsnetd.kinds.address import Address
 from vsnetd.kinds.confinement import Confinement
-from vsnetd.kinds.kind import KernelObjectLike as KernelObject
-from vsnetd.kinds.kind import Kind
+from vsnetd.kinds.kind import KernelObject, Kind
 from vsnetd.kinds.link import Link
 from vsnetd.kinds.namespace import Namespace
 from vsnetd.kinds.resolver import ResolverFile

@@ -37,8 +37,7 @@ if TYPE_CHECKING:
     from vsnetd.state import Change, DesiredServer, ObservedState, Scope
 
 
-
-class KernelObjectLike(Protocol):
+class KernelObject(Protocol):
     """What every kind's objects have."""
 
     @property
@@ -55,7 +54,7 @@ class KernelObjectLike(Protocol):
     def as_json(self) -> dict[str, Any]: ...
 
 
-Obj = TypeVar("Obj", bound=KernelObjectLike)
+Obj = TypeVar("Obj", bound=KernelObject)
 
 # The owner named on changes of objects no single VS owns: the rule tree's goto and nop
 # rules (vsnetd/ruletree.py), shared by every VS below them.

@@ -205,7 +205,7 @@ def open_fd(name: str) -> int:
 
 
 class NamespaceKind(Kind[Namespace]):
-    """Namespaces are found under /run/netns; the others kinds are then looked for inside
+    """Namespaces are found under /run/netns; the other kinds are then looked for inside
     each of vsnet's, and go with it when it goes."""
 
     name = "namespace"
