@@ -20,12 +20,14 @@ from vsnetd import netlink
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.kernel import ROOT, Kernel
-from vsnetd.kinds import Namespace, Sysctl, link, route, rule, sysctl
+from vsnetd.kinds import Namespace, ResolverFile, Sysctl, link, route, rule, sysctl
 from vsnetd.kinds import address as address_kind
+from vsnetd.kinds import confinement as confinement_kind
 from vsnetd.kinds import namespace as namespace_kind
 from vsnetd.kinds import resolver as resolver_kind
+from vsnetd.kinds.kind import Looking
 from vsnetd.netlink import RtnlSocket
-from vsnetd.observe import observe, observe_confinements
+from vsnetd.observe import observe
 from vsnetd.sandbox import ip, ip_json, sh
 from vsnetd.state import ObservedState, Scope
 
@@ -91,25 +93,25 @@ def previous_observe_in(sock: RtnlSocket, netns: str, scope: Scope, state: Obser
         if owned_link is not None:
             state.add(owned_link)
         else:
-            state.foreign_links.add((netns, found.name))
+            state.add_foreign(link.Link(netns, found.name, found.type))
     for found_address, owner in address_kind.observe(sock, names, netns):
         if owner == scope.protocol:
             state.add(found_address)
         else:
-            state.foreign_addresses[(netns, found_address.address)] = found_address
+            state.add_foreign(found_address)
     for family in (socket.AF_INET, socket.AF_INET6):
         for found_route, owned in route.observe(sock, family, names, scope.protocol,
                                                 scope.tables, netns):
             if owned:
                 state.add(found_route)
             else:
-                state.foreign_routes.append(found_route)
+                state.add_foreign(found_route)
         for found_rule, owned in rule.observe(sock, family, scope.protocol, scope.priorities,
                                               netns):
             if owned:
                 state.add(found_rule)
             else:
-                state.foreign_rules.append(found_rule)
+                state.add_foreign(found_rule)
     return names
 
 
@@ -117,7 +119,8 @@ def previous_observe(scope: Scope) -> ObservedState:
     state = ObservedState()
     with Kernel() as kernel:
         owned_namespaces, foreign_namespaces = previous_namespaces()
-        state.foreign_namespaces = set(foreign_namespaces)
+        for name in foreign_namespaces:
+            state.add_foreign(Namespace(name))
         root_names = previous_observe_in(kernel.root, ROOT, scope, state, {})
         for name in owned_namespaces:
             state.add(Namespace(name))
@@ -130,8 +133,8 @@ def previous_observe(scope: Scope) -> ObservedState:
             if found is not None:
                 state.add(found)
             if foreign:
-                state.foreign_resolvers.add(name)
-        observe_confinements(scope, state)
+                state.add_foreign(ResolverFile(name, ""))
+        confinement_kind.KIND.observe_machine(Looking(kernel, scope, state))
     return state
 
 
@@ -142,15 +145,10 @@ def comparable(state: ObservedState) -> dict[str, Any]:
     return {
         "links": state.links,
         "owned": state.owned,
-        "foreign_addresses": state.foreign_addresses,
         # lists whose order follows the dump order: compared as multisets
-        "foreign_routes": Counter(state.foreign_routes),
-        "foreign_rules": Counter(state.foreign_rules),
-        "foreign_links": state.foreign_links,
-        "foreign_namespaces": state.foreign_namespaces,
-        "foreign_resolvers": state.foreign_resolvers,
-        "foreign_confinements": state.foreign_confinements,
-        "confinement_unavailable": state.confinement_unavailable,
+        "foreign": {kind: {slot: Counter(there) for slot, there in slots.items()}
+                    for kind, slots in state.foreign.items()},
+        "unavailable": state.unavailable,
     }
 
 
@@ -202,20 +200,21 @@ def test_fast_observe_equals_the_previous_one_with_foreign_objects(tmp_path: Pat
                         if r.get("priority") == priority]
         assert kernel_rules
         for netns in ("vs-a", ""):
-            assert (netns, "f0") in fast.foreign_links
-            assert (netns, "10.9.9.9") in fast.foreign_addresses
-            assert {(r.family, r.destination) for r in fast.foreign_routes if r.netns == netns} >= {
+            assert (netns, "f0") in fast.foreign["link"]
+            assert (netns, "10.9.9.9") in fast.foreign["address"]
+            assert {(r.family, r.destination) for r in fast.foreign_of("route")
+                    if r.netns == netns} >= {
                 (socket.AF_INET, "192.0.2.0/24"), (socket.AF_INET6, "2001:db8:99::/64")}
-            assert {r.family for r in fast.foreign_rules
+            assert {r.family for r in fast.foreign_of("rule")
                     if r.netns == netns and r.priority == priority} == {socket.AF_INET,
                                                                         socket.AF_INET6}
-        assert "other" in fast.foreign_namespaces
-        assert fast.foreign_resolvers == {"vs-b"}
+        assert ("other",) in fast.foreign["namespace"]
+        assert set(fast.foreign["resolver"]) == {("vs-b",)}
         assert ("sysctl", ("vs-a", "net.ipv4.conf.all.rp_filter")) in fast.owned
         assert fast.owned[("sysctl", ("vs-a", "net.ipv4.conf.all.rp_filter"))].value == "2"
         # only IPv4 and IPv6 from the one-dump-for-both-families requests (the kernel adds its
         # multicast routing families to them)
-        assert {r.family for r in fast.foreign_rules} <= {socket.AF_INET, socket.AF_INET6}
+        assert {r.family for r in fast.foreign_of("rule")} <= {socket.AF_INET, socket.AF_INET6}
         kinds = Counter(obj.kind for obj in fast.owned.values())
         assert kinds["namespace"] == 2 and kinds["rule"] >= 2 and kinds["route"] >= 6
     finally:  # the sandbox's /etc/netns and /run/vsnet outlive this test's namespace

@@ -116,12 +116,7 @@ def test_foreign_objects_never_appear_and_block_only_their_server(
 ) -> None:
     observed = ObservedState(links={"": dict(UPLINKS) | {"mgmt0": 4}})
     for obj in foreign:
-        if isinstance(obj, Address):
-            observed.foreign_addresses[("", obj.address)] = obj
-        elif isinstance(obj, Route):
-            observed.foreign_routes.append(obj)
-        else:
-            observed.foreign_rules.append(obj)
+        observed.add_foreign(obj)
     desired = compile_config(config)
     plan = plan_changes(desired, observed)
 
@@ -231,12 +226,12 @@ def test_a_server_in_conflict_keeps_even_its_stale_objects() -> None:
         "id": 1, "mode": "pbr", "uplink": "eth0",
         "addresses": [{"address": "10.0.0.5/24"}, {"address": "10.0.1.9/24"}]}}})
     observed = kernel_holding(compile_config(old))
-    observed.foreign_addresses[("", "10.0.1.9")] = Address("eth1", "10.0.1.9", 24)
+    observed.add_foreign(Address("eth1", "10.0.1.9", 24))
     plan = plan_changes(compile_config(new), observed)
     assert plan.servers["a"].state == "conflict"
     assert plan.changes == ()
     # without the conflict, the stale address is deleted and attributed to its VS
-    del observed.foreign_addresses[("", "10.0.1.9")]
+    observed.drop_foreign(Address("eth1", "10.0.1.9", 24))
     deletes = [c for c in plan_changes(compile_config(new), observed).changes
                if c.action == "delete"]
     assert {(c.server, c.obj.describe()) for c in deletes if isinstance(c.obj, Address)} == {

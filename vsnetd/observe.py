@@ -1,191 +1,118 @@
 """observe: kernel -> ObservedState. Reads only; one of the two modules that talk netlink.
 
-What is kept: every object vsnet owns, wherever it is (its protocol on routes, rules and
-addresses, its alias on devices, its record on namespaces, its header on resolver
-files), and the foreign objects that could collide with them: foreign addresses, foreign
-routes in vsnet's table range, foreign rules in its priority range, foreign devices,
-namespaces and resolver files. Everything else is dropped while decoding, straight from
-the receive buffer.
+What is kept: every object vsnet owns, wherever it is, and the foreign objects that could
+collide with them; each kind of the registry (vsnetd/kinds/kind.py) says how it is looked
+at, what proves an object is vsnet's (its protocol on routes, rules and addresses, its
+alias on devices, its record on namespaces, its header on resolver files, its program
+names on cgroups) and where a foreign one would collide. Everything else is dropped while
+decoding, straight from the receive buffer.
+
+A pass looks first at what lives outside network namespaces (the namespaces themselves,
+cgroups), then into vsnet's own namespace and each of its namespaces, every kind in the
+registry's order there: devices first, as the other kinds name them by ifindex.
 """
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterable
 from typing import Any
 
-from vsnetd import netlink
 from vsnetd.kernel import ROOT, Kernel
-from vsnetd.kinds import (
-    KernelObject,
-    Namespace,
-    Sysctl,
-    address,
-    confinement,
-    link,
-    namespace,
-    resolver,
-    route,
-    rule,
-    sysctl,
-)
-from vsnetd.kinds.route import Route
-from vsnetd.kinds.rule import Rule
+from vsnetd.kinds import REGISTRY, KernelObject, Kind
+from vsnetd.kinds.kind import Inside, Looking, NamespaceObserver
 from vsnetd.netlink import RtnlSocket
-from vsnetd.state import DesiredServer, ObservedState, Scope, object_key
+from vsnetd.state import DesiredServer, ObservedState, Scope
+
+Observers = list[tuple[str, NamespaceObserver[Any]]]
 
 
 def observe(kernel: Kernel, scope: Scope) -> ObservedState:
     state = ObservedState()
-    owned_namespaces, foreign_namespaces = namespace.scan()
-    state.foreign_namespaces = set(foreign_namespaces)
-    root_names = _observe_in(kernel.root, ROOT, scope, state, {})
-    sockets = kernel.open_sockets(owned_namespaces)
-    with_resolver = resolver.namespaces_with_files()
-    for name in owned_namespaces:
-        state.add(Namespace(name))
+    look = Looking(kernel, scope, state)
+    for kind in REGISTRY:
+        kind.observe_machine(look)
+    observers = _observers(look)
+    root_names = _observe_in(kernel.root, ROOT, observers, scope, state, {})
+    sockets = kernel.open_sockets(look.namespaces)
+    for name in look.namespaces:
         sock = sockets.get(name)
-        if sock is None:  # removed meanwhile
-            continue
-        _observe_in(sock, name, scope, state, root_names)
-        keys = scope.sysctls.get(name)
-        if keys:
-            for key, value in sysctl.read(kernel.netns_fd(name), list(keys)).items():
-                state.add(Sysctl(name, key, value))
-        if name not in with_resolver:
-            continue
-        found, foreign = resolver.observe(name)
-        if found is not None:
-            state.add(found)
-        if foreign:
-            state.foreign_resolvers.add(name)
-    observe_confinements(scope, state)
+        if sock is not None:  # else removed meanwhile
+            _observe_in(sock, name, observers, scope, state, root_names)
     return state
 
 
-def observe_confinements(scope: Scope, state: ObservedState) -> None:
-    """pbr confinement (cgroups, programs, pins; not per network namespace), or what the
-    machine lacks for it."""
-    if scope.cgroup_root is None:
-        return
-    state.confinement_unavailable = confinement.unavailable(scope.pin_root)
-    if state.confinement_unavailable is not None:
-        return
-    for found, server, foreign in confinement.observe(scope.cgroup_root, scope.pin_root):
-        if found is not None:
-            state.add(found)
-        if foreign is not None:
-            state.foreign_confinements[server] = foreign
+def _observers(look: Looking) -> Observers:
+    return [(kind.name, observer) for kind in REGISTRY
+            if (observer := kind.observer(look)) is not None]
 
 
-def _observe_in(
-    sock: RtnlSocket, netns: str, scope: Scope, state: ObservedState, root_names: dict[int, str]
-) -> dict[int, str]:
+def _observe_in(sock: RtnlSocket, netns: str, observers: Observers, scope: Scope,
+                state: ObservedState, root_names: dict[int, str]) -> dict[int, str]:
     """Observe one namespace into ``state``; return its ifindex -> name map."""
-    devices = link.observe(sock)
-    names = {found.ifindex: found.name for found in devices}
-    state.links[netns] = {found.name: found.ifindex for found in devices}
-    parents = root_names if netns else names
-    for found in devices:
-        owned_link = link.as_owned(found, netns, parents)
-        if owned_link is not None:
-            state.add(owned_link)
-        else:
-            state.foreign_links.add((netns, found.name))
-
-    protocol = scope.protocol
-    for found_address, owner in address.observe(sock, names, netns):
-        if owner == protocol:
-            state.add(found_address)
-        else:
-            state.foreign_addresses[(netns, found_address.address)] = found_address
-
-    # one dump per kind for both families (AF_UNSPEC): a round trip per namespace saved
-    for found_route, owned in route.observe(sock, socket.AF_UNSPEC, names, protocol,
-                                            scope.tables, netns):
-        if owned:
-            state.add(found_route)
-        else:
-            state.foreign_routes.append(found_route)
-    for found_rule, owned in rule.observe(sock, socket.AF_UNSPEC, protocol, scope.priorities,
-                                          netns):
-        if owned:
-            state.add(found_rule)
-        else:
-            state.foreign_rules.append(found_rule)
-    return names
+    inside = Inside(netns, scope, state, {}, root_names)
+    owned = state.owned
+    for name, observer in observers:
+        for found, is_owned in observer(sock, inside):
+            if is_owned:
+                owned[(name, found.key)] = found
+            else:
+                state.add_foreign(found)
+    return inside.names
 
 
-def recheck_confinements(scope: Scope, servers: Iterable[DesiredServer], state: ObservedState,
-                         seen: dict[str, tuple[Any, ...]]) -> list[KernelObject]:
-    """BPF attachments send no notifications: look at each confined VS again (cheaply:
-    ``seen`` keeps what was read last time), update ``state`` where the kernel differs from
-    it, and return the objects concerned (the daemon heals their VS)."""
+def recheck(scope: Scope, servers: Iterable[DesiredServer], state: ObservedState,
+            seen: dict[Any, tuple[Any, ...]]) -> list[KernelObject]:
+    """What the kernel sends no notifications of (BPF attachments): look at each VS's
+    objects again (cheaply: ``seen`` keeps what was read last time), update ``state``
+    where the kernel differs from it, and return the objects concerned (the daemon heals
+    their VS)."""
+    servers = list(servers)
     changed: list[KernelObject] = []
-    if scope.cgroup_root is None or state.confinement_unavailable is not None:
-        return changed
-    mount = confinement.cgroup2_mount()
-    for server in servers:
-        if server.mode != "pbr":
-            continue
-        key = ("confinement", (server.name,))
-        wanted = server.keyed.get(key)
-        if wanted is None:
-            continue
-        now = confinement.signature(server.name, scope.cgroup_root, scope.pin_root, mount)
-        if seen.get(server.name) == now:
-            continue
-        seen[server.name] = now
-        found, foreign = confinement.observe_one(server.name, scope.cgroup_root, scope.pin_root,
-                                                 mount)
-        if found == state.owned.get(key) and foreign == state.foreign_confinements.get(
-                server.name):
-            continue
-        if found is None:
-            state.owned.pop(key, None)
-        else:
-            state.add(found)
-        if foreign is None:
-            state.foreign_confinements.pop(server.name, None)
-        else:
-            state.foreign_confinements[server.name] = foreign
-        changed.append(found or wanted)
+    for kind in REGISTRY:
+        changed.extend(kind.recheck(scope, servers, state, seen))
     return changed
+
+
+recheck_confinements = recheck  # the name the daemon and bench/confinement.py know it by
 
 
 def refresh(kernel: Kernel, state: ObservedState, scope: Scope,
             servers: list[DesiredServer]) -> None:
-    """Look again at what these VS own, in place: their namespace whole, or (pbr) the
-    tables they use, dumped with the kernel's table filter. For after changes that make
-    the kernel drop routes without a word (an address or device removed)."""
+    """Look again at what these VS own, in place: their namespace whole, or (pbr) what
+    each kind looks at again cheaply (``Kind.rescan``: the tables they use, dumped with
+    the kernel's table filter). For after changes that make the kernel drop routes
+    without a word (an address or device removed)."""
     root_names = {index: name for name, index in state.links.get(ROOT, {}).items()}
+    observers: Observers | None = None
+    rooted: list[DesiredServer] = []
     for server in servers:
-        if server.netns:
-            netns = server.netns
-            state.owned = {k: o for k, o in state.owned.items()
-                           if isinstance(o, Namespace) or o.netns != netns}
-            try:
-                sock = kernel.socket(netns)
-            except OSError:
-                state.owned.pop(object_key(Namespace(netns)), None)
-                continue
-            _observe_in(sock, netns, scope, state, root_names)
+        if not server.netns:
+            rooted.append(server)
             continue
-        tables = {obj.table for obj in server.objects if isinstance(obj, Route)}
-        # the routes of these tables vsnet knows of are those the VS's objects name (the
-        # rest, leftovers of an interrupted run, are a full run's to find): forgetting
-        # them costs the VS's size, not a pass over every VS's objects
-        for servers_route in servers:
-            for key, obj in servers_route.keyed.items():
-                if isinstance(obj, Route) and not obj.netns and obj.table in tables:
-                    state.owned.pop(key, None)
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for table in sorted(tables):
-                for found_route, owned in route.observe(kernel.root, family, root_names,
-                                                        scope.protocol, scope.tables,
-                                                        only_table=table):
-                    if owned:
-                        state.add(found_route)
+        netns = server.netns
+        state.owned = {k: o for k, o in state.owned.items() if o.netns != netns}
+        try:
+            sock = kernel.socket(netns)
+        except OSError:
+            _forget_namespace(state, netns)
+            continue
+        if observers is None:
+            observers = _observers(Looking(kernel, scope, state))
+        _observe_in(sock, netns, observers, scope, state, root_names)
+    if rooted:
+        for kind in REGISTRY:
+            kind.rescan(kernel, state, scope, root_names, rooted)
+
+
+def _forget_namespace(state: ObservedState, netns: str) -> None:
+    namespaces = {kind.name: kind for kind in REGISTRY if kind.is_namespace}
+    state.owned = {key: obj for key, obj in state.owned.items()
+                   if key[0] not in namespaces or namespaces[key[0]].namespace(obj) != netns}
+
+
+# netlink message type -> (the kind it reports, whether it reports a deletion)
+_NOTIFIED: dict[int, tuple[Kind[Any], bool]] = {
+    message: (kind, gone) for kind in REGISTRY for message, gone in kind.notifications.items()}
 
 
 class NotificationFeed:
@@ -194,8 +121,8 @@ class NotificationFeed:
     Each notification updates the state the way a dump would have seen it, and the objects
     it concerned are collected in ``changed`` (the daemon converges the VS they belong to).
     Notifications vsnet's own changes cause update the state to what it already holds.
-    IPv4 routes flushed with a deleted address or device come without notifications of
-    their own: such deletions set ``needs_full`` (look at everything again).
+    Objects whose deletion takes others silently (``Kind.cascades``: IPv4 routes flushed
+    with an address or device) set ``needs_full`` (look at everything again).
     """
 
     def __init__(self, state: ObservedState, scope: Scope, netns: str) -> None:
@@ -208,73 +135,29 @@ class NotificationFeed:
     def _names(self, netns: str) -> dict[int, str]:
         return {index: name for name, index in self.state.links.get(netns, {}).items()}
 
-    def __call__(self, kind: int, data: bytearray, start: int, end: int) -> None:
-        netns, state = self.netns, self.state
-        gone = kind in (netlink.RTM_DELLINK, netlink.RTM_DELADDR, netlink.RTM_DELROUTE,
-                        netlink.RTM_DELRULE)
-        if kind in (netlink.RTM_NEWLINK, netlink.RTM_DELLINK):
-            found_link = link.decode(data, start, end)
-            if found_link is None:
-                return
-            names = state.links.setdefault(netns, {})
-            for name, index in list(names.items()):
-                if index == found_link.ifindex:
-                    del names[name]  # renamed or gone
-            owned_link = link.as_owned(found_link, netns, self._names(ROOT))
-            key = ("link", (netns, found_link.name))
-            if gone:
-                if state.owned.pop(key, None) is not None:
-                    self.needs_full = True
-                state.foreign_links.discard((netns, found_link.name))
-            else:
-                names[found_link.name] = found_link.ifindex
-                if owned_link is not None:
-                    state.owned[key] = owned_link
-                    state.foreign_links.discard((netns, found_link.name))  # tagged just now
-                else:
-                    state.foreign_links.add((netns, found_link.name))
-            self.changed.append(owned_link or link.Link(netns, found_link.name, found_link.type))
-        elif kind in (netlink.RTM_NEWADDR, netlink.RTM_DELADDR):
-            decoded = address.decoder(self._names(netns), netns)(data, start, end)
-            if decoded is None:
-                return
-            found_address, owner = decoded
-            if owner == self.scope.protocol:
-                if gone:
-                    if state.owned.pop(object_key(found_address), None) is not None:
-                        self.needs_full = True  # its src routes went without a word
-                else:
-                    state.add(found_address)
-            elif gone:
-                state.foreign_addresses.pop((netns, found_address.address), None)
-            else:
-                state.foreign_addresses[(netns, found_address.address)] = found_address
-            self.changed.append(found_address)
-        elif kind in (netlink.RTM_NEWROUTE, netlink.RTM_DELROUTE):
-            route_decode = route.decoder(self._names(netns), self.scope.protocol,
-                                         self.scope.tables, netns)
-            decoded_route = route_decode(data, start, end)
-            if decoded_route is None:
-                return
-            found_route, owned = decoded_route
-            self._update(found_route, owned, gone, state.foreign_routes)
-        elif kind in (netlink.RTM_NEWRULE, netlink.RTM_DELRULE):
-            decoded_rule = rule.decoder(self.scope.protocol, self.scope.priorities, netns)(
-                data, start, end)
-            if decoded_rule is None:
-                return
-            found_rule, owned = decoded_rule
-            self._update(found_rule, owned, gone, state.foreign_rules)
-
-    def _update(self, obj: Route | Rule, owned: bool, gone: bool, foreign: list[Any]) -> None:
+    def __call__(self, message: int, data: bytearray, start: int, end: int) -> None:
+        entry = _NOTIFIED.get(message)
+        if entry is None:
+            return
+        kind, gone = entry
+        state, netns = self.state, self.netns
+        names = self._names(netns)
+        inside = Inside(netns, self.scope, state, names,
+                        names if netns == ROOT else self._names(ROOT))
+        decoded = kind.notified(inside, gone, data, start, end)
+        if decoded is None:
+            return
+        obj, owned = decoded
         if owned:
             if gone:
-                self.state.owned.pop(object_key(obj), None)
+                if state.owned.pop((kind.name, obj.key), None) is not None and kind.cascades:
+                    self.needs_full = True  # what went with it went without a word
             else:
-                self.state.add(obj)
+                state.owned[(kind.name, obj.key)] = obj
+            if kind.unique_slots and (slot := kind.slot(obj)) is not None:
+                state.clear_foreign(kind.name, slot)  # tagged just now, or gone
         elif gone:
-            if obj in foreign:
-                foreign.remove(obj)
-        elif obj not in foreign:
-            foreign.append(obj)
+            state.drop_foreign(obj)
+        else:
+            state.add_foreign(obj)
         self.changed.append(obj)

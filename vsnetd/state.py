@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vsnetd.config import Settings
-from vsnetd.kinds import Address, KernelObject, Route, Rule
+from vsnetd.kinds import KINDS, KernelObject
+from vsnetd.kinds.kind import SHARED as SHARED  # the owner of the rule tree's shared rules
+from vsnetd.kinds.kind import Slot
 from vsnetd.numbering import ServerNumbers
 
 # The routing protocol number on every route and rule vsnet creates (and IFA_PROTO on its
@@ -19,10 +21,6 @@ from vsnetd.numbering import ServerNumbers
 VSNET_PROTOCOL = 86
 
 ObjectKey = tuple[str, tuple[Any, ...]]
-
-# The owner named on changes of objects no single VS owns: the rule tree's goto and nop
-# rules (vsnetd/ruletree.py), shared by every VS below them.
-SHARED = "(rule tree)"
 
 
 def object_key(obj: KernelObject) -> ObjectKey:
@@ -82,22 +80,57 @@ class DesiredState:
 class ObservedState:
     """What the kernel holds: vsnet's own objects, and foreign ones that could collide.
 
-    Namespaces are named as in the config; "" is the namespace vsnet runs in.
+    Namespaces are named as in the config; "" is the namespace vsnet runs in. Foreign
+    objects are kept by kind and by the slot where they would collide with one of vsnet's
+    (``Kind.slot`` of vsnetd/kinds/kind.py): a VS wanting an object there is a conflict.
     """
 
     links: dict[str, dict[str, int]] = field(default_factory=dict)  # netns -> name -> ifindex
     owned: dict[ObjectKey, KernelObject] = field(default_factory=dict)
-    foreign_addresses: dict[tuple[str, str], Address] = field(default_factory=dict)
-    foreign_routes: list[Route] = field(default_factory=list)  # in vsnet's table range
-    foreign_rules: list[Rule] = field(default_factory=list)  # in vsnet's priority range
-    foreign_links: set[tuple[str, str]] = field(default_factory=set)  # (netns, name)
-    foreign_namespaces: set[str] = field(default_factory=set)
-    foreign_resolvers: set[str] = field(default_factory=set)  # namespaces
-    foreign_confinements: dict[str, str] = field(default_factory=dict)  # VS -> why
-    confinement_unavailable: str | None = None  # what the machine lacks for it
+    foreign: dict[str, dict[Slot, list[Any]]] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)  # kind -> what the machine lacks
 
     def add(self, obj: KernelObject) -> None:
-        self.owned[object_key(obj)] = obj
+        self.owned[(obj.kind, obj.key)] = obj
+
+    def add_foreign(self, obj: Any) -> None:
+        """A foreign object (of a kind that says where it collides; others are dropped)."""
+        slot = KINDS[obj.kind].slot(obj)
+        if slot is None:
+            return
+        there = self.foreign.setdefault(obj.kind, {}).setdefault(slot, [])
+        if obj not in there:
+            there.append(obj)
+
+    def drop_foreign(self, obj: Any) -> None:
+        """A foreign object is gone (with any other at its slot, for kinds holding one
+        object per slot)."""
+        kind = KINDS[obj.kind]
+        slots = self.foreign.get(obj.kind)
+        slot = kind.slot(obj)
+        if slots is None or slot is None or slot not in slots:
+            return
+        there = slots[slot]
+        if kind.unique_slots:
+            there.clear()
+        elif obj in there:
+            there.remove(obj)
+        if not there:
+            del slots[slot]
+
+    def clear_foreign(self, kind: str, slot: Slot) -> None:
+        slots = self.foreign.get(kind)
+        if slots is not None:
+            slots.pop(slot, None)
+
+    def foreign_of(self, kind: str) -> list[Any]:
+        """Every foreign object of a kind."""
+        return [obj for there in self.foreign.get(kind, {}).values() for obj in there]
+
+    @property
+    def foreign_addresses(self) -> dict[Slot, Any]:
+        """Foreign addresses by (netns, address), as bench/pbr.py reads them."""
+        return {slot: there[0] for slot, there in self.foreign.get("address", {}).items()}
 
 
 Action = Literal["add", "replace", "delete"]

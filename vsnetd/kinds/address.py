@@ -8,13 +8,26 @@ tables) can only be installed once the address is no longer tentative.
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, cast
 
-from vsnetd import netlink
+from vsnetd import log, netlink
 from vsnetd.kinds import _ip
+from vsnetd.kinds.kind import (
+    Applier,
+    Inside,
+    Looking,
+    NamespaceObserver,
+    NetlinkKind,
+    Owners,
+    Request,
+)
+
+if TYPE_CHECKING:
+    from vsnetd.state import Change
 
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS, IFA_PROTO = 1, 2, 8, 11
@@ -120,3 +133,62 @@ def observe(
     """Every IPv4/IPv6 address as (address, IFA_PROTO)."""
     return sock.dump(netlink.RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0),
                      decoder(names, netns))
+
+
+class AddressKind(NetlinkKind[Address]):
+    """Addresses: vsnet's carry its protocol in IFA_PROTO. One that goes takes the routes
+    using it as ``src`` with it, silently; that is also how an address no VS wants any
+    more is attributed (to the VS of those routes)."""
+
+    name = "address"
+    cascades = True
+    # the kernel lists addresses oldest first: secondaries go before their primary, so no
+    # deletion makes the kernel promote (and re-route) another one
+    newest_first = True
+    notifications: ClassVar[dict[int, bool]] = {netlink.RTM_NEWADDR: False,
+                                                netlink.RTM_DELADDR: True}
+
+    def observer(self, look: Looking) -> NamespaceObserver[Address]:
+        protocol = look.scope.protocol
+
+        def addresses_in(sock: netlink.RtnlSocket, inside: Inside) -> list[tuple[Address, bool]]:
+            return [(found, owner == protocol)
+                    for found, owner in observe(sock, inside.names, inside.netns)]
+
+        return addresses_in
+
+    def notified(self, inside: Inside, gone: bool, data: bytearray, start: int, end: int
+                 ) -> tuple[Address, bool] | None:
+        decoded = decoder(inside.names, inside.netns)(data, start, end)
+        if decoded is None:
+            return None
+        found, owner = decoded
+        return found, owner == inside.scope.protocol
+
+    def owner(self, obj: Address, owners: Owners) -> str | None:
+        slot = (obj.netns, obj.address)
+        return owners.wanting(self.name, slot) or owners.using(self.name, slot) or (
+            owners.of_netns(obj.netns) if obj.netns else None)
+
+    def slot(self, obj: Address) -> tuple[str, str]:
+        return (obj.netns, obj.address)
+
+    def conflict(self, found: Address) -> str:
+        return f"address {found.address} is already on {found.device} (not created by vsnet)"
+
+    def request(self, action: str, obj: Address, protocol: int, links: dict[str, int]
+                ) -> Request:
+        return request(action, obj, protocol, links)
+
+    def apply(self, applier: Applier, changes: list[Change]) -> None:
+        for device in sorted({obj.device for c in changes if c.action == "delete"
+                              and not (obj := cast(Address, c.obj)).netns
+                              and obj.family == socket.AF_INET}):
+            if protect_secondaries(device):
+                log.event(logging.INFO, f"promote_secondaries turned on for {device}: deleting "
+                          "a primary address must not delete the secondaries of its subnet",
+                          op="sysctl", obj=device)
+        super().apply(applier, changes)
+
+
+KIND = AddressKind()

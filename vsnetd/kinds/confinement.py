@@ -20,7 +20,7 @@ are left alone; a pin path holding anything else is a conflict, never overwritte
 directories under ``<cgroup_root>`` and ``<pin_root>`` are vsnet's by configuration.
 
 There are no notifications for BPF attachments: the daemon looks again periodically
-(:func:`recheck`).
+(:meth:`ConfinementKind.recheck`).
 """
 
 from __future__ import annotations
@@ -34,9 +34,13 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 from vsnetd import bpf
+from vsnetd.kinds.kind import Applier, Kind, Looking, Owners
+
+if TYPE_CHECKING:
+    from vsnetd.state import Change, DesiredServer, ObservedState, Scope
 
 HOOKS = ("sock_create", "post_bind4", "post_bind6")
 ATTACH_TYPES = {"sock_create": bpf.BPF_CGROUP_INET_SOCK_CREATE,
@@ -557,3 +561,101 @@ def enter(obj_cgroup: str, pid: int = 0) -> None:
     if mount is None:
         raise OSError(errno.ENOENT, "cgroup v2 is not mounted")
     (mount / obj_cgroup / "cgroup.procs").write_text(f"{pid or os.getpid()}\n")
+
+
+class ForeignPins(NamedTuple):
+    """Something at a VS's pin path that is not vsnet's program: its VS is a conflict."""
+
+    server: str
+    why: str
+
+    @property
+    def kind(self) -> Literal["confinement"]:
+        return "confinement"
+
+    @property
+    def key(self) -> tuple[str]:
+        return (self.server,)
+
+    @property
+    def netns(self) -> str:
+        return ""
+
+    def describe(self) -> str:
+        return self.why
+
+
+class ConfinementKind(Kind[Confinement]):
+    """Cgroups and BPF programs: not per network namespace, looked at once per pass when
+    the machine has what they take, and polled (the kernel sends no notifications)."""
+
+    name = "confinement"
+    unavailable_note = "not confined"
+
+    def observe_machine(self, look: Looking) -> None:
+        scope, state = look.scope, look.state
+        if scope.cgroup_root is None:
+            return
+        missing = unavailable(scope.pin_root)
+        if missing is not None:
+            state.unavailable[self.name] = missing
+            return
+        for found, server, foreign in observe(scope.cgroup_root, scope.pin_root):
+            if found is not None:
+                state.add(found)
+            if foreign is not None:
+                state.add_foreign(ForeignPins(server, foreign))
+
+    def recheck(self, scope: Scope, servers: Iterable[DesiredServer], state: ObservedState,
+                seen: dict[Any, tuple[Any, ...]]) -> list[Confinement]:
+        changed: list[Confinement] = []
+        if scope.cgroup_root is None or self.name in state.unavailable:
+            return changed
+        mount = cgroup2_mount()
+        for server in servers:
+            if server.mode != "pbr":
+                continue
+            key = (self.name, (server.name,))
+            wanted = server.keyed.get(key)
+            if wanted is None:
+                continue
+            now = signature(server.name, scope.cgroup_root, scope.pin_root, mount)
+            if seen.get(key) == now:
+                continue
+            seen[key] = now
+            found, foreign = observe_one(server.name, scope.cgroup_root, scope.pin_root, mount)
+            stranger = ForeignPins(server.name, foreign) if foreign is not None else None
+            before = state.foreign.get(self.name, {}).get((server.name,))
+            if found == state.owned.get(key) and before == ([stranger] if stranger else None):
+                continue
+            if found is None:
+                state.owned.pop(key, None)
+            else:
+                state.add(found)
+            state.clear_foreign(self.name, (server.name,))
+            if stranger is not None:
+                state.add_foreign(stranger)
+            changed.append(found or cast(Confinement, wanted))
+        return changed
+
+    def owner(self, obj: Confinement, owners: Owners) -> str | None:
+        return obj.server
+
+    def slot(self, obj: Confinement | ForeignPins) -> tuple[str]:
+        return (obj.server,)
+
+    def conflict(self, found: ForeignPins) -> str:
+        return found.why
+
+    def apply(self, applier: Applier, changes: list[Change]) -> None:
+        def change_one(change: Change) -> None:
+            obj = cast(Confinement, change.obj)
+            if change.action == "delete":
+                delete(obj)
+            else:
+                ensure(obj)
+
+        applier.each(changes, change_one)
+
+
+KIND = ConfinementKind()

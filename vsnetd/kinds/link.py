@@ -15,9 +15,13 @@ while it is lent. Loopbacks of vsnet's namespaces are vsnet's by extension.
 from __future__ import annotations
 
 import struct
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, cast
 
 from vsnetd import netlink
+from vsnetd.kinds.kind import Applier, Inside, Kind, Looking, NamespaceObserver, Request
+
+if TYPE_CHECKING:
+    from vsnetd.state import Change, DesiredServer
 
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFLA_IFNAME, IFLA_LINK, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD = 3, 5, 18, 20, 28
@@ -202,3 +206,119 @@ def observe(sock: netlink.RtnlSocket) -> list[ObservedLink]:
 def observe_links(sock: netlink.RtnlSocket) -> dict[str, int]:
     """Device name -> ifindex for the namespace of ``sock``."""
     return {found.name: found.ifindex for found in observe(sock)}
+
+
+class LinkKind(Kind[Link]):
+    """Devices: dumped first in each namespace (the other kinds name devices by the
+    ifindexes it finds); a changed type, parent or VLAN takes a new device."""
+
+    name = "link"
+    rebuilds = True
+    cascades = True  # the kernel drops the routes through a device without a word
+    unique_slots = True  # one device per name
+    notifications: ClassVar[dict[int, bool]] = {netlink.RTM_NEWLINK: False,
+                                                netlink.RTM_DELLINK: True}
+
+    def observer(self, look: Looking) -> NamespaceObserver[Link]:
+        def devices_in(sock: netlink.RtnlSocket, inside: Inside) -> list[tuple[Link, bool]]:
+            netns = inside.netns
+            devices = observe(sock)
+            names = {found.ifindex: found.name for found in devices}
+            inside.names = names
+            inside.state.links[netns] = {found.name: found.ifindex for found in devices}
+            parents = inside.root_names if netns else names
+            seen: list[tuple[Link, bool]] = []
+            for found in devices:
+                owned = as_owned(found, netns, parents)
+                seen.append((owned, True) if owned is not None
+                            else (Link(netns, found.name, found.type), False))
+            return seen
+
+        return devices_in
+
+    def notified(self, inside: Inside, gone: bool, data: bytearray, start: int, end: int
+                 ) -> tuple[Link, bool] | None:
+        found = decode(data, start, end)
+        if found is None:
+            return None
+        names = inside.state.links.setdefault(inside.netns, {})
+        for name, index in list(names.items()):
+            if index == found.ifindex:
+                del names[name]  # renamed or gone
+        if not gone:
+            names[found.name] = found.ifindex
+        owned = as_owned(found, inside.netns, inside.root_names)
+        if owned is not None:
+            return owned, True
+        return Link(inside.netns, found.name, found.type), False
+
+    def rebuilt(self, have: Link, want: Link) -> bool:
+        return not want.same_device(have)
+
+    def differs(self, have: Link, want: Link) -> bool:
+        # the ifindex vsnet asked for is not part of what a device is
+        return not want.same_device(have) or want.up != have.up
+
+    def outlives(self, obj: Link) -> bool:
+        return obj.type == "move"  # a lent uplink is handed back when its namespace goes
+
+    def slot(self, obj: Link) -> tuple[str, str] | None:
+        # an uplink to lend stands foreign in the root namespace until it is lent, and
+        # every VS namespace has its own loopback
+        return None if obj.type in ("move", "loopback") else (obj.netns, obj.name)
+
+    def conflict(self, found: Link) -> str:
+        where = f" in namespace {found.netns}" if found.netns else ""
+        return f"device {found.name}{where} exists and was not created by vsnet"
+
+    def watched(self, server: DesiredServer) -> tuple[tuple[str, str], ...]:
+        return (("", server.uplink), (server.netns, server.device))
+
+    def apply(self, applier: Applier, changes: list[Change]) -> None:
+        kernel, links = applier.kernel, applier.links
+
+        def encode(change: Change) -> tuple[netlink.RtnlSocket, Request]:
+            obj = cast(Link, change.obj)
+            root = links.get("", {})
+            here = links.get(obj.netns, {})
+            if change.action == "delete":
+                if obj.type == "move":  # hand the uplink back to the root namespace
+                    return kernel.socket(obj.netns), move_request(
+                        here[obj.name], kernel.root_fd, "", obj.up)
+                return kernel.socket(obj.netns), delete_request(here[obj.name])
+            if change.action == "replace" or obj.type == "loopback":
+                return kernel.socket(obj.netns), set_up_request(here[obj.name], obj.up)
+            target = kernel.netns_fd(obj.netns) if obj.netns else None
+            if obj.type == "move":
+                assert target is not None
+                return kernel.root, move_request(root[obj.name], target, ALIAS, obj.up)
+            assert obj.parent is not None
+            return kernel.root, create_request(obj, root[obj.parent], target)
+
+        def tag(change: Change) -> tuple[netlink.RtnlSocket, Request]:
+            obj = cast(Link, change.obj)
+            return kernel.socket(obj.netns), alias_request(links[obj.netns][obj.name], ALIAS)
+
+        acknowledged = applier.send(changes, encode)
+        created = [c for c in acknowledged
+                   if c.action == "add" and cast(Link, c.obj).type in ("vlan", "macvlan")]
+        # the ownership tag, in a second request: the kernel ignores it on create. A device
+        # counts as applied once tagged (untagged, vsnet would not recognise it as its own).
+        untagged = {id(c) for c in created}
+        applier.done(c for c in acknowledged if id(c) not in untagged)
+        # learn the indexes of devices that appeared where vsnet did not choose them
+        touched = {c.obj.netns for c in changes
+                   if c.action == "add" and (cast(Link, c.obj).type == "move" or not c.obj.netns)}
+        for change in created:
+            obj = cast(Link, change.obj)
+            if obj.netns:
+                links.setdefault(obj.netns, {})[obj.name] = obj.ifindex
+        for netns in touched:
+            try:
+                links[netns] = observe_links(kernel.socket(netns))
+            except OSError:
+                continue
+        applier.done(applier.send(created, tag))
+
+
+KIND = LinkKind()

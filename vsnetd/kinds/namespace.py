@@ -19,9 +19,13 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 from vsnetd import syscalls
+from vsnetd.kinds.kind import Applier, Kind, Looking, Owners
+
+if TYPE_CHECKING:
+    from vsnetd.state import Change
 
 NETNS_DIR = Path("/run/netns")
 RECORD_DIR = Path("/run/vsnet/netns")
@@ -198,3 +202,47 @@ def delete(name: str) -> None:
 def open_fd(name: str) -> int:
     """A file descriptor referring to the namespace (for setns and IFLA_NET_NS_FD)."""
     return os.open(f"{NETNS_DIR}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+
+
+class NamespaceKind(Kind[Namespace]):
+    """Namespaces are found under /run/netns; the other kinds are then looked for inside
+    each of vsnet's, and go with it when it goes."""
+
+    name = "namespace"
+    is_namespace = True
+
+    def observe_machine(self, look: Looking) -> None:
+        owned, foreign = scan()
+        look.namespaces = owned
+        for name in owned:
+            look.state.add(Namespace(name))
+        for name in foreign:
+            look.state.add_foreign(Namespace(name))
+
+    def namespace(self, obj: Namespace) -> str:
+        return obj.name
+
+    def owner(self, obj: Namespace, owners: Owners) -> str | None:
+        return owners.of_netns(obj.name)
+
+    def slot(self, obj: Namespace) -> tuple[str]:
+        return (obj.name,)
+
+    def conflict(self, found: Namespace) -> str:
+        return f"namespace {found.name} exists and was not created by vsnet"
+
+    def apply(self, applier: Applier, changes: list[Change]) -> None:
+        def change_one(change: Change) -> None:
+            name = cast(Namespace, change.obj).name
+            if change.action == "delete":
+                applier.kernel.forget(name)
+                delete(name)
+                applier.links.pop(name, None)
+            else:
+                create(name)
+                applier.links[name] = {"lo": 1}
+
+        applier.each(changes, change_one)
+
+
+KIND = NamespaceKind()

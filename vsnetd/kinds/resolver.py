@@ -10,7 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
+
+from vsnetd.kinds.kind import Applier, Inside, Kind, Looking, NamespaceObserver
+
+if TYPE_CHECKING:
+    from vsnetd.netlink import RtnlSocket
+    from vsnetd.state import Change
 
 ETC_NETNS = Path("/etc/netns")
 HEADER = "# managed by vsnet: edit /etc/vsnet/servers.yaml instead\n"
@@ -82,3 +88,46 @@ def delete(obj: ResolverFile) -> None:
     path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         path.parent.rmdir()  # only when vsnet's file was all there was
+
+
+class ResolverKind(Kind[ResolverFile]):
+    """Resolver files: under /etc/netns, so they outlive their namespace and are removed
+    when it goes; a file without vsnet's header stands in the way."""
+
+    name = "resolver"
+
+    def observer(self, look: Looking) -> NamespaceObserver[ResolverFile]:
+        with_files = namespaces_with_files()
+
+        def file_of(_sock: RtnlSocket, inside: Inside) -> list[tuple[ResolverFile, bool]]:
+            netns = inside.netns
+            if netns not in with_files:
+                return []
+            found, foreign = observe(netns)
+            if found is not None:
+                return [(found, True)]
+            return [(ResolverFile(netns, ""), False)] if foreign else []
+
+        return file_of
+
+    def outlives(self, obj: ResolverFile) -> bool:
+        return True
+
+    def slot(self, obj: ResolverFile) -> tuple[str]:
+        return (obj.netns,)
+
+    def conflict(self, found: ResolverFile) -> str:
+        return f"/etc/netns/{found.netns}/resolv.conf was not written by vsnet"
+
+    def apply(self, applier: Applier, changes: list[Change]) -> None:
+        def change_one(change: Change) -> None:
+            obj = cast(ResolverFile, change.obj)
+            if change.action == "delete":
+                delete(obj)
+            else:
+                write(obj)
+
+        applier.each(changes, change_one)
+
+
+KIND = ResolverKind()

@@ -10,10 +10,15 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, cast
 
 from vsnetd import netlink
 from vsnetd.kinds import _ip
+from vsnetd.kinds.kind import Inside, Looking, NamespaceObserver, NetlinkKind, Owners, Request
+
+if TYPE_CHECKING:
+    from vsnetd.kernel import Kernel
+    from vsnetd.state import DesiredServer, ObservedState, Scope
 
 # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 RTMSG = struct.Struct("=BBBBBBBBI")
@@ -166,3 +171,66 @@ def observe(
         if only_table is not None and exc.errno == errno.ENOENT:
             return []  # the kernel drops a table with its last route
         raise
+
+
+class RouteKind(NetlinkKind[Route]):
+    """Routes of vsnet's tables (and of VS namespaces' main tables): vsnet's carry its
+    protocol; foreign ones in its table range collide with the VS owning the table."""
+
+    name = "route"
+    uses_others = True
+    notifications: ClassVar[dict[int, bool]] = {netlink.RTM_NEWROUTE: False,
+                                                netlink.RTM_DELROUTE: True}
+
+    def observer(self, look: Looking) -> NamespaceObserver[Route]:
+        protocol, tables = look.scope.protocol, look.scope.tables
+
+        def routes_in(sock: netlink.RtnlSocket, inside: Inside) -> list[tuple[Route, bool]]:
+            # both families in one dump (AF_UNSPEC): a round trip per namespace saved
+            return observe(sock, socket.AF_UNSPEC, inside.names, protocol, tables, inside.netns)
+
+        return routes_in
+
+    def notified(self, inside: Inside, gone: bool, data: bytearray, start: int, end: int
+                 ) -> tuple[Route, bool] | None:
+        scope = inside.scope
+        return decoder(inside.names, scope.protocol, scope.tables, inside.netns)(data, start, end)
+
+    def rescan(self, kernel: Kernel, state: ObservedState, scope: Scope,
+               names: dict[int, str], servers: list[DesiredServer]) -> None:
+        """The tables of these VS, dumped with the kernel's table filter. The routes of
+        these tables vsnet knows of are those the VS's objects name (the rest, leftovers
+        of an interrupted run, are a full run's to find): forgetting them costs the VS's
+        size, not a pass over every VS's objects."""
+        tables: set[int] = set()
+        name = self.name
+        for server in servers:
+            for key, obj in server.keyed.items():
+                if key[0] == name and not obj.netns:
+                    tables.add(cast(Route, obj).table)
+                    state.owned.pop(key, None)
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for table in sorted(tables):
+                for found, owned in observe(kernel.root, family, names, scope.protocol,
+                                            scope.tables, only_table=table):
+                    if owned:
+                        state.add(found)
+
+    def owner(self, obj: Route, owners: Owners) -> str | None:
+        return owners.of_netns(obj.netns) if obj.netns else owners.of_table(obj.table)
+
+    def uses(self, obj: Route) -> tuple[tuple[str, tuple[str, str]], ...]:
+        return (("address", (obj.netns, obj.source)),) if obj.source is not None else ()
+
+    def slot(self, obj: Route) -> tuple[str, int] | None:
+        return None if obj.table == RT_TABLE_MAIN else (obj.netns, obj.table)
+
+    def conflict(self, found: Route) -> str:
+        return f"table {found.table} holds a foreign {found.describe()}"
+
+    def request(self, action: str, obj: Route, protocol: int, links: dict[str, int]
+                ) -> Request:
+        return request(action, obj, protocol, links)
+
+
+KIND = RouteKind()

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from vsnetd import netlink
 from vsnetd.kinds import _ip
+from vsnetd.kinds.kind import SHARED, Inside, Looking, NamespaceObserver, NetlinkKind, Owners, Request
 
 # family, dst_len, src_len, tos, table, res1, res2, action, flags
 FIB_RULE_HDR = struct.Struct("=BBBBBBBBI")
@@ -163,3 +164,46 @@ def observe(
     :func:`decoder`."""
     header = FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
     return sock.dump(netlink.RTM_GETRULE, header, decoder(protocol, priorities, netns))
+
+
+class RuleKind(NetlinkKind[Rule]):
+    """Rules: vsnet's carry its protocol; a foreign rule at a priority vsnet wants
+    collides with the VS wanting it. The rule tree's ``goto`` and ``nop`` rules belong to
+    no VS (docs/rule-tree.md)."""
+
+    name = "rule"
+    notifications: ClassVar[dict[int, bool]] = {netlink.RTM_NEWRULE: False,
+                                                netlink.RTM_DELRULE: True}
+
+    def observer(self, look: Looking) -> NamespaceObserver[Rule]:
+        protocol, priorities = look.scope.protocol, look.scope.priorities
+
+        def rules_in(sock: netlink.RtnlSocket, inside: Inside) -> list[tuple[Rule, bool]]:
+            # both families in one dump (AF_UNSPEC): a round trip per namespace saved
+            return observe(sock, socket.AF_UNSPEC, protocol, priorities, inside.netns)
+
+        return rules_in
+
+    def notified(self, inside: Inside, gone: bool, data: bytearray, start: int, end: int
+                 ) -> tuple[Rule, bool] | None:
+        scope = inside.scope
+        return decoder(scope.protocol, scope.priorities, inside.netns)(data, start, end)
+
+    def owner(self, obj: Rule, owners: Owners) -> str | None:
+        if obj.netns:
+            return owners.of_netns(obj.netns)
+        if obj.action != "lookup":
+            return SHARED
+        return owners.of_table(obj.table)
+
+    def slot(self, obj: Rule) -> tuple[str, int, int]:
+        return (obj.netns, obj.family, obj.priority)
+
+    def conflict(self, found: Rule) -> str:
+        return f"priority {found.priority} is taken by a foreign {found.describe()}"
+
+    def request(self, action: str, obj: Rule, protocol: int, links: dict[str, int]) -> Request:
+        return request(action, obj, protocol, links)
+
+
+KIND = RuleKind()

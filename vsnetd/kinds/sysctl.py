@@ -9,14 +9,18 @@ previous one is not known), and a namespace vsnet removes takes its sysctls with
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
+from vsnetd.kinds.kind import Applier, Inside, Kind, Looking, NamespaceObserver
 from vsnetd.syscalls import entered_netns
 
+if TYPE_CHECKING:
+    from vsnetd.netlink import RtnlSocket
+    from vsnetd.state import Change
+
 PROC_SYS = Path("/proc/sys")
-KEY_RE = re.compile(r"^net\.[A-Za-z0-9_.\-/]+$")
+
 
 
 class Sysctl(NamedTuple):
@@ -59,3 +63,35 @@ def read(netns_fd: int, names: list[str]) -> dict[str, str]:
 def write(netns_fd: int, obj: Sysctl) -> None:
     with entered_netns(netns_fd):
         path_of(obj.name).write_text(obj.value + "\n")
+
+
+class SysctlKind(Kind[Sysctl]):
+    """Sysctls: read only where the config sets keys, set and never unset."""
+
+    name = "sysctl"
+    deletable = False
+
+    def observer(self, look: Looking) -> NamespaceObserver[Sysctl]:
+        kernel, sysctls = look.kernel, look.scope.sysctls
+
+        def values_in(_sock: RtnlSocket, inside: Inside) -> list[tuple[Sysctl, bool]]:
+            netns = inside.netns
+            keys = sysctls.get(netns) if netns else None
+            if not keys:
+                return []
+            return [(Sysctl(netns, key, value), True)
+                    for key, value in read(kernel.netns_fd(netns), list(keys)).items()]
+
+        return values_in
+
+    def apply(self, applier: Applier, changes: list[Change]) -> None:
+        kernel = applier.kernel
+
+        def set_one(change: Change) -> None:
+            obj = cast(Sysctl, change.obj)
+            write(kernel.netns_fd(obj.netns), obj)
+
+        applier.each(changes, set_one)
+
+
+KIND = SysctlKind()
