@@ -18,7 +18,7 @@ owned by no VS (``SHARED``).
 
 from __future__ import annotations
 
-from vsnetd import numbering
+from vsnetd import numbering, ruletree
 from vsnetd.kinds import (
     Address,
     Confinement,
@@ -154,6 +154,21 @@ def _differs(have: KernelObject, want: KernelObject) -> bool:
     return have != want
 
 
+def _held_paths(desired: DesiredState, observed: ObservedState, held: set[str]
+                ) -> dict[ObjectKey, KernelObject]:
+    """The rule tree's rules leading to the rules a held VS has now: its stale rules stay
+    as reachable as they were."""
+    paths: dict[ObjectKey, KernelObject] = {}
+    if held:
+        owner_of = _Owners(desired, observed)
+        base = desired.settings.priority_base
+        for obj in observed.owned.values():
+            path = ruletree.leaf_path(obj, base)
+            if path and owner_of(obj) in held:
+                paths.update(path)
+    return paths
+
+
 def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
     verdicts: dict[str, ServerVerdict] = {}
     wanted: dict[ObjectKey, tuple[KernelObject, str]] = {}
@@ -171,9 +186,11 @@ def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
             if observed.confinement_unavailable and obj.kind == "confinement":
                 continue  # the VS works without; its verdict says what is missing
             wanted.setdefault(key, (obj, name))
+    held = set(verdicts)  # VS whose objects stay exactly as they are
     for key, obj in desired.shared.items():
         wanted.setdefault(key, (obj, SHARED))
-    held = set(verdicts)  # VS whose objects stay exactly as they are
+    for key, obj in _held_paths(desired, observed, held).items():
+        wanted.setdefault(key, (obj, SHARED))
     held_namespaces = {s.netns for s in desired.servers.values() if s.name in held and s.netns}
 
     owner_of = _Owners(desired, observed)
