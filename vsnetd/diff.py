@@ -29,6 +29,7 @@ from vsnetd.kinds import (
     Route,
     Rule,
 )
+from vsnetd.kinds import rule as rule_kind
 from vsnetd.state import (
     SHARED,
     Change,
@@ -224,6 +225,11 @@ def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
         elif _differs(have, obj):
             creates[obj.kind].append(Change("replace", obj, name))
 
+    # Rules go from the highest priority down: the kernel inserts a rule after every rule
+    # of lower or equal priority, and resolves a goto against the rules present (else it
+    # walks the whole list again on each later insert); top-down, each insert is near the
+    # head of the list and every goto finds its target (docs/rule-tree.md, "Applying").
+    creates["rule"].sort(key=lambda change: rule_kind.creation_order(change.obj))
     # Addresses go newest first, as the kernel lists them reversed: secondaries before
     # their primary, so no deletion makes the kernel promote (and re-route) another one.
     deletes["address"].reverse()

@@ -84,6 +84,11 @@ class Rule(NamedTuple):
                 "action": self.action, "target": self.target}
 
 
+def creation_order(obj: object) -> int:
+    """Rules are created from the highest priority down (vsnetd/diff.py says why)."""
+    return -obj.priority if isinstance(obj, Rule) else 0
+
+
 def request(action: str, obj: Rule, protocol: int, links: dict[str, int]) -> tuple[int, int, bytes]:
     src_len = 0
     attrs = netlink.attr_u32(FRA_PRIORITY, obj.priority)
@@ -103,7 +108,10 @@ def request(action: str, obj: Rule, protocol: int, links: dict[str, int]) -> tup
                                ACTION_CODES[obj.action], 0)
     if action == "delete":
         return netlink.RTM_DELRULE, 0, header + attrs
-    return netlink.RTM_NEWRULE, netlink.NLM_F_CREATE | netlink.NLM_F_EXCL, header + attrs
+    # No NLM_F_EXCL: the kernel's check for an equal rule walks the whole list on every
+    # insert, which made creating a tree of thousands of rules quadratic; vsnet adds only
+    # rules it observed missing, and a twin left by a race is equal to it and goes with it.
+    return netlink.RTM_NEWRULE, netlink.NLM_F_CREATE, header + attrs
 
 
 def decoder(
