@@ -69,11 +69,12 @@ from bench.common import (
     uplinked_netns,
 )
 from bench.common import progress_line as progress
-from vsnetd import sandbox
+from vsnetd import ruletree, sandbox
 from vsnetd.compile import compile_config
-from vsnetd.config import drop_in_dir, load_config, parse_config
+from vsnetd.config import Settings, drop_in_dir, load_config, parse_config
 from vsnetd.state import DesiredState
 
+PRIORITY_BASE = Settings().priority_base
 MOVED_HOST = 30000  # an edit moves VS n's second address to host MOVED_HOST + n (and back)
 EDIT_GAP = 0.050  # seconds between two measured edits (or heals): they must not coalesce
 WAIT_TIMEOUT = 10.0  # seconds before a change that never shows is counted as lost
@@ -466,9 +467,9 @@ def measure_reference(results: Results, desired: DesiredState, config: Path) -> 
     """What vsnet's objects are, and what reading the file costs in a process of its own:
     ``load_config`` + ``compile_config``, the first steps of every reload (median of 5)."""
     objects: dict[str, int] = {}
-    for server in desired.servers.values():
-        for obj in server.objects:
-            objects[obj.kind] = objects.get(obj.kind, 0) + 1
+    for obj in [o for server in desired.servers.values() for o in server.objects] + list(
+            desired.shared.values()):  # the VS's objects and the rule tree's
+        objects[obj.kind] = objects.get(obj.kind, 0) + 1
     results.values["objects"] = objects
     took = []
     for _run in range(5):
@@ -543,8 +544,9 @@ def measure_heals(bench: Bench, what: str) -> None:
         events.drain()
         table = server.numbers.address_table(0)  # the first address's
         if what == "rule":
-            priority = server.numbers.address_priority(0)
-            t0 = bench.requests.delete_rule(priority, table, server.addresses[0].split("/")[0])
+            address = server.addresses[0].split("/")[0]
+            priority, _path = ruletree.source_leaf(socket.AF_INET, PRIORITY_BASE, address)
+            t0 = bench.requests.delete_rule(priority, table, address)
             match = rule_at(priority)
         else:
             default = IPv4Network("0.0.0.0/0")

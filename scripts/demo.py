@@ -418,13 +418,13 @@ def demo() -> list[str]:
 
     heading("5. The daemon keeps the kernel converged")
     say(gap=False, text="An administrator deletes one of nas1's rules by hand:")
-    show(["ip", "rule", "del", "priority", "18790"])
+    show(["ip", "rule", "del", "priority", "25012"])
     started = time.perf_counter()
-    healed = wait_for(lambda: "18790:" in sandbox.sh("ip", "rule"), 5)
+    healed = wait_for(lambda: "25012:" in sandbox.sh("ip", "rule"), 5)
     print(f"  ... back after {(time.perf_counter() - started) * 1000:.0f} ms"
           if healed else "  ... NOT restored")
     if not healed:
-        failures.append("self-heal of rule 18790")
+        failures.append("self-heal of rule 25012")
     say("An operator gives iscsi1 a second address and saves the file:")
     edited = LIVE_CONFIG.read_text().replace(
         "      - address: 10.0.0.6/24\n        gateway: 10.0.0.1\n",
@@ -440,7 +440,7 @@ def demo() -> list[str]:
           if edited_in else "  ... NOT applied")
     if not edited_in:
         failures.append("live edit of iscsi1")
-    show(["ip", "rule", "list", "priority", "18758"])  # 10.0.0.0/28: nas1's, iscsi1's
+    show(["ip", "rule", "list", "priority", "24884"])  # 10.0.0.4/30: nas1's, iscsi1's
     failures += drop_in_steps()
     vsnetctl("status", config=str(LIVE_CONFIG))
     say("What the daemon logged (under systemd, journal fields VSNET_SERVER, VSNET_OP):")

@@ -117,10 +117,10 @@ def test_an_edit_converges_and_an_invalid_one_changes_nothing(
 
 
 def test_what_is_deleted_by_hand_comes_back(daemon: Daemon) -> None:
-    ip("rule", "del", "priority", "18758")  # nas1's from 10.0.0.5 (docs/rule-tree.md)
+    ip("rule", "del", "priority", "24884")  # nas1's from 10.0.0.5 (docs/rule-tree.md)
     ip("rule", "del", "priority", "10000")  # the rule tree's first rule, shared by all VS
     ip("route", "del", "default", "table", "10017")
-    wait_until(lambda: any(r["priority"] == 18758 for r in vsnet_rules()), what="the rule")
+    wait_until(lambda: any(r["priority"] == 24884 for r in vsnet_rules()), what="the rule")
     wait_until(lambda: any(r["priority"] == 10000 and r.get("goto") for r in ip_json("rule")),
                what="the shared rule")
     wait_until(lambda: ip_json("route", "show", "table", "10017", "default"), what="the route")
@@ -138,18 +138,18 @@ def test_what_is_deleted_by_hand_comes_back(daemon: Daemon) -> None:
 
 
 def test_a_foreign_rule_in_vsnet_range_is_reported_not_removed(daemon: Daemon) -> None:
-    ip("rule", "add", "priority", "18790", "from", "192.0.2.9", "lookup", "main")
+    ip("rule", "add", "priority", "25012", "from", "192.0.2.9", "lookup", "main")
     status = wait_until(lambda: (s := daemon.status())["servers"]["nas1"]["state"] == "conflict"
                         and s, what="the conflict")
     assert status["servers"]["nas1"]["reasons"] == [
-        "priority 18790 is taken by a foreign rule 18790 from 192.0.2.9 lookup 254"]
+        "priority 25012 is taken by a foreign rule 25012 from 192.0.2.9 lookup 254"]
     assert status["servers"]["nas2"]["state"] == "in-sync"
     # a full reload answers once converged: the witness that vsnet has looked again
     reload = subprocess.run([sys.executable, "-m", "vsnetd.cli", "reload"],
                             capture_output=True, text=True, env=daemon.env, timeout=30)
     assert reload.returncode == 0, reload.stdout + reload.stderr
     assert daemon.status()["servers"]["nas1"]["state"] == "conflict"
-    assert any(r["priority"] == 18790 and r.get("src") == "192.0.2.9"
+    assert any(r["priority"] == 25012 and r.get("src") == "192.0.2.9"
                for r in ip_json("rule") if r.get("protocol") != "vsnet")
 
 
@@ -266,9 +266,9 @@ def wait_for_first_route(sock: socket.socket, timeout: float = 30.0) -> None:
 def test_kill_9_during_a_large_apply_then_restart(
     uplink: str, config_file: Path, tmp_path: Path
 ) -> None:
-    # v1's rule's place, which v1000's shares (their /28 nodes share a group of the rule
-    # tree, docs/rule-tree.md): both are conflicts
-    ip("rule", "add", "priority", "18790", "from", "192.0.2.7", "lookup", "main")
+    # v5's rule's place, which v1000's shares (their /30 nodes fold onto one group of the
+    # rule tree, docs/rule-tree.md): both are conflicts
+    ip("rule", "add", "priority", "25524", "from", "192.0.2.7", "lookup", "main")
     foreign = [r for r in ip_json("rule") if r.get("protocol") != "vsnet"]
     config_file.write_text(big_config(1000))
     watcher = netlink_changes()
@@ -288,8 +288,8 @@ def test_kill_9_during_a_large_apply_then_restart(
         assert len(routes) == 4000 - 8
         assert len({(r["table"], r["dst"]) for r in routes}) == len(routes)
         status = second.status()["servers"]
-        assert {n for n, s in status.items() if s["state"] != "in-sync"} == {"v1", "v1000"}
-        assert status["v1"]["state"] == "conflict"  # v1's block holds the foreign rule
+        assert {n for n, s in status.items() if s["state"] != "in-sync"} == {"v5", "v1000"}
+        assert status["v5"]["state"] == "conflict"  # v5's group holds the foreign rule
         assert [r for r in ip_json("rule") if r.get("protocol") != "vsnet"] == foreign
     finally:
         second.stop()
@@ -342,8 +342,8 @@ def peak_memory(pid: int) -> int:
 def still_healing(daemon: Daemon) -> None:
     """It answers, and a rule of vsnet's deleted by hand comes back."""
     assert answers(daemon)["ok"]
-    ip("rule", "del", "priority", "18758")  # nas1's from 10.0.0.5 (docs/rule-tree.md)
-    wait_until(lambda: any(r["priority"] == 18758 for r in vsnet_rules()), 1.0,
+    ip("rule", "del", "priority", "24884")  # nas1's from 10.0.0.5 (docs/rule-tree.md)
+    wait_until(lambda: any(r["priority"] == 24884 for r in vsnet_rules()), 1.0,
                "the rule deleted by hand back")
     assert answers(daemon)["ok"]
 

@@ -64,9 +64,9 @@ def table(number: int, family: str = "-4") -> list[dict[str, Any]]:
 def test_paper_table_1_in_the_kernel(uplink: str, config_file: Path) -> None:
     apply_ok(config_file)
     assert lookup_rules() == [  # at their places in the rule tree (docs/rule-tree.md)
-        {"priority": 18758, "src": "10.0.0.5", "table": "10016", "protocol": "vsnet"},
-        {"priority": 18790, "src": "10.0.1.5", "table": "10017", "protocol": "vsnet"},
-        {"priority": 25982, "src": "all", "fwmark": "0x5600001", "table": "10031",
+        {"priority": 24884, "src": "10.0.0.5", "table": "10016", "protocol": "vsnet"},
+        {"priority": 25012, "src": "10.0.1.5", "table": "10017", "protocol": "vsnet"},
+        {"priority": 30548, "src": "all", "fwmark": "0x5600001", "table": "10031",
          "protocol": "vsnet"},
     ]
     link = {"dev": "eth0", "protocol": "vsnet", "flags": []}
@@ -93,8 +93,8 @@ def test_paper_table_1_in_the_kernel(uplink: str, config_file: Path) -> None:
 def test_ipv6_gets_the_same_structure(uplink: str, config_file: Path) -> None:
     apply_ok(config_file)
     assert lookup_rules("-6") == [
-        {"priority": 24932, "src": "2001:db8:5::5", "table": "10018", "protocol": "vsnet"},
-        {"priority": 30590, "src": "all", "fwmark": "0x5600001", "table": "10031",
+        {"priority": 23348, "src": "2001:db8:5::5", "table": "10018", "protocol": "vsnet"},
+        {"priority": 27988, "src": "all", "fwmark": "0x5600001", "table": "10031",
          "protocol": "vsnet"},
     ]
     v6 = {"dev": "eth0", "protocol": "vsnet", "prefsrc": "2001:db8:5::5", "metric": 1024,
@@ -118,9 +118,9 @@ def test_plan_status_and_exit_codes(uplink: str, config_file: Path) -> None:
     assert document["in_sync"] is False
     assert {c["action"] for c in document["changes"]} == {"add"}
     by_owner = [c["server"] for c in document["changes"]]
-    # nas1's 21 objects; the rule tree's 35 IPv4 rules (the paths of 2 addresses and a
-    # mark, the final nop) and 79 IPv6 ones (a path is 4 times as long)
-    assert (by_owner.count("nas1"), by_owner.count(SHARED)) == (21, 35 + 79)
+    # nas1's 21 objects; the rule tree's 49 IPv4 rules (the paths of 2 addresses and a
+    # mark, the final nop) and 87 IPv6 ones (an address's path is 3 times as long)
+    assert (by_owner.count("nas1"), by_owner.count(SHARED)) == (21, 49 + 87)
     assert vsnetctl("status", "-c", str(config_file)).returncode == 2
 
     apply_ok(config_file)
@@ -134,7 +134,7 @@ def test_plan_status_and_exit_codes(uplink: str, config_file: Path) -> None:
         "addresses": ["10.0.0.5/24", "10.0.1.5/24", "2001:db8:5::5/64"],
         "mark": 0x5600001, "mark_table": 10031, "pending_changes": 0,
         "tables": [10016, 10017, 10018, 10031],
-        "priorities": [18758, 18790, 24932, 25982, 30590],
+        "priorities": [23348, 24884, 25012, 27988, 30548],
         "placement": "local", "active": True,
     }
 
@@ -221,19 +221,19 @@ servers:
   b: {id: 2, mode: pbr, uplink: eth0, addresses: [{address: 10.0.0.21/24}]}
   c: {id: 3, mode: pbr, uplink: eth0, addresses: [{address: 10.0.0.37/24}]}
 """)
-    # a's address rule's place: the rule tree's group of 10.0.0.0/28 (c is in 10.0.0.32/28)
-    ip("rule", "add", "priority", "18758", "lookup", "main")
+    # a's address rule's place: the rule tree's group of 10.0.0.4/30 (c is in 10.0.0.36/30)
+    ip("rule", "add", "priority", "24884", "lookup", "main")
     ip("addr", "add", "10.0.0.21/24", "dev", "peer0")  # b's address, on another link
     result = vsnetctl("apply", "--json", "-c", str(path))
     assert result.returncode == 1
     servers = json.loads(result.stdout)["servers"]
     assert servers["a"] == {"state": "conflict", "reasons": [
-        "priority 18758 is taken by a foreign rule 18758 from all lookup 254"]}
+        "priority 24884 is taken by a foreign rule 24884 from all lookup 254"]}
     assert servers["b"] == {"state": "conflict", "reasons": [
         "address 10.0.0.21 is already on peer0 (not created by vsnet)"]}
     assert servers["c"] == {"state": "in-sync", "reasons": []}
     assert [(r["priority"], r["table"]) for r in lookup_rules()] == [
-        (18754, "10048"), (18758, "main"), (25982, "10063")]
+        (24884, "main"), (24900, "10048"), (30548, "10063")]
     assert ip_json("addr", "show", "dev", "peer0")[0]["addr_info"][0]["local"] == "10.0.0.21"
 
 
@@ -297,7 +297,7 @@ servers:
     path.write_text("\n".join(two.splitlines()[:3]) + "\n")
     apply_ok(path)
     assert [(r["priority"], r["table"]) for r in lookup_rules()] == [
-        (18758, "10016"), (25982, "10031")]
+        (24884, "10016"), (30548, "10031")]
     assert table(10032) == [] and table(10047) == []
     global_v4 = [a["local"] for a in ip_json("-4", "addr", "show", "dev", "eth0")[0]["addr_info"]]
     assert global_v4 == ["10.0.0.5"]

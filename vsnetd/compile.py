@@ -287,7 +287,7 @@ def compile_edit(config: Config, previous: tuple[Config, DesiredState] | None) -
     if old_config.servers.keys() != config.servers.keys():
         return compile_config(config, previous)
     servers = old_desired.servers
-    same_paths = True
+    changed: list[str] = []
     for name, server in config.servers.items():
         old = old_config.servers[name]
         if old is server:
@@ -297,11 +297,28 @@ def compile_edit(config: Config, previous: tuple[Config, DesiredState] | None) -
         if servers is old_desired.servers:
             servers = dict(servers)
         servers[name] = compile_server(name, server, config.settings)
-        same_paths = same_paths and servers[name].shared == old_desired.servers[name].shared
-    # an edit inside the VS's own groups of the rule tree (the usual one) keeps the tree
-    shared = old_desired.shared if same_paths else _union_of_shared(servers.values())
+        changed.append(name)
     return DesiredState(settings=config.settings, scope=old_desired.scope, servers=servers,
-                        shared=shared)
+                        shared=_edited_shared(old_desired, servers, changed))
+
+
+def _edited_shared(old: DesiredState, servers: dict[str, DesiredServer], changed: list[str]
+                   ) -> dict[ObjectKey, KernelObject]:
+    """The rule tree's rules after the ``changed`` VS were compiled again: the old union,
+    plus their new paths, less what they left that no VS needs any more. An edit inside
+    the VS's own groups (the usual one) keeps the tree as it is; one that moves an address
+    elsewhere looks at the few rules it left, not at every VS's path."""
+    if all(servers[name].shared == old.servers[name].shared for name in changed):
+        return old.shared
+    shared = dict(old.shared)
+    left: set[ObjectKey] = set()
+    for name in changed:
+        left.update(old.servers[name].shared.keys() - servers[name].shared.keys())
+        shared.update(servers[name].shared)
+    for key in left:
+        if not any(key in server.shared for server in servers.values()):
+            del shared[key]
+    return shared
 
 
 def _union_of_shared(servers: Iterable[DesiredServer]) -> dict[ObjectKey, KernelObject]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from vsnetd import numbering
+from vsnetd import numbering, ruletree
 from vsnetd.kinds import KINDS, REGISTRY, KernelObject
 from vsnetd.kinds.kind import Kind
 from vsnetd.state import (
@@ -128,6 +128,21 @@ class Owners:
         return self._using.get((kind, slot))
 
 
+def _held_paths(desired: DesiredState, observed: ObservedState, held: set[str]
+                ) -> dict[ObjectKey, KernelObject]:
+    """The rule tree's rules leading to the rules a held VS has now: its stale rules stay
+    as reachable as they were."""
+    paths: dict[ObjectKey, KernelObject] = {}
+    if held:
+        owner_of = Owners(desired, observed)
+        base = desired.settings.priority_base
+        for obj in observed.owned.values():
+            path = ruletree.leaf_path(obj, base)
+            if path and owner_of(obj) in held:
+                paths.update(path)
+    return paths
+
+
 def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
     verdicts: dict[str, ServerVerdict] = {}
     wanted: dict[ObjectKey, tuple[KernelObject, str]] = {}
@@ -146,9 +161,11 @@ def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
             if unavailable and key[0] in unavailable:
                 continue  # the VS works without; its verdict says what is missing
             wanted.setdefault(key, (obj, name))
+    held = set(verdicts)  # VS whose objects stay exactly as they are
     for key, obj in desired.shared.items():
         wanted.setdefault(key, (obj, SHARED))
-    held = set(verdicts)  # VS whose objects stay exactly as they are
+    for key, obj in _held_paths(desired, observed, held).items():
+        wanted.setdefault(key, (obj, SHARED))
     held_namespaces = {s.netns for s in desired.servers.values() if s.name in held and s.netns}
 
     owner_of = Owners(desired, observed)
@@ -187,6 +204,8 @@ def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
             elif kind.differs(have, obj):
                 creates[key[0]].append(Change("replace", obj, name))
 
+    for kind in REGISTRY:
+        kind.order_creates(creates[kind.name])
     changes: list[Change] = []
     for kind in reversed(REGISTRY):
         if kind.newest_first:

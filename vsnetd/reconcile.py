@@ -235,8 +235,12 @@ class Reconciler:
             outcome.applied.extend(more.applied)
             outcome.failed.extend(more.failed)
         failures = outcome.failures_by_server()
-        verdicts = {name: self.verdicts.get(name, ServerVerdict("pending"))
-                    for name in desired.servers}
+        verdicts = dict(self.verdicts)  # a copy, not a pass over every VS: names come and go
+        for name in changed:                # only with the changed ones
+            if name not in desired.servers:
+                verdicts.pop(name, None)
+            elif name not in verdicts:
+                verdicts[name] = ServerVerdict("pending")
         for name, verdict in plan.servers.items():
             state = verdict.state if verdict.state not in ("pending",) else "in-sync"
             verdicts[name] = ServerVerdict(state, verdict.reasons)
@@ -280,12 +284,12 @@ def _record(observed: ObservedState, outcome: ApplyResult) -> None:
 def changed_servers(previous: DesiredState, desired: DesiredState) -> set[str]:
     """VS added, removed, or whose desired objects differ."""
     changed = previous.servers.keys() ^ desired.servers.keys()
-    for name, server in desired.servers.items():
-        before = previous.servers.get(name)
+    before = previous.servers
+    # an edit recompiles only the VS it changed; the others are the very same objects
+    for name in [n for n, s in desired.servers.items() if before.get(n, s) is not s]:
+        old, new = before[name], desired.servers[name]
         # the objects say everything the kernel holds for a VS (numbers, uplink included)
-        if before is not None and before is not server and (
-            before.objects != server.objects or before.mode != server.mode
-        ):
+        if old.objects != new.objects or old.mode != new.mode:
             changed.add(name)
     return changed
 

@@ -5,17 +5,18 @@ here), so a flat list of ``from``/``fwmark`` rules makes every lookup — the ho
 traffic included — pay for every VS. Rules with the ``goto`` action turn the list into a
 tree (docs/rule-tree.md has the picture and the measurements):
 
-* per family, two tries walked 4 bits at a time: one over the source addresses of the
-  ``from <address> lookup <table>`` rules, then one over the fwmarks of the ``fwmark <mark>
-  lookup <table>`` rules (source before mark, as in the paper's Table 1: a marked reply
-  still leaves by its address's table);
+* per family, two tries: one over the source addresses of the ``from <address> lookup
+  <table>`` rules, then one over the fwmarks of the ``fwmark <mark> lookup <table>`` rules
+  (source before mark, as in the paper's Table 1: a marked reply still leaves by its
+  address's table). Their levels take 4 bits at the top, where a site's addresses share
+  their prefix, and 2 at the bottom, where they branch;
 * a trie node that holds at least one key has a *group*: a priority at which its children
   sit — ``from <child prefix> goto <child's group>`` rules, or at the last level the leaf
   ``lookup`` rules themselves — and, one priority later, an end rule ``goto <exit>`` that
   leaves the trie when no child matched (the source trie exits to the mark trie's root,
-  the mark trie to a final ``nop`` rule). So a lookup checks at most 16 rules a level
-  (more where nodes share a group) and the host's own traffic leaves each trie after a
-  few checks;
+  the mark trie to a final ``nop`` rule). So a lookup checks at most 16 rules a level, 4
+  on a 2-bit level (more where nodes share a group), and the host's own traffic leaves
+  each trie after a few checks;
 * the priority of a group depends only on the node's prefix: levels have fixed priority
   ranges, and a node's group is ``level start + 2 * fold(prefix)`` (:meth:`Trie.group`).
   A rule's place is therefore a function of its own key: adding or removing a VS never
@@ -38,14 +39,24 @@ from typing import Any
 from vsnetd.kinds.rule import FULL_MASK, Rule
 from vsnetd.numbering import MAIN_RULE_PRIORITY
 
-STRIDE = 4  # bits per trie level
-FANOUT = 1 << STRIDE
+# Per trie level, top to bottom: (bits the level consumes, groups it has at most). Wide
+# levels at the top, where the addresses of a site share their prefix and a level costs
+# one check; narrow levels at the bottom, where the keys branch and a level costs up to
+# its fan-out in checks. Group counts are powers of two: enough that the nodes of
+# thousands of VS addresses rarely share a group, few enough that both tries of a family
+# fit between priority_base and the main table's rule (docs/rule-tree.md).
+Level = tuple[int, int]
+SOURCE_LEVELS: dict[int, tuple[Level, ...]] = {
+    socket.AF_INET: ((4, 1024),) * 5 + ((2, 1024),) * 6,
+    socket.AF_INET6: ((4, 128),) * 30 + ((2, 1024),) * 3 + ((2, 512),),
+}
+MARK_LEVELS: tuple[Level, ...] = ((4, 256),) * 6 + ((2, 256),) * 4
 MARK_BITS = 32
-# Groups per level once a level could hold more (powers of two): enough that the nodes of
-# thousands of VS addresses rarely share a group, few enough that both tries fit between
-# priority_base (default 10000) and the main table's rule (32766).
-SOURCE_GROUPS: dict[int, int] = {socket.AF_INET: 1024, socket.AF_INET6: 256}
-MARK_GROUPS = 512
+_GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing: a multiply that spreads the high bits
+_MASK64 = (1 << 64) - 1
+def rule_family_bits(family: int) -> int:
+    return 128 if family == socket.AF_INET6 else 32
+
 
 # keyed as vsnetd.state.object_key keys objects (state imports config, which imports this)
 SharedRules = dict[tuple[str, tuple[Any, ...]], Rule]
@@ -57,6 +68,7 @@ class Trie:
 
     family: int
     bits: int  # key width: 32 or 128 for addresses, 32 for marks
+    strides: tuple[int, ...]  # bits per level, top to bottom; they sum to ``bits``
     levels: tuple[tuple[int, int], ...]  # per depth: (first priority, number of groups)
     exit: int  # where an end rule jumps
     over_marks: bool
@@ -74,33 +86,39 @@ class Trie:
         first, count = self.levels[-1]
         return first + 2 * count - 1
 
+    def prefix_length(self, depth: int) -> int:
+        """How many of the key's top bits name a node of ``depth``."""
+        return sum(self.strides[:depth])
+
+    def prefix(self, depth: int, key: int) -> int:
+        return key >> (self.bits - self.prefix_length(depth))
+
     def group(self, depth: int, value: int) -> int:
-        """The priority of the group of the node of ``depth`` whose prefix is ``value``
-        (the key's top ``STRIDE * depth`` bits): the prefix folded onto the level's groups
-        by XOR of its chunks, so prefixes allocated in sequence never share a group and
-        prefixes that differ anywhere rarely do."""
+        """The priority of the group of the node of ``depth`` whose prefix is ``value``.
+        The prefix's low bits pick the group, XORed with a hash of the rest: prefixes
+        allocated in sequence never share a group, and runs of them in different subnets
+        land on unrelated groups."""
         first, count = self.levels[depth]
         width = count.bit_length() - 1
-        slot = 0
-        while value:
-            slot ^= value & (count - 1)
-            value >>= width
-        return first + 2 * slot
+        high = value >> width
+        mixed = (high * _GOLDEN) & _MASK64 >> (64 - width) if high and width else 0
+        return first + 2 * ((value ^ mixed) & (count - 1))
 
     def leaf_priority(self, key: int) -> int:
-        return self.group(self.depth - 1, key >> STRIDE)
+        return self.group(self.depth - 1, self.prefix(self.depth - 1, key))
 
     def enter(self, depth: int, value: int) -> Rule:
         """The rule, in its parent's group, that enters the node of ``depth`` with prefix
         ``value``."""
-        priority = self.group(depth - 1, value >> STRIDE)
+        priority = self.group(depth - 1, value >> self.strides[depth - 1])
         target = self.group(depth, value)
-        shift = self.bits - STRIDE * depth
+        length = self.prefix_length(depth)
+        shift = self.bits - length
         if self.over_marks:
             return Rule.goto(self.family, priority, target, fwmark=value << shift,
                              fwmask=(FULL_MASK >> shift) << shift)
         raw = (value << shift).to_bytes(self.bits // 8, "big")
-        source = f"{socket.inet_ntop(self.family, raw)}/{STRIDE * depth}"
+        source = f"{socket.inet_ntop(self.family, raw)}/{length}"
         return Rule.goto(self.family, priority, target, source=source)
 
 
@@ -118,24 +136,30 @@ class Layout:
         return range(self.source.first, self.end + 1)
 
 
-def _levels(start: int, bits: int, cap: int) -> tuple[tuple[tuple[int, int], ...], int]:
+def _levels(start: int, shape: tuple[Level, ...]
+            ) -> tuple[tuple[tuple[int, int], ...], int]:
+    """Each level's (first priority, number of groups), and the priority after the last."""
     levels = []
-    for depth in range(bits // STRIDE):
-        count = min(FANOUT ** depth, cap)
+    nodes = 1  # how many nodes the level could hold
+    for stride, cap in shape:
+        count = min(nodes, cap)
         levels.append((start, count))
         start += 2 * count
+        nodes <<= stride
     return tuple(levels), start
 
 
 @lru_cache(maxsize=16)
 def layout(family: int, priority_base: int) -> Layout:
-    bits = 128 if family == socket.AF_INET6 else 32
-    source_levels, mark_root = _levels(priority_base, bits, SOURCE_GROUPS[family])
-    mark_levels, end = _levels(mark_root, MARK_BITS, MARK_GROUPS)
+    bits = rule_family_bits(family)
+    strides = tuple(stride for stride, _ in SOURCE_LEVELS[family])
+    mark_strides = tuple(stride for stride, _ in MARK_LEVELS)
+    source_levels, mark_root = _levels(priority_base, SOURCE_LEVELS[family])
+    mark_levels, end = _levels(mark_root, MARK_LEVELS)
     return Layout(
         family=family,
-        source=Trie(family, bits, source_levels, exit=mark_root, over_marks=False),
-        mark=Trie(family, MARK_BITS, mark_levels, exit=end, over_marks=True),
+        source=Trie(family, bits, strides, source_levels, exit=mark_root, over_marks=False),
+        mark=Trie(family, MARK_BITS, mark_strides, mark_levels, exit=end, over_marks=True),
         end=end,
     )
 
@@ -156,7 +180,7 @@ def _path(trie: Trie, end: int, parent: int) -> SharedRules:
     rules: list[Rule] = [Rule(trie.family, end, 0, action="nop")]
     top = trie.depth - 1
     for depth in range(top + 1):
-        value = parent >> (STRIDE * (top - depth))
+        value = parent >> (trie.prefix_length(top) - trie.prefix_length(depth))
         group = trie.group(depth, value)
         rules.append(Rule.goto(trie.family, group + 1, trie.exit))
         if depth:
@@ -174,10 +198,30 @@ def source_leaf(family: int, priority_base: int, address: str) -> tuple[int, Sha
     """The priority of ``from <address>``'s rule and the shared rules leading to it."""
     key = int.from_bytes(socket.inet_pton(family, address), "big")
     trie = layout(family, priority_base).source
-    return trie.leaf_priority(key), _cached_path(family, priority_base, False, key >> STRIDE)
+    return trie.leaf_priority(key), _cached_path(family, priority_base, False,
+                                                 trie.prefix(trie.depth - 1, key))
 
 
 def mark_leaf(family: int, priority_base: int, mark: int) -> tuple[int, SharedRules]:
     """The priority of ``fwmark <mark>``'s rule and the shared rules leading to it."""
     trie = layout(family, priority_base).mark
-    return trie.leaf_priority(mark), _cached_path(family, priority_base, True, mark >> STRIDE)
+    return trie.leaf_priority(mark), _cached_path(family, priority_base, True,
+                                                  trie.prefix(trie.depth - 1, mark))
+
+
+def leaf_path(rule: object, priority_base: int) -> SharedRules:
+    """The shared rules leading to ``rule`` if it is a leaf of the tree (a root-namespace
+    ``from <address>`` or ``fwmark <mark>`` lookup at its place), else none: what keeps a
+    held VS's stale rules reachable (vsnetd/diff.py)."""
+    if not isinstance(rule, Rule) or rule.netns or rule.action != "lookup":
+        return {}
+    if rule.source is not None:
+        address, _, length = rule.source.partition("/")
+        if length and int(length) != rule_family_bits(rule.family):
+            return {}
+        priority, path = source_leaf(rule.family, priority_base, address)
+    elif rule.fwmark is not None and rule.fwmask in (None, FULL_MASK):
+        priority, path = mark_leaf(rule.family, priority_base, rule.fwmark)
+    else:
+        return {}
+    return path if priority == rule.priority else {}

@@ -17,7 +17,8 @@ kind of each object; none of them names a kind. A kind says:
 * where a foreign object collides with a desired one (:meth:`Kind.slot`, the reason in
   :meth:`Kind.conflict`), whom an object belongs to (:meth:`Kind.owner`), and what a
   deletion implies (:attr:`Kind.deletable`, :attr:`Kind.cascades`,
-  :attr:`Kind.newest_first`, :meth:`Kind.outlives`);
+  :attr:`Kind.newest_first`, :meth:`Kind.outlives`), and in what order its creates are
+  best made (:meth:`Kind.order_creates`);
 * how its changes are made: :meth:`Kind.apply`, a batch of changes of this kind, with
   the applier's netlink batching (:class:`Applier`).
 
@@ -185,6 +186,10 @@ class Kind(Generic[Obj]):
     unique_slots: ClassVar[bool] = False  # one object per slot: vsnet's replaces a foreign one
     is_namespace: ClassVar[bool] = False  # objects inside one that goes go with it
     unavailable_note: ClassVar[str] = "unavailable"  # a VS's note when the machine lacks it
+
+    def order_creates(self, changes: list[Change]) -> None:
+        """Put this kind's creates in the order they are best made (in place); the
+        default keeps the config's."""
 
     def namespace(self, obj: Obj) -> str:
         """The network namespace an object of an ``is_namespace`` kind is."""
