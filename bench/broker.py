@@ -94,7 +94,7 @@ from bench.common import (
     uplinked_netns,
 )
 from bench.common import progress_line as progress
-from vsnetd import sandbox
+from tests import sandbox
 from vsnetd.broker.access import Peer
 from vsnetd.broker.server import Broker as BrokerServer
 from vsnetd.broker.server import Client as ServerClient

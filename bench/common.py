@@ -25,12 +25,12 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vsnetd import sandbox
+from tests import sandbox
+from tests.sandbox import NotifySocket
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.kernel import Kernel
 from vsnetd.reconcile import ConvergeResult, Reconciler, gc_paused
-from vsnetd.sandbox import NotifySocket
 from vsnetd.state import SHARED, DesiredState
 
 UPLINK = "eth0"

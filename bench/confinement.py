@@ -21,13 +21,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import add_uplink, enter_sandbox, make_pbr_servers, pbr_yaml
+from tests.sandbox import fresh_netns
 from vsnetd.compile import compile_config
 from vsnetd.config import Config, parse_config
 from vsnetd.kernel import Kernel
 from vsnetd.kinds import confinement
 from vsnetd.observe import observe, recheck_confinements
 from vsnetd.reconcile import converge, plan_for
-from vsnetd.sandbox import fresh_netns
 
 
 def measure(text: str, rounds: int, label: str, times: dict[str, list[float]]) -> None:

@@ -69,7 +69,7 @@ from bench.common import (
     uplinked_netns,
 )
 from bench.common import progress_line as progress
-from vsnetd import sandbox
+from tests import sandbox
 from vsnetd.compile import compile_config
 from vsnetd.config import drop_in_dir, load_config, parse_config
 from vsnetd.state import DesiredState

@@ -67,7 +67,7 @@ from bench.common import (
     report,
     timed,
 )
-from vsnetd import sandbox
+from tests import sandbox
 from vsnetd.compile import compile_config
 from vsnetd.config import Config, parse_config
 from vsnetd.diff import plan_changes

@@ -1,6 +1,6 @@
 """Test harness: everything runs inside a sandbox (fresh network + mount namespaces).
 
-Running ``pytest`` directly as root re-executes it inside ``python -m vsnetd.sandbox``, so
+Running ``pytest`` directly as root re-executes it inside ``python -m tests.sandbox``, so
 no test can ever touch the machine's own network. Each kernel test then gets its own,
 empty network namespace (``netns`` fixture).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from vsnetd import sandbox
+from tests import sandbox
 
 
 def pytest_configure(config: pytest.Config) -> None:

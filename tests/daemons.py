@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import RUNNING
-from vsnetd.sandbox import NotifySocket, ip_json
+from tests.sandbox import NotifySocket, ip_json
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from tests.sandbox import ip, ip_json, sh, socket_in
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.kernel import Kernel
 from vsnetd.reconcile import converge, plan_for
-from vsnetd.sandbox import ip, ip_json, sh, socket_in
 
 pytestmark = pytest.mark.usefixtures("netns")
 

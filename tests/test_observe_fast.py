@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.sandbox import ip, ip_json, sh
 from vsnetd import netlink
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
@@ -26,7 +27,6 @@ from vsnetd.kinds import namespace as namespace_kind
 from vsnetd.kinds import resolver as resolver_kind
 from vsnetd.netlink import RtnlSocket
 from vsnetd.observe import observe, observe_confinements
-from vsnetd.sandbox import ip, ip_json, sh
 from vsnetd.state import ObservedState, Scope
 
 pytestmark = pytest.mark.usefixtures("netns")
