@@ -95,6 +95,7 @@ from bench.common import (
 )
 from bench.common import progress_line as progress
 from tests import sandbox
+from tests.daemons import Daemon
 from vsnetd.broker.access import Peer
 from vsnetd.broker.server import Broker as BrokerServer
 from vsnetd.broker.server import Client as ServerClient
@@ -154,35 +155,24 @@ SPLIT = ("-", "split")  # the transport floor with its ends on two CPUs
 # --------------------------------------------------------------------------- the daemon
 
 
-class RunningDaemon(common.RunningDaemon):
-    """``vsnetd -c FILE --control CTL --broker SOCK --resync-interval 3600`` as a
-    subprocess (under cProfile with ``profile``)."""
-
-    def __init__(self, workdir: Path, config: Path, profile: Path | None = None) -> None:
-        self.broker = workdir / "broker.sock"
-        command = (None if profile is None else
-                   [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "vsnetd.daemon"])
-        super().__init__(workdir, config, control="ctl.sock", args=["--broker", str(self.broker)],
-                         env={"VSNET_BROKER": str(self.broker)}, command=command,
-                         stop_timeout=60)
+def start_broker_daemon(workdir: Path, config: Path, profile: Path | None = None) -> Daemon:
+    """vsnetd with its broker at ``workdir/broker.sock`` (under cProfile with ``profile``)."""
+    broker = workdir / "broker.sock"
+    command = (None if profile is None else
+               [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "vsnetd.daemon"])
+    return common.start_daemon(workdir, config, control="ctl.sock", args=["--broker", str(broker)],
+                               env={"VSNET_BROKER": str(broker)}, command=command,
+                               stop_timeout=60)
 
 
 def cpu_ns(pid: int) -> int:
-    """CPU time of every thread of ``pid`` so far, in ns (schedstat: its first field)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue  # a thread that just ended
-    return total
+    """CPU time of every thread of ``pid`` so far, in ns (schedstat)."""
+    return sum(common.schedstat_ns(pid).values())
 
 
 def stat_cpu_ns(pid: int) -> int:
-    """utime + stime of process ``pid`` (all its threads) from /proc/<pid>/stat, in ns
-    (clock-tick resolution)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_NS  # fields 14, 15 of proc(5)
+    """utime + stime of process ``pid`` (all its threads), in ns (clock-tick resolution)."""
+    return common.stat_cpu_ticks(pid) * TICK_NS
 
 
 @dataclass(slots=True)
@@ -558,7 +548,7 @@ def measure_clients(results: Results, path: Path, server_pid: int, target: Targe
             for done in ready:
                 assert isinstance(done, Connection)
                 replies[waiting.pop(done)] = done.recv()
-        cpu = meter.stop()
+        server_cpu = meter.stop()
     finally:
         for process in processes:  # stuck ones (a failed measure) are not waited for
             process.join(timeout=5 if len(replies) == clients else 0)
@@ -588,7 +578,7 @@ def measure_clients(results: Results, path: Path, server_pid: int, target: Targe
     if not latencies:
         raise RuntimeError(f"{label}: no request answered")
     results.add(target.mode, kind, round_of(latencies, clients, received, errors,
-                                            max(ends) - min(starts), cpu))
+                                            max(ends) - min(starts), server_cpu))
 
 
 # --------------------------------------------------------------------------- transport
@@ -687,8 +677,8 @@ def in_process_broker(kernel: Kernel, text: str) -> BrokerServer:
     return broker
 
 
-def check_in_sync(results: Results, daemon: RunningDaemon, when: str) -> None:
-    status = daemon.status()
+def check_in_sync(results: Results, daemon: Daemon, when: str) -> None:
+    status = common.daemon_status(daemon)
     states = {name: s.get("state") for name, s in status.get("servers", {}).items()}
     if states != {PBR: "in-sync", NETNS: "in-sync"}:
         results.note(f"{when}: vsnetctl status --json says {states or 'nothing'}")
@@ -714,7 +704,8 @@ def run(args: argparse.Namespace) -> Results:
     span = args.requests + args.warmup
     with uplinked_netns(), config_dir(CONFIG) as (workdir, config):
         progress("starting vsnetd")
-        daemon = RunningDaemon(workdir, config, args.profile)
+        daemon = start_broker_daemon(workdir, config, args.profile)
+        broker = workdir / "broker.sock"
         kernel = Kernel()
         code = None
         try:
@@ -744,20 +735,20 @@ def run(args: argparse.Namespace) -> Results:
                     first += span
                     for style in ("bare", "library"):
                         progress(f"{step}: {mode} {style} client")
-                        measure_clients(results, daemon.broker, daemon.pid, target, style,
+                        measure_clients(results, broker, daemon.pid, target, style,
                                         style, 1, args.requests, args.warmup, first)
                         first += span
                     progress(f"{step}: {mode} {args.clients} clients")
-                    measure_clients(results, daemon.broker, daemon.pid, target, "library",
+                    measure_clients(results, broker, daemon.pid, target, "library",
                                     "clients", args.clients, args.requests, args.warmup, first)
                     first += args.clients * span
                     progress(f"{step}: {mode} batch of {args.batch}")
                     batches = max(1, args.requests // args.batch)
-                    measure_clients(results, daemon.broker, daemon.pid, target, "batch",
+                    measure_clients(results, broker, daemon.pid, target, "batch",
                                     "batch", 1, batches, 2, first, args.batch)
                     first += (batches + 2) * args.batch
             check_in_sync(results, daemon, "after the requests")
-            daemon.note_exited(results)
+            common.note_exited(daemon, results)
             fds_after = len(os.listdir(f"/proc/{daemon.pid}/fd"))
             results.values["daemon_fds"] = {"before": fds_before, "after": fds_after}
             if fds_after > fds_before:  # every client has gone: its sockets must have too
@@ -768,7 +759,7 @@ def run(args: argparse.Namespace) -> Results:
                 code.close()
             kernel.close()
             progress("stopping vsnetd")
-            daemon.stop_and_teardown(results)
+            common.stop_and_teardown(daemon, results)
             left = leftovers()
             if left:
                 results.note(f"after teardown: {', '.join(left)} left")

@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
     Notes,
     Results,
-    RunningDaemon,
     config_dir,
     console_script,
     description,
@@ -49,6 +48,7 @@ from bench.common import (
     machine_line,
     ms,
     print_targets,
+    start_daemon,
     uplinked_netns,
 )
 from tests.cluster import (
@@ -232,7 +232,7 @@ def activation(rounds: int, results: Results, notes: Notes) -> None:
     names = [f"vs{n}" for n in range(1, SWITCH_SERVERS + 1)]
     with uplinked_netns(), config_dir(switch_config(SWITCH_SERVERS)) as (workdir, config):
         env = {"VSNET_ACTIVE": str(workdir / "active")}
-        daemon = RunningDaemon(workdir, config, env=env)
+        daemon = start_daemon(workdir, config, env=env)
         try:
             daemon.ready(60)
             vsnetctl = [*console_script("vsnetctl", "vsnetd.ctl"), "-c", str(config)]

@@ -12,7 +12,8 @@ import gc
 import json
 import math
 import os
-import signal
+import select
+import socket
 import statistics
 import subprocess
 import sys
@@ -26,12 +27,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tests import sandbox
-from tests.sandbox import NotifySocket
+from tests.daemons import Daemon
+from vsnetd import netlink
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.kernel import Kernel
+from vsnetd.kinds import route as route_kind
+from vsnetd.kinds import rule as rule_kind
+from vsnetd.kinds.route import Route
+from vsnetd.kinds.rule import Rule
 from vsnetd.reconcile import ConvergeResult, Reconciler, gc_paused
-from vsnetd.state import SHARED, DesiredState
+from vsnetd.state import SHARED, VSNET_PROTOCOL, DesiredState
 
 UPLINK = "eth0"
 PEER = "peer0"
@@ -142,95 +148,157 @@ def config_dir(text: str) -> Iterator[tuple[Path, Path]]:
         yield workdir, config
 
 
-class RunningDaemon:
-    """``vsnetd -c FILE --control CTL [ARGS] --resync-interval 3600`` as a subprocess, with
-    a NOTIFY_SOCKET of its own (``command`` in place of ``vsnetd``, ``env`` added to its
-    environment)."""
+def start_daemon(workdir: Path, config: Path, *, args: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None, command: Sequence[str] | None = None,
+                 control: str = "control.sock", watchdog_usec: str | None = None,
+                 stop_timeout: float = 30.0) -> Daemon:
+    """The tests' running vsnetd (tests/daemons.py) as the benchmarks run it: the installed
+    console script, not verbose, no periodic resync inside a measure."""
+    return Daemon(workdir, config, [*args, "--resync-interval", "3600"],
+                  command=command or console_script("vsnetd", "vsnetd.daemon"), env=env,
+                  watchdog_usec=watchdog_usec, verbose=False, control=control,
+                  stop_timeout=stop_timeout)
 
-    def __init__(self, workdir: Path, config: Path, *, control: str = "control.sock",
-                 args: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                 command: Sequence[str] | None = None, stop_timeout: float = 30.0) -> None:
-        self.config = config
-        self.control = workdir / control
-        self.notify = NotifySocket(workdir / "notify.sock")
-        self.log = workdir / "vsnetd.log"
-        self.stop_timeout = stop_timeout
-        self.env = dict(os.environ, NOTIFY_SOCKET=str(self.notify.path),
-                        VSNET_CONTROL=str(self.control), **(env or {}))
-        if command is None:
-            command = console_script("vsnetd", "vsnetd.daemon")
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [*command, "-c", str(config), "--control", str(self.control), *args,
-                 "--resync-interval", "3600"],
-                env=self.env, stdout=subprocess.DEVNULL, stderr=log,
-            )
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+def daemon_status(daemon: Daemon) -> dict[str, Any]:
+    """``vsnetctl status --json``; {} when it does not answer."""
+    try:
+        return daemon.status()
+    except json.JSONDecodeError:
+        return {}
 
-    def ready(self, timeout: float) -> float:
-        """Wait for READY=1; the seconds it took."""
-        started = time.perf_counter()
-        deadline = started + timeout
-        while not self.notify.seen("READY", "1"):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vsnetd exited ({self.proc.returncode}): {self.log_tail()}")
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"vsnetd not ready after {timeout:g} s: {self.log_tail()}")
-            time.sleep(0.005)
-        return time.perf_counter() - started
 
-    def log_tail(self, lines: int = 5) -> str:
+def note_exited(daemon: Daemon, notes: Notes) -> None:
+    """A note when the daemon is no longer running."""
+    if not daemon.alive():
+        notes.note(f"vsnetd exited ({daemon.proc.returncode}): {daemon.log_tail(5)}")
+
+
+def stop_and_teardown(daemon: Daemon, notes: Notes) -> None:
+    """SIGTERM (it must exit 0 after STOPPING=1), then ``vsnetctl teardown``; what went
+    wrong as notes. The notify socket is closed."""
+    code = daemon.stop()
+    if code != 0:
+        notes.note(f"vsnetd exited {code} on SIGTERM: {daemon.log_tail(5)}")
+    elif not daemon.notify.seen("STOPPING", "1"):
+        notes.note("vsnetd stopped without STOPPING=1")
+    teardown = daemon.vsnetctl("teardown")
+    if teardown.returncode != 0:
+        notes.note(f"vsnetctl teardown failed ({teardown.returncode}): "
+                   f"{teardown.stderr.strip()[:200]}")
+    daemon.notify.close()
+
+
+# --------------------------------------------------------------------------- kernel events
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One IPv4 address, route or rule notification: its message type, when it was read,
+    and the rule or route it announces as vsnet's own decoders read it (vsnetd/kinds)."""
+
+    type: int
+    at: float
+    rule: Rule | None = None
+    route: Route | None = None
+
+
+EVERY = range(1 << 32)  # as the decoders' own range: foreign rules and routes are kept too
+_RULE_TYPES = (netlink.RTM_NEWRULE, netlink.RTM_DELRULE)
+_ROUTE_TYPES = (netlink.RTM_NEWROUTE, netlink.RTM_DELROUTE)
+_ADDRESS_TYPES = (netlink.RTM_NEWADDR, netlink.RTM_DELADDR)
+
+
+class KernelEvents:
+    """The kernel's IPv4 address, route and rule notifications (vsnetd.netlink's monitor),
+    each timed when read."""
+
+    def __init__(self) -> None:
+        self.monitor = netlink.RtnlMonitor()
+        self.overruns = 0
+        self._rule = rule_kind.decoder(VSNET_PROTOCOL, EVERY)
+        self._route = route_kind.decoder({}, VSNET_PROTOCOL, EVERY)
+
+    def close(self) -> None:
+        self.monitor.close()
+
+    def read(self, timeout: float) -> list[Event]:
+        """What arrives within ``timeout`` (all that is queued once something is)."""
+        if not select.select([self.monitor], [], [], max(0.0, timeout))[0]:
+            return []
+        events: list[Event] = []
+
+        def decode(kind: int, data: bytearray, start: int, end: int) -> None:
+            at = time.perf_counter()
+            if data[start] != socket.AF_INET:  # every header starts with its family
+                return
+            if kind in _RULE_TYPES:
+                found = self._rule(data, start, end)
+                events.append(Event(kind, at, rule=found[0] if found else None))
+            elif kind in _ROUTE_TYPES:
+                routed = self._route(data, start, end)
+                events.append(Event(kind, at, route=routed[0] if routed else None))
+            elif kind in _ADDRESS_TYPES:
+                events.append(Event(kind, at))
+
         try:
-            return " | ".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+            self.monitor.read(decode)
+        except netlink.Overrun:
+            self.overruns += 1
+        return events
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+    def drain(self) -> None:
+        while self.read(0.0):
+            pass
 
-    def note_exited(self, notes: Notes) -> None:
-        """A note when the daemon is no longer running."""
-        if not self.alive():
-            notes.note(f"vsnetd exited ({self.proc.returncode}): {self.log_tail()}")
+    def wait(self, match: Callable[[Event], bool], timeout: float
+             ) -> tuple[Event | None, list[Event]]:
+        """Read until an event matches; (that event or None on timeout, all events read)."""
+        deadline = time.perf_counter() + timeout
+        seen: list[Event] = []
+        while (left := deadline - time.perf_counter()) > 0:
+            for event in self.read(left):
+                seen.append(event)
+                if match(event):
+                    return event, seen
+        return None, seen
 
-    def vsnetctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*console_script("vsnetctl", "vsnetd.cli"), *args, "-c",
-                               str(self.config)], capture_output=True, text=True,
-                              env=self.env, timeout=60)
 
-    def status(self) -> dict[str, Any]:
-        result = self.vsnetctl("status", "--json")
+def rule_created(match: Callable[[Rule], bool]) -> Callable[[Event], bool]:
+    return lambda event: (event.type == netlink.RTM_NEWRULE and event.rule is not None
+                          and match(event.rule))
+
+
+def route_created(match: Callable[[Route], bool]) -> Callable[[Event], bool]:
+    return lambda event: (event.type == netlink.RTM_NEWROUTE and event.route is not None
+                          and match(event.route))
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def stat_cpu_ticks(pid: int) -> int:
+    """utime + stime of the whole process (every thread), in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def schedstat_ns(pid: int) -> dict[str, int]:
+    """CPU ns per thread, from schedstat: the main thread as "main", the others by
+    ``comm`` (Python threads inherit the process's) and their order of creation."""
+    threads: dict[str, int] = {}
+    tasks = sorted(Path(f"/proc/{pid}/task").iterdir(), key=lambda task: int(task.name))
+    for number, task in enumerate(tasks):
         try:
-            reply: dict[str, Any] = json.loads(result.stdout)
-        except json.JSONDecodeError:
-            return {}
-        return reply
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=self.stop_timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    def stop_and_teardown(self, notes: Notes) -> None:
-        """SIGTERM (it must exit 0 after STOPPING=1), then ``vsnetctl teardown``; what went
-        wrong as notes. The notify socket is closed."""
-        code = self.stop()
-        if code != 0:
-            notes.note(f"vsnetd exited {code} on SIGTERM: {self.log_tail()}")
-        elif not self.notify.seen("STOPPING", "1"):
-            notes.note("vsnetd stopped without STOPPING=1")
-        teardown = self.vsnetctl("teardown")
-        if teardown.returncode != 0:
-            notes.note(f"vsnetctl teardown failed ({teardown.returncode}): "
-                       f"{teardown.stderr.strip()[:200]}")
-        self.notify.close()
+            comm = (task / "comm").read_text().strip()
+            runtime = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that just ended
+        threads["main" if task.name == str(pid) else f"{comm}#{number}"] = runtime
+    return threads
 
 
 # --------------------------------------------------------------------------- measuring
