@@ -1,58 +1,7 @@
 """Benchmark of the socket broker: request -> socket received, in parts, against the same
 socket made in-process.
 
-``bench/broker.py`` starts ``vsnetd`` on one pbr VS and one netns VS and measures, in one
-run, inside a sandbox (a fresh network namespace whose uplink ``eth0`` is a veth created in
-it; the machine's own network is never touched), for each mode:
-
-* **floor**: this process makes the very socket the broker makes: ``socket()`` (for netns,
-  with the thread ``setns``-ed into the VS namespace for that call, as the broker does),
-  ``SO_MARK`` (pbr), ``IP_FREEBIND``, ``SO_REUSEADDR``, ``bind``, ``listen``; then ``close``;
-* **broker code**: the daemon's broker (:class:`vsnetd.broker.server.Broker`, with the
-  daemon's config) run in this process on one end of a socketpair: what
-  ``Broker.readable`` costs per ``listen`` request, without the daemon's loop, the
-  scheduler or a second process;
-* **bare client**: one persistent SOCK_SEQPACKET connection to vsnetd from a client
-  written from docs/broker-protocol.md with the standard library only (a fixed request
-  text, ``recvmsg``, ``json.loads``, the descriptor closed);
-* **vsnetd.client**: the same through the project's client library
-  (``vsnetd.client.Broker.listen``);
-* **N clients**: N processes, each with its own connection and the library, started
-  together: the broker's capacity (sockets/s);
-* **batch**: one client, ``batch`` requests of ``--batch`` listen items each (one reply,
-  ``--batch`` descriptors): sockets/s and microseconds per socket.
-
-Once per round, mode-independent, the **transport floor**: a minimal standard-library
-server process (``recvmsg_into`` a request, ``sendmsg`` a fixed 170-byte reply with one
-descriptor) and the bare client: two processes, two wake-ups and SCM_RIGHTS, nothing
-else. Where the two processes run (one CPU or two) changes this floor several times over
-on a virtual machine (a cross-CPU wake-up is an inter-processor interrupt, a VM exit):
-the benchmark measures it both where the scheduler puts them and with the two ends
-forced onto CPUs 0 and 1, so that the broker's figures can be read against it.
-
-Also measured: ``python -c "import vsnetd.client"`` as a whole process (against
-``python -c pass``) and which heavy modules it loads.
-
-The latency of a request runs from the send to the reply with its descriptor received
-(``time.perf_counter_ns``); for the floor, from ``socket()`` to ``listen()`` returned. The
-daemon's CPU per request is read from ``/proc/<pid>/stat`` (utime + stime, every thread)
-before and after a measure, over all its requests (also from schedstat, in ns). p50/p99
-are nearest-rank over one round's requests; every measure is repeated ``--repeat`` rounds
-(interleaved, so drift and the other users of the machine hit every measure alike) and
-the median over rounds is reported. Every measure checks, on one socket of its own, that
-it is the promised one: listening, bound to the VS address and port, with the VS mark
-(pbr) or in the VS namespace (netns).
-
-The parts: **client library** = vsnetd.client p50 - bare p50; **daemon** = its CPU per
-request (of which the broker code: the in-process figure; the rest is its loop and the
-kernel's wake-ups); **transport** = the transport floor's p50.
-
-vsnetd is stopped with SIGTERM at the end and ``vsnetctl teardown`` removes what it made.
-``--profile FILE`` runs vsnetd under cProfile (``python -m cProfile -o FILE -m
-vsnetd.daemon``; the profile is written when it stops) to see where the broker's time goes.
-
-The targets are reported PASS/MISS; this is a benchmark, not a test, so it always exits 0
-once it has measured.
+How it measures: docs/benchmarks.md (`bench/broker.py`).
 """
 
 from __future__ import annotations

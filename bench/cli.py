@@ -1,24 +1,6 @@
 """Benchmark of ``vsnetctl`` as whole processes: apply, validate, plan, --help, against ``ip -batch``.
 
-``bench/cli.py --servers 1000`` measures, in one run, inside a sandbox (fresh network
-namespaces; the machine's own network is never touched), each measure a process timed
-from its start to its exit, rounds interleaved so that contention from elsewhere weighs
-on every measure alike, medians reported:
-
-* the floor: ``ip -batch`` creating the addresses, routes and rules of N pbr VS (two IPv4
-  addresses each), in a fresh namespace;
-* ``vsnetctl apply`` of the same N VS, in a fresh namespace: the same objects;
-* ``vsnetctl validate`` of that file;
-* ``vsnetctl --help``;
-* ``vsnetctl plan`` with nothing to do, over N netns VS (applied once beforehand).
-
-The package's bytecode is compiled before measuring, as an installed package has it (pip
-and Debian's packaging compile it at install): with ``PYTHONDONTWRITEBYTECODE`` set (some
-shells and CI set it), every process would otherwise compile vsnetd's sources anew, which
-is no cost of vsnetctl's.
-
-The targets are reported PASS/MISS; this is a benchmark, not a test, so it always exits 0
-once it has measured.
+How it measures: docs/benchmarks.md (`bench/cli.py`).
 """
 
 from __future__ import annotations

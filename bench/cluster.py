@@ -1,26 +1,6 @@
 """Benchmark: a VS moving between two real Pacemaker nodes, and vsnetctl activate/deactivate.
 
-Inside a sandbox, on the two-node cluster of tests/cluster.py (corosync knet ``token:
-1000``, each node its own net + mount + uts + pid namespace with corosync, pacemakerd,
-vsnetd and an app answering TCP on port 7000; a client in a namespace of its own):
-
-* planned move (``crm_resource --move``), interleaved rounds of three resources: the pbr VS
-  nas1 and the netns VS nas2 (three addresses each, IPv4 and IPv6, ``ocf:vsnet:server``)
-  and, as the floor, ``ocf:heartbeat:IPaddr2`` moving one address. Measured from the
-  command to the client's first TCP connection answered by the new node; then the client's
-  neighbour entries of every VS address must name the new node's MAC (no timeout waited);
-  a sampler reads both nodes' addresses by netlink all along and counts the instants where
-  a watched address was on both;
-* the agent's start as Pacemaker measured it (``exec-time`` of the start operation);
-* node loss: all three on one node, whose pid-namespace init is killed (the whole node
-  dies); from the kill to the client's connection answered by the survivor, in parts:
-  membership (the survivor's corosync log: new membership formed), scheduling and the
-  agent's start (up to the VS's first address in the survivor's kernel, sampled), the
-  client (the rest);
-* ``vsnetctl activate`` / ``deactivate`` of 100 cluster VS (one command, whole process)
-  against a daemon, beside the floor of one ``vsnetctl is-active`` round trip.
-
-``python bench/cluster.py [--rounds N] [--json]`` (root; it makes its own sandbox).
+How it measures: docs/benchmarks.md (`bench/cluster.py`).
 """
 
 from __future__ import annotations

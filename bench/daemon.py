@@ -1,30 +1,6 @@
 """Benchmark of vsnetd as a running process: edit-to-kernel latency, self-heal, CPU and memory.
 
-``bench/daemon.py --servers 1000`` starts ``vsnetd`` on N pbr virtual servers (two IPv4
-addresses each) and measures, in one run, inside a sandbox (a fresh network namespace
-whose uplink ``eth0`` is a veth created in it; the machine's own network is never touched):
-
-* edit-to-kernel latency: one VS's second address moves (and back, alternately); each VS
-  lives in a drop-in file of its own (``servers.d/<name>.yaml``; ``--single-file``: all in
-  ``servers.yaml``), written the way editors do (a temporary file renamed over it), and
-  the time runs from the rename to the netlink notification of the last change of that
-  edit, the rule ``from <new address>`` (vsnet creates addresses, then routes, then rules);
-* the floor, interleaved with those edits: the same six changes (an address replaced, two
-  routes replaced, a rule replaced) made by an ``ip -batch`` process on a device and
-  numbers vsnet does not manage, from the process's start to the notification of its rule;
-* heal latency: one of vsnet's rules (then, separately, one of its routes) is deleted
-  with a netlink request of our own; the time runs from the delete to the notification of
-  the same rule (route) being created again;
-* CPU (utime + stime of /proc/PID/stat, in clock ticks; per thread, to the nanosecond,
-  from schedstat) and memory (VmRSS, VmHWM) when idle and under 10 edits/s of different
-  VS, with the edit latency under that load;
-* the daemon's own view, ``vsnetctl status --json`` after an edit (``last_reconcile``).
-
-The latencies are read from a netlink socket subscribed to the kernel's address, route
-and rule notifications: the same events the kernel sends everybody, timed on arrival;
-p50/p99 are nearest-rank percentiles.
-The targets are reported PASS/MISS; this is a benchmark, not a test, so it always exits 0
-once it has measured.
+How it measures: docs/benchmarks.md (`bench/daemon.py`).
 """
 
 from __future__ import annotations

@@ -1,27 +1,6 @@
 """Benchmark of netns mode: vsnet against ``ip -batch`` (the floor) and a naive pyroute2 loop.
 
-``bench/netns.py --servers 1000`` builds N virtual servers in netns mode. Each is a named
-namespace ``vs-v<i>`` holding ``lo`` (up), a macvlan ``v<i>`` on the uplink (mode bridge,
-up, created directly inside the namespace), one IPv4 address (10.1.1.5/24 for every VS:
-each has a stack of its own) and a default route via 10.1.1.1. It measures, in one run,
-every measure in its own fresh network namespace inside a sandbox (the machine's own
-network is never touched):
-
-* ``ip -batch`` creating the same namespaces, devices, addresses and routes: the floor;
-* a naive pyroute2 loop (``netns.create`` and ``NetNS`` per namespace, each forking; the
-  device created in the root namespace, then moved): the peer;
-* vsnet's cold apply: ``parse_config`` + ``compile_config`` + ``converge``;
-* vsnet's no-op plan (``plan_for``), one-VS edit (one VS's address moves to 10.1.1.6/24)
-  and teardown (converge to an empty config);
-* memory per namespace: MemAvailable and Slab before and after vsnet's cold apply, the
-  floor's, and bare ``ip netns add`` for reference.
-
-The floor and the peer create the same objects as vsnet except vsnet's ownership tags (the
-device alias ``vsnet``, IFA_PROTO on the address, its record of the namespace); they are
-compared by what ``ip`` shows of a sample of namespaces. Each measure is repeated
-``--repeat`` times and the median is reported, with its ratio to the floor of the same
-run. The targets are reported PASS/MISS; this is a benchmark, not a test, so it always
-exits 0 once it has measured.
+How it measures: docs/benchmarks.md (`bench/netns.py`).
 """
 
 from __future__ import annotations

@@ -1,18 +1,6 @@
 """Benchmark of pbr mode: vsnet against ``ip -batch`` (the floor) and a naive pyroute2 loop.
 
-``bench/pbr.py --servers 1000`` builds N virtual servers with two IPv4 addresses each and
-measures, in one run, every measure in its own fresh network namespace inside a sandbox
-(the machine's own network is never touched):
-
-* ``ip -batch`` creating exactly the addresses, routes and rules vsnet creates: the floor;
-* a naive pyroute2 loop, one call per object: the peer;
-* vsnet's cold apply: ``parse_config`` + ``compile_config`` + ``converge``;
-* vsnet's no-op plan: ``plan_for`` when the kernel already matches;
-* vsnet's one-VS edit: one VS's second address moves to another host of its subnet.
-
-Each measure is repeated ``--repeat`` times and the median is reported, with its ratio to
-the floor of the same run. The targets are reported PASS/MISS; this is a benchmark, not a
-test, so it always exits 0 once it has measured.
+How it measures: docs/benchmarks.md (`bench/pbr.py`).
 """
 
 from __future__ import annotations

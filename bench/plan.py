@@ -1,23 +1,6 @@
 """Benchmark of ``vsnetctl plan`` with nothing to do over N netns VS, as a whole process.
 
-(``--mode pbr``: the same over N pbr VS, for comparison; the issue sets no target there.)
-
-``bench/plan.py --servers 1000`` builds N netns VS (bench/netns.py's workload: a namespace
-per VS with a macvlan on a veth uplink, an address and a default route) once with
-``vsnetctl apply``, inside a sandbox (the machine's own network is never touched), with a
-foreign namespace beside them. Then, rounds interleaved so that contention from elsewhere
-weighs on every measure alike, medians reported:
-
-* ``vsnetctl plan`` as a whole process, from its start to its exit (the issue's target);
-* the same plan's phases, timed inside one process: imports, parsing the config, compiling
-  it, observing the kernel, diffing. The config's part (parse) and the kernel's part
-  (observe) are owned by different modules and improve separately.
-
-This tree's ``vsnetd`` is measured from a copy in a temporary directory on /run;
-``--baseline REV`` measures the tree of a git revision (exported with ``git archive`` next
-to it) in the same rounds, so that a change is shown
-against what it replaces in the same conditions. This is a benchmark, not a test: it
-always exits 0 once it has measured.
+How it measures: docs/benchmarks.md (`bench/plan.py`).
 """
 
 from __future__ import annotations
