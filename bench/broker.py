@@ -29,19 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common
-from bench.common import (
-    UPLINK,
-    Notes,
-    config_dir,
-    description,
-    enter_sandbox,
-    machine,
-    machine_line,
-    percentile,
-    print_targets,
-    report,
-    uplinked_netns,
-)
+from bench.common import UPLINK, Notes, percentile
 from bench.common import progress_line as progress
 from tests import sandbox
 from tests.daemons import Daemon
@@ -651,7 +639,7 @@ def run(args: argparse.Namespace) -> Results:
                                         "mark": t.mark, "netns": t.netns}
                                  for mode, t in targets.items()}
     span = args.requests + args.warmup
-    with uplinked_netns(), config_dir(CONFIG) as (workdir, config):
+    with common.uplinked_netns(), common.config_dir(CONFIG) as (workdir, config):
         progress("starting vsnetd")
         daemon = start_broker_daemon(workdir, config, args.profile)
         broker = workdir / "broker.sock"
@@ -783,12 +771,7 @@ def targets(results: Results, args: argparse.Namespace) -> list[dict[str, Any]]:
 
     def check(name: str, measure: str, value: float | None, limit: float, unit: str,
               at_least: bool = False) -> None:
-        ok = value is not None and (value >= limit if at_least else value <= limit)
-        checks.append({"name": name, "measure": measure, "value": value, "limit": limit,
-                       "unit": unit, "pass": ok})
-
-    def div(a: float | None, b: float | None) -> float | None:
-        return a / b if a is not None and b else None
+        checks.append(common.target(name, measure, value, limit, unit, at_least=at_least))
 
     def sub(a: float | None, b: float | None) -> float | None:
         return a - b if a is not None and b is not None else None
@@ -799,7 +782,7 @@ def targets(results: Results, args: argparse.Namespace) -> list[dict[str, Any]]:
             check(f"p50 <= 50 us ({mode}, {who})", f"{mode}/{kind}/p50",
                   None if p50 is None else p50 / 1e9, P50_TARGET, "s")
             check(f"p50 <= 6x floor ({mode}, {who})", f"{mode}/{kind}/p50 / floor",
-                  div(p50, f[f"{mode}/floor/p50"]), FLOOR_RATIO_TARGET, "x")
+                  common.ratio(p50, f[f"{mode}/floor/p50"]), FLOOR_RATIO_TARGET, "x")
     for mode in MODES:
         added = sub(f[f"{mode}/library/p50"], f[f"{mode}/bare/p50"])
         check(f"vsnetd.client adds <= 10 us ({mode})", f"{mode}/library-bare/p50",
@@ -815,9 +798,8 @@ def targets(results: Results, args: argparse.Namespace) -> list[dict[str, Any]]:
     check('import vsnetd.client <= 30 ms (process - python -c pass)', "import-python/seconds",
           sub(f.get("import/seconds"), f.get("python/seconds")), IMPORT_TARGET, "s")
     heavy = results.values.get("heavy_modules_loaded")
-    checks.append({"name": "import vsnetd.client loads no pydantic/yaml/pyroute2",
-                   "measure": "heavy_modules_loaded", "value": heavy, "limit": [],
-                   "unit": "modules", "pass": heavy == []})
+    checks.append(common.target("import vsnetd.client loads no pydantic/yaml/pyroute2",
+                                "heavy_modules_loaded", heavy, [], "modules", passed=heavy == []))
     return checks
 
 
@@ -843,7 +825,7 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
     print(f"vsnet broker benchmark: `listen` tcp, a new port each request, persistent "
           f"connections; {args.requests} requests per client and measure; median of "
           f"{args.repeat} rounds")
-    print(machine_line(info)
+    print(common.machine_line(info)
           + f"Python {info['python']}, vsnet {info['vsnet']}; load average "
           f"{'/'.join(map(str, info['loadavg']))} before the run")
     print(f"VS: {t['pbr']['server']} pbr {t['pbr']['address']} mark {t['pbr']['mark']:#x}; "
@@ -913,7 +895,7 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
               f"{(whole - bare) * 1e3:.1f} ms; heavy modules loaded: "
               f"{' '.join(values.get('heavy_modules_loaded', [])) or 'none'}")
     print()
-    print_targets(targets(results, args), results.notes, shown, width=52)
+    common.print_targets(targets(results, args), results.notes, shown, width=52)
 
 
 def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) -> dict[str, Any]:
@@ -955,8 +937,8 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
 # --------------------------------------------------------------------------- main
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description(__doc__))
+def main(argv: Sequence[str]) -> int:
+    parser = common.arguments(__doc__, servers=None, repeat=None)
     parser.add_argument("--requests", type=int, default=2000,
                         help="measured requests per client and measure (default 2000)")
     parser.add_argument("--clients", type=int, default=8,
@@ -973,9 +955,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--cpu", type=int, metavar="N",
                         help="run everything (vsnetd, the clients, the transport server) on "
                              "CPU N only: no cross-CPU wake-ups")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args(argv)
-    if args.requests < 1 or args.clients < 2 or args.warmup < 1 or args.repeat < 1:
+    args = common.parse(parser, argv)
+    if args.requests < 1 or args.clients < 2 or args.warmup < 1:
         parser.error("--requests, --warmup and --repeat must be at least 1, --clients at "
                      "least 2")
     if not 1 <= args.batch <= 253:
@@ -985,20 +966,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                      f"(one port per request of a measure)")
     if args.profile is not None:
         args.profile = args.profile.resolve()
-    return args
+    return common.run_benchmark(__file__, argv, args, run, info, as_json, print_table,
+                                info_first=True)
 
 
-def main(argv: Sequence[str]) -> int:
-    args = parse_args(argv)
-    if not enter_sandbox(__file__, argv):
-        return 1
-
-    info = machine(  # first: its load average is the machine's before the run
-        vsnet=version("vsnet"),
-        loadavg=[round(value, 2) for value in os.getloadavg()],  # do others share the CPUs?
-    )
-    results = run(args)
-    return report(info, args, results, as_json, print_table)
+def info() -> dict[str, Any]:
+    """First: its load average is the machine's before the run (do others share the CPUs?)."""
+    return common.machine(vsnet=version("vsnet"),
+                          loadavg=[round(value, 2) for value in os.getloadavg()])
 
 
 if __name__ == "__main__":

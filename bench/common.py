@@ -339,6 +339,10 @@ class Results(Notes):
     def median(self, name: str) -> float:
         return statistics.median(self.samples[name])
 
+    def median_or_none(self, name: str) -> float | None:
+        values = self.samples.get(name)
+        return statistics.median(values) if values else None
+
     def stat(self, name: str, q: float) -> float | None:
         values = self.samples.get(name)
         return percentile(values, q) if values else None
@@ -532,6 +536,25 @@ def print_targets(checks: Sequence[dict[str, Any]], notes: Sequence[str],
             print(f"  - {text}")
 
 
+def target(name: str, measure: str, value: Any, limit: Any, unit: str, *,
+           at_least: bool = False, passed: bool | None = None) -> dict[str, Any]:
+    """One target as the reports print it and their JSON holds it; it passes when ``value``
+    is at most ``limit`` (at least, with ``at_least``), or as ``passed`` says."""
+    if passed is None:
+        passed = value is not None and (value >= limit if at_least else value <= limit)
+    return {"name": name, "measure": measure, "value": value, "limit": limit, "unit": unit,
+            "pass": passed}
+
+
+def scale_note(servers: int, target_servers: int) -> str:
+    """What a target's name says when the run's size is not the one the target is set for."""
+    return "" if servers == target_servers else f" (target set for {target_servers} VS)"
+
+
+def ratio(value: float | None, floor: float | None) -> float | None:
+    return value / floor if value is not None and floor else None
+
+
 def report(info: dict[str, Any], args: argparse.Namespace, results: R,
            as_json: Callable[[dict[str, Any], argparse.Namespace, R], dict[str, Any]],
            print_table: Callable[[dict[str, Any], argparse.Namespace, R], None]) -> int:
@@ -543,28 +566,59 @@ def report(info: dict[str, Any], args: argparse.Namespace, results: R,
     return 0
 
 
+def run_benchmark(script: str, argv: Sequence[str], args: argparse.Namespace,
+                  measure: Callable[[argparse.Namespace], R], info: Callable[[], dict[str, Any]],
+                  as_json: Callable[[dict[str, Any], argparse.Namespace, R], dict[str, Any]],
+                  print_table: Callable[[dict[str, Any], argparse.Namespace, R], None],
+                  info_first: bool = False) -> int:
+    """A benchmark's main: into a sandbox, measure, describe the machine (before measuring
+    with ``info_first``), report; the exit status."""
+    if not enter_sandbox(script, argv):
+        return 1
+    machine_info = info() if info_first else {}
+    results = measure(args)
+    return report(machine_info or info(), args, results, as_json, print_table)
+
+
 # --------------------------------------------------------------------------- arguments
 
 
-def floor_args(argv: Sequence[str], description: str | None, limit: int,
-               why: str) -> argparse.Namespace:
+def arguments(doc: str | None, *, servers: int | None = 1000, repeat: int | None = None,
+              repeat_help: str = "runs of each measure; the median is reported"
+              ) -> argparse.ArgumentParser:
+    """A benchmark's options: ``--servers`` and ``--repeat`` (with these defaults; None: no
+    such option); the script adds its own, then :func:`parse` adds ``--json``."""
+    parser = argparse.ArgumentParser(description=description(doc))
+    if servers is not None:
+        parser.add_argument("--servers", type=int, default=servers,
+                            help=f"number of VS (default {servers})")
+    if repeat is not None:
+        parser.add_argument("--repeat", type=int, default=repeat,
+                            help=f"{repeat_help} (default {repeat})")
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str], limit: int | None = None,
+          why: str = "") -> argparse.Namespace:
+    """``--json`` added, ``argv`` parsed; ``--servers`` checked against 1..``limit`` (``why``
+    said when outside), ``--repeat`` against at least 1."""
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    if limit is not None and not 1 <= args.servers <= limit:
+        parser.error(f"--servers must be 1..{limit} ({why})")
+    if getattr(args, "repeat", 1) < 1:
+        parser.error("--repeat must be at least 1")
+    return args
+
+
+def floor_args(argv: Sequence[str], doc: str | None, limit: int, why: str) -> argparse.Namespace:
     """The options of a benchmark against ``ip -batch`` and a naive pyroute2 loop:
-    ``--servers`` (1..limit, ``why`` said when outside), ``--repeat``, ``--naive-budget``,
-    ``--json``."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--servers", type=int, default=1000, help="number of VS (default 1000)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="runs of each measure; the median is reported (default 3)")
+    ``--servers``, ``--repeat``, ``--naive-budget``, ``--json``."""
+    parser = arguments(doc, repeat=3)
     parser.add_argument("--naive-budget", type=float, default=20.0, metavar="SECONDS",
                         help="stop the naive pyroute2 loop after this long per run and "
                              "extrapolate linearly (default 20)")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args(argv)
-    if not 1 <= args.servers <= limit:
-        parser.error(f"--servers must be 1..{limit} ({why})")
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    return args
+    return parse(parser, argv, limit, why)
 
 
 def description(doc: str | None) -> str | None:

@@ -467,34 +467,28 @@ def plural(kind: str) -> str:
 
 
 def targets(results: Results, servers: int) -> list[dict[str, Any]]:
-    at = "" if servers == TARGET_SERVERS else f" (target set for {TARGET_SERVERS} VS)"
-    checks: list[dict[str, Any]] = []
+    at = common.scale_note(servers, TARGET_SERVERS)
 
-    def latency(name: str, measure: str, q: float, limit: float) -> None:
-        value = results.stat(measure, q)
-        checks.append({"name": f"{name} <= {limit * 1000:.0f} ms{at}", "measure": measure,
-                       "value": value, "limit": limit, "unit": "s",
-                       "pass": value is not None and value <= limit})
+    def latency(name: str, measure: str, q: float, limit: float) -> dict[str, Any]:
+        return common.target(f"{name} <= {limit * 1000:.0f} ms{at}", measure,
+                             results.stat(measure, q), limit, "s")
 
-    latency("edit to kernel p50", "edit", 50, EDIT_P50_TARGET)
-    latency("edit to kernel p99", "edit", 99, EDIT_P99_TARGET)
-    edit, floor = results.stat("edit", 50), results.stat("floor_ip_batch", 50)
-    ratio = edit / floor if edit is not None and floor else None
-    checks.append({"name": f"edit p50 / ip -batch p50 <= {EDIT_VS_IP_BATCH_TARGET:g} (same run)",
-                   "measure": "edit_vs_ip_batch", "value": ratio,
-                   "limit": EDIT_VS_IP_BATCH_TARGET, "unit": "x floor",
-                   "pass": ratio is not None and ratio <= EDIT_VS_IP_BATCH_TARGET})
-    latency("heal p50 (rule)", "heal_rule", 50, HEAL_P50_TARGET)
-    latency("heal p50 (route)", "heal_route", 50, HEAL_P50_TARGET)
-    idle = results.values.get("idle_cpu_percent")
-    checks.append({"name": f"idle CPU <= {IDLE_CPU_TARGET:g} %{at}", "measure": "idle_cpu_percent",
-                   "value": idle, "limit": IDLE_CPU_TARGET, "unit": "%",
-                   "pass": idle is not None and idle <= IDLE_CPU_TARGET})
     peak = max((results.values.get(k, 0) for k in ("hwm_after_load", "hwm_start")), default=0)
-    checks.append({"name": f"RSS <= {RSS_TARGET // 10**6} MB, peak (VmHWM){at}", "measure": "rss_peak",
-                   "value": peak, "limit": RSS_TARGET, "unit": "B",
-                   "pass": 0 < peak <= RSS_TARGET})
-    return checks
+    idle = results.values.get("idle_cpu_percent")
+    return [
+        latency("edit to kernel p50", "edit", 50, EDIT_P50_TARGET),
+        latency("edit to kernel p99", "edit", 99, EDIT_P99_TARGET),
+        common.target(f"edit p50 / ip -batch p50 <= {EDIT_VS_IP_BATCH_TARGET:g} (same run)",
+                      "edit_vs_ip_batch",
+                      common.ratio(results.stat("edit", 50), results.stat("floor_ip_batch", 50)),
+                      EDIT_VS_IP_BATCH_TARGET, "x floor"),
+        latency("heal p50 (rule)", "heal_rule", 50, HEAL_P50_TARGET),
+        latency("heal p50 (route)", "heal_route", 50, HEAL_P50_TARGET),
+        common.target(f"idle CPU <= {IDLE_CPU_TARGET:g} %{at}", "idle_cpu_percent", idle,
+                      IDLE_CPU_TARGET, "%"),
+        common.target(f"RSS <= {RSS_TARGET // 10**6} MB, peak (VmHWM){at}", "rss_peak", peak,
+                      RSS_TARGET, "B", passed=0 < peak <= RSS_TARGET),
+    ]
 
 
 def threads_text(percent: dict[str, float]) -> str:
@@ -591,9 +585,8 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
 # --------------------------------------------------------------------------- main
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=common.description(__doc__))
-    parser.add_argument("--servers", type=int, default=1000, help="number of VS (default 1000)")
+def main(argv: Sequence[str]) -> int:
+    parser = common.arguments(__doc__)
     parser.add_argument("--edits", type=int, default=100,
                         help="one-at-a-time edits of one VS (default 100)")
     parser.add_argument("--heals", type=int, default=100,
@@ -608,26 +601,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="edits followed by `vsnetctl status --json` (default 10)")
     parser.add_argument("--single-file", action="store_true",
                         help="every VS in servers.yaml (default: one drop-in file per VS)")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args(argv)
-    limit = common.pbr_max_servers()
-    if not 1 <= args.servers <= limit:
-        parser.error(f"--servers must be 1..{limit} (default numbering)")
+    args = common.parse(parser, argv, common.pbr_max_servers(), "default numbering")
     if args.edits < 1 or args.heals < 1 or args.status_samples < 1:
         parser.error("--edits, --heals and --status-samples must be at least 1")
     if args.rate <= 0 or args.load_seconds <= 0 or args.idle_seconds <= 0:
         parser.error("--rate, --load-seconds and --idle-seconds must be positive")
-    return args
+    return common.run_benchmark(__file__, argv, args, run, info, as_json, print_table)
 
 
-def main(argv: Sequence[str]) -> int:
-    args = parse_args(argv)
-    if not common.enter_sandbox(__file__, argv):
-        return 1
-
-    results = run(args)
-    info = common.machine(pyroute2=version("pyroute2"), pydantic=version("pydantic"))
-    return common.report(info, args, results, as_json, print_table)
+def info() -> dict[str, Any]:
+    return common.machine(pyroute2=version("pyroute2"), pydantic=version("pydantic"))
 
 
 if __name__ == "__main__":

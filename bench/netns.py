@@ -27,25 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pyroute2 import IPRoute, NetNS, netns
 
 from bench import common
-from bench.common import (
-    UPLINK,
-    VSNET_ROWS,
-    check_attributed,
-    cold_apply,
-    description,
-    enter_sandbox,
-    floor_args,
-    iproute2_version,
-    machine,
-    machine_line,
-    measures_json,
-    one_vs_edit,
-    print_measures,
-    print_targets,
-    progress,
-    report,
-    timed,
-)
+from bench.common import UPLINK, timed
 from tests import sandbox
 from vsnetd.compile import compile_config
 from vsnetd.config import Config, parse_config
@@ -190,8 +172,8 @@ def check_ran(results: Results, what: str, process: subprocess.CompletedProcess[
 
 @dataclass(frozen=True, slots=True)
 class Memory:
-    available: int  # kB, machine-wide (/proc/meminfo)
-    slab: int  # kB, machine-wide
+    available: int  # kB, common.machine-wide (/proc/meminfo)
+    slab: int  # kB, common.machine-wide
     rss: int  # kB, this process
 
 
@@ -364,7 +346,7 @@ def vsnet_measures(
     # cold apply, as `vsnetctl apply` runs it (a one-shot process holds the cyclic gc);
     # the Reconciler's first call is a full converge, and it is kept for the edit below
     before = memory()
-    reconciler, desired, result = cold_apply(results, sock, text)
+    reconciler, desired, result = common.cold_apply(results, sock, text)
     time.sleep(AFTER_CREATE_S)
     after = memory()
     results.memory("vsnet", before, after, len(servers))
@@ -390,14 +372,14 @@ def vsnet_measures(
     results.time("noop_total", full_s)
 
     # one-VS edit: the warm Reconciler (what the daemon keeps), then a one-shot full run
-    edited, edit = one_vs_edit(results, reconciler, edited_text)
+    edited, edit = common.one_vs_edit(results, reconciler, edited_text)
     if not edit.converged:
         results.note(f"vsnet one-VS edit did not converge: {dict(edit.failures)}")
     left = plan_for(sock, edited).changes
     if left:
         results.note(f"after the one-VS edit (Reconciler) the kernel still differs: "
                      f"{len(left)} changes (e.g. {left[0].describe()})")
-    check_attributed(results, edit, edited_name)
+    common.check_attributed(results, edit, edited_name)
     oneshot_s, back = timed(lambda: converge(sock, desired))  # and back, the one-shot way
     results.time("edit_oneshot", oneshot_s)
     results.count("oneshot_applied", len(back.applied))
@@ -412,7 +394,7 @@ def vsnet_measures(
         results.note("vsnet teardown did not converge")
 
 
-# --------------------------------------------------------------------------- report
+# --------------------------------------------------------------------------- common.report
 
 
 ROWS: list[tuple[str, str]] = [
@@ -420,7 +402,7 @@ ROWS: list[tuple[str, str]] = [
     ("floor_create", "  ip -batch: netns add + link add ... netns"),
     ("floor_configure", "  ip -n NS -batch, one per namespace"),
     ("naive", "naive pyroute2 (NetNS, create-then-move)"),
-    *VSNET_ROWS,
+    *common.VSNET_ROWS,
     ("teardown", "vsnet teardown to empty config"),
     ("bare", "ip -batch netns add only (extra)"),
 ]
@@ -437,19 +419,14 @@ def kb_median(results: Results, name: str) -> float:
 
 
 def targets(results: Results) -> list[dict[str, Any]]:
-    cold = results.median("cold_total")
-    floor = results.median("floor")
-    slab = kb_median(results, "vsnet_slab")
-    available = kb_median(results, "vsnet_available")
     return [
-        {"name": "cold apply <= 1.5x ip -batch floor", "measure": "cold_total",
-         "value": cold / floor, "limit": COLD_RATIO_TARGET, "unit": "x floor",
-         "pass": cold <= COLD_RATIO_TARGET * floor},
-        {"name": "memory per namespace <= 150 kB (Slab growth)", "measure": "vsnet_slab",
-         "value": slab, "limit": MEMORY_TARGET_KB, "unit": "kB", "pass": slab <= MEMORY_TARGET_KB},
-        {"name": "memory per namespace <= 150 kB (MemAvailable drop)",
-         "measure": "vsnet_available", "value": available, "limit": MEMORY_TARGET_KB,
-         "unit": "kB", "pass": available <= MEMORY_TARGET_KB},
+        common.target("cold apply <= 1.5x ip -batch floor", "cold_total",
+                      results.median("cold_total") / results.median("floor"), COLD_RATIO_TARGET,
+                      "x floor"),
+        common.target("memory per namespace <= 150 kB (Slab growth)", "vsnet_slab",
+                      kb_median(results, "vsnet_slab"), MEMORY_TARGET_KB, "kB"),
+        common.target("memory per namespace <= 150 kB (MemAvailable drop)", "vsnet_available",
+                      kb_median(results, "vsnet_available"), MEMORY_TARGET_KB, "kB"),
     ]
 
 
@@ -493,13 +470,13 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
     print(f"vsnet netns benchmark: {args.servers} VS, each a namespace with lo, a macvlan on "
           f"{UPLINK}, 1 IPv4 address and a default route; median of {args.repeat} runs, each "
           f"measure in a fresh network namespace")
-    print(machine_line(info)
+    print(common.machine_line(info)
           + f"Python {info['python']}, {info['iproute2']}, pyroute2 {info['pyroute2']}")
     print()
     done = min(results.counts["naive_servers"])
     most = max(results.counts["naive_servers"])
     counted = f"{done}" if done == most else f"{done}..{most}"
-    print_measures(results, ROWS, {"naive": f"naive pyroute2 (extrapolated from {counted} VS)"}
+    common.print_measures(results, ROWS, {"naive": f"naive pyroute2 (extrapolated from {counted} VS)"}
                    if done < args.servers else None)
     print()
     print(f"{'memory per namespace, kB: median (min..max)':<46} {'MemAvailable drop':>20} "
@@ -512,7 +489,7 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
     for line in contents_text(results):
         print(line)
     print()
-    print_targets(targets(results), results.notes)
+    common.print_targets(targets(results), results.notes)
 
 
 def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) -> dict[str, Any]:
@@ -524,8 +501,8 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
         "benchmark": "netns",
         "servers": args.servers,
         "repeat": args.repeat,
-        "machine": info,
-        "measures": measures_json(results, ROWS),
+        "common.machine": info,
+        "measures": common.measures_json(results, ROWS),
         "memory_per_namespace": memory_per_namespace,
         "counts": results.counts,
         "naive_per_server_s": {"first_tenth": results.samples["naive_first_tenth"],
@@ -548,10 +525,6 @@ def max_servers() -> int:
     return min(MAX_ID, (hard - 64) // 2)
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    return floor_args(argv, description(__doc__), max_servers(), "VS ids; open files")
-
-
 def standing_notes(results: Results, args: argparse.Namespace) -> None:
     """What every reader of the figures needs to know."""
     accepted, answer = batch_takes_netns_option()
@@ -567,15 +540,20 @@ def standing_notes(results: Results, args: argparse.Namespace) -> None:
     results.note(f"memory: per VS (its namespace, macvlan, address, route; for vsnet also "
                  f"its netlink socket and fd), read {AFTER_CREATE_S:g} s after creating, "
                  f"once the previous measure's namespaces were freed; MemAvailable and Slab "
-                 f"are machine-wide and noisy (medians); vsnet's MemAvailable drop includes "
+                 f"are common.machine-wide and noisy (medians); vsnet's MemAvailable drop includes "
                  f"its own process's growth (own RSS growth)")
 
 
 def main(argv: Sequence[str]) -> int:
-    args = parse_args(argv)
-    if not enter_sandbox(__file__, argv):
-        return 1
+    args = common.floor_args(argv, __doc__, max_servers(), "VS ids; open files")
+    return common.run_benchmark(__file__, argv, args, measure, info, as_json, print_table)
 
+
+def info() -> dict[str, Any]:
+    return common.machine(iproute2=common.iproute2_version(), pyroute2=version("pyroute2"))
+
+
+def measure(args: argparse.Namespace) -> Results:
     servers = make_servers(args.servers)
     edited, edited_name = edit_one(servers)
     text, edited_text = to_yaml(servers), to_yaml(edited)
@@ -588,20 +566,19 @@ def main(argv: Sequence[str]) -> int:
         (workdir / "configure.sh").write_text(configure_script(servers))
         (workdir / "bare.batch").write_text(bare_batch(servers))
         for run_number in range(1, args.repeat + 1):  # interleaved: drift hits all alike
-            progress(f"run {run_number}/{args.repeat}: ip -batch")
+            common.progress(f"run {run_number}/{args.repeat}: ip -batch")
             measure_floor(results, servers, workdir)
-            progress(", vsnet")
+            common.progress(", vsnet")
             measure_vsnet(results, servers, text, edited_text, edited_name)
-            progress(", naive pyroute2")
+            common.progress(", naive pyroute2")
             measure_naive(results, servers, args.naive_budget)
-            progress(", bare namespaces")
+            common.progress(", bare namespaces")
             measure_bare(results, servers, workdir)
-            progress("\r\033[K")
+            common.progress("\r\033[K")
     settle(results)
     naive_note(results, args.servers, args.naive_budget)
 
-    info = machine(iproute2=iproute2_version(), pyroute2=version("pyroute2"))
-    return report(info, args, results, as_json, print_table)
+    return results
 
 
 if __name__ == "__main__":
