@@ -155,7 +155,7 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
 
 def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) -> dict[str, Any]:
     return {"benchmark": "cli", "servers": args.servers, "repeat": args.repeat,
-            "common.machine": info, "samples_s": results.samples,
+            "machine": info, "samples_s": results.samples,
             "targets": targets(results, args.servers), "notes": results.notes}
 
 

@@ -172,8 +172,8 @@ def check_ran(results: Results, what: str, process: subprocess.CompletedProcess[
 
 @dataclass(frozen=True, slots=True)
 class Memory:
-    available: int  # kB, common.machine-wide (/proc/meminfo)
-    slab: int  # kB, common.machine-wide
+    available: int  # kB, machine-wide (/proc/meminfo)
+    slab: int  # kB, machine-wide
     rss: int  # kB, this process
 
 
@@ -394,7 +394,7 @@ def vsnet_measures(
         results.note("vsnet teardown did not converge")
 
 
-# --------------------------------------------------------------------------- common.report
+# --------------------------------------------------------------------------- report
 
 
 ROWS: list[tuple[str, str]] = [
@@ -501,7 +501,7 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
         "benchmark": "netns",
         "servers": args.servers,
         "repeat": args.repeat,
-        "common.machine": info,
+        "machine": info,
         "measures": common.measures_json(results, ROWS),
         "memory_per_namespace": memory_per_namespace,
         "counts": results.counts,
@@ -540,7 +540,7 @@ def standing_notes(results: Results, args: argparse.Namespace) -> None:
     results.note(f"memory: per VS (its namespace, macvlan, address, route; for vsnet also "
                  f"its netlink socket and fd), read {AFTER_CREATE_S:g} s after creating, "
                  f"once the previous measure's namespaces were freed; MemAvailable and Slab "
-                 f"are common.machine-wide and noisy (medians); vsnet's MemAvailable drop includes "
+                 f"are machine-wide and noisy (medians); vsnet's MemAvailable drop includes "
                  f"its own process's growth (own RSS growth)")
 
 

@@ -309,7 +309,7 @@ def measure_vsnet(results: Results, text: str, edited_text: str, edited_name: st
         results.time("teardown", teardown_s)
 
 
-# --------------------------------------------------------------------------- common.report
+# --------------------------------------------------------------------------- report
 
 
 ROWS: list[tuple[str, str]] = [
@@ -368,7 +368,7 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
         "servers": args.servers,
         "addresses_per_server": len(common.SUBNETS),
         "repeat": args.repeat,
-        "common.machine": info,
+        "machine": info,
         "measures": common.measures_json(results, ROWS),
         "counts": results.counts,
         "targets": targets(results, args.servers),
