@@ -30,13 +30,15 @@ from tests import sandbox
 from tests.daemons import Daemon
 from vsnetd import netlink
 from vsnetd.compile import compile_config
-from vsnetd.config import parse_config
+from vsnetd.config import Config, parse_config
+from vsnetd.diff import plan_changes
 from vsnetd.kernel import Kernel
 from vsnetd.kinds import route as route_kind
 from vsnetd.kinds import rule as rule_kind
 from vsnetd.kinds.route import Route
 from vsnetd.kinds.rule import Rule
-from vsnetd.reconcile import ConvergeResult, Reconciler, gc_paused
+from vsnetd.observe import observe
+from vsnetd.reconcile import ConvergeResult, Reconciler, converge, gc_paused, plan_for
 from vsnetd.state import SHARED, VSNET_PROTOCOL, DesiredState
 
 UPLINK = "eth0"
@@ -414,6 +416,52 @@ def check_attributed(results: Results, edit: ConvergeResult, edited_name: str) -
     if touched != {edited_name}:
         results.note(f"one-VS edit: its changes were attributed to {sorted(touched)}, "
                      f"expected only {edited_name}")
+
+
+def not_converged(result: ConvergeResult) -> str:
+    """Why a converge did not converge: how many VS failed (the first named) and changes left."""
+    first = next(iter(result.failures.items()), ("-", "-"))
+    return (f"{len(result.failures)} VS failed (e.g. {first[0]}: {first[1]}), "
+            f"{len(result.final_plan.changes)} changes left")
+
+
+def warm_measures(results: Results, sock: Kernel, reconciler: Reconciler, desired: DesiredState,
+                  texts: tuple[str, str], edited_name: str,
+                  differs: Callable[[DesiredState], str], count_changes: bool = False) -> None:
+    """What follows vsnet's cold apply of ``texts[0]``: the no-op plan (and its observe, its
+    diff, and with parse + compile), the one-VS edit to ``texts[1]`` through the warm
+    Reconciler, the one-shot converge back, and the teardown to an empty config; notes
+    where the kernel ``differs`` (a description, "" when it does not) after the edit."""
+    plan_s, plan = timed(lambda: plan_for(sock, desired))
+    results.time("noop_plan", plan_s)
+    if plan.changes:
+        results.note(f"no-op plan was not empty: {len(plan.changes)} changes "
+                     f"(e.g. {plan.changes[0].describe()})")
+    with gc_paused():
+        observe_s, observed = timed(lambda: observe(sock, desired.scope))
+        diff_s, _ = timed(lambda: plan_changes(desired, observed))
+        full_s, _ = timed(
+            lambda: plan_for(sock, compile_config(parse_config(texts[0], file="bench.yaml"))))
+    results.time("noop_observe", observe_s)
+    results.time("noop_diff", diff_s)
+    results.time("noop_total", full_s)
+    edited, edit = one_vs_edit(results, reconciler, texts[1])
+    if not edit.converged:
+        results.note(f"vsnet one-VS edit did not converge: {not_converged(edit)}")
+    problem = differs(edited)
+    if problem:
+        results.note(f"after the one-VS edit the kernel differs from desired: {problem}")
+    check_attributed(results, edit, edited_name)
+    oneshot_s, back = timed(lambda: converge(sock, desired))  # and back, the one-shot way
+    results.time("edit_oneshot", oneshot_s)
+    teardown_s, gone = timed(lambda: converge(sock, compile_config(Config(version=1))))
+    results.time("teardown", teardown_s)
+    if count_changes:
+        results.count("oneshot_applied", len(back.applied))
+        results.count("teardown_applied", len(gone.applied))
+    for what, result in (("one-shot converge back from the edit", back), ("teardown", gone)):
+        if not result.converged:
+            results.note(f"vsnet {what} did not converge: {not_converged(result)}")
 
 
 # --------------------------------------------------------------------------- report

@@ -30,12 +30,10 @@ from bench import common
 from bench.common import UPLINK, timed
 from tests import sandbox
 from vsnetd.compile import compile_config
-from vsnetd.config import Config, parse_config
-from vsnetd.diff import plan_changes
+from vsnetd.config import Config
 from vsnetd.kernel import Kernel
-from vsnetd.observe import observe
-from vsnetd.reconcile import converge, gc_paused, plan_for
-from vsnetd.state import VSNET_PROTOCOL
+from vsnetd.reconcile import converge, plan_for
+from vsnetd.state import VSNET_PROTOCOL, DesiredState
 
 ADDRESS = IPv4Interface("10.1.1.5/24")  # every VS: each has its own namespace
 EDIT_ADDRESS = IPv4Interface("10.1.1.6/24")  # the one-VS edit moves its address here
@@ -351,47 +349,15 @@ def vsnet_measures(
     after = memory()
     results.memory("vsnet", before, after, len(servers))
     if not result.converged:
-        first = next(iter(result.failures.items()), ("-", "-"))
-        results.note(f"vsnet cold apply did not converge: {len(result.failures)} VS failed "
-                     f"(e.g. {first[0]}: {first[1]}), {len(result.final_plan.changes)} changes left")
+        results.note(f"vsnet cold apply did not converge: {common.not_converged(result)}")
     record_contents(results, "vsnet", servers)
+    common.warm_measures(results, sock, reconciler, desired, (text, edited_text), edited_name,
+                         lambda edited: changes_left(sock, edited), count_changes=True)
 
-    # no-op plan
-    plan_s, plan = timed(lambda: plan_for(sock, desired))
-    results.time("noop_plan", plan_s)
-    if plan.changes:
-        results.note(f"no-op plan was not empty: {len(plan.changes)} changes "
-                     f"(e.g. {plan.changes[0].describe()})")
-    with gc_paused():
-        observe_s, observed = timed(lambda: observe(sock, desired.scope))
-        diff_s, _ = timed(lambda: plan_changes(desired, observed))
-        full_s, _ = timed(
-            lambda: plan_for(sock, compile_config(parse_config(text, file="bench.yaml"))))
-    results.time("noop_observe", observe_s)
-    results.time("noop_diff", diff_s)
-    results.time("noop_total", full_s)
 
-    # one-VS edit: the warm Reconciler (what the daemon keeps), then a one-shot full run
-    edited, edit = common.one_vs_edit(results, reconciler, edited_text)
-    if not edit.converged:
-        results.note(f"vsnet one-VS edit did not converge: {dict(edit.failures)}")
-    left = plan_for(sock, edited).changes
-    if left:
-        results.note(f"after the one-VS edit (Reconciler) the kernel still differs: "
-                     f"{len(left)} changes (e.g. {left[0].describe()})")
-    common.check_attributed(results, edit, edited_name)
-    oneshot_s, back = timed(lambda: converge(sock, desired))  # and back, the one-shot way
-    results.time("edit_oneshot", oneshot_s)
-    results.count("oneshot_applied", len(back.applied))
-    if not back.converged:
-        results.note("vsnet one-shot converge back from the edit did not converge")
-
-    # teardown: back to an empty config
-    teardown_s, gone = timed(lambda: converge(sock, compile_config(Config(version=1))))
-    results.time("teardown", teardown_s)
-    results.count("teardown_applied", len(gone.applied))
-    if not gone.converged:
-        results.note("vsnet teardown did not converge")
+def changes_left(sock: Kernel, desired: DesiredState) -> str:
+    left = plan_for(sock, desired).changes
+    return f"{len(left)} changes (e.g. {left[0].describe()})" if left else ""
 
 
 # --------------------------------------------------------------------------- report

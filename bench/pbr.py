@@ -27,13 +27,12 @@ from bench import common
 from bench.common import PbrServer, Results, timed
 from vsnetd.compile import compile_config
 from vsnetd.config import Config, parse_config
-from vsnetd.diff import plan_changes
 from vsnetd.kernel import Kernel
 from vsnetd.kinds import Rule
 from vsnetd.kinds.rule import FR_ACT_GOTO, FR_ACT_NOP, FULL_MASK
 from vsnetd.numbering import table_number
 from vsnetd.observe import observe
-from vsnetd.reconcile import converge, gc_paused, plan_for
+from vsnetd.reconcile import converge
 from vsnetd.state import VSNET_PROTOCOL, DesiredState, object_key
 
 EDIT_HOST = 65000  # the one-VS edit moves the second address here (no VS uses it)
@@ -273,40 +272,12 @@ def measure_vsnet(results: Results, text: str, edited_text: str, edited_name: st
         # cold apply, as `vsnetctl apply` runs it (a one-shot process holds the cyclic gc)
         reconciler, desired, result = common.cold_apply(results, sock, text)
         if not result.converged:
-            results.note(f"vsnet cold apply did not converge: {len(result.failures)} VS failed, "
-                         f"{len(result.final_plan.changes)} changes left")
+            results.note(f"vsnet cold apply did not converge: {common.not_converged(result)}")
         problem = mismatch(sock, desired)
         if problem:
             results.note(f"vsnet's own result differs from its desired state: {problem}")
-
-        # no-op plan
-        plan_s, plan = timed(lambda: plan_for(sock, desired))
-        results.time("noop_plan", plan_s)
-        if plan.changes:
-            results.note(f"no-op plan was not empty: {len(plan.changes)} changes")
-        observe_s, observed = timed(lambda: observe(sock, desired.scope))
-        diff_s, _ = timed(lambda: plan_changes(desired, observed))
-        results.time("noop_observe", observe_s)
-        results.time("noop_diff", diff_s)
-        with gc_paused():
-            full_s, _ = timed(
-                lambda: plan_for(sock, compile_config(parse_config(text, "bench.yaml"))))
-        results.time("noop_total", full_s)
-
-        # one-VS edit: the warm Reconciler (what the daemon keeps), then a one-shot full run
-        edited, edit = common.one_vs_edit(results, reconciler, edited_text)
-        if not edit.converged:
-            results.note("vsnet one-VS edit did not converge")
-        problem = mismatch(sock, edited)
-        if problem:
-            results.note(f"after the one-VS edit the kernel differs from desired: {problem}")
-        common.check_attributed(results, edit, edited_name)
-        oneshot_s, _ = timed(lambda: converge(sock, desired))  # and back, the one-shot way
-        results.time("edit_oneshot", oneshot_s)
-
-        # extra: back to an empty config (what the namespace clean-up then finds done)
-        teardown_s, _ = timed(lambda: converge(sock, compile_config(Config(version=1))))
-        results.time("teardown", teardown_s)
+        common.warm_measures(results, sock, reconciler, desired, (text, edited_text),
+                             edited_name, lambda edited: mismatch(sock, edited))
 
 
 # --------------------------------------------------------------------------- report
