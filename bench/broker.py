@@ -19,7 +19,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from multiprocessing.connection import Connection, wait
@@ -251,9 +251,10 @@ class Results(Notes):
     def add(self, mode: str, kind: str, figures: Round) -> None:
         self.rounds.setdefault((mode, kind), []).append(figures)
 
-    def median(self, mode: str, kind: str, figure: Callable[[Round], float | None]
-               ) -> float | None:
-        values = [v for r in self.rounds.get((mode, kind), []) if (v := figure(r)) is not None]
+    def median(self, mode: str, kind: str, figure: str) -> float | None:
+        """The median over the rounds of one of a measure's :class:`Round` figures."""
+        values = [v for r in self.rounds.get((mode, kind), [])
+                  if (v := getattr(r, figure)) is not None]
         return statistics.median(values) if values else None
 
 
@@ -707,28 +708,9 @@ def run(args: argparse.Namespace) -> Results:
 # --------------------------------------------------------------------------- report
 
 
-def p50_of(r: Round) -> float:
-    return r.p50_ns
-
-
-def p99_of(r: Round) -> float:
-    return r.p99_ns
-
-
-def rate_of(r: Round) -> float:
-    return r.rate
-
-
-def cpu_of(r: Round) -> float | None:
-    return r.cpu_per_request_ns
-
-
-def sched_of(r: Round) -> float | None:
-    return r.sched_per_request_ns
-
-
-def per_socket_of(r: Round) -> float:
-    return r.per_socket_ns
+# the Round figures the report takes medians of
+P50, P99, RATE, CPU, SCHED, PER_SOCKET = (
+    "p50_ns", "p99_ns", "rate", "cpu_per_request_ns", "sched_per_request_ns", "per_socket_ns")
 
 
 def us(value: float | None, width: int = 8) -> str:
@@ -753,13 +735,13 @@ def figures(results: Results, args: argparse.Namespace) -> dict[str, float | Non
     found: dict[str, float | None] = {}
     for mode in MODES:
         for kind in KINDS:
-            found[f"{mode}/{kind}/p50"] = results.median(mode, kind, p50_of)
-            found[f"{mode}/{kind}/rate"] = results.median(mode, kind, rate_of)
-            found[f"{mode}/{kind}/cpu"] = results.median(mode, kind, cpu_of)
-            found[f"{mode}/{kind}/sched"] = results.median(mode, kind, sched_of)
-    found["transport/p50"] = results.median(*TRANSPORT, p50_of)
-    found["transport/cpu"] = results.median(*TRANSPORT, cpu_of)
-    found["transport/sched"] = results.median(*TRANSPORT, sched_of)
+            found[f"{mode}/{kind}/p50"] = results.median(mode, kind, P50)
+            found[f"{mode}/{kind}/rate"] = results.median(mode, kind, RATE)
+            found[f"{mode}/{kind}/cpu"] = results.median(mode, kind, CPU)
+            found[f"{mode}/{kind}/sched"] = results.median(mode, kind, SCHED)
+    found["transport/p50"] = results.median(*TRANSPORT, P50)
+    found["transport/cpu"] = results.median(*TRANSPORT, CPU)
+    found["transport/sched"] = results.median(*TRANSPORT, SCHED)
     for name, runs in results.imports.items():
         found[f"{name}/seconds"] = statistics.median(runs)
     return found
@@ -841,12 +823,12 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
         key = ("-", kind) if kind in ("transport", "split") else (mode, kind)
         if key not in results.rounds:
             return
-        p50 = results.median(*key, p50_of)
-        floor = results.median(mode, "floor", p50_of) if mode in MODES else None
+        p50 = results.median(*key, P50)
+        floor = results.median(mode, "floor", P50) if mode in MODES else None
         print(f"{(mode + ' ' if mode in MODES else '') + label_of(kind, args):<42} {us(p50)} "
-              f"{us(results.median(*key, p99_of))} "
-              f"{results.median(*key, rate_of) or 0:10,.0f} "
-              f"{us(results.median(*key, cpu_of))} {us(results.median(*key, sched_of))} "
+              f"{us(results.median(*key, P99))} "
+              f"{results.median(*key, RATE) or 0:10,.0f} "
+              f"{us(results.median(*key, CPU))} {us(results.median(*key, SCHED))} "
               f"{ratio(p50, floor) if mode in MODES and kind != 'floor' else '':>7}")
 
     row("-", "transport")
@@ -867,7 +849,7 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
         code = f[f"{mode}/code/p50"]
         daemon = f[f"{mode}/library/sched"]
         bare, library = f[f"{mode}/bare/p50"], f[f"{mode}/library/p50"]
-        batch = results.median(mode, "batch", per_socket_of)
+        batch = results.median(mode, "batch", PER_SOCKET)
         print(f"{mode:<8} {us(f[f'{mode}/floor/p50'], 7)} {us(code, 7)} {us(daemon, 7)} "
               f"{us(daemon - code if daemon is not None and code is not None else None, 7)} "
               f"{us(f['transport/p50'], 7)} {us(bare, 7)} {us(library, 8)} "
@@ -880,10 +862,10 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
     print("a minimal stdlib server answering with one descriptor (2 processes, 2 wake-ups, "
           "SCM_RIGHTS); lib adds: vsnetd.client p50 - bare p50;")
     print("batch/sock: wall time per socket with batch requests")
-    split = results.median(*SPLIT, p50_of)
+    split = results.median(*SPLIT, P50)
     if split is not None:
         print(f"the transport floor with its two ends forced onto different CPUs: p50 "
-              f"{split / 1000:.1f} us, server CPU {(results.median(*SPLIT, sched_of) or 0) / 1000:.1f}"
+              f"{split / 1000:.1f} us, server CPU {(results.median(*SPLIT, SCHED) or 0) / 1000:.1f}"
               f" us per request (where the scheduler puts the daemon and the client decides "
               f"between the two floors)")
     imports = results.imports
@@ -903,18 +885,18 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
     for (mode, kind), rounds in results.rounds.items():
         measure: dict[str, Any] = {
             "label": label_of(kind, args), "mode": mode, "clients": rounds[0].clients,
-            "p50_us": (results.median(mode, kind, p50_of) or 0) / 1000,
-            "p99_us": (results.median(mode, kind, p99_of) or 0) / 1000,
-            "sockets_per_s": results.median(mode, kind, rate_of),
+            "p50_us": (results.median(mode, kind, P50) or 0) / 1000,
+            "p99_us": (results.median(mode, kind, P99) or 0) / 1000,
+            "sockets_per_s": results.median(mode, kind, RATE),
             "rounds": [r.as_json() for r in rounds],
         }
-        cpu = results.median(mode, kind, cpu_of)
+        cpu = results.median(mode, kind, CPU)
         measure["server_cpu_us_per_request"] = cpu / 1000 if cpu is not None else None
-        sched = results.median(mode, kind, sched_of)
+        sched = results.median(mode, kind, SCHED)
         measure["server_schedstat_us_per_request"] = sched / 1000 if sched is not None else None
         if mode in MODES and (mode, "floor") in results.rounds:
-            measure["p50_ratio_to_floor"] = (results.median(mode, kind, p50_of) or 0) / (
-                results.median(mode, "floor", p50_of) or 1)
+            measure["p50_ratio_to_floor"] = (results.median(mode, kind, P50) or 0) / (
+                results.median(mode, "floor", P50) or 1)
         measures[f"{mode}/{kind}"] = measure
     return {
         "benchmark": "broker",
