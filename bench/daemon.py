@@ -6,7 +6,6 @@ How it measures: docs/benchmarks.md (`bench/daemon.py`).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from bench import common
 from bench.common import Event, KernelEvents, PbrServer, Results, rule_created
 from bench.common import progress_line as progress
 from tests import sandbox
-from tests.daemons import Daemon
+from tests.daemons import Daemon, save
 from vsnetd.compile import compile_config
 from vsnetd.config import drop_in_dir, load_config, parse_config
 from vsnetd.kinds import route as route_kind
@@ -89,17 +88,9 @@ def floor_batch(old: str, new: str) -> str:
     ]) + "\n"
 
 
-def save(path: Path, text: str) -> float:
-    """Write the way editors do (a new file renamed over the old one); the rename's time."""
-    partial = path.with_name(f".{path.name}.swp")
-    partial.write_text(text)
-    os.replace(partial, path)
-    return time.perf_counter()
-
-
 def rule_from(source: str) -> Callable[[Event], bool]:
     """Matches the creation of a rule ``from source``."""
-    return rule_created(lambda rule: rule.source == f"{source}/32")
+    return lambda event: created_from(event) == source
 
 
 def rule_at(priority: int) -> Callable[[Event], bool]:
@@ -142,13 +133,17 @@ class CpuWindow:
         self.cpu = common.stat_cpu_ticks(self.pid) / common.CLOCK_TICK
         self.threads = thread_cpu(self.pid)
 
-    def stop(self) -> tuple[float, float, dict[str, float]]:
-        """(wall seconds, CPU seconds, CPU seconds per thread)."""
+    def stop(self, values: dict[str, Any], prefix: str) -> None:
+        """Into ``values``, under ``prefix``: the CPU used as percent of one CPU (from stat,
+        from schedstat, per thread from schedstat) and the window's seconds."""
         wall = time.perf_counter() - self.started
         cpu = common.stat_cpu_ticks(self.pid) / common.CLOCK_TICK - self.cpu
         after = thread_cpu(self.pid)
-        per_thread = {name: after[name] - self.threads.get(name, 0.0) for name in after}
-        return wall, cpu, per_thread
+        threads = {name: after[name] - self.threads.get(name, 0.0) for name in after}
+        values[f"{prefix}_cpu_percent"] = cpu / wall * 100
+        values[f"{prefix}_cpu_schedstat_percent"] = sum(threads.values()) / wall * 100
+        values[f"{prefix}_cpu_threads_percent"] = {n: s / wall * 100 for n, s in threads.items()}
+        values[f"{prefix}_seconds"] = wall
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -241,13 +236,8 @@ def measure_reference(results: Results, desired: DesiredState, config: Path) -> 
 def measure_idle(bench: Bench, seconds: float) -> None:
     window = CpuWindow(bench.daemon.pid)
     time.sleep(seconds)
-    wall, cpu, threads = window.stop()
-    results = bench.results
-    results.values["idle_cpu_percent"] = cpu / wall * 100
-    results.values["idle_cpu_schedstat_percent"] = sum(threads.values()) / wall * 100
-    results.values["idle_cpu_threads_percent"] = {n: s / wall * 100 for n, s in threads.items()}
-    results.values["idle_seconds"] = wall
-    results.values["rss_idle"] = memory(bench.daemon.pid)["VmRSS"]
+    window.stop(bench.results.values, "idle")
+    bench.results.values["rss_idle"] = memory(bench.daemon.pid)["VmRSS"]
 
 
 def measure_edits(bench: Bench) -> None:
@@ -280,10 +270,8 @@ def measure_edits(bench: Bench) -> None:
             if last:
                 results.time("status_last_reconcile", float(last["seconds"]))
                 views = results.values.setdefault("status_views", [])
-                views.append({"why": last.get("why"), "seconds": last.get("seconds"),
-                              "changes": last.get("changes"),
-                              "read_seconds": last.get("read_seconds"),
-                              "handover_seconds": last.get("handover_seconds")})
+                views.append({key: last.get(key) for key in (
+                    "why", "seconds", "changes", "read_seconds", "handover_seconds")})
         time.sleep(EDIT_GAP)
     if lost:
         results.note(f"edits: {lost} of {bench.args.edits} never showed their last change "
@@ -362,17 +350,10 @@ def measure_load(bench: Bench) -> None:
         peak_rss = max(peak_rss, memory(pid)["VmRSS"])
     if (left := started + duration - time.perf_counter()) > 0:
         time.sleep(left)  # the window is at least the load's length
-    wall, cpu, threads = window.stop()
+    results.values["load_edits"] = total
+    window.stop(results.values, "load")
     mem = memory(pid)
-    results.values.update({
-        "load_edits": total,
-        "load_cpu_percent": cpu / wall * 100,
-        "load_cpu_schedstat_percent": sum(threads.values()) / wall * 100,
-        "load_cpu_threads_percent": {n: s / wall * 100 for n, s in threads.items()},
-        "load_seconds": wall,
-        "rss_load_peak": max(peak_rss, mem["VmRSS"]),
-        "hwm_after_load": mem["VmHWM"],
-    })
+    results.values.update(rss_load_peak=max(peak_rss, mem["VmRSS"]), hwm_after_load=mem["VmHWM"])
     if pending:
         results.note(f"load: {len(pending)} of {total} edits never showed their last change")
 
@@ -415,8 +396,9 @@ def run(args: argparse.Namespace) -> Results:
             results.values["ready_seconds"] = daemon.ready(timeout=120)
             results.values["rss_start"] = memory(daemon.pid)["VmRSS"]
             results.values["hwm_start"] = memory(daemon.pid)["VmHWM"]
-            rules, expected = vsnet_rule_count(), results.values["objects"]["rule"]
-            if rules != expected:
+            shared = sum(1 for obj in desired.shared.values() if isinstance(obj, Rule))
+            rules, expected = vsnet_rule_count(), results.values["objects"]["rule"] + shared
+            if rules != expected:  # the VS's own rules and the rule tree's shared ones
                 results.note(f"after start: {rules} vsnet rules, expected {expected}")
             progress("settling")
             time.sleep(SETTLE)

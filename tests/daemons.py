@@ -106,11 +106,13 @@ class Daemon:
             return self.proc.wait()
 
 
-def save(path: Path, text: str) -> None:
-    """Write the way editors do: a new file renamed over the old one."""
-    partial = path.with_name(".servers.yaml.swp")
+def save(path: Path, text: str) -> float:
+    """Write the way editors do (a new file renamed over the old one); when the rename was
+    done (``time.perf_counter``)."""
+    partial = path.with_name(f".{path.name}.swp")
     partial.write_text(text)
     partial.replace(path)
+    return time.perf_counter()
 
 
 def vsnet_rules() -> list[dict[str, Any]]:
