@@ -4,7 +4,7 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-SANDBOX := $(PY) -m vsnetd.sandbox --
+SANDBOX := $(PY) -m tests.sandbox --
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 DEB     := dist/vsnet_$(VERSION)_amd64.deb

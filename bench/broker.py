@@ -1,58 +1,7 @@
 """Benchmark of the socket broker: request -> socket received, in parts, against the same
 socket made in-process.
 
-``bench/broker.py`` starts ``vsnetd`` on one pbr VS and one netns VS and measures, in one
-run, inside a sandbox (a fresh network namespace whose uplink ``eth0`` is a veth created in
-it; the machine's own network is never touched), for each mode:
-
-* **floor**: this process makes the very socket the broker makes: ``socket()`` (for netns,
-  with the thread ``setns``-ed into the VS namespace for that call, as the broker does),
-  ``SO_MARK`` (pbr), ``IP_FREEBIND``, ``SO_REUSEADDR``, ``bind``, ``listen``; then ``close``;
-* **broker code**: the daemon's broker (:class:`vsnetd.broker.server.Broker`, with the
-  daemon's config) run in this process on one end of a socketpair: what
-  ``Broker.readable`` costs per ``listen`` request, without the daemon's loop, the
-  scheduler or a second process;
-* **bare client**: one persistent SOCK_SEQPACKET connection to vsnetd from a client
-  written from docs/broker-protocol.md with the standard library only (a fixed request
-  text, ``recvmsg``, ``json.loads``, the descriptor closed);
-* **vsnetd.client**: the same through the project's client library
-  (``vsnetd.client.Broker.listen``);
-* **N clients**: N processes, each with its own connection and the library, started
-  together: the broker's capacity (sockets/s);
-* **batch**: one client, ``batch`` requests of ``--batch`` listen items each (one reply,
-  ``--batch`` descriptors): sockets/s and microseconds per socket.
-
-Once per round, mode-independent, the **transport floor**: a minimal standard-library
-server process (``recvmsg_into`` a request, ``sendmsg`` a fixed 170-byte reply with one
-descriptor) and the bare client: two processes, two wake-ups and SCM_RIGHTS, nothing
-else. Where the two processes run (one CPU or two) changes this floor several times over
-on a virtual machine (a cross-CPU wake-up is an inter-processor interrupt, a VM exit):
-the benchmark measures it both where the scheduler puts them and with the two ends
-forced onto CPUs 0 and 1, so that the broker's figures can be read against it.
-
-Also measured: ``python -c "import vsnetd.client"`` as a whole process (against
-``python -c pass``) and which heavy modules it loads.
-
-The latency of a request runs from the send to the reply with its descriptor received
-(``time.perf_counter_ns``); for the floor, from ``socket()`` to ``listen()`` returned. The
-daemon's CPU per request is read from ``/proc/<pid>/stat`` (utime + stime, every thread)
-before and after a measure, over all its requests (also from schedstat, in ns). p50/p99
-are nearest-rank over one round's requests; every measure is repeated ``--repeat`` rounds
-(interleaved, so drift and the other users of the machine hit every measure alike) and
-the median over rounds is reported. Every measure checks, on one socket of its own, that
-it is the promised one: listening, bound to the VS address and port, with the VS mark
-(pbr) or in the VS namespace (netns).
-
-The parts: **client library** = vsnetd.client p50 - bare p50; **daemon** = its CPU per
-request (of which the broker code: the in-process figure; the rest is its loop and the
-kernel's wake-ups); **transport** = the transport floor's p50.
-
-vsnetd is stopped with SIGTERM at the end and ``vsnetctl teardown`` removes what it made.
-``--profile FILE`` runs vsnetd under cProfile (``python -m cProfile -o FILE -m
-vsnetd.daemon``; the profile is written when it stops) to see where the broker's time goes.
-
-The targets are reported PASS/MISS; this is a benchmark, not a test, so it always exits 0
-once it has measured.
+How it measures: docs/benchmarks.md (`bench/broker.py`).
 """
 
 from __future__ import annotations
@@ -70,7 +19,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from multiprocessing.connection import Connection, wait
@@ -80,21 +29,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common
-from bench.common import (
-    UPLINK,
-    Notes,
-    config_dir,
-    description,
-    enter_sandbox,
-    machine,
-    machine_line,
-    percentile,
-    print_targets,
-    report,
-    uplinked_netns,
-)
+from bench.common import UPLINK, Notes, percentile
 from bench.common import progress_line as progress
-from vsnetd import sandbox
+from tests import sandbox
+from tests.daemons import Daemon
 from vsnetd.broker.access import Peer
 from vsnetd.broker.server import Broker as BrokerServer
 from vsnetd.broker.server import Client as ServerClient
@@ -154,35 +92,24 @@ SPLIT = ("-", "split")  # the transport floor with its ends on two CPUs
 # --------------------------------------------------------------------------- the daemon
 
 
-class RunningDaemon(common.RunningDaemon):
-    """``vsnetd -c FILE --control CTL --broker SOCK --resync-interval 3600`` as a
-    subprocess (under cProfile with ``profile``)."""
-
-    def __init__(self, workdir: Path, config: Path, profile: Path | None = None) -> None:
-        self.broker = workdir / "broker.sock"
-        command = (None if profile is None else
-                   [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "vsnetd.daemon"])
-        super().__init__(workdir, config, control="ctl.sock", args=["--broker", str(self.broker)],
-                         env={"VSNET_BROKER": str(self.broker)}, command=command,
-                         stop_timeout=60)
+def start_broker_daemon(workdir: Path, config: Path, profile: Path | None = None) -> Daemon:
+    """vsnetd with its broker at ``workdir/broker.sock`` (under cProfile with ``profile``)."""
+    broker = workdir / "broker.sock"
+    command = (None if profile is None else
+               [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "vsnetd.daemon"])
+    return common.start_daemon(workdir, config, control="ctl.sock", args=["--broker", str(broker)],
+                               env={"VSNET_BROKER": str(broker)}, command=command,
+                               stop_timeout=60)
 
 
 def cpu_ns(pid: int) -> int:
-    """CPU time of every thread of ``pid`` so far, in ns (schedstat: its first field)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue  # a thread that just ended
-    return total
+    """CPU time of every thread of ``pid`` so far, in ns (schedstat)."""
+    return sum(common.schedstat_ns(pid).values())
 
 
 def stat_cpu_ns(pid: int) -> int:
-    """utime + stime of process ``pid`` (all its threads) from /proc/<pid>/stat, in ns
-    (clock-tick resolution)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_NS  # fields 14, 15 of proc(5)
+    """utime + stime of process ``pid`` (all its threads), in ns (clock-tick resolution)."""
+    return common.stat_cpu_ticks(pid) * TICK_NS
 
 
 @dataclass(slots=True)
@@ -324,9 +251,10 @@ class Results(Notes):
     def add(self, mode: str, kind: str, figures: Round) -> None:
         self.rounds.setdefault((mode, kind), []).append(figures)
 
-    def median(self, mode: str, kind: str, figure: Callable[[Round], float | None]
-               ) -> float | None:
-        values = [v for r in self.rounds.get((mode, kind), []) if (v := figure(r)) is not None]
+    def median(self, mode: str, kind: str, figure: str) -> float | None:
+        """The median over the rounds of one of a measure's :class:`Round` figures."""
+        values = [v for r in self.rounds.get((mode, kind), [])
+                  if (v := getattr(r, figure)) is not None]
         return statistics.median(values) if values else None
 
 
@@ -558,7 +486,7 @@ def measure_clients(results: Results, path: Path, server_pid: int, target: Targe
             for done in ready:
                 assert isinstance(done, Connection)
                 replies[waiting.pop(done)] = done.recv()
-        cpu = meter.stop()
+        server_cpu = meter.stop()
     finally:
         for process in processes:  # stuck ones (a failed measure) are not waited for
             process.join(timeout=5 if len(replies) == clients else 0)
@@ -588,7 +516,7 @@ def measure_clients(results: Results, path: Path, server_pid: int, target: Targe
     if not latencies:
         raise RuntimeError(f"{label}: no request answered")
     results.add(target.mode, kind, round_of(latencies, clients, received, errors,
-                                            max(ends) - min(starts), cpu))
+                                            max(ends) - min(starts), server_cpu))
 
 
 # --------------------------------------------------------------------------- transport
@@ -687,8 +615,8 @@ def in_process_broker(kernel: Kernel, text: str) -> BrokerServer:
     return broker
 
 
-def check_in_sync(results: Results, daemon: RunningDaemon, when: str) -> None:
-    status = daemon.status()
+def check_in_sync(results: Results, daemon: Daemon, when: str) -> None:
+    status = common.daemon_status(daemon)
     states = {name: s.get("state") for name, s in status.get("servers", {}).items()}
     if states != {PBR: "in-sync", NETNS: "in-sync"}:
         results.note(f"{when}: vsnetctl status --json says {states or 'nothing'}")
@@ -712,9 +640,10 @@ def run(args: argparse.Namespace) -> Results:
                                         "mark": t.mark, "netns": t.netns}
                                  for mode, t in targets.items()}
     span = args.requests + args.warmup
-    with uplinked_netns(), config_dir(CONFIG) as (workdir, config):
+    with common.uplinked_netns(), common.config_dir(CONFIG) as (workdir, config):
         progress("starting vsnetd")
-        daemon = RunningDaemon(workdir, config, args.profile)
+        daemon = start_broker_daemon(workdir, config, args.profile)
+        broker = workdir / "broker.sock"
         kernel = Kernel()
         code = None
         try:
@@ -744,20 +673,20 @@ def run(args: argparse.Namespace) -> Results:
                     first += span
                     for style in ("bare", "library"):
                         progress(f"{step}: {mode} {style} client")
-                        measure_clients(results, daemon.broker, daemon.pid, target, style,
+                        measure_clients(results, broker, daemon.pid, target, style,
                                         style, 1, args.requests, args.warmup, first)
                         first += span
                     progress(f"{step}: {mode} {args.clients} clients")
-                    measure_clients(results, daemon.broker, daemon.pid, target, "library",
+                    measure_clients(results, broker, daemon.pid, target, "library",
                                     "clients", args.clients, args.requests, args.warmup, first)
                     first += args.clients * span
                     progress(f"{step}: {mode} batch of {args.batch}")
                     batches = max(1, args.requests // args.batch)
-                    measure_clients(results, daemon.broker, daemon.pid, target, "batch",
+                    measure_clients(results, broker, daemon.pid, target, "batch",
                                     "batch", 1, batches, 2, first, args.batch)
                     first += (batches + 2) * args.batch
             check_in_sync(results, daemon, "after the requests")
-            daemon.note_exited(results)
+            common.note_exited(daemon, results)
             fds_after = len(os.listdir(f"/proc/{daemon.pid}/fd"))
             results.values["daemon_fds"] = {"before": fds_before, "after": fds_after}
             if fds_after > fds_before:  # every client has gone: its sockets must have too
@@ -768,7 +697,7 @@ def run(args: argparse.Namespace) -> Results:
                 code.close()
             kernel.close()
             progress("stopping vsnetd")
-            daemon.stop_and_teardown(results)
+            common.stop_and_teardown(daemon, results)
             left = leftovers()
             if left:
                 results.note(f"after teardown: {', '.join(left)} left")
@@ -779,28 +708,9 @@ def run(args: argparse.Namespace) -> Results:
 # --------------------------------------------------------------------------- report
 
 
-def p50_of(r: Round) -> float:
-    return r.p50_ns
-
-
-def p99_of(r: Round) -> float:
-    return r.p99_ns
-
-
-def rate_of(r: Round) -> float:
-    return r.rate
-
-
-def cpu_of(r: Round) -> float | None:
-    return r.cpu_per_request_ns
-
-
-def sched_of(r: Round) -> float | None:
-    return r.sched_per_request_ns
-
-
-def per_socket_of(r: Round) -> float:
-    return r.per_socket_ns
+# the Round figures the report takes medians of
+P50, P99, RATE, CPU, SCHED, PER_SOCKET = (
+    "p50_ns", "p99_ns", "rate", "cpu_per_request_ns", "sched_per_request_ns", "per_socket_ns")
 
 
 def us(value: float | None, width: int = 8) -> str:
@@ -825,13 +735,13 @@ def figures(results: Results, args: argparse.Namespace) -> dict[str, float | Non
     found: dict[str, float | None] = {}
     for mode in MODES:
         for kind in KINDS:
-            found[f"{mode}/{kind}/p50"] = results.median(mode, kind, p50_of)
-            found[f"{mode}/{kind}/rate"] = results.median(mode, kind, rate_of)
-            found[f"{mode}/{kind}/cpu"] = results.median(mode, kind, cpu_of)
-            found[f"{mode}/{kind}/sched"] = results.median(mode, kind, sched_of)
-    found["transport/p50"] = results.median(*TRANSPORT, p50_of)
-    found["transport/cpu"] = results.median(*TRANSPORT, cpu_of)
-    found["transport/sched"] = results.median(*TRANSPORT, sched_of)
+            found[f"{mode}/{kind}/p50"] = results.median(mode, kind, P50)
+            found[f"{mode}/{kind}/rate"] = results.median(mode, kind, RATE)
+            found[f"{mode}/{kind}/cpu"] = results.median(mode, kind, CPU)
+            found[f"{mode}/{kind}/sched"] = results.median(mode, kind, SCHED)
+    found["transport/p50"] = results.median(*TRANSPORT, P50)
+    found["transport/cpu"] = results.median(*TRANSPORT, CPU)
+    found["transport/sched"] = results.median(*TRANSPORT, SCHED)
     for name, runs in results.imports.items():
         found[f"{name}/seconds"] = statistics.median(runs)
     return found
@@ -843,12 +753,7 @@ def targets(results: Results, args: argparse.Namespace) -> list[dict[str, Any]]:
 
     def check(name: str, measure: str, value: float | None, limit: float, unit: str,
               at_least: bool = False) -> None:
-        ok = value is not None and (value >= limit if at_least else value <= limit)
-        checks.append({"name": name, "measure": measure, "value": value, "limit": limit,
-                       "unit": unit, "pass": ok})
-
-    def div(a: float | None, b: float | None) -> float | None:
-        return a / b if a is not None and b else None
+        checks.append(common.target(name, measure, value, limit, unit, at_least=at_least))
 
     def sub(a: float | None, b: float | None) -> float | None:
         return a - b if a is not None and b is not None else None
@@ -859,7 +764,7 @@ def targets(results: Results, args: argparse.Namespace) -> list[dict[str, Any]]:
             check(f"p50 <= 50 us ({mode}, {who})", f"{mode}/{kind}/p50",
                   None if p50 is None else p50 / 1e9, P50_TARGET, "s")
             check(f"p50 <= 6x floor ({mode}, {who})", f"{mode}/{kind}/p50 / floor",
-                  div(p50, f[f"{mode}/floor/p50"]), FLOOR_RATIO_TARGET, "x")
+                  common.ratio(p50, f[f"{mode}/floor/p50"]), FLOOR_RATIO_TARGET, "x")
     for mode in MODES:
         added = sub(f[f"{mode}/library/p50"], f[f"{mode}/bare/p50"])
         check(f"vsnetd.client adds <= 10 us ({mode})", f"{mode}/library-bare/p50",
@@ -875,9 +780,8 @@ def targets(results: Results, args: argparse.Namespace) -> list[dict[str, Any]]:
     check('import vsnetd.client <= 30 ms (process - python -c pass)', "import-python/seconds",
           sub(f.get("import/seconds"), f.get("python/seconds")), IMPORT_TARGET, "s")
     heavy = results.values.get("heavy_modules_loaded")
-    checks.append({"name": "import vsnetd.client loads no pydantic/yaml/pyroute2",
-                   "measure": "heavy_modules_loaded", "value": heavy, "limit": [],
-                   "unit": "modules", "pass": heavy == []})
+    checks.append(common.target("import vsnetd.client loads no pydantic/yaml/pyroute2",
+                                "heavy_modules_loaded", heavy, [], "modules", passed=heavy == []))
     return checks
 
 
@@ -903,7 +807,7 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
     print(f"vsnet broker benchmark: `listen` tcp, a new port each request, persistent "
           f"connections; {args.requests} requests per client and measure; median of "
           f"{args.repeat} rounds")
-    print(machine_line(info)
+    print(common.machine_line(info)
           + f"Python {info['python']}, vsnet {info['vsnet']}; load average "
           f"{'/'.join(map(str, info['loadavg']))} before the run")
     print(f"VS: {t['pbr']['server']} pbr {t['pbr']['address']} mark {t['pbr']['mark']:#x}; "
@@ -919,12 +823,12 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
         key = ("-", kind) if kind in ("transport", "split") else (mode, kind)
         if key not in results.rounds:
             return
-        p50 = results.median(*key, p50_of)
-        floor = results.median(mode, "floor", p50_of) if mode in MODES else None
+        p50 = results.median(*key, P50)
+        floor = results.median(mode, "floor", P50) if mode in MODES else None
         print(f"{(mode + ' ' if mode in MODES else '') + label_of(kind, args):<42} {us(p50)} "
-              f"{us(results.median(*key, p99_of))} "
-              f"{results.median(*key, rate_of) or 0:10,.0f} "
-              f"{us(results.median(*key, cpu_of))} {us(results.median(*key, sched_of))} "
+              f"{us(results.median(*key, P99))} "
+              f"{results.median(*key, RATE) or 0:10,.0f} "
+              f"{us(results.median(*key, CPU))} {us(results.median(*key, SCHED))} "
               f"{ratio(p50, floor) if mode in MODES and kind != 'floor' else '':>7}")
 
     row("-", "transport")
@@ -945,7 +849,7 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
         code = f[f"{mode}/code/p50"]
         daemon = f[f"{mode}/library/sched"]
         bare, library = f[f"{mode}/bare/p50"], f[f"{mode}/library/p50"]
-        batch = results.median(mode, "batch", per_socket_of)
+        batch = results.median(mode, "batch", PER_SOCKET)
         print(f"{mode:<8} {us(f[f'{mode}/floor/p50'], 7)} {us(code, 7)} {us(daemon, 7)} "
               f"{us(daemon - code if daemon is not None and code is not None else None, 7)} "
               f"{us(f['transport/p50'], 7)} {us(bare, 7)} {us(library, 8)} "
@@ -958,10 +862,10 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
     print("a minimal stdlib server answering with one descriptor (2 processes, 2 wake-ups, "
           "SCM_RIGHTS); lib adds: vsnetd.client p50 - bare p50;")
     print("batch/sock: wall time per socket with batch requests")
-    split = results.median(*SPLIT, p50_of)
+    split = results.median(*SPLIT, P50)
     if split is not None:
         print(f"the transport floor with its two ends forced onto different CPUs: p50 "
-              f"{split / 1000:.1f} us, server CPU {(results.median(*SPLIT, sched_of) or 0) / 1000:.1f}"
+              f"{split / 1000:.1f} us, server CPU {(results.median(*SPLIT, SCHED) or 0) / 1000:.1f}"
               f" us per request (where the scheduler puts the daemon and the client decides "
               f"between the two floors)")
     imports = results.imports
@@ -973,7 +877,7 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
               f"{(whole - bare) * 1e3:.1f} ms; heavy modules loaded: "
               f"{' '.join(values.get('heavy_modules_loaded', [])) or 'none'}")
     print()
-    print_targets(targets(results, args), results.notes, shown, width=52)
+    common.print_targets(targets(results, args), results.notes, shown, width=52)
 
 
 def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) -> dict[str, Any]:
@@ -981,18 +885,18 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
     for (mode, kind), rounds in results.rounds.items():
         measure: dict[str, Any] = {
             "label": label_of(kind, args), "mode": mode, "clients": rounds[0].clients,
-            "p50_us": (results.median(mode, kind, p50_of) or 0) / 1000,
-            "p99_us": (results.median(mode, kind, p99_of) or 0) / 1000,
-            "sockets_per_s": results.median(mode, kind, rate_of),
+            "p50_us": (results.median(mode, kind, P50) or 0) / 1000,
+            "p99_us": (results.median(mode, kind, P99) or 0) / 1000,
+            "sockets_per_s": results.median(mode, kind, RATE),
             "rounds": [r.as_json() for r in rounds],
         }
-        cpu = results.median(mode, kind, cpu_of)
+        cpu = results.median(mode, kind, CPU)
         measure["server_cpu_us_per_request"] = cpu / 1000 if cpu is not None else None
-        sched = results.median(mode, kind, sched_of)
+        sched = results.median(mode, kind, SCHED)
         measure["server_schedstat_us_per_request"] = sched / 1000 if sched is not None else None
         if mode in MODES and (mode, "floor") in results.rounds:
-            measure["p50_ratio_to_floor"] = (results.median(mode, kind, p50_of) or 0) / (
-                results.median(mode, "floor", p50_of) or 1)
+            measure["p50_ratio_to_floor"] = (results.median(mode, kind, P50) or 0) / (
+                results.median(mode, "floor", P50) or 1)
         measures[f"{mode}/{kind}"] = measure
     return {
         "benchmark": "broker",
@@ -1015,8 +919,8 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
 # --------------------------------------------------------------------------- main
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description(__doc__))
+def main(argv: Sequence[str]) -> int:
+    parser = common.arguments(__doc__, servers=None, repeat=None)
     parser.add_argument("--requests", type=int, default=2000,
                         help="measured requests per client and measure (default 2000)")
     parser.add_argument("--clients", type=int, default=8,
@@ -1033,9 +937,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--cpu", type=int, metavar="N",
                         help="run everything (vsnetd, the clients, the transport server) on "
                              "CPU N only: no cross-CPU wake-ups")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args(argv)
-    if args.requests < 1 or args.clients < 2 or args.warmup < 1 or args.repeat < 1:
+    args = common.parse(parser, argv)
+    if args.requests < 1 or args.clients < 2 or args.warmup < 1:
         parser.error("--requests, --warmup and --repeat must be at least 1, --clients at "
                      "least 2")
     if not 1 <= args.batch <= 253:
@@ -1045,20 +948,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                      f"(one port per request of a measure)")
     if args.profile is not None:
         args.profile = args.profile.resolve()
-    return args
+    return common.run_benchmark(__file__, argv, args, run, info, as_json, print_table,
+                                info_first=True)
 
 
-def main(argv: Sequence[str]) -> int:
-    args = parse_args(argv)
-    if not enter_sandbox(__file__, argv):
-        return 1
-
-    info = machine(  # first: its load average is the machine's before the run
-        vsnet=version("vsnet"),
-        loadavg=[round(value, 2) for value in os.getloadavg()],  # do others share the CPUs?
-    )
-    results = run(args)
-    return report(info, args, results, as_json, print_table)
+def info() -> dict[str, Any]:
+    """First: its load average is the machine's before the run (do others share the CPUs?)."""
+    return common.machine(vsnet=version("vsnet"),
+                          loadavg=[round(value, 2) for value in os.getloadavg()])
 
 
 if __name__ == "__main__":

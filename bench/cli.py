@@ -1,24 +1,6 @@
 """Benchmark of ``vsnetctl`` as whole processes: apply, validate, plan, --help, against ``ip -batch``.
 
-``bench/cli.py --servers 1000`` measures, in one run, inside a sandbox (fresh network
-namespaces; the machine's own network is never touched), each measure a process timed
-from its start to its exit, rounds interleaved so that contention from elsewhere weighs
-on every measure alike, medians reported:
-
-* the floor: ``ip -batch`` creating the addresses, routes and rules of N pbr VS (two IPv4
-  addresses each), in a fresh namespace;
-* ``vsnetctl apply`` of the same N VS, in a fresh namespace: the same objects;
-* ``vsnetctl validate`` of that file;
-* ``vsnetctl --help``;
-* ``vsnetctl plan`` with nothing to do, over N netns VS (applied once beforehand).
-
-The package's bytecode is compiled before measuring, as an installed package has it (pip
-and Debian's packaging compile it at install): with ``PYTHONDONTWRITEBYTECODE`` set (some
-shells and CI set it), every process would otherwise compile vsnetd's sources anew, which
-is no cost of vsnetctl's.
-
-The targets are reported PASS/MISS; this is a benchmark, not a test, so it always exits 0
-once it has measured.
+How it measures: docs/benchmarks.md (`bench/cli.py`).
 """
 
 from __future__ import annotations
@@ -38,19 +20,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common, netns, pbr
-from bench.common import (
-    Results,
-    console_script,
-    description,
-    enter_sandbox,
-    machine,
-    machine_line,
-    make_pbr_servers,
-    pbr_yaml,
-    print_targets,
-    progress,
-    report,
-)
+from bench.common import Results, progress
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.state import VSNET_PROTOCOL
@@ -64,7 +34,7 @@ TARGET_SERVERS = 1000
 
 
 def vsnetctl(*args: str) -> list[str]:
-    return [*console_script("vsnetctl", "vsnetd.cli"), *args]
+    return [*common.console_script("vsnetctl", "vsnetd.cli"), *args]
 
 
 def timed_process(argv: list[str], what: str, results: Results,
@@ -96,11 +66,11 @@ def run(args: argparse.Namespace) -> Results:
     package = Path(__file__).resolve().parent.parent / "vsnetd"
     if not compileall.compile_dir(package, quiet=1):
         results.note(f"could not compile the bytecode of {package}")
-    servers = make_pbr_servers(args.servers)
+    servers = common.make_pbr_servers(args.servers)
     with tempfile.TemporaryDirectory(prefix="vsnet-bench-", dir="/run") as tmp:
         workdir = Path(tmp)
         config = workdir / "servers.yaml"
-        text = pbr_yaml(servers)
+        text = common.pbr_yaml(servers)
         config.write_text(text)
         batch = workdir / "floor.batch"
         lines = floor_lines(servers, text)
@@ -150,36 +120,27 @@ ROWS = [
 ]
 
 
-def median(results: Results, name: str) -> float | None:
-    samples = results.samples.get(name)
-    return statistics.median(samples) if samples else None
-
-
 def targets(results: Results, servers: int) -> list[dict[str, Any]]:
-    at = "" if servers == TARGET_SERVERS else f" (target set for {TARGET_SERVERS} VS)"
-    checks: list[dict[str, Any]] = []
-    apply, floor = median(results, "apply"), median(results, "floor")
-    ratio = apply / floor if apply is not None and floor else None
-    checks.append({"name": f"vsnetctl apply <= {APPLY_RATIO_TARGET:g}x ip -batch{at}",
-                   "measure": "apply_vs_floor", "value": ratio, "limit": APPLY_RATIO_TARGET,
-                   "unit": "x floor", "pass": ratio is not None and ratio <= APPLY_RATIO_TARGET})
+    at = common.scale_note(servers, TARGET_SERVERS)
+    median = results.median_or_none
+    checks = [common.target(f"vsnetctl apply <= {APPLY_RATIO_TARGET:g}x ip -batch{at}",
+                            "apply_vs_floor", common.ratio(median("apply"), median("floor")),
+                            APPLY_RATIO_TARGET, "x floor")]
     for name, label, limit in (("validate", "vsnetctl validate", VALIDATE_TARGET),
                                ("help", "vsnetctl --help", HELP_TARGET),
                                ("plan_netns", "vsnetctl plan, netns, no-op", PLAN_NETNS_TARGET)):
-        value = median(results, name)
-        checks.append({"name": f"{label} <= {limit * 1000:.0f} ms{at}", "measure": name,
-                       "value": value, "limit": limit, "unit": "s",
-                       "pass": value is not None and value <= limit})
+        checks.append(common.target(f"{label} <= {limit * 1000:.0f} ms{at}", name, median(name),
+                                    limit, "s"))
     return checks
 
 
 def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results) -> None:
     print(f"vsnetctl as whole processes, {args.servers} VS, {args.repeat} interleaved rounds "
           f"(median; ip -batch: {results.counts.get('floor_objects', ['?'])[0]} objects)")
-    print(machine_line(info) + f"Python {info['python']}, pydantic {info['pydantic']}, "
+    print(common.machine_line(info) + f"Python {info['python']}, pydantic {info['pydantic']}, "
           f"pyroute2 {info['pyroute2']}")
     print()
-    floor = median(results, "floor")
+    floor = results.median_or_none("floor")
     print(f"{'process':<46} {'median':>10} {'min':>10} {'x floor':>8}")
     for name, label in ROWS:
         samples = results.samples.get(name)
@@ -189,7 +150,7 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
         ratio = f"{value / floor:7.2f}x" if floor and name in ("floor", "apply") else ""
         print(f"{label:<46} {value * 1000:7.1f} ms {min(samples) * 1000:7.1f} ms {ratio:>8}")
     print()
-    print_targets(targets(results, args.servers), results.notes)
+    common.print_targets(targets(results, args.servers), results.notes)
 
 
 def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) -> dict[str, Any]:
@@ -198,27 +159,15 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
             "targets": targets(results, args.servers), "notes": results.notes}
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description(__doc__))
-    parser.add_argument("--servers", type=int, default=1000, help="number of VS (default 1000)")
-    parser.add_argument("--repeat", type=int, default=5,
-                        help="interleaved rounds; medians are reported (default 5)")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args(argv)
-    if not 1 <= args.servers <= common.pbr_max_servers():
-        parser.error(f"--servers must be 1..{common.pbr_max_servers()} (default numbering)")
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    return args
-
-
 def main(argv: Sequence[str]) -> int:
-    args = parse_args(argv)
-    if not enter_sandbox(__file__, argv):
-        return 1
-    results = run(args)
-    info = machine(pyroute2=version("pyroute2"), pydantic=version("pydantic"))
-    return report(info, args, results, as_json, print_table)
+    parser = common.arguments(__doc__, repeat=5,
+                              repeat_help="interleaved rounds; medians are reported")
+    args = common.parse(parser, argv, common.pbr_max_servers(), "default numbering")
+    return common.run_benchmark(__file__, argv, args, run, info, as_json, print_table)
+
+
+def info() -> dict[str, Any]:
+    return common.machine(pyroute2=version("pyroute2"), pydantic=version("pydantic"))
 
 
 if __name__ == "__main__":

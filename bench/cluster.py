@@ -1,31 +1,10 @@
 """Benchmark: a VS moving between two real Pacemaker nodes, and vsnetctl activate/deactivate.
 
-Inside a sandbox, on the two-node cluster of tests/cluster.py (corosync knet ``token:
-1000``, each node its own net + mount + uts + pid namespace with corosync, pacemakerd,
-vsnetd and an app answering TCP on port 7000; a client in a namespace of its own):
-
-* planned move (``crm_resource --move``), interleaved rounds of three resources: the pbr VS
-  nas1 and the netns VS nas2 (three addresses each, IPv4 and IPv6, ``ocf:vsnet:server``)
-  and, as the floor, ``ocf:heartbeat:IPaddr2`` moving one address. Measured from the
-  command to the client's first TCP connection answered by the new node; then the client's
-  neighbour entries of every VS address must name the new node's MAC (no timeout waited);
-  a sampler reads both nodes' addresses by netlink all along and counts the instants where
-  a watched address was on both;
-* the agent's start as Pacemaker measured it (``exec-time`` of the start operation);
-* node loss: all three on one node, whose pid-namespace init is killed (the whole node
-  dies); from the kill to the client's connection answered by the survivor, in parts:
-  membership (the survivor's corosync log: new membership formed), scheduling and the
-  agent's start (up to the VS's first address in the survivor's kernel, sampled), the
-  client (the rest);
-* ``vsnetctl activate`` / ``deactivate`` of 100 cluster VS (one command, whole process)
-  against a daemon, beside the floor of one ``vsnetctl is-active`` round trip.
-
-``python bench/cluster.py [--rounds N] [--json]`` (root; it makes its own sandbox).
+How it measures: docs/benchmarks.md (`bench/cluster.py`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -37,20 +16,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (
-    Notes,
-    Results,
-    RunningDaemon,
-    config_dir,
-    console_script,
-    description,
-    enter_sandbox,
-    machine,
-    machine_line,
-    ms,
-    print_targets,
-    uplinked_netns,
-)
+from bench import common
+from bench.common import Notes, Results
 from tests.cluster import (
     VS_ADDRESSES,
     Cluster,
@@ -230,12 +197,12 @@ def switch_config(count: int) -> str:
 
 def activation(rounds: int, results: Results, notes: Notes) -> None:
     names = [f"vs{n}" for n in range(1, SWITCH_SERVERS + 1)]
-    with uplinked_netns(), config_dir(switch_config(SWITCH_SERVERS)) as (workdir, config):
+    with common.uplinked_netns(), common.config_dir(switch_config(SWITCH_SERVERS)) as (workdir, config):
         env = {"VSNET_ACTIVE": str(workdir / "active")}
-        daemon = RunningDaemon(workdir, config, env=env)
+        daemon = common.start_daemon(workdir, config, env=env)
         try:
             daemon.ready(60)
-            vsnetctl = [*console_script("vsnetctl", "vsnetd.ctl"), "-c", str(config)]
+            vsnetctl = [*common.console_script("vsnetctl", "vsnetd.ctl"), "-c", str(config)]
 
             def run(*args: str) -> float:
                 started = time.perf_counter()
@@ -262,35 +229,30 @@ def activation(rounds: int, results: Results, notes: Notes) -> None:
 # --------------------------------------------------------------------------- report
 
 
-def target(name: str, value: float | None, limit: float, unit: str = "s") -> dict[str, Any]:
-    return {"name": name, "value": value, "limit": limit, "unit": unit,
-            "pass": value is not None and value <= limit}
-
-
-def median(results: Results, name: str) -> float | None:
-    values = results.samples.get(name)
-    return statistics.median(values) if values else None
+def target(name: str, value: Any, limit: Any, unit: str = "s", passed: bool | None = None
+           ) -> dict[str, Any]:
+    return common.target(name, name, value, limit, unit, passed=passed)
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=description(__doc__))
+    parser = common.arguments(__doc__, servers=None)
     parser.add_argument("--rounds", type=int, default=3,
                         help="planned moves per resource, and activation rounds (default 3)")
     parser.add_argument("--token", type=int, default=1000, help="corosync token, ms")
     parser.add_argument("--lose-dc", action="store_true",
                         help="the node lost is the DC (default: the other one)")
     args = parser.parse_args(argv)
-    if not enter_sandbox(__file__, argv):
+    if not common.enter_sandbox(__file__, argv):
         return 1
     results, notes = Results(), Notes()
-    info = machine()
+    info = common.machine()
     activation(args.rounds, results, notes)
     started = time.monotonic()
     with running_cluster(token_ms=args.token) as cluster:
         boot = time.monotonic() - started
         overlaps = planned_moves(cluster, args.rounds, results, notes)
         node_loss(cluster, results, notes, args.lose_dc)
-    print(machine_line(info) + f"corosync token {args.token} ms; cluster up in {boot:.1f} s; "
+    print(common.machine_line(info) + f"corosync token {args.token} ms; cluster up in {boot:.1f} s; "
           f"node lost: {results.values.get('victim')}")
     print()
     rows = [
@@ -326,45 +288,43 @@ def main(argv: list[str]) -> int:
     for name, label in rows:
         values = results.samples.get(name)
         if values:
-            print(f"{label:<46} {ms(statistics.median(values))} {ms(min(values))} "
-                  f"{ms(max(values))}")
+            print(f"{label:<46} {common.ms(statistics.median(values))} {common.ms(min(values))} "
+                  f"{common.ms(max(values))}")
     print()
-    floor = median(results, "move vip")
+    floor = results.median_or_none("move vip")
     checks = []
     for resource in ("nas1", "nas2"):
-        move = median(results, f"move {resource}")
+        move = results.median_or_none(f"move {resource}")
         checks.append(target(f"planned move {resource} (median)", move, MOVE_LIMIT))
         checks.append(target("  x IPaddr2 move in the same run",
                              move / floor if move and floor else None, 1.5, "x floor"))
         followed = results.counts.get(f"followed {resource}", [])
-        checks.append({"name": f"  neighbour entries on the new MAC ({resource})",
-                       "value": f"{sum(followed)}/{len(followed) * len(VS_ADDRESSES[resource])}",
-                       "limit": "all", "unit": "count",
-                       "pass": bool(followed) and all(f == len(VS_ADDRESSES[resource])
-                                                      for f in followed)})
+        checks.append(target(f"  neighbour entries on the new MAC ({resource})",
+                             f"{sum(followed)}/{len(followed) * len(VS_ADDRESSES[resource])}",
+                             "all", "count", bool(followed) and all(
+                                 f == len(VS_ADDRESSES[resource]) for f in followed)))
         checks.append(target(f"  agent start {resource} (Pacemaker exec-time, median)",
-                             median(results, f"start {resource}"), AGENT_START_LIMIT))
+                             results.median_or_none(f"start {resource}"), AGENT_START_LIMIT))
         checks.append(target(f"node loss -> {resource} served by survivor",
-                             median(results, f"loss {resource}"), FAILOVER_LIMIT))
-    hand = median(results, "hand vsnet start")
+                             results.median_or_none(f"loss {resource}"), FAILOVER_LIMIT))
+    hand = results.median_or_none("hand vsnet start")
     checks.append(target("agent start by hand (median)", hand, AGENT_START_LIMIT))
-    floor_hand = median(results, "hand IPaddr2 start")
+    floor_hand = results.median_or_none("hand IPaddr2 start")
     checks.append(target("  x IPaddr2 start by hand", hand / floor_hand
                          if hand and floor_hand else None, 1.0, "x floor"))
-    checks.append({"name": "addresses on both nodes during planned moves",
-                   "value": f"{overlaps} of {results.values.get('samples', 0)} samples",
-                   "limit": 0, "unit": "count", "pass": overlaps == 0})
+    checks.append(target("addresses on both nodes during planned moves",
+                         f"{overlaps} of {results.values.get('samples', 0)} samples", 0, "count",
+                         overlaps == 0))
     for name in ("activate 100", "deactivate 100"):
-        checks.append(target(f"vsnetctl {name} VS (median)", median(results, name),
+        checks.append(target(f"vsnetctl {name} VS (median)", results.median_or_none(name),
                              SWITCH_LIMIT))
 
     def show(check: dict[str, Any]) -> str:
         if check["unit"] == "count":
             return f"{check['value']} (want {check['limit']})"
-        from bench.common import shown
-        return shown(check)
+        return common.shown(check)
 
-    print_targets(checks, notes.notes + results.notes, show)
+    common.print_targets(checks, notes.notes + results.notes, show)
     return 0
 
 

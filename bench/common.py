@@ -12,7 +12,8 @@ import gc
 import json
 import math
 import os
-import signal
+import select
+import socket
 import statistics
 import subprocess
 import sys
@@ -25,13 +26,20 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vsnetd import sandbox
+from tests import sandbox
+from tests.daemons import Daemon
+from vsnetd import netlink
 from vsnetd.compile import compile_config
-from vsnetd.config import parse_config
+from vsnetd.config import Config, parse_config
+from vsnetd.diff import plan_changes
 from vsnetd.kernel import Kernel
-from vsnetd.reconcile import ConvergeResult, Reconciler, gc_paused
-from vsnetd.sandbox import NotifySocket
-from vsnetd.state import SHARED, DesiredState
+from vsnetd.kinds import route as route_kind
+from vsnetd.kinds import rule as rule_kind
+from vsnetd.kinds.route import Route
+from vsnetd.kinds.rule import Rule
+from vsnetd.observe import observe
+from vsnetd.reconcile import ConvergeResult, Reconciler, converge, gc_paused, plan_for
+from vsnetd.state import SHARED, VSNET_PROTOCOL, DesiredState
 
 UPLINK = "eth0"
 PEER = "peer0"
@@ -142,95 +150,157 @@ def config_dir(text: str) -> Iterator[tuple[Path, Path]]:
         yield workdir, config
 
 
-class RunningDaemon:
-    """``vsnetd -c FILE --control CTL [ARGS] --resync-interval 3600`` as a subprocess, with
-    a NOTIFY_SOCKET of its own (``command`` in place of ``vsnetd``, ``env`` added to its
-    environment)."""
+def start_daemon(workdir: Path, config: Path, *, args: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None, command: Sequence[str] | None = None,
+                 control: str = "control.sock", watchdog_usec: str | None = None,
+                 stop_timeout: float = 30.0) -> Daemon:
+    """The tests' running vsnetd (tests/daemons.py) as the benchmarks run it: the installed
+    console script, not verbose, no periodic resync inside a measure."""
+    return Daemon(workdir, config, [*args, "--resync-interval", "3600"],
+                  command=command or console_script("vsnetd", "vsnetd.daemon"), env=env,
+                  watchdog_usec=watchdog_usec, verbose=False, control=control,
+                  stop_timeout=stop_timeout)
 
-    def __init__(self, workdir: Path, config: Path, *, control: str = "control.sock",
-                 args: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                 command: Sequence[str] | None = None, stop_timeout: float = 30.0) -> None:
-        self.config = config
-        self.control = workdir / control
-        self.notify = NotifySocket(workdir / "notify.sock")
-        self.log = workdir / "vsnetd.log"
-        self.stop_timeout = stop_timeout
-        self.env = dict(os.environ, NOTIFY_SOCKET=str(self.notify.path),
-                        VSNET_CONTROL=str(self.control), **(env or {}))
-        if command is None:
-            command = console_script("vsnetd", "vsnetd.daemon")
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [*command, "-c", str(config), "--control", str(self.control), *args,
-                 "--resync-interval", "3600"],
-                env=self.env, stdout=subprocess.DEVNULL, stderr=log,
-            )
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+def daemon_status(daemon: Daemon) -> dict[str, Any]:
+    """``vsnetctl status --json``; {} when it does not answer."""
+    try:
+        return daemon.status()
+    except json.JSONDecodeError:
+        return {}
 
-    def ready(self, timeout: float) -> float:
-        """Wait for READY=1; the seconds it took."""
-        started = time.perf_counter()
-        deadline = started + timeout
-        while not self.notify.seen("READY", "1"):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vsnetd exited ({self.proc.returncode}): {self.log_tail()}")
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"vsnetd not ready after {timeout:g} s: {self.log_tail()}")
-            time.sleep(0.005)
-        return time.perf_counter() - started
 
-    def log_tail(self, lines: int = 5) -> str:
+def note_exited(daemon: Daemon, notes: Notes) -> None:
+    """A note when the daemon is no longer running."""
+    if not daemon.alive():
+        notes.note(f"vsnetd exited ({daemon.proc.returncode}): {daemon.log_tail(5)}")
+
+
+def stop_and_teardown(daemon: Daemon, notes: Notes) -> None:
+    """SIGTERM (it must exit 0 after STOPPING=1), then ``vsnetctl teardown``; what went
+    wrong as notes. The notify socket is closed."""
+    code = daemon.stop()
+    if code != 0:
+        notes.note(f"vsnetd exited {code} on SIGTERM: {daemon.log_tail(5)}")
+    elif not daemon.notify.seen("STOPPING", "1"):
+        notes.note("vsnetd stopped without STOPPING=1")
+    teardown = daemon.vsnetctl("teardown")
+    if teardown.returncode != 0:
+        notes.note(f"vsnetctl teardown failed ({teardown.returncode}): "
+                   f"{teardown.stderr.strip()[:200]}")
+    daemon.notify.close()
+
+
+# --------------------------------------------------------------------------- kernel events
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One IPv4 address, route or rule notification: its message type, when it was read,
+    and the rule or route it announces as vsnet's own decoders read it (vsnetd/kinds)."""
+
+    type: int
+    at: float
+    rule: Rule | None = None
+    route: Route | None = None
+
+
+EVERY = range(1 << 32)  # as the decoders' own range: foreign rules and routes are kept too
+_RULE_TYPES = (netlink.RTM_NEWRULE, netlink.RTM_DELRULE)
+_ROUTE_TYPES = (netlink.RTM_NEWROUTE, netlink.RTM_DELROUTE)
+_ADDRESS_TYPES = (netlink.RTM_NEWADDR, netlink.RTM_DELADDR)
+
+
+class KernelEvents:
+    """The kernel's IPv4 address, route and rule notifications (vsnetd.netlink's monitor),
+    each timed when read."""
+
+    def __init__(self) -> None:
+        self.monitor = netlink.RtnlMonitor()
+        self.overruns = 0
+        self._rule = rule_kind.decoder(VSNET_PROTOCOL, EVERY)
+        self._route = route_kind.decoder({}, VSNET_PROTOCOL, EVERY)
+
+    def close(self) -> None:
+        self.monitor.close()
+
+    def read(self, timeout: float) -> list[Event]:
+        """What arrives within ``timeout`` (all that is queued once something is)."""
+        if not select.select([self.monitor], [], [], max(0.0, timeout))[0]:
+            return []
+        events: list[Event] = []
+
+        def decode(kind: int, data: bytearray, start: int, end: int) -> None:
+            at = time.perf_counter()
+            if data[start] != socket.AF_INET:  # every header starts with its family
+                return
+            if kind in _RULE_TYPES:
+                found = self._rule(data, start, end)
+                events.append(Event(kind, at, rule=found[0] if found else None))
+            elif kind in _ROUTE_TYPES:
+                routed = self._route(data, start, end)
+                events.append(Event(kind, at, route=routed[0] if routed else None))
+            elif kind in _ADDRESS_TYPES:
+                events.append(Event(kind, at))
+
         try:
-            return " | ".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+            self.monitor.read(decode)
+        except netlink.Overrun:
+            self.overruns += 1
+        return events
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+    def drain(self) -> None:
+        while self.read(0.0):
+            pass
 
-    def note_exited(self, notes: Notes) -> None:
-        """A note when the daemon is no longer running."""
-        if not self.alive():
-            notes.note(f"vsnetd exited ({self.proc.returncode}): {self.log_tail()}")
+    def wait(self, match: Callable[[Event], bool], timeout: float
+             ) -> tuple[Event | None, list[Event]]:
+        """Read until an event matches; (that event or None on timeout, all events read)."""
+        deadline = time.perf_counter() + timeout
+        seen: list[Event] = []
+        while (left := deadline - time.perf_counter()) > 0:
+            for event in self.read(left):
+                seen.append(event)
+                if match(event):
+                    return event, seen
+        return None, seen
 
-    def vsnetctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*console_script("vsnetctl", "vsnetd.cli"), *args, "-c",
-                               str(self.config)], capture_output=True, text=True,
-                              env=self.env, timeout=60)
 
-    def status(self) -> dict[str, Any]:
-        result = self.vsnetctl("status", "--json")
+def rule_created(match: Callable[[Rule], bool]) -> Callable[[Event], bool]:
+    return lambda event: (event.type == netlink.RTM_NEWRULE and event.rule is not None
+                          and match(event.rule))
+
+
+def route_created(match: Callable[[Route], bool]) -> Callable[[Event], bool]:
+    return lambda event: (event.type == netlink.RTM_NEWROUTE and event.route is not None
+                          and match(event.route))
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def stat_cpu_ticks(pid: int) -> int:
+    """utime + stime of the whole process (every thread), in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def schedstat_ns(pid: int) -> dict[str, int]:
+    """CPU ns per thread, from schedstat: the main thread as "main", the others by
+    ``comm`` (Python threads inherit the process's) and their order of creation."""
+    threads: dict[str, int] = {}
+    tasks = sorted(Path(f"/proc/{pid}/task").iterdir(), key=lambda task: int(task.name))
+    for number, task in enumerate(tasks):
         try:
-            reply: dict[str, Any] = json.loads(result.stdout)
-        except json.JSONDecodeError:
-            return {}
-        return reply
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=self.stop_timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    def stop_and_teardown(self, notes: Notes) -> None:
-        """SIGTERM (it must exit 0 after STOPPING=1), then ``vsnetctl teardown``; what went
-        wrong as notes. The notify socket is closed."""
-        code = self.stop()
-        if code != 0:
-            notes.note(f"vsnetd exited {code} on SIGTERM: {self.log_tail()}")
-        elif not self.notify.seen("STOPPING", "1"):
-            notes.note("vsnetd stopped without STOPPING=1")
-        teardown = self.vsnetctl("teardown")
-        if teardown.returncode != 0:
-            notes.note(f"vsnetctl teardown failed ({teardown.returncode}): "
-                       f"{teardown.stderr.strip()[:200]}")
-        self.notify.close()
+            comm = (task / "comm").read_text().strip()
+            runtime = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that just ended
+        threads["main" if task.name == str(pid) else f"{comm}#{number}"] = runtime
+    return threads
 
 
 # --------------------------------------------------------------------------- measuring
@@ -270,6 +340,10 @@ class Results(Notes):
 
     def median(self, name: str) -> float:
         return statistics.median(self.samples[name])
+
+    def median_or_none(self, name: str) -> float | None:
+        values = self.samples.get(name)
+        return statistics.median(values) if values else None
 
     def stat(self, name: str, q: float) -> float | None:
         values = self.samples.get(name)
@@ -342,6 +416,52 @@ def check_attributed(results: Results, edit: ConvergeResult, edited_name: str) -
     if touched != {edited_name}:
         results.note(f"one-VS edit: its changes were attributed to {sorted(touched)}, "
                      f"expected only {edited_name}")
+
+
+def not_converged(result: ConvergeResult) -> str:
+    """Why a converge did not converge: how many VS failed (the first named) and changes left."""
+    first = next(iter(result.failures.items()), ("-", "-"))
+    return (f"{len(result.failures)} VS failed (e.g. {first[0]}: {first[1]}), "
+            f"{len(result.final_plan.changes)} changes left")
+
+
+def warm_measures(results: Results, sock: Kernel, reconciler: Reconciler, desired: DesiredState,
+                  texts: tuple[str, str], edited_name: str,
+                  differs: Callable[[DesiredState], str], count_changes: bool = False) -> None:
+    """What follows vsnet's cold apply of ``texts[0]``: the no-op plan (and its observe, its
+    diff, and with parse + compile), the one-VS edit to ``texts[1]`` through the warm
+    Reconciler, the one-shot converge back, and the teardown to an empty config; notes
+    where the kernel ``differs`` (a description, "" when it does not) after the edit."""
+    plan_s, plan = timed(lambda: plan_for(sock, desired))
+    results.time("noop_plan", plan_s)
+    if plan.changes:
+        results.note(f"no-op plan was not empty: {len(plan.changes)} changes "
+                     f"(e.g. {plan.changes[0].describe()})")
+    with gc_paused():
+        observe_s, observed = timed(lambda: observe(sock, desired.scope))
+        diff_s, _ = timed(lambda: plan_changes(desired, observed))
+        full_s, _ = timed(
+            lambda: plan_for(sock, compile_config(parse_config(texts[0], file="bench.yaml"))))
+    results.time("noop_observe", observe_s)
+    results.time("noop_diff", diff_s)
+    results.time("noop_total", full_s)
+    edited, edit = one_vs_edit(results, reconciler, texts[1])
+    if not edit.converged:
+        results.note(f"vsnet one-VS edit did not converge: {not_converged(edit)}")
+    problem = differs(edited)
+    if problem:
+        results.note(f"after the one-VS edit the kernel differs from desired: {problem}")
+    check_attributed(results, edit, edited_name)
+    oneshot_s, back = timed(lambda: converge(sock, desired))  # and back, the one-shot way
+    results.time("edit_oneshot", oneshot_s)
+    teardown_s, gone = timed(lambda: converge(sock, compile_config(Config(version=1))))
+    results.time("teardown", teardown_s)
+    if count_changes:
+        results.count("oneshot_applied", len(back.applied))
+        results.count("teardown_applied", len(gone.applied))
+    for what, result in (("one-shot converge back from the edit", back), ("teardown", gone)):
+        if not result.converged:
+            results.note(f"vsnet {what} did not converge: {not_converged(result)}")
 
 
 # --------------------------------------------------------------------------- report
@@ -464,6 +584,25 @@ def print_targets(checks: Sequence[dict[str, Any]], notes: Sequence[str],
             print(f"  - {text}")
 
 
+def target(name: str, measure: str, value: Any, limit: Any, unit: str, *,
+           at_least: bool = False, passed: bool | None = None) -> dict[str, Any]:
+    """One target as the reports print it and their JSON holds it; it passes when ``value``
+    is at most ``limit`` (at least, with ``at_least``), or as ``passed`` says."""
+    if passed is None:
+        passed = value is not None and (value >= limit if at_least else value <= limit)
+    return {"name": name, "measure": measure, "value": value, "limit": limit, "unit": unit,
+            "pass": passed}
+
+
+def scale_note(servers: int, target_servers: int) -> str:
+    """What a target's name says when the run's size is not the one the target is set for."""
+    return "" if servers == target_servers else f" (target set for {target_servers} VS)"
+
+
+def ratio(value: float | None, floor: float | None) -> float | None:
+    return value / floor if value is not None and floor else None
+
+
 def report(info: dict[str, Any], args: argparse.Namespace, results: R,
            as_json: Callable[[dict[str, Any], argparse.Namespace, R], dict[str, Any]],
            print_table: Callable[[dict[str, Any], argparse.Namespace, R], None]) -> int:
@@ -475,28 +614,59 @@ def report(info: dict[str, Any], args: argparse.Namespace, results: R,
     return 0
 
 
+def run_benchmark(script: str, argv: Sequence[str], args: argparse.Namespace,
+                  measure: Callable[[argparse.Namespace], R], info: Callable[[], dict[str, Any]],
+                  as_json: Callable[[dict[str, Any], argparse.Namespace, R], dict[str, Any]],
+                  print_table: Callable[[dict[str, Any], argparse.Namespace, R], None],
+                  info_first: bool = False) -> int:
+    """A benchmark's main: into a sandbox, measure, describe the machine (before measuring
+    with ``info_first``), report; the exit status."""
+    if not enter_sandbox(script, argv):
+        return 1
+    machine_info = info() if info_first else {}
+    results = measure(args)
+    return report(machine_info or info(), args, results, as_json, print_table)
+
+
 # --------------------------------------------------------------------------- arguments
 
 
-def floor_args(argv: Sequence[str], description: str | None, limit: int,
-               why: str) -> argparse.Namespace:
+def arguments(doc: str | None, *, servers: int | None = 1000, repeat: int | None = None,
+              repeat_help: str = "runs of each measure; the median is reported"
+              ) -> argparse.ArgumentParser:
+    """A benchmark's options: ``--servers`` and ``--repeat`` (with these defaults; None: no
+    such option); the script adds its own, then :func:`parse` adds ``--json``."""
+    parser = argparse.ArgumentParser(description=description(doc))
+    if servers is not None:
+        parser.add_argument("--servers", type=int, default=servers,
+                            help=f"number of VS (default {servers})")
+    if repeat is not None:
+        parser.add_argument("--repeat", type=int, default=repeat,
+                            help=f"{repeat_help} (default {repeat})")
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str], limit: int | None = None,
+          why: str = "") -> argparse.Namespace:
+    """``--json`` added, ``argv`` parsed; ``--servers`` checked against 1..``limit`` (``why``
+    said when outside), ``--repeat`` against at least 1."""
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    if limit is not None and not 1 <= args.servers <= limit:
+        parser.error(f"--servers must be 1..{limit} ({why})")
+    if getattr(args, "repeat", 1) < 1:
+        parser.error("--repeat must be at least 1")
+    return args
+
+
+def floor_args(argv: Sequence[str], doc: str | None, limit: int, why: str) -> argparse.Namespace:
     """The options of a benchmark against ``ip -batch`` and a naive pyroute2 loop:
-    ``--servers`` (1..limit, ``why`` said when outside), ``--repeat``, ``--naive-budget``,
-    ``--json``."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--servers", type=int, default=1000, help="number of VS (default 1000)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="runs of each measure; the median is reported (default 3)")
+    ``--servers``, ``--repeat``, ``--naive-budget``, ``--json``."""
+    parser = arguments(doc, repeat=3)
     parser.add_argument("--naive-budget", type=float, default=20.0, metavar="SECONDS",
                         help="stop the naive pyroute2 loop after this long per run and "
                              "extrapolate linearly (default 20)")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args(argv)
-    if not 1 <= args.servers <= limit:
-        parser.error(f"--servers must be 1..{limit} ({why})")
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    return args
+    return parse(parser, argv, limit, why)
 
 
 def description(doc: str | None) -> str | None:

@@ -1,11 +1,6 @@
 """What pbr confinement costs: the same N pbr VS converged with and without it.
 
-``bench/confinement.py --servers 200`` measures, in a sandbox (fresh network and mount
-namespaces, its own bpffs), interleaved rounds of: a cold apply, a no-op plan (a full
-observe) and the daemon's periodic confinement check, without confinement (the floor) and
-with it; medians and their ratio to the floor. The cgroups live under a name unique to
-the run in the machine's cgroup-v2 tree and are removed (teardown, then a check) at the end.
-No target: this is the price list the README quotes.
+How it measures: docs/benchmarks.md (`bench/confinement.py`).
 """
 
 from __future__ import annotations
@@ -21,13 +16,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import add_uplink, enter_sandbox, make_pbr_servers, pbr_yaml
+from tests.sandbox import fresh_netns
 from vsnetd.compile import compile_config
 from vsnetd.config import Config, parse_config
 from vsnetd.kernel import Kernel
 from vsnetd.kinds import confinement
 from vsnetd.observe import observe, recheck_confinements
 from vsnetd.reconcile import converge, plan_for
-from vsnetd.sandbox import fresh_netns
 
 
 def measure(text: str, rounds: int, label: str, times: dict[str, list[float]]) -> None:

@@ -1,80 +1,40 @@
 """Benchmark of vsnetd as a running process: edit-to-kernel latency, self-heal, CPU and memory.
 
-``bench/daemon.py --servers 1000`` starts ``vsnetd`` on N pbr virtual servers (two IPv4
-addresses each) and measures, in one run, inside a sandbox (a fresh network namespace
-whose uplink ``eth0`` is a veth created in it; the machine's own network is never touched):
-
-* edit-to-kernel latency: one VS's second address moves (and back, alternately); each VS
-  lives in a drop-in file of its own (``servers.d/<name>.yaml``; ``--single-file``: all in
-  ``servers.yaml``), written the way editors do (a temporary file renamed over it), and
-  the time runs from the rename to the netlink notification of the last change of that
-  edit, the rule ``from <new address>`` (vsnet creates addresses, then routes, then rules);
-* the floor, interleaved with those edits: the same six changes (an address replaced, two
-  routes replaced, a rule replaced) made by an ``ip -batch`` process on a device and
-  numbers vsnet does not manage, from the process's start to the notification of its rule;
-* heal latency: one of vsnet's rules (then, separately, one of its routes) is deleted
-  with a netlink request of our own; the time runs from the delete to the notification of
-  the same rule (route) being created again;
-* CPU (utime + stime of /proc/PID/stat, in clock ticks; per thread, to the nanosecond,
-  from schedstat) and memory (VmRSS, VmHWM) when idle and under 10 edits/s of different
-  VS, with the edit latency under that load;
-* the daemon's own view, ``vsnetctl status --json`` after an edit (``last_reconcile``).
-
-The latencies are read from a netlink socket subscribed to the kernel's address, route
-and rule notifications: the same events the kernel sends everybody, timed on arrival;
-p50/p99 are nearest-rank percentiles.
-The targets are reported PASS/MISS; this is a benchmark, not a test, so it always exits 0
-once it has measured.
+How it measures: docs/benchmarks.md (`bench/daemon.py`).
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
-import os
-import select
-import socket
 import statistics
-import struct
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from importlib.metadata import version
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (
-    FIRST_HOST,
-    SUBNETS,
-    PbrServer,
-    Results,
-    RunningDaemon,
-    config_dir,
-    description,
-    enter_sandbox,
-    machine,
-    machine_line,
-    make_pbr_servers,
-    mib,
-    pbr_max_servers,
-    pbr_yaml,
-    percentile,
-    print_targets,
-    report,
-    uplinked_netns,
-)
+from bench import common
+from bench.common import Event, KernelEvents, PbrServer, Results, rule_created
 from bench.common import progress_line as progress
-from vsnetd import ruletree, sandbox
+from tests import sandbox
+from tests.daemons import Daemon, save
 from vsnetd.compile import compile_config
-from vsnetd.config import Settings, drop_in_dir, load_config, parse_config
-from vsnetd.state import DesiredState
+from vsnetd.config import drop_in_dir, load_config, parse_config
+from vsnetd.kinds import route as route_kind
+from vsnetd.kinds import rule as rule_kind
+from vsnetd.kinds.route import Route
+from vsnetd.kinds.rule import Rule
+from vsnetd.netlink import RTM_NEWRULE, RtnlSocket
+from vsnetd.state import VSNET_PROTOCOL, DesiredState
 
-PRIORITY_BASE = Settings().priority_base
+KINDS = {"rule": rule_kind, "route": route_kind}  # what a heal deletes, and its codec
+
 MOVED_HOST = 30000  # an edit moves VS n's second address to host MOVED_HOST + n (and back)
 EDIT_GAP = 0.050  # seconds between two measured edits (or heals): they must not coalesce
 WAIT_TIMEOUT = 10.0  # seconds before a change that never shows is counted as lost
@@ -91,31 +51,6 @@ IDLE_CPU_TARGET = 1.0  # percent of one CPU
 RSS_TARGET = 80_000_000  # bytes: 80 MB read strictly (76.3 MiB)
 TARGET_SERVERS = 1000
 
-# netlink (linux/netlink.h, linux/rtnetlink.h, linux/fib_rules.h)
-NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-ATTR = struct.Struct("=HH")
-U32 = struct.Struct("=I")
-I32 = struct.Struct("=i")
-RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope,
-#                                       type, flags
-FIB_RULE_HDR = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, res1,
-#                                              res2, action, flags
-NLMSG_ERROR = 2
-NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
-RTM_NEWADDR, RTM_DELADDR = 20, 21
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-RTM_NEWRULE, RTM_DELRULE = 32, 33
-CHANGE_TYPES = frozenset({RTM_NEWADDR, RTM_DELADDR, RTM_NEWROUTE, RTM_DELROUTE, RTM_NEWRULE,
-                          RTM_DELRULE})
-GROUPS = 0x10 | 0x40 | 0x80  # bind() bitmask: IPv4 addresses, IPv4 routes, IPv4 rules
-SO_RCVBUFFORCE = 33
-RECV_BUFFER = 64 << 20
-RTA_DST, RTA_TABLE = 1, 15
-FRA_SRC, FRA_PRIORITY, FRA_TABLE = 2, 6, 15
-FR_ACT_TO_TBL = 1
-RT_TABLE_COMPAT = 252  # the header's table field when the real one is > 255
-RT_SCOPE_NOWHERE = 255  # in a delete: any scope
-
 
 # --------------------------------------------------------------------------- workload
 
@@ -124,14 +59,14 @@ def moved(vs: PbrServer) -> PbrServer:
     """The VS with its second address moved to its other host (and back, next time)."""
     current = vs.addresses[1]
     net = current.network
-    hosts = (net[FIRST_HOST + vs.id], net[MOVED_HOST + vs.id])
+    hosts = (net[common.FIRST_HOST + vs.id], net[MOVED_HOST + vs.id])
     other = hosts[1] if current.ip == hosts[0] else hosts[0]
     return replace(vs, addresses=(vs.addresses[0], IPv4Interface((other, net.prefixlen))))
 
 
 def drop_in_yaml(vs: PbrServer) -> str:
     """The drop-in file of one VS: its ``servers:`` entry."""
-    return pbr_yaml([vs]).removeprefix("version: 1\n")
+    return common.pbr_yaml([vs]).removeprefix("version: 1\n")
 
 
 FLOOR_DEVICE = "floor0"  # the ip -batch floor's device: no VS uses it
@@ -153,214 +88,25 @@ def floor_batch(old: str, new: str) -> str:
     ]) + "\n"
 
 
-def save(path: Path, text: str) -> float:
-    """Write the way editors do (a new file renamed over the old one); the rename's time."""
-    partial = path.with_name(f".{path.name}.swp")
-    partial.write_text(text)
-    os.replace(partial, path)
-    return time.perf_counter()
-
-
-# --------------------------------------------------------------------------- netlink
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One notification: its type, arrival time, and what identifies the object."""
-
-    kind: int
-    at: float
-    table: int = 0
-    priority: int = 0
-    source: str = ""  # a rule's FRA_SRC
-    destination: str = ""  # a route's "dst/len"
-
-
-def _attrs(data: bytes | bytearray, offset: int, end: int) -> dict[int, bytes]:
-    found: dict[int, bytes] = {}
-    while offset + ATTR.size <= end:
-        length, kind = ATTR.unpack_from(data, offset)
-        if length < ATTR.size:
-            break
-        found[kind & 0x3FFF] = bytes(data[offset + ATTR.size : offset + length])
-        offset += (length + 3) & ~3
-    return found
-
-
-def decode(kind: int, data: bytes | bytearray, start: int, end: int, at: float) -> Event:
-    """The fields the benchmark matches on; start..end is the body after nlmsghdr."""
-    if kind in (RTM_NEWRULE, RTM_DELRULE):
-        table = FIB_RULE_HDR.unpack_from(data, start)[4]
-        attrs = _attrs(data, start + FIB_RULE_HDR.size, end)
-        source = str(IPv4Address(attrs[FRA_SRC])) if len(attrs.get(FRA_SRC, b"")) == 4 else ""
-        priority = U32.unpack(attrs[FRA_PRIORITY])[0] if FRA_PRIORITY in attrs else 0
-        table = U32.unpack(attrs[FRA_TABLE])[0] if FRA_TABLE in attrs else table
-        return Event(kind, at, table=table, priority=priority, source=source)
-    if kind in (RTM_NEWROUTE, RTM_DELROUTE):
-        _family, dst_len, _sl, _tos, table = RTMSG.unpack_from(data, start)[:5]
-        attrs = _attrs(data, start + RTMSG.size, end)
-        dst = str(IPv4Address(attrs[RTA_DST])) if len(attrs.get(RTA_DST, b"")) == 4 else "0.0.0.0"
-        table = U32.unpack(attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
-        return Event(kind, at, table=table, destination=f"{dst}/{dst_len}")
-    return Event(kind, at)
-
-
 def rule_from(source: str) -> Callable[[Event], bool]:
     """Matches the creation of a rule ``from source``."""
-    return lambda event: event.kind == RTM_NEWRULE and event.source == source
+    return lambda event: created_from(event) == source
 
 
 def rule_at(priority: int) -> Callable[[Event], bool]:
     """Matches the creation of a rule at ``priority``."""
-    return lambda event: event.kind == RTM_NEWRULE and event.priority == priority
+    return rule_created(lambda rule: rule.priority == priority)
 
 
-def route_to(table: int, destination: IPv4Network) -> Callable[[Event], bool]:
-    """Matches the creation of a route to ``destination`` in ``table``."""
-    return lambda event: (event.kind == RTM_NEWROUTE and event.table == table
-                          and event.destination == str(destination))
+DEFAULT = "0.0.0.0/0"
 
 
-class Notifications:
-    """The kernel's IPv4 address, route and rule notifications, timed on arrival."""
-
-    def __init__(self) -> None:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
-                             socket.NETLINK_ROUTE)
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECV_BUFFER)
-        sock.bind((0, GROUPS))
-        self.sock = sock
-        self.buffer = bytearray(1 << 20)
-        self.overruns = 0
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def read(self, timeout: float) -> list[Event]:
-        """What arrives within ``timeout`` (all that is queued once something is)."""
-        ready, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
-        if not ready:
-            return []
-        events: list[Event] = []
-        while True:
-            try:
-                received = self.sock.recv_into(self.buffer)
-            except BlockingIOError:
-                return events
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                self.overruns += 1
-                continue
-            at = time.perf_counter()
-            data = self.buffer
-            offset = 0
-            while offset + NLMSGHDR.size <= received:
-                length, kind = NLMSGHDR.unpack_from(data, offset)[:2]
-                if length < NLMSGHDR.size:
-                    break
-                if kind in CHANGE_TYPES:
-                    events.append(decode(kind, data, offset + NLMSGHDR.size, offset + length, at))
-                offset += (length + 3) & ~3
-
-    def drain(self) -> None:
-        while self.read(0.0):
-            pass
-
-    def wait(self, match: Callable[[Event], bool], timeout: float = WAIT_TIMEOUT
-             ) -> tuple[Event | None, list[Event]]:
-        """Read until an event matches; (that event or None on timeout, all events read)."""
-        deadline = time.perf_counter() + timeout
-        seen: list[Event] = []
-        while True:
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                return None, seen
-            for event in self.read(left):
-                seen.append(event)
-                if match(event):
-                    return event, seen
-
-
-class Requests:
-    """Our own rtnetlink requests (the "someone deletes it by hand" of a heal)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self.sock.bind((0, 0))
-        self.seq = 0
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, kind: int, body: bytes) -> float:
-        """Send one request; return when the kernel had done it, then wait for its ACK.
-
-        The kernel handles an rtnetlink request inside ``send``: the object is gone when
-        it returns, so that is the time returned.
-        """
-        self.seq += 1
-        self.sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK,
-                                     self.seq, 0) + body)
-        done = time.perf_counter()
-        while True:
-            data = self.sock.recv(65536)
-            _length, mtype, _flags, seq, _pid = NLMSGHDR.unpack_from(data, 0)
-            if mtype == NLMSG_ERROR and seq == self.seq:
-                error = I32.unpack_from(data, NLMSGHDR.size)[0]
-                if error:
-                    raise OSError(-error, f"netlink request {kind}: {os.strerror(-error)}")
-                return done
-
-    def delete_rule(self, priority: int, table: int, source: str) -> float:
-        header = FIB_RULE_HDR.pack(socket.AF_INET, 0, 32, 0, min(table, RT_TABLE_COMPAT), 0, 0,
-                                   FR_ACT_TO_TBL, 0)
-        body = (header + _attr(FRA_PRIORITY, U32.pack(priority))
-                + _attr(FRA_SRC, IPv4Address(source).packed) + _attr(FRA_TABLE, U32.pack(table)))
-        return self.send(RTM_DELRULE, body)
-
-    def delete_route(self, table: int, destination: IPv4Network) -> float:
-        header = RTMSG.pack(socket.AF_INET, destination.prefixlen, 0, 0,
-                            table if table < 256 else 0, 0, RT_SCOPE_NOWHERE, 0, 0)
-        body = header + _attr(RTA_TABLE, U32.pack(table))
-        if destination.prefixlen:
-            body += _attr(RTA_DST, destination.network_address.packed)
-        return self.send(RTM_DELROUTE, body)
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = ATTR.size + len(payload)
-    return ATTR.pack(length, kind) + payload + b"\0" * (-length & 3)
-
-
-# --------------------------------------------------------------------------- the daemon
+def default_route_in(table: int) -> Callable[[Event], bool]:
+    """Matches the creation of the default route of ``table``."""
+    return common.route_created(lambda route: route.table == table and route.destination == DEFAULT)
 
 
 # --------------------------------------------------------------------------- /proc
-
-
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (every thread), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK  # fields 14 and 15 of stat(5)
-
-
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds per thread, from schedstat (ns): the main thread as "main", the others
-    by ``comm`` (Python threads inherit the process's) and their order of creation."""
-    threads: dict[str, float] = {}
-    tasks = sorted(Path(f"/proc/{pid}/task").iterdir(), key=lambda task: int(task.name))
-    for number, task in enumerate(tasks):
-        try:
-            comm = (task / "comm").read_text().strip()
-            runtime = int((task / "schedstat").read_text().split()[0]) / 1e9
-        except (OSError, ValueError, IndexError):
-            continue
-        threads["main" if task.name == str(pid) else f"{comm}#{number}"] = runtime
-    return threads
 
 
 def memory(pid: int) -> dict[str, int]:
@@ -384,16 +130,24 @@ class CpuWindow:
 
     def __post_init__(self) -> None:
         self.started = time.perf_counter()
-        self.cpu = cpu_seconds(self.pid)
+        self.cpu = common.stat_cpu_ticks(self.pid) / common.CLOCK_TICK
         self.threads = thread_cpu(self.pid)
 
-    def stop(self) -> tuple[float, float, dict[str, float]]:
-        """(wall seconds, CPU seconds, CPU seconds per thread)."""
+    def stop(self, values: dict[str, Any], prefix: str) -> None:
+        """Into ``values``, under ``prefix``: the CPU used as percent of one CPU (from stat,
+        from schedstat, per thread from schedstat) and the window's seconds."""
         wall = time.perf_counter() - self.started
-        cpu = cpu_seconds(self.pid) - self.cpu
+        cpu = common.stat_cpu_ticks(self.pid) / common.CLOCK_TICK - self.cpu
         after = thread_cpu(self.pid)
-        per_thread = {name: after[name] - self.threads.get(name, 0.0) for name in after}
-        return wall, cpu, per_thread
+        threads = {name: after[name] - self.threads.get(name, 0.0) for name in after}
+        values[f"{prefix}_cpu_percent"] = cpu / wall * 100
+        values[f"{prefix}_cpu_schedstat_percent"] = sum(threads.values()) / wall * 100
+        values[f"{prefix}_cpu_threads_percent"] = {n: s / wall * 100 for n, s in threads.items()}
+        values[f"{prefix}_seconds"] = wall
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    return {name: ns / 1e9 for name, ns in common.schedstat_ns(pid).items()}
 
 
 # --------------------------------------------------------------------------- measuring
@@ -408,14 +162,14 @@ class Bench:
     desired: DesiredState
     config: Path
     floor: Floor | None
-    daemon: RunningDaemon
-    events: Notifications
-    requests: Requests
+    daemon: Daemon
+    events: KernelEvents
+    requests: RtnlSocket
     results: Results
 
     def write(self, index: int) -> float:
         if self.args.single_file:
-            return save(self.config, pbr_yaml(self.servers))
+            return save(self.config, common.pbr_yaml(self.servers))
         vs = self.servers[index]
         return save(drop_in_dir(self.config) / f"{vs.name}.yaml", drop_in_yaml(vs))
 
@@ -427,7 +181,7 @@ class Bench:
 
 def write_config(config: Path, servers: list[PbrServer], single_file: bool) -> None:
     if single_file:
-        config.write_text(pbr_yaml(servers))
+        config.write_text(common.pbr_yaml(servers))
         return
     config.write_text("version: 1\n")
     directory = drop_in_dir(config)
@@ -482,13 +236,8 @@ def measure_reference(results: Results, desired: DesiredState, config: Path) -> 
 def measure_idle(bench: Bench, seconds: float) -> None:
     window = CpuWindow(bench.daemon.pid)
     time.sleep(seconds)
-    wall, cpu, threads = window.stop()
-    results = bench.results
-    results.values["idle_cpu_percent"] = cpu / wall * 100
-    results.values["idle_cpu_schedstat_percent"] = sum(threads.values()) / wall * 100
-    results.values["idle_cpu_threads_percent"] = {n: s / wall * 100 for n, s in threads.items()}
-    results.values["idle_seconds"] = wall
-    results.values["rss_idle"] = memory(bench.daemon.pid)["VmRSS"]
+    window.stop(bench.results.values, "idle")
+    bench.results.values["rss_idle"] = memory(bench.daemon.pid)["VmRSS"]
 
 
 def measure_edits(bench: Bench) -> None:
@@ -502,13 +251,13 @@ def measure_edits(bench: Bench) -> None:
         if bench.floor is not None:  # interleaved: contention weighs on both alike
             events.drain()
             address, t0 = bench.floor.change()
-            found, _seen = events.wait(rule_from(address))
+            found, _seen = events.wait(rule_from(address), WAIT_TIMEOUT)
             if found is not None:
                 results.time("floor_ip_batch", found.at - t0)
             time.sleep(EDIT_GAP)
         events.drain()
         address, t0 = bench.edit(index)
-        found, seen = events.wait(rule_from(address))
+        found, seen = events.wait(rule_from(address), WAIT_TIMEOUT)
         if found is None:
             lost += 1
             continue
@@ -517,14 +266,12 @@ def measure_edits(bench: Bench) -> None:
         results.time("edit_apply", found.at - seen[0].at)  # its changes in the kernel
         results.values["edit_changes"] = len(seen)
         if number % status_every == status_every - 1:
-            last = bench.daemon.status().get("daemon", {}).get("last_reconcile") or {}
+            last = common.daemon_status(bench.daemon).get("daemon", {}).get("last_reconcile") or {}
             if last:
                 results.time("status_last_reconcile", float(last["seconds"]))
                 views = results.values.setdefault("status_views", [])
-                views.append({"why": last.get("why"), "seconds": last.get("seconds"),
-                              "changes": last.get("changes"),
-                              "read_seconds": last.get("read_seconds"),
-                              "handover_seconds": last.get("handover_seconds")})
+                views.append({key: last.get(key) for key in (
+                    "why", "seconds", "changes", "read_seconds", "handover_seconds")})
         time.sleep(EDIT_GAP)
     if lost:
         results.note(f"edits: {lost} of {bench.args.edits} never showed their last change "
@@ -543,16 +290,20 @@ def measure_heals(bench: Bench, what: str) -> None:
         server = bench.desired.servers[names[(number * stride) % len(names)]]
         events.drain()
         table = server.numbers.address_table(0)  # the first address's
-        if what == "rule":
-            address = server.addresses[0].split("/")[0]
-            priority, _path = ruletree.source_leaf(socket.AF_INET, PRIORITY_BASE, address)
-            t0 = bench.requests.delete_rule(priority, table, address)
-            match = rule_at(priority)
+        victim: Rule | Route
+        if what == "rule":  # the rule of the first address: the one that looks up its table
+            victim = next(o for o in server.objects
+                          if isinstance(o, Rule) and o.action == "lookup" and o.table == table)
+            match = rule_at(victim.priority)
         else:
-            default = IPv4Network("0.0.0.0/0")
-            t0 = bench.requests.delete_route(table, default)
-            match = route_to(table, default)
-        found, _seen = events.wait(match)
+            victim = next(o for o in server.objects if isinstance(o, Route) and o.table == table
+                          and o.destination == DEFAULT)
+            match = default_route_in(table)
+        t0 = time.perf_counter()
+        (reply,) = bench.requests.batch([KINDS[what].request("delete", victim, VSNET_PROTOCOL, {})])
+        if not reply.ok:
+            raise OSError(-reply.error, f"deleting {victim.describe()}: {reply.describe()}")
+        found, _seen = events.wait(match, WAIT_TIMEOUT)
         if found is None:
             lost += 1
             continue
@@ -561,6 +312,13 @@ def measure_heals(bench: Bench, what: str) -> None:
     if lost:
         results.note(f"heals ({what}): {lost} of {count} never came back within "
                      f"{WAIT_TIMEOUT:g} s")
+
+
+def created_from(event: Event) -> str | None:
+    """The address a created rule is ``from`` (None for other events)."""
+    if event.type != RTM_NEWRULE or event.rule is None or event.rule.source is None:
+        return None
+    return event.rule.source.removesuffix("/32")
 
 
 def measure_load(bench: Bench) -> None:
@@ -579,36 +337,29 @@ def measure_load(bench: Bench) -> None:
         due = started + number / rate
         while (now := time.perf_counter()) < due:
             for event in events.read(due - now):
-                if event.kind == RTM_NEWRULE and event.source in pending:
-                    results.time("load_edit", event.at - pending.pop(event.source))
+                if (source := created_from(event)) in pending:
+                    results.time("load_edit", event.at - pending.pop(source))
         peak_rss = max(peak_rss, memory(pid)["VmRSS"])
         address, t0 = bench.edit((first + number) % len(bench.servers))
         pending[address] = t0
     deadline = max(started + duration, time.perf_counter()) + WAIT_TIMEOUT
     while pending and (left := deadline - time.perf_counter()) > 0:
         for event in events.read(min(left, 0.1)):
-            if event.kind == RTM_NEWRULE and event.source in pending:
-                results.time("load_edit", event.at - pending.pop(event.source))
+            if (source := created_from(event)) in pending:
+                results.time("load_edit", event.at - pending.pop(source))
         peak_rss = max(peak_rss, memory(pid)["VmRSS"])
     if (left := started + duration - time.perf_counter()) > 0:
         time.sleep(left)  # the window is at least the load's length
-    wall, cpu, threads = window.stop()
+    results.values["load_edits"] = total
+    window.stop(results.values, "load")
     mem = memory(pid)
-    results.values.update({
-        "load_edits": total,
-        "load_cpu_percent": cpu / wall * 100,
-        "load_cpu_schedstat_percent": sum(threads.values()) / wall * 100,
-        "load_cpu_threads_percent": {n: s / wall * 100 for n, s in threads.items()},
-        "load_seconds": wall,
-        "rss_load_peak": max(peak_rss, mem["VmRSS"]),
-        "hwm_after_load": mem["VmHWM"],
-    })
+    results.values.update(rss_load_peak=max(peak_rss, mem["VmRSS"]), hwm_after_load=mem["VmHWM"])
     if pending:
         results.note(f"load: {len(pending)} of {total} edits never showed their last change")
 
 
 def check_in_sync(bench: Bench, when: str) -> None:
-    status = bench.daemon.status()
+    status = common.daemon_status(bench.daemon)
     servers = status.get("servers", {})
     off = sorted(name for name, s in servers.items() if s.get("state") != "in-sync")
     if not servers:
@@ -630,23 +381,24 @@ def vsnet_rule_count() -> int:
 
 def run(args: argparse.Namespace) -> Results:
     results = Results()
-    servers = make_pbr_servers(args.servers)
-    desired = compile_config(parse_config(pbr_yaml(servers), file="bench.yaml"))
-    with uplinked_netns(), config_dir(pbr_yaml(servers)) as (workdir, config):
+    servers = common.make_pbr_servers(args.servers)
+    desired = compile_config(parse_config(common.pbr_yaml(servers), file="bench.yaml"))
+    with common.uplinked_netns(), common.config_dir(common.pbr_yaml(servers)) as (workdir, config):
         write_config(config, servers, args.single_file)
         measure_reference(results, desired, config)
-        events = Notifications()
-        requests = Requests()
+        events = KernelEvents()
+        requests = RtnlSocket()
         floor = Floor(workdir)
         progress("starting vsnetd")
-        daemon = RunningDaemon(workdir, config, env={"WATCHDOG_USEC": WATCHDOG_USEC})
+        daemon = common.start_daemon(workdir, config, watchdog_usec=WATCHDOG_USEC)
         bench = Bench(args, servers, desired, config, floor, daemon, events, requests, results)
         try:
             results.values["ready_seconds"] = daemon.ready(timeout=120)
             results.values["rss_start"] = memory(daemon.pid)["VmRSS"]
             results.values["hwm_start"] = memory(daemon.pid)["VmHWM"]
-            rules, expected = vsnet_rule_count(), results.values["objects"]["rule"]
-            if rules != expected:
+            shared = sum(1 for obj in desired.shared.values() if isinstance(obj, Rule))
+            rules, expected = vsnet_rule_count(), results.values["objects"]["rule"] + shared
+            if rules != expected:  # the VS's own rules and the rule tree's shared ones
                 results.note(f"after start: {rules} vsnet rules, expected {expected}")
             progress("settling")
             time.sleep(SETTLE)
@@ -662,12 +414,12 @@ def run(args: argparse.Namespace) -> Results:
             measure_load(bench)
             time.sleep(SETTLE)
             check_in_sync(bench, "after the load")
-            daemon.note_exited(results)
+            common.note_exited(daemon, results)
             if events.overruns:
                 results.note(f"the benchmark's netlink socket overran {events.overruns} time(s)")
         finally:
             progress("stopping vsnetd")
-            daemon.stop_and_teardown(results)
+            common.stop_and_teardown(daemon, results)
             left = vsnet_rule_count()
             if left:
                 results.note(f"after teardown: {left} vsnet rules left")
@@ -697,34 +449,28 @@ def plural(kind: str) -> str:
 
 
 def targets(results: Results, servers: int) -> list[dict[str, Any]]:
-    at = "" if servers == TARGET_SERVERS else f" (target set for {TARGET_SERVERS} VS)"
-    checks: list[dict[str, Any]] = []
+    at = common.scale_note(servers, TARGET_SERVERS)
 
-    def latency(name: str, measure: str, q: float, limit: float) -> None:
-        value = results.stat(measure, q)
-        checks.append({"name": f"{name} <= {limit * 1000:.0f} ms{at}", "measure": measure,
-                       "value": value, "limit": limit, "unit": "s",
-                       "pass": value is not None and value <= limit})
+    def latency(name: str, measure: str, q: float, limit: float) -> dict[str, Any]:
+        return common.target(f"{name} <= {limit * 1000:.0f} ms{at}", measure,
+                             results.stat(measure, q), limit, "s")
 
-    latency("edit to kernel p50", "edit", 50, EDIT_P50_TARGET)
-    latency("edit to kernel p99", "edit", 99, EDIT_P99_TARGET)
-    edit, floor = results.stat("edit", 50), results.stat("floor_ip_batch", 50)
-    ratio = edit / floor if edit is not None and floor else None
-    checks.append({"name": f"edit p50 / ip -batch p50 <= {EDIT_VS_IP_BATCH_TARGET:g} (same run)",
-                   "measure": "edit_vs_ip_batch", "value": ratio,
-                   "limit": EDIT_VS_IP_BATCH_TARGET, "unit": "x floor",
-                   "pass": ratio is not None and ratio <= EDIT_VS_IP_BATCH_TARGET})
-    latency("heal p50 (rule)", "heal_rule", 50, HEAL_P50_TARGET)
-    latency("heal p50 (route)", "heal_route", 50, HEAL_P50_TARGET)
-    idle = results.values.get("idle_cpu_percent")
-    checks.append({"name": f"idle CPU <= {IDLE_CPU_TARGET:g} %{at}", "measure": "idle_cpu_percent",
-                   "value": idle, "limit": IDLE_CPU_TARGET, "unit": "%",
-                   "pass": idle is not None and idle <= IDLE_CPU_TARGET})
     peak = max((results.values.get(k, 0) for k in ("hwm_after_load", "hwm_start")), default=0)
-    checks.append({"name": f"RSS <= {RSS_TARGET // 10**6} MB, peak (VmHWM){at}", "measure": "rss_peak",
-                   "value": peak, "limit": RSS_TARGET, "unit": "B",
-                   "pass": 0 < peak <= RSS_TARGET})
-    return checks
+    idle = results.values.get("idle_cpu_percent")
+    return [
+        latency("edit to kernel p50", "edit", 50, EDIT_P50_TARGET),
+        latency("edit to kernel p99", "edit", 99, EDIT_P99_TARGET),
+        common.target(f"edit p50 / ip -batch p50 <= {EDIT_VS_IP_BATCH_TARGET:g} (same run)",
+                      "edit_vs_ip_batch",
+                      common.ratio(results.stat("edit", 50), results.stat("floor_ip_batch", 50)),
+                      EDIT_VS_IP_BATCH_TARGET, "x floor"),
+        latency("heal p50 (rule)", "heal_rule", 50, HEAL_P50_TARGET),
+        latency("heal p50 (route)", "heal_route", 50, HEAL_P50_TARGET),
+        common.target(f"idle CPU <= {IDLE_CPU_TARGET:g} %{at}", "idle_cpu_percent", idle,
+                      IDLE_CPU_TARGET, "%"),
+        common.target(f"RSS <= {RSS_TARGET // 10**6} MB, peak (VmHWM){at}", "rss_peak", peak,
+                      RSS_TARGET, "B", passed=0 < peak <= RSS_TARGET),
+    ]
 
 
 def threads_text(percent: dict[str, float]) -> str:
@@ -739,7 +485,7 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
           f"({', '.join(f'{count} {plural(kind)}' for kind, count in objects.items())}); "
           f"{args.edits} edits, {args.heals} heals of each kind, {args.rate:g} edits/s for "
           f"{args.load_seconds:g} s")
-    print(machine_line(info)
+    print(common.machine_line(info)
           + f"Python {info['python']}, "
           f"pydantic {info['pydantic']}")
     print()
@@ -748,23 +494,23 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
         samples = results.samples.get(name)
         if not samples:
             continue
-        print(f"{label:<46} {len(samples):>4} {percentile(samples, 50) * 1000:7.1f} ms "
-              f"{percentile(samples, 99) * 1000:7.1f} ms {max(samples) * 1000:7.1f} ms")
+        print(f"{label:<46} {len(samples):>4} {common.percentile(samples, 50) * 1000:7.1f} ms "
+              f"{common.percentile(samples, 99) * 1000:7.1f} ms {max(samples) * 1000:7.1f} ms")
     print()
     if "ready_seconds" in values:
         print(f"start: READY=1 after {values['ready_seconds']:.2f} s; "
-              f"RSS {mib(values['rss_start'])}, VmHWM {mib(values['hwm_start'])}")
+              f"RSS {common.mib(values['rss_start'])}, VmHWM {common.mib(values['hwm_start'])}")
     if "idle_cpu_percent" in values:
         print(f"idle ({values['idle_seconds']:.1f} s): CPU {values['idle_cpu_percent']:.2f} % "
               f"(schedstat {values['idle_cpu_schedstat_percent']:.2f} %: "
               f"{threads_text(values['idle_cpu_threads_percent'])}); "
-              f"RSS {mib(values['rss_idle'])}")
+              f"RSS {common.mib(values['rss_idle'])}")
     if "load_cpu_percent" in values:
         print(f"load ({values['load_edits']} edits in {values['load_seconds']:.1f} s): "
               f"CPU {values['load_cpu_percent']:.1f} % "
               f"(schedstat {values['load_cpu_schedstat_percent']:.1f} %: "
               f"{threads_text(values['load_cpu_threads_percent'])}); "
-              f"RSS peak {mib(values['rss_load_peak'])}, VmHWM {mib(values['hwm_after_load'])}")
+              f"RSS peak {common.mib(values['rss_load_peak'])}, VmHWM {common.mib(values['hwm_after_load'])}")
     if "edit_changes" in values:
         print(f"one edit: {values['edit_changes']} kernel notifications, from the first "
               f"change to the new rule")
@@ -785,7 +531,7 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
                   f"{statistics.median(reads) * 1000:.2f} ms, handover to the loop p50 "
                   f"{statistics.median(hands) * 1000:.2f} ms")
     print()
-    print_targets(targets(results, args.servers), results.notes)
+    common.print_targets(targets(results, args.servers), results.notes)
 
 
 def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) -> dict[str, Any]:
@@ -793,8 +539,8 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
         name: {
             "label": label.strip(),
             "count": len(results.samples[name]),
-            "p50_s": percentile(results.samples[name], 50),
-            "p99_s": percentile(results.samples[name], 99),
+            "p50_s": common.percentile(results.samples[name], 50),
+            "p99_s": common.percentile(results.samples[name], 99),
             "max_s": max(results.samples[name]),
             "mean_s": statistics.fmean(results.samples[name]),
             "samples_s": results.samples[name],
@@ -805,7 +551,7 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
     return {
         "benchmark": "daemon",
         "servers": args.servers,
-        "addresses_per_server": len(SUBNETS),
+        "addresses_per_server": len(common.SUBNETS),
         "edits": args.edits,
         "heals": args.heals,
         "rate": args.rate,
@@ -821,9 +567,8 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
 # --------------------------------------------------------------------------- main
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description(__doc__))
-    parser.add_argument("--servers", type=int, default=1000, help="number of VS (default 1000)")
+def main(argv: Sequence[str]) -> int:
+    parser = common.arguments(__doc__)
     parser.add_argument("--edits", type=int, default=100,
                         help="one-at-a-time edits of one VS (default 100)")
     parser.add_argument("--heals", type=int, default=100,
@@ -838,26 +583,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="edits followed by `vsnetctl status --json` (default 10)")
     parser.add_argument("--single-file", action="store_true",
                         help="every VS in servers.yaml (default: one drop-in file per VS)")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args(argv)
-    limit = pbr_max_servers()
-    if not 1 <= args.servers <= limit:
-        parser.error(f"--servers must be 1..{limit} (default numbering)")
+    args = common.parse(parser, argv, common.pbr_max_servers(), "default numbering")
     if args.edits < 1 or args.heals < 1 or args.status_samples < 1:
         parser.error("--edits, --heals and --status-samples must be at least 1")
     if args.rate <= 0 or args.load_seconds <= 0 or args.idle_seconds <= 0:
         parser.error("--rate, --load-seconds and --idle-seconds must be positive")
-    return args
+    return common.run_benchmark(__file__, argv, args, run, info, as_json, print_table)
 
 
-def main(argv: Sequence[str]) -> int:
-    args = parse_args(argv)
-    if not enter_sandbox(__file__, argv):
-        return 1
-
-    results = run(args)
-    info = machine(pyroute2=version("pyroute2"), pydantic=version("pydantic"))
-    return report(info, args, results, as_json, print_table)
+def info() -> dict[str, Any]:
+    return common.machine(pyroute2=version("pyroute2"), pydantic=version("pydantic"))
 
 
 if __name__ == "__main__":

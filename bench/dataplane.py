@@ -56,7 +56,7 @@ from bench.common import (
     print_targets,
     progress_line,
 )
-from vsnetd import sandbox
+from tests import sandbox
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.kinds import Rule

@@ -1,27 +1,6 @@
 """Benchmark of netns mode: vsnet against ``ip -batch`` (the floor) and a naive pyroute2 loop.
 
-``bench/netns.py --servers 1000`` builds N virtual servers in netns mode. Each is a named
-namespace ``vs-v<i>`` holding ``lo`` (up), a macvlan ``v<i>`` on the uplink (mode bridge,
-up, created directly inside the namespace), one IPv4 address (10.1.1.5/24 for every VS:
-each has a stack of its own) and a default route via 10.1.1.1. It measures, in one run,
-every measure in its own fresh network namespace inside a sandbox (the machine's own
-network is never touched):
-
-* ``ip -batch`` creating the same namespaces, devices, addresses and routes: the floor;
-* a naive pyroute2 loop (``netns.create`` and ``NetNS`` per namespace, each forking; the
-  device created in the root namespace, then moved): the peer;
-* vsnet's cold apply: ``parse_config`` + ``compile_config`` + ``converge``;
-* vsnet's no-op plan (``plan_for``), one-VS edit (one VS's address moves to 10.1.1.6/24)
-  and teardown (converge to an empty config);
-* memory per namespace: MemAvailable and Slab before and after vsnet's cold apply, the
-  floor's, and bare ``ip netns add`` for reference.
-
-The floor and the peer create the same objects as vsnet except vsnet's ownership tags (the
-device alias ``vsnet``, IFA_PROTO on the address, its record of the namespace); they are
-compared by what ``ip`` shows of a sample of namespaces. Each measure is repeated
-``--repeat`` times and the median is reported, with its ratio to the floor of the same
-run. The targets are reported PASS/MISS; this is a benchmark, not a test, so it always
-exits 0 once it has measured.
+How it measures: docs/benchmarks.md (`bench/netns.py`).
 """
 
 from __future__ import annotations
@@ -48,33 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pyroute2 import IPRoute, NetNS, netns
 
 from bench import common
-from bench.common import (
-    UPLINK,
-    VSNET_ROWS,
-    check_attributed,
-    cold_apply,
-    description,
-    enter_sandbox,
-    floor_args,
-    iproute2_version,
-    machine,
-    machine_line,
-    measures_json,
-    one_vs_edit,
-    print_measures,
-    print_targets,
-    progress,
-    report,
-    timed,
-)
-from vsnetd import sandbox
+from bench.common import UPLINK, timed
+from tests import sandbox
 from vsnetd.compile import compile_config
-from vsnetd.config import Config, parse_config
-from vsnetd.diff import plan_changes
+from vsnetd.config import Config
 from vsnetd.kernel import Kernel
-from vsnetd.observe import observe
-from vsnetd.reconcile import converge, gc_paused, plan_for
-from vsnetd.state import VSNET_PROTOCOL
+from vsnetd.reconcile import converge, plan_for
+from vsnetd.state import VSNET_PROTOCOL, DesiredState
 
 ADDRESS = IPv4Interface("10.1.1.5/24")  # every VS: each has its own namespace
 EDIT_ADDRESS = IPv4Interface("10.1.1.6/24")  # the one-VS edit moves its address here
@@ -385,52 +344,20 @@ def vsnet_measures(
     # cold apply, as `vsnetctl apply` runs it (a one-shot process holds the cyclic gc);
     # the Reconciler's first call is a full converge, and it is kept for the edit below
     before = memory()
-    reconciler, desired, result = cold_apply(results, sock, text)
+    reconciler, desired, result = common.cold_apply(results, sock, text)
     time.sleep(AFTER_CREATE_S)
     after = memory()
     results.memory("vsnet", before, after, len(servers))
     if not result.converged:
-        first = next(iter(result.failures.items()), ("-", "-"))
-        results.note(f"vsnet cold apply did not converge: {len(result.failures)} VS failed "
-                     f"(e.g. {first[0]}: {first[1]}), {len(result.final_plan.changes)} changes left")
+        results.note(f"vsnet cold apply did not converge: {common.not_converged(result)}")
     record_contents(results, "vsnet", servers)
+    common.warm_measures(results, sock, reconciler, desired, (text, edited_text), edited_name,
+                         lambda edited: changes_left(sock, edited), count_changes=True)
 
-    # no-op plan
-    plan_s, plan = timed(lambda: plan_for(sock, desired))
-    results.time("noop_plan", plan_s)
-    if plan.changes:
-        results.note(f"no-op plan was not empty: {len(plan.changes)} changes "
-                     f"(e.g. {plan.changes[0].describe()})")
-    with gc_paused():
-        observe_s, observed = timed(lambda: observe(sock, desired.scope))
-        diff_s, _ = timed(lambda: plan_changes(desired, observed))
-        full_s, _ = timed(
-            lambda: plan_for(sock, compile_config(parse_config(text, file="bench.yaml"))))
-    results.time("noop_observe", observe_s)
-    results.time("noop_diff", diff_s)
-    results.time("noop_total", full_s)
 
-    # one-VS edit: the warm Reconciler (what the daemon keeps), then a one-shot full run
-    edited, edit = one_vs_edit(results, reconciler, edited_text)
-    if not edit.converged:
-        results.note(f"vsnet one-VS edit did not converge: {dict(edit.failures)}")
-    left = plan_for(sock, edited).changes
-    if left:
-        results.note(f"after the one-VS edit (Reconciler) the kernel still differs: "
-                     f"{len(left)} changes (e.g. {left[0].describe()})")
-    check_attributed(results, edit, edited_name)
-    oneshot_s, back = timed(lambda: converge(sock, desired))  # and back, the one-shot way
-    results.time("edit_oneshot", oneshot_s)
-    results.count("oneshot_applied", len(back.applied))
-    if not back.converged:
-        results.note("vsnet one-shot converge back from the edit did not converge")
-
-    # teardown: back to an empty config
-    teardown_s, gone = timed(lambda: converge(sock, compile_config(Config(version=1))))
-    results.time("teardown", teardown_s)
-    results.count("teardown_applied", len(gone.applied))
-    if not gone.converged:
-        results.note("vsnet teardown did not converge")
+def changes_left(sock: Kernel, desired: DesiredState) -> str:
+    left = plan_for(sock, desired).changes
+    return f"{len(left)} changes (e.g. {left[0].describe()})" if left else ""
 
 
 # --------------------------------------------------------------------------- report
@@ -441,7 +368,7 @@ ROWS: list[tuple[str, str]] = [
     ("floor_create", "  ip -batch: netns add + link add ... netns"),
     ("floor_configure", "  ip -n NS -batch, one per namespace"),
     ("naive", "naive pyroute2 (NetNS, create-then-move)"),
-    *VSNET_ROWS,
+    *common.VSNET_ROWS,
     ("teardown", "vsnet teardown to empty config"),
     ("bare", "ip -batch netns add only (extra)"),
 ]
@@ -458,19 +385,14 @@ def kb_median(results: Results, name: str) -> float:
 
 
 def targets(results: Results) -> list[dict[str, Any]]:
-    cold = results.median("cold_total")
-    floor = results.median("floor")
-    slab = kb_median(results, "vsnet_slab")
-    available = kb_median(results, "vsnet_available")
     return [
-        {"name": "cold apply <= 1.5x ip -batch floor", "measure": "cold_total",
-         "value": cold / floor, "limit": COLD_RATIO_TARGET, "unit": "x floor",
-         "pass": cold <= COLD_RATIO_TARGET * floor},
-        {"name": "memory per namespace <= 150 kB (Slab growth)", "measure": "vsnet_slab",
-         "value": slab, "limit": MEMORY_TARGET_KB, "unit": "kB", "pass": slab <= MEMORY_TARGET_KB},
-        {"name": "memory per namespace <= 150 kB (MemAvailable drop)",
-         "measure": "vsnet_available", "value": available, "limit": MEMORY_TARGET_KB,
-         "unit": "kB", "pass": available <= MEMORY_TARGET_KB},
+        common.target("cold apply <= 1.5x ip -batch floor", "cold_total",
+                      results.median("cold_total") / results.median("floor"), COLD_RATIO_TARGET,
+                      "x floor"),
+        common.target("memory per namespace <= 150 kB (Slab growth)", "vsnet_slab",
+                      kb_median(results, "vsnet_slab"), MEMORY_TARGET_KB, "kB"),
+        common.target("memory per namespace <= 150 kB (MemAvailable drop)", "vsnet_available",
+                      kb_median(results, "vsnet_available"), MEMORY_TARGET_KB, "kB"),
     ]
 
 
@@ -514,13 +436,13 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
     print(f"vsnet netns benchmark: {args.servers} VS, each a namespace with lo, a macvlan on "
           f"{UPLINK}, 1 IPv4 address and a default route; median of {args.repeat} runs, each "
           f"measure in a fresh network namespace")
-    print(machine_line(info)
+    print(common.machine_line(info)
           + f"Python {info['python']}, {info['iproute2']}, pyroute2 {info['pyroute2']}")
     print()
     done = min(results.counts["naive_servers"])
     most = max(results.counts["naive_servers"])
     counted = f"{done}" if done == most else f"{done}..{most}"
-    print_measures(results, ROWS, {"naive": f"naive pyroute2 (extrapolated from {counted} VS)"}
+    common.print_measures(results, ROWS, {"naive": f"naive pyroute2 (extrapolated from {counted} VS)"}
                    if done < args.servers else None)
     print()
     print(f"{'memory per namespace, kB: median (min..max)':<46} {'MemAvailable drop':>20} "
@@ -533,7 +455,7 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
     for line in contents_text(results):
         print(line)
     print()
-    print_targets(targets(results), results.notes)
+    common.print_targets(targets(results), results.notes)
 
 
 def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) -> dict[str, Any]:
@@ -546,7 +468,7 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
         "servers": args.servers,
         "repeat": args.repeat,
         "machine": info,
-        "measures": measures_json(results, ROWS),
+        "measures": common.measures_json(results, ROWS),
         "memory_per_namespace": memory_per_namespace,
         "counts": results.counts,
         "naive_per_server_s": {"first_tenth": results.samples["naive_first_tenth"],
@@ -569,10 +491,6 @@ def max_servers() -> int:
     return min(MAX_ID, (hard - 64) // 2)
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    return floor_args(argv, description(__doc__), max_servers(), "VS ids; open files")
-
-
 def standing_notes(results: Results, args: argparse.Namespace) -> None:
     """What every reader of the figures needs to know."""
     accepted, answer = batch_takes_netns_option()
@@ -593,10 +511,15 @@ def standing_notes(results: Results, args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    args = parse_args(argv)
-    if not enter_sandbox(__file__, argv):
-        return 1
+    args = common.floor_args(argv, __doc__, max_servers(), "VS ids; open files")
+    return common.run_benchmark(__file__, argv, args, measure, info, as_json, print_table)
 
+
+def info() -> dict[str, Any]:
+    return common.machine(iproute2=common.iproute2_version(), pyroute2=version("pyroute2"))
+
+
+def measure(args: argparse.Namespace) -> Results:
     servers = make_servers(args.servers)
     edited, edited_name = edit_one(servers)
     text, edited_text = to_yaml(servers), to_yaml(edited)
@@ -609,20 +532,19 @@ def main(argv: Sequence[str]) -> int:
         (workdir / "configure.sh").write_text(configure_script(servers))
         (workdir / "bare.batch").write_text(bare_batch(servers))
         for run_number in range(1, args.repeat + 1):  # interleaved: drift hits all alike
-            progress(f"run {run_number}/{args.repeat}: ip -batch")
+            common.progress(f"run {run_number}/{args.repeat}: ip -batch")
             measure_floor(results, servers, workdir)
-            progress(", vsnet")
+            common.progress(", vsnet")
             measure_vsnet(results, servers, text, edited_text, edited_name)
-            progress(", naive pyroute2")
+            common.progress(", naive pyroute2")
             measure_naive(results, servers, args.naive_budget)
-            progress(", bare namespaces")
+            common.progress(", bare namespaces")
             measure_bare(results, servers, workdir)
-            progress("\r\033[K")
+            common.progress("\r\033[K")
     settle(results)
     naive_note(results, args.servers, args.naive_budget)
 
-    info = machine(iproute2=iproute2_version(), pyroute2=version("pyroute2"))
-    return report(info, args, results, as_json, print_table)
+    return results
 
 
 if __name__ == "__main__":

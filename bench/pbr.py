@@ -1,18 +1,6 @@
 """Benchmark of pbr mode: vsnet against ``ip -batch`` (the floor) and a naive pyroute2 loop.
 
-``bench/pbr.py --servers 1000`` builds N virtual servers with two IPv4 addresses each and
-measures, in one run, every measure in its own fresh network namespace inside a sandbox
-(the machine's own network is never touched):
-
-* ``ip -batch`` creating exactly the addresses, routes and rules vsnet creates: the floor;
-* a naive pyroute2 loop, one call per object: the peer;
-* vsnet's cold apply: ``parse_config`` + ``compile_config`` + ``converge``;
-* vsnet's no-op plan: ``plan_for`` when the kernel already matches;
-* vsnet's one-VS edit: one VS's second address moves to another host of its subnet.
-
-Each measure is repeated ``--repeat`` times and the median is reported, with its ratio to
-the floor of the same run. The targets are reported PASS/MISS; this is a benchmark, not a
-test, so it always exits 0 once it has measured.
+How it measures: docs/benchmarks.md (`bench/pbr.py`).
 """
 
 from __future__ import annotations
@@ -36,40 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pyroute2 import IPRoute
 
 from bench import common
-from bench.common import (
-    SUBNETS,
-    UPLINK,
-    VSNET_ROWS,
-    PbrServer,
-    Results,
-    check_attributed,
-    cold_apply,
-    description,
-    enter_sandbox,
-    floor_args,
-    iproute2_version,
-    machine,
-    machine_line,
-    make_pbr_servers,
-    measures_json,
-    one_vs_edit,
-    pbr_max_servers,
-    pbr_yaml,
-    print_measures,
-    print_targets,
-    progress,
-    report,
-    timed,
-)
+from bench.common import PbrServer, Results, timed
 from vsnetd.compile import compile_config
 from vsnetd.config import Config, parse_config
-from vsnetd.diff import plan_changes
 from vsnetd.kernel import Kernel
 from vsnetd.kinds import Rule
 from vsnetd.kinds.rule import FR_ACT_GOTO, FR_ACT_NOP, FULL_MASK
 from vsnetd.numbering import table_number
 from vsnetd.observe import observe
-from vsnetd.reconcile import converge, gc_paused, plan_for
+from vsnetd.reconcile import converge
 from vsnetd.state import VSNET_PROTOCOL, DesiredState, object_key
 
 EDIT_HOST = 65000  # the one-VS edit moves the second address here (no VS uses it)
@@ -167,11 +130,11 @@ def ip_command(op: KernelOp, protocol: int) -> str:
     """One line of an ``ip -batch`` file."""
     if isinstance(op, AddressOp):
         # iproute2 < 6.3 cannot set IFA_PROTO: the floor's addresses carry no owner tag.
-        return f"address add {op.interface} dev {UPLINK}"
+        return f"address add {op.interface} dev {common.UPLINK}"
     if isinstance(op, RouteOp):
         destination = "default" if op.destination is None else str(op.destination)
         via = f" via {op.gateway}" if op.gateway is not None else ""
-        return (f"route add {destination}{via} dev {UPLINK} src {op.source} table {op.table} "
+        return (f"route add {destination}{via} dev {common.UPLINK} src {op.source} table {op.table} "
                 f"proto {protocol}")
     rule = op.rule
     selector = f"from {rule.source}" if rule.source else "from all"
@@ -280,7 +243,7 @@ def measure_naive(
     done = 0
     with uplinked_netns() as sock:
         with IPRoute() as ipr:
-            index = ipr.link_lookup(ifname=UPLINK)[0]
+            index = ipr.link_lookup(ifname=common.UPLINK)[0]
             gc.collect()
             started = time.perf_counter()
             for ops in per_server:
@@ -307,42 +270,14 @@ def measure_naive(
 def measure_vsnet(results: Results, text: str, edited_text: str, edited_name: str) -> None:
     with uplinked_netns() as sock:
         # cold apply, as `vsnetctl apply` runs it (a one-shot process holds the cyclic gc)
-        reconciler, desired, result = cold_apply(results, sock, text)
+        reconciler, desired, result = common.cold_apply(results, sock, text)
         if not result.converged:
-            results.note(f"vsnet cold apply did not converge: {len(result.failures)} VS failed, "
-                         f"{len(result.final_plan.changes)} changes left")
+            results.note(f"vsnet cold apply did not converge: {common.not_converged(result)}")
         problem = mismatch(sock, desired)
         if problem:
             results.note(f"vsnet's own result differs from its desired state: {problem}")
-
-        # no-op plan
-        plan_s, plan = timed(lambda: plan_for(sock, desired))
-        results.time("noop_plan", plan_s)
-        if plan.changes:
-            results.note(f"no-op plan was not empty: {len(plan.changes)} changes")
-        observe_s, observed = timed(lambda: observe(sock, desired.scope))
-        diff_s, _ = timed(lambda: plan_changes(desired, observed))
-        results.time("noop_observe", observe_s)
-        results.time("noop_diff", diff_s)
-        with gc_paused():
-            full_s, _ = timed(
-                lambda: plan_for(sock, compile_config(parse_config(text, "bench.yaml"))))
-        results.time("noop_total", full_s)
-
-        # one-VS edit: the warm Reconciler (what the daemon keeps), then a one-shot full run
-        edited, edit = one_vs_edit(results, reconciler, edited_text)
-        if not edit.converged:
-            results.note("vsnet one-VS edit did not converge")
-        problem = mismatch(sock, edited)
-        if problem:
-            results.note(f"after the one-VS edit the kernel differs from desired: {problem}")
-        check_attributed(results, edit, edited_name)
-        oneshot_s, _ = timed(lambda: converge(sock, desired))  # and back, the one-shot way
-        results.time("edit_oneshot", oneshot_s)
-
-        # extra: back to an empty config (what the namespace clean-up then finds done)
-        teardown_s, _ = timed(lambda: converge(sock, compile_config(Config(version=1))))
-        results.time("teardown", teardown_s)
+        common.warm_measures(results, sock, reconciler, desired, (text, edited_text),
+                             edited_name, lambda edited: mismatch(sock, edited))
 
 
 # --------------------------------------------------------------------------- report
@@ -351,29 +286,23 @@ def measure_vsnet(results: Results, text: str, edited_text: str, edited_name: st
 ROWS: list[tuple[str, str]] = [
     ("floor", "ip -batch (floor)"),
     ("naive", "naive pyroute2 loop, one call per object"),
-    *VSNET_ROWS,
+    *common.VSNET_ROWS,
     ("teardown", "vsnet teardown to empty config (extra)"),
 ]
 
 
 def targets(results: Results, servers: int) -> list[dict[str, Any]]:
-    floor = results.median("floor")
-    at = "" if servers == TARGET_SERVERS else f" (target set for {TARGET_SERVERS} VS)"
-    cold = results.median("cold_total")
-    noop = results.median("noop_plan")
-    edit = results.median("edit_converge")
-    edit_total = results.median("edit_total")
+    at = common.scale_note(servers, TARGET_SERVERS)
     return [
-        {"name": "cold apply <= 1.5x ip -batch", "measure": "cold_total",
-         "value": cold / floor, "limit": COLD_RATIO_TARGET, "unit": "x floor",
-         "pass": cold <= COLD_RATIO_TARGET * floor},
-        {"name": f"no-op plan <= 100 ms{at}", "measure": "noop_plan",
-         "value": noop, "limit": NOOP_PLAN_TARGET, "unit": "s", "pass": noop <= NOOP_PLAN_TARGET},
-        {"name": "one-VS edit <= 10 ms (Reconciler)", "measure": "edit_converge",
-         "value": edit, "limit": EDIT_TARGET, "unit": "s", "pass": edit <= EDIT_TARGET},
-        {"name": "one-VS edit <= 10 ms (with parse + compile)", "measure": "edit_total",
-         "value": edit_total, "limit": EDIT_TARGET, "unit": "s",
-         "pass": edit_total <= EDIT_TARGET},
+        common.target("cold apply <= 1.5x ip -batch", "cold_total",
+                      results.median("cold_total") / results.median("floor"), COLD_RATIO_TARGET,
+                      "x floor"),
+        common.target(f"no-op plan <= 100 ms{at}", "noop_plan", results.median("noop_plan"),
+                      NOOP_PLAN_TARGET, "s"),
+        common.target("one-VS edit <= 10 ms (Reconciler)", "edit_converge",
+                      results.median("edit_converge"), EDIT_TARGET, "s"),
+        common.target("one-VS edit <= 10 ms (with parse + compile)", "edit_total",
+                      results.median("edit_total"), EDIT_TARGET, "s"),
     ]
 
 
@@ -391,27 +320,27 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
     objects = results.counts["floor_objects"][0]
     print(f"vsnet pbr benchmark: {args.servers} VS x 2 IPv4 addresses = {objects} kernel "
           f"objects; median of {args.repeat} runs, each in a fresh network namespace")
-    print(machine_line(info)
+    print(common.machine_line(info)
           + f"Python {info['python']}, {info['iproute2']}, pyroute2 {info['pyroute2']}")
     print()
     done = min(results.counts["naive_servers"])
-    print_measures(results, ROWS, {"naive": f"naive pyroute2 loop (extrapolated from {done} VS)"}
+    common.print_measures(results, ROWS, {"naive": f"naive pyroute2 loop (extrapolated from {done} VS)"}
                    if done < args.servers else None)
     print()
     for line in counts_text(results):
         print(line)
     print()
-    print_targets(targets(results, args.servers), results.notes)
+    common.print_targets(targets(results, args.servers), results.notes)
 
 
 def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) -> dict[str, Any]:
     return {
         "benchmark": "pbr",
         "servers": args.servers,
-        "addresses_per_server": len(SUBNETS),
+        "addresses_per_server": len(common.SUBNETS),
         "repeat": args.repeat,
         "machine": info,
-        "measures": measures_json(results, ROWS),
+        "measures": common.measures_json(results, ROWS),
         "counts": results.counts,
         "targets": targets(results, args.servers),
         "notes": results.notes,
@@ -421,18 +350,19 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
 # --------------------------------------------------------------------------- main
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    return floor_args(argv, description(__doc__), pbr_max_servers(), "default numbering")
-
-
 def main(argv: Sequence[str]) -> int:
-    args = parse_args(argv)
-    if not enter_sandbox(__file__, argv):
-        return 1
+    args = common.floor_args(argv, __doc__, common.pbr_max_servers(), "default numbering")
+    return common.run_benchmark(__file__, argv, args, measure, info, as_json, print_table)
 
-    servers = make_pbr_servers(args.servers)
+
+def info() -> dict[str, Any]:
+    return common.machine(iproute2=common.iproute2_version(), pyroute2=version("pyroute2"))
+
+
+def measure(args: argparse.Namespace) -> Results:
+    servers = common.make_pbr_servers(args.servers)
     edited, edited_name = edit_one(servers)
-    text, edited_text = pbr_yaml(servers), pbr_yaml(edited)
+    text, edited_text = common.pbr_yaml(servers), common.pbr_yaml(edited)
     desired = compile_config(parse_config(text, file="bench.yaml"))
     settings = desired.settings
     numbering = Numbering(settings.table_base, settings.priority_base, settings.mark_base,
@@ -443,13 +373,13 @@ def main(argv: Sequence[str]) -> int:
 
     results = Results()
     for run in range(1, args.repeat + 1):  # interleaved, so drift hits every measure alike
-        progress(f"run {run}/{args.repeat}: ip -batch")
+        common.progress(f"run {run}/{args.repeat}: ip -batch")
         measure_floor(results, ops, desired, VSNET_PROTOCOL)
-        progress(", vsnet")
+        common.progress(", vsnet")
         measure_vsnet(results, text, edited_text, edited_name)
-        progress(", naive pyroute2")
+        common.progress(", naive pyroute2")
         measure_naive(results, per_server, desired, VSNET_PROTOCOL, args.naive_budget)
-        progress("\r\033[K")
+        common.progress("\r\033[K")
 
     applied = set(results.counts["vsnet_applied"])
     floor_objects = set(results.counts["floor_objects"])
@@ -459,8 +389,7 @@ def main(argv: Sequence[str]) -> int:
     if results.counts["floor_objects"][0] != len(ops):
         results.note("internal: floor line count differs from the object list")
 
-    info = machine(iproute2=iproute2_version(), pyroute2=version("pyroute2"))
-    return report(info, args, results, as_json, print_table)
+    return results
 
 
 if __name__ == "__main__":

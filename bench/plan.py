@@ -1,23 +1,6 @@
 """Benchmark of ``vsnetctl plan`` with nothing to do over N netns VS, as a whole process.
 
-(``--mode pbr``: the same over N pbr VS, for comparison; the issue sets no target there.)
-
-``bench/plan.py --servers 1000`` builds N netns VS (bench/netns.py's workload: a namespace
-per VS with a macvlan on a veth uplink, an address and a default route) once with
-``vsnetctl apply``, inside a sandbox (the machine's own network is never touched), with a
-foreign namespace beside them. Then, rounds interleaved so that contention from elsewhere
-weighs on every measure alike, medians reported:
-
-* ``vsnetctl plan`` as a whole process, from its start to its exit (the issue's target);
-* the same plan's phases, timed inside one process: imports, parsing the config, compiling
-  it, observing the kernel, diffing. The config's part (parse) and the kernel's part
-  (observe) are owned by different modules and improve separately.
-
-This tree's ``vsnetd`` is measured from a copy in a temporary directory on /run;
-``--baseline REV`` measures the tree of a git revision (exported with ``git archive`` next
-to it) in the same rounds, so that a change is shown
-against what it replaces in the same conditions. This is a benchmark, not a test: it
-always exits 0 once it has measured.
+How it measures: docs/benchmarks.md (`bench/plan.py`).
 """
 
 from __future__ import annotations
@@ -26,7 +9,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -40,7 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common, netns
-from bench.common import Results, description, enter_sandbox, machine, machine_line, progress
+from bench.common import Results, machine, machine_line, progress
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -171,19 +153,13 @@ def run(args: argparse.Namespace) -> Results:
     return results
 
 
-def median(results: Results, name: str) -> float | None:
-    samples = results.samples.get(name)
-    return statistics.median(samples) if samples else None
-
-
 def targets(results: Results, args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.mode != "netns":
         return []  # the issue's target is for netns VS; pbr is measured for comparison
-    at = "" if args.servers == TARGET_SERVERS else f" (target set for {TARGET_SERVERS} VS)"
-    value = median(results, "this tree:process")
-    return [{"name": f"vsnetctl plan, netns, no-op <= {PLAN_TARGET * 1000:.0f} ms{at}",
-             "measure": "this tree:process", "value": value, "limit": PLAN_TARGET,
-             "unit": "s", "pass": value is not None and value <= PLAN_TARGET}]
+    at = common.scale_note(args.servers, TARGET_SERVERS)
+    return [common.target(f"vsnetctl plan, netns, no-op <= {PLAN_TARGET * 1000:.0f} ms{at}",
+                          "this tree:process", results.median_or_none("this tree:process"),
+                          PLAN_TARGET, "s")]
 
 
 def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results) -> None:
@@ -196,7 +172,7 @@ def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results
     for name in ("process", *PHASE_NAMES):
         row = f"{'whole process' if name == 'process' else '  phase: ' + name:<34}"
         for label in trees:
-            value = median(results, f"{label}:{name}")
+            value = results.median_or_none(f"{label}:{name}")
             row += f"{'-' if value is None else f'{value * 1000:.1f} ms':>16}"
         print(row)
     print()
@@ -209,32 +185,19 @@ def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) ->
             "targets": targets(results, args), "notes": results.notes}
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description(__doc__))
-    parser.add_argument("--servers", type=int, default=1000, help="number of VS (default 1000)")
-    parser.add_argument("--repeat", type=int, default=7,
-                        help="interleaved rounds; medians are reported (default 7)")
+def main(argv: Sequence[str]) -> int:
+    parser = common.arguments(__doc__, repeat=7,
+                              repeat_help="interleaved rounds; medians are reported")
     parser.add_argument("--baseline", metavar="REV",
                         help="also measure the vsnetd of this git revision, in the same rounds")
     parser.add_argument("--mode", choices=("netns", "pbr"), default="netns",
                         help="the VS's mode (default netns, the issue's target; pbr: bench/cli.py's "
                              "workload, two addresses each)")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args(argv)
+    args = common.parse(parser, argv)
     limit = netns.MAX_ID if args.mode == "netns" else common.pbr_max_servers()
     if not 1 <= args.servers <= limit:
         parser.error(f"--servers must be 1..{limit} for {args.mode} VS")
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    return args
-
-
-def main(argv: Sequence[str]) -> int:
-    args = parse_args(argv)
-    if not enter_sandbox(__file__, argv):
-        return 1
-    results = run(args)
-    return common.report(machine(), args, results, as_json, print_table)
+    return common.run_benchmark(__file__, argv, args, run, machine, as_json, print_table)
 
 
 if __name__ == "__main__":

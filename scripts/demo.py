@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """``make demo``: vsnet on etc/vsnet/servers.yaml, in a sandbox, with real traffic.
 
-The script re-executes itself inside fresh network + mount namespaces (``vsnetd.sandbox``);
+The script re-executes itself inside fresh network + mount namespaces (``tests.sandbox``);
 the sandbox's own network namespace plays the server box, and named namespaces around it
 play the network::
 
@@ -38,9 +38,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from vsnetd import sandbox
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the sandbox is test tooling: it lives in the checkout only
+
+from tests import sandbox  # noqa: E402
+
 CONFIG = "etc/vsnet/servers.yaml"  # relative to REPO, as an operator would type it
 LIVE_CONFIG = Path("/run/vsnet/demo/servers.yaml")  # the sandbox's private /run
 DAEMON_LOG = Path("/run/vsnet/demo/vsnetd.log")

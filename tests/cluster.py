@@ -37,8 +37,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from vsnetd import sandbox
-from vsnetd.sandbox import ip, sh
+from tests import sandbox
+from tests.sandbox import ip, sh
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = ROOT / "packaging" / "ocf" / "vsnet"

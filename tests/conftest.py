@@ -1,6 +1,6 @@
 """Test harness: everything runs inside a sandbox (fresh network + mount namespaces).
 
-Running ``pytest`` directly as root re-executes it inside ``python -m vsnetd.sandbox``, so
+Running ``pytest`` directly as root re-executes it inside ``python -m tests.sandbox``, so
 no test can ever touch the machine's own network. Each kernel test then gets its own,
 empty network namespace (``netns`` fixture).
 """
@@ -8,7 +8,6 @@ empty network namespace (``netns`` fixture).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 import tomllib
@@ -17,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from vsnetd import sandbox
+from tests import sandbox
+from tests.daemons import RUNNING
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -31,7 +31,6 @@ def pytest_configure(config: pytest.Config) -> None:
 ROOT = Path(__file__).resolve().parent.parent
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 DEB = ROOT / "dist" / f"vsnet_{VERSION}_amd64.deb"  # `make deb` builds it
-RUNNING: list[subprocess.Popen[bytes]] = []  # daemons the tests started
 
 
 @pytest.fixture(autouse=True)

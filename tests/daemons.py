@@ -1,5 +1,9 @@
-"""A running vsnetd for the tests: started as systemd would (NOTIFY_SOCKET, a watchdog),
-killed with the test; and the kernel-side views the daemon tests check."""
+"""A running vsnetd, for the tests and the benchmarks alike: started as systemd would
+(NOTIFY_SOCKET read all the time, a watchdog), killed with the test; and the kernel-side
+views the daemon tests check.
+
+Test tooling: no pytest here, so that bench/ can use it too.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import RUNNING
-from vsnetd.sandbox import NotifySocket, ip_json
+from tests.sandbox import NotifySocket, ip_json
+
+# daemons started and not yet reaped: conftest kills what a failed test left running
+RUNNING: list[subprocess.Popen[bytes]] = []
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
@@ -29,44 +35,84 @@ def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "") 
 
 
 class Daemon:
-    def __init__(self, tmp: Path, config: Path, extra: list[str] | None = None,
-                 wrapper: list[str] | None = None) -> None:
-        self.config = config
-        self.control = tmp / "control.sock"
-        self.notify = NotifySocket(tmp / f"notify-{time.monotonic_ns()}.sock")
-        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify.path), WATCHDOG_USEC="400000",
-                   VSNET_CONTROL=str(self.control))
-        self.log = tmp / "vsnetd.log"
-        self.proc = subprocess.Popen(
-            [*(wrapper or []), sys.executable, "-m", "vsnetd.daemon", "-c", str(config),
-             "--control", str(self.control), "-v", *(extra or [])],
-            env=env, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
-        )
-        RUNNING.append(self.proc)
-        self.env = env
+    """``[wrapper] python -m vsnetd.daemon -c CONFIG --control TMP/CONTROL [-v] [extra]`` as
+    a subprocess, with a NOTIFY_SOCKET of its own; ``command`` in place of ``python -m
+    vsnetd.daemon``, ``env`` added to its environment, no watchdog when ``watchdog_usec``
+    is None."""
 
-    def ready(self, timeout: float = 20.0) -> None:
-        wait_until(lambda: self.notify.seen("READY", "1") or self.proc.poll() is not None,
-                   timeout, "READY=1")
-        assert self.proc.poll() is None, self.log.read_text()
+    def __init__(self, tmp: Path, config: Path, extra: Sequence[str] | None = None,
+                 wrapper: Sequence[str] | None = None, *, command: Sequence[str] | None = None,
+                 env: Mapping[str, str] | None = None, watchdog_usec: str | None = "400000",
+                 verbose: bool = True, control: str = "control.sock",
+                 stop_timeout: float = 20.0) -> None:
+        self.config = config
+        self.control = tmp / control
+        self.notify = NotifySocket(tmp / f"notify-{time.monotonic_ns()}.sock")
+        self.env = dict(os.environ, NOTIFY_SOCKET=str(self.notify.path),
+                        VSNET_CONTROL=str(self.control), **(env or {}))
+        if watchdog_usec is not None:
+            self.env["WATCHDOG_USEC"] = watchdog_usec
+        self.log = tmp / "vsnetd.log"
+        self.stop_timeout = stop_timeout
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*(wrapper or []), *(command or [sys.executable, "-m", "vsnetd.daemon"]),
+                 "-c", str(config), "--control", str(self.control), *(["-v"] if verbose else []),
+                 *(extra or [])],
+                env=self.env, stdout=subprocess.DEVNULL, stderr=log,
+            )
+        RUNNING.append(self.proc)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ready(self, timeout: float = 20.0) -> float:
+        """Wait for READY=1; the seconds it took."""
+        started = time.perf_counter()
+        while not self.notify.seen("READY", "1"):
+            if not self.alive():
+                raise AssertionError(f"vsnetd exited ({self.proc.returncode}): {self.log_tail()}")
+            if time.perf_counter() - started > timeout:
+                raise AssertionError(f"vsnetd not ready after {timeout:g} s: {self.log_tail()}")
+            time.sleep(0.005)
+        return time.perf_counter() - started
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return " | ".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def vsnetctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``vsnetctl ARGS -c CONFIG`` against this daemon."""
+        return subprocess.run([sys.executable, "-m", "vsnetd.cli", *args, "-c", str(self.config)],
+                              capture_output=True, text=True, env=self.env, timeout=60)
 
     def status(self) -> dict[str, Any]:
-        result = subprocess.run([sys.executable, "-m", "vsnetd.cli", "status", "--json", "-c",
-                                 str(self.config)], capture_output=True, text=True,
-                                env=self.env, timeout=30)
-        return json.loads(result.stdout)  # type: ignore[no-any-return]
+        return json.loads(self.vsnetctl("status", "--json").stdout)  # type: ignore[no-any-return]
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
+        """Signal it (SIGTERM) and reap it; killed when it outlives ``stop_timeout``."""
+        if self.alive():
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout=20)
+        try:
+            return self.proc.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
 
 
-def save(path: Path, text: str) -> None:
-    """Write the way editors do: a new file renamed over the old one."""
-    partial = path.with_name(".servers.yaml.swp")
+def save(path: Path, text: str) -> float:
+    """Write the way editors do (a new file renamed over the old one); when the rename was
+    done (``time.perf_counter``)."""
+    partial = path.with_name(f".{path.name}.swp")
     partial.write_text(text)
     partial.replace(path)
+    return time.perf_counter()
 
 
 def vsnet_rules() -> list[dict[str, Any]]:

@@ -25,3 +25,26 @@ servers:
       - to: 192.168.50.0/24
         via: 10.0.0.1
 """
+
+
+# Two netns VS with the same address on two uplinks (the paper's Figure 2), one of them with
+# every per-namespace kind: routes, a sysctl, a resolver.
+TWO_NETNS_VS = """\
+version: 1
+servers:
+  a:
+    id: 1
+    mode: netns
+    uplink: eth0
+    addresses: [{address: 10.1.1.5/24}, {address: 2001:db8:1::5/64}]
+    gateway: [10.1.1.1, 2001:db8:1::1]
+    routes: [{to: 192.168.0.0/16, via: 10.1.1.254}]
+    sysctl: {net.ipv4.conf.all.rp_filter: 1}
+    dns: {servers: [10.1.1.53], search: [corp.example]}
+  b:
+    id: 2
+    mode: netns
+    uplink: eth1
+    addresses: [{address: 10.1.1.5/24}]
+    gateway: 10.1.1.1
+"""

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vsnetd.sandbox import ip, sh
+from tests.sandbox import ip, sh
 
 PEER = str(Path(__file__).with_name("netpeer.py"))
 CLIENT = "198.51.100.10"

@@ -18,10 +18,10 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.daemons import Daemon, addresses, vsnet_rules
+from tests.sandbox import ip, ip_json, sh
 from vsnetd import activation, ctl, neighbours
 from vsnetd.compile import compile_config
 from vsnetd.config import DEFAULT_CONFIG_PATH, ConfigError, parse_config
-from vsnetd.sandbox import ip, ip_json, sh
 
 AGENT = ROOT / "packaging" / "ocf" / "vsnet"
 

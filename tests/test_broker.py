@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 
 from tests import lab
 from tests.daemons import Daemon, wait_until
+from tests.sandbox import ip, sh
 from vsnetd import client
 from vsnetd.broker import BrokerError, Request, parse_request
 from vsnetd.broker.protocol import Batch
-from vsnetd.sandbox import ip, sh
 from vsnetd.syscalls import mount, umount
 
 pytestmark = pytest.mark.usefixtures("netns")

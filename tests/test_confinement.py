@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 
 from tests import lab
 from tests.daemons import Daemon, save, wait_until
+from tests.sandbox import ip, ip_json
 from vsnetd import bpf
 from vsnetd.kinds import Confinement, confinement
-from vsnetd.sandbox import ip, ip_json
 
 pytestmark = pytest.mark.usefixtures("netns")
 

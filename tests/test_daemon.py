@@ -19,9 +19,9 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.daemons import Daemon, addresses, save, vsnet_rules, wait_until
+from tests.sandbox import ip, ip_json
 from vsnetd import control
 from vsnetd.client import servers as client_servers
-from vsnetd.sandbox import ip, ip_json
 from vsnetd.state import VSNET_PROTOCOL
 
 pytestmark = pytest.mark.usefixtures("netns")

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
+from tests.examples import TWO_NETNS_VS as TWO_VS
+from tests.sandbox import ip, ip_json, sh, socket_in
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.kernel import Kernel
 from vsnetd.reconcile import converge, plan_for
-from vsnetd.sandbox import ip, ip_json, sh, socket_in
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -47,26 +48,6 @@ def namespaces() -> list[str]:
 def links(netns: str | None = None) -> dict[str, dict[str, Any]]:
     return {link["ifname"]: link for link in ip_json("-d", "link", "show", netns=netns)}
 
-
-TWO_VS = """\
-version: 1
-servers:
-  a:
-    id: 1
-    mode: netns
-    uplink: eth0
-    addresses: [{address: 10.1.1.5/24}, {address: 2001:db8:1::5/64}]
-    gateway: [10.1.1.1, 2001:db8:1::1]
-    routes: [{to: 192.168.0.0/16, via: 10.1.1.254}]
-    sysctl: {net.ipv4.conf.all.rp_filter: 1}
-    dns: {servers: [10.1.1.53], search: [corp.example]}
-  b:
-    id: 2
-    mode: netns
-    uplink: eth1
-    addresses: [{address: 10.1.1.5/24}]
-    gateway: 10.1.1.1
-"""
 
 
 @pytest.fixture

@@ -16,12 +16,12 @@ from pyroute2 import IPRoute
 
 from tests import lab
 from tests.examples import ISSUE_EXAMPLE
+from tests.sandbox import ip, ip_json
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.kernel import Kernel
 from vsnetd.observe import observe
 from vsnetd.reconcile import Reconciler, plan_for
-from vsnetd.sandbox import ip, ip_json
 from vsnetd.state import SHARED, VSNET_PROTOCOL
 
 pytestmark = pytest.mark.usefixtures("netns")

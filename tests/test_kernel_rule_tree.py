@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from vsnetd.sandbox import ip, ip_json
+from tests.sandbox import ip, ip_json
 
 pytestmark = pytest.mark.usefixtures("netns")
 

@@ -12,8 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemons import Daemon, save, wait_until
+from tests.sandbox import ip
 from vsnetd import client, metrics
-from vsnetd.sandbox import ip
 
 pytestmark = pytest.mark.usefixtures("netns")
 

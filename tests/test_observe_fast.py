@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.examples import TWO_NETNS_VS
+from tests.sandbox import ip, ip_json, sh
 from vsnetd import netlink
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
@@ -28,29 +30,15 @@ from vsnetd.kinds import resolver as resolver_kind
 from vsnetd.kinds.kind import Looking
 from vsnetd.netlink import RtnlSocket
 from vsnetd.observe import observe
-from vsnetd.sandbox import ip, ip_json, sh
 from vsnetd.state import ObservedState, Scope
 
 pytestmark = pytest.mark.usefixtures("netns")
 
-CONFIG = """\
-version: 1
-servers:
-  a:
-    id: 1
-    mode: netns
-    uplink: eth0
-    addresses: [{address: 10.1.1.5/24}, {address: 2001:db8:1::5/64}]
-    gateway: [10.1.1.1, 2001:db8:1::1]
-    routes: [{to: 192.168.0.0/16, via: 10.1.1.254}]
-    sysctl: {net.ipv4.conf.all.rp_filter: 1}
-    dns: {servers: [10.1.1.53], search: [corp.example]}
-  b:
-    id: 2
-    mode: netns
-    uplink: eth1
-    addresses: [{address: 10.1.1.5/24, gateway: 10.1.1.1}, {address: 10.2.2.5/24, gateway: 10.2.2.1}]
-    gateway: 10.1.1.1
+# the two netns VS, the second with two addresses and their gateways, and a pbr VS
+CONFIG = TWO_NETNS_VS.replace(
+    "addresses: [{address: 10.1.1.5/24}]",
+    "addresses: [{address: 10.1.1.5/24, gateway: 10.1.1.1}, {address: 10.2.2.5/24, gateway: 10.2.2.1}]",
+) + """\
   c:
     id: 3
     mode: pbr

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
+from tests import sandbox
 from tests.vm.harness import HarnessError, ensure_image
-from vsnetd import sandbox
 
 
 # tryfirst: tests/conftest.py re-executes pytest inside a sandbox that has no network, and

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vsnetd import sandbox
+from tests import sandbox
 
 PROJECT = Path(__file__).resolve().parents[2]
 # VSNET_VM_CACHE: another place for it (e.g. one shared by several checkouts)

@@ -20,11 +20,11 @@ import subprocess
 import threading
 from typing import Any
 
+from tests.sandbox import socket_in
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.kernel import Kernel
 from vsnetd.reconcile import Reconciler, plan_for
-from vsnetd.sandbox import socket_in
 
 RTMGRP_LINK = 1
 RTM_NEWLINK = 16

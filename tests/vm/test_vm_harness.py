@@ -31,7 +31,7 @@ def test_host_userland_runs_on_the_vm_kernel(vm_image: Image) -> None:
         set -e
         uname -r
         [ "$PWD" = {PROJECT} ] && [ "$(id -u)" = 0 ]
-        .venv/bin/python -c 'import vsnetd.sandbox; print("venv ok")'
+        .venv/bin/python -c 'import tests.sandbox; print("venv ok")'
         python3 -c 'import sys; print("python", sys.version_info[:2])'
         ip netns add vs1 && ip -n vs1 link show lo >/dev/null && echo "netns ok"
         touch .cache/vm/written-inside-the-vm  # lands in the VM's tmpfs overlay only

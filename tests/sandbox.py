@@ -1,6 +1,8 @@
 """Sandboxes for tests, the demo and benchmarks: never touch the machine's own network.
 
-``python -m vsnetd.sandbox -- CMD ...`` runs CMD inside fresh network + mount namespaces
+Test tooling: it lives in the checkout's tests/ and is not part of the installed package.
+
+``python -m tests.sandbox -- CMD ...`` runs CMD inside fresh network + mount namespaces
 (``unshare --net --mount``) with private tmpfs mounts on ``/run``, ``/etc/netns`` and
 ``/etc/iproute2/rt_protos.d`` (where vsnet's protocol name is registered, so ``ip rule``
 prints ``proto vsnet``) and a private bpffs on ``/sys/fs/bpf``. Everything created inside
@@ -36,8 +38,9 @@ def inside() -> bool:
 
 def command(argv: Sequence[str]) -> list[str]:
     """The command line that runs ``argv`` in a new sandbox."""
+    # this file by its path: the caller's working directory need not be the checkout's root
     return ["unshare", "--net", "--mount", "--propagation", "private", "--",
-            sys.executable, "-m", "vsnetd.sandbox", "--", *argv]
+            sys.executable, str(Path(__file__).resolve()), "--", *argv]
 
 
 def reexec(argv: Sequence[str]) -> NoReturn:
@@ -151,10 +154,10 @@ class NotifySocket:
 
 def main(argv: Sequence[str]) -> int:
     if not argv or argv[0] != "--" or len(argv) < 2:
-        print("usage: python -m vsnetd.sandbox -- COMMAND [ARGS...]", file=sys.stderr)
+        print("usage: python -m tests.sandbox -- COMMAND [ARGS...]", file=sys.stderr)
         return 2
     if os.geteuid() != 0:
-        print("vsnetd.sandbox: must run as root (it creates namespaces)", file=sys.stderr)
+        print("tests.sandbox: must run as root (it creates namespaces)", file=sys.stderr)
         return 1
     marker = os.environ.get(MARKER)
     if marker is None:  # still in the caller's namespaces: re-run ourselves in new ones
