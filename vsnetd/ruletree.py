@@ -52,8 +52,7 @@ SOURCE_LEVELS: dict[int, tuple[Level, ...]] = {
 }
 MARK_LEVELS: tuple[Level, ...] = ((4, 256),) * 6 + ((2, 256),) * 4
 MARK_BITS = 32
-_GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing: a multiply that spreads the high bits
-_MASK64 = (1 << 64) - 1
+_ODD = 0x9E3779B97F4A7C15  # the golden ratio's odd 64-bit multiplier: spreads the rest's bits
 def rule_family_bits(family: int) -> int:
     return 128 if family == socket.AF_INET6 else 32
 
@@ -94,14 +93,14 @@ class Trie:
         return key >> (self.bits - self.prefix_length(depth))
 
     def group(self, depth: int, value: int) -> int:
-        """The priority of the group of the node of ``depth`` whose prefix is ``value``.
-        The prefix's low bits pick the group, XORed with a hash of the rest: prefixes
-        allocated in sequence never share a group, and runs of them in different subnets
-        land on unrelated groups."""
+        """The priority of the group of the node of ``depth`` whose prefix is ``value``:
+        the prefix's low bits pick the group, XORed with an odd multiple of the rest (both
+        taken modulo the number of groups, so each is a bijection). Prefixes allocated in
+        sequence never share a group, nor do the runs below parents allocated in sequence
+        (one address per /24), and two subnets allocated alike land their runs apart."""
         first, count = self.levels[depth]
         width = count.bit_length() - 1
-        high = value >> width
-        mixed = (high * _GOLDEN) & _MASK64 >> (64 - width) if high and width else 0
+        mixed = (value >> width) * _ODD if width else 0
         return first + 2 * ((value ^ mixed) & (count - 1))
 
     def leaf_priority(self, key: int) -> int:
