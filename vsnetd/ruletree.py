@@ -68,6 +68,7 @@ class Trie:
     family: int
     bits: int  # key width: 32 or 128 for addresses, 32 for marks
     strides: tuple[int, ...]  # bits per level, top to bottom; they sum to ``bits``
+    lengths: tuple[int, ...]  # per depth: the prefix length of its nodes (strides summed)
     levels: tuple[tuple[int, int], ...]  # per depth: (first priority, number of groups)
     exit: int  # where an end rule jumps
     over_marks: bool
@@ -85,12 +86,8 @@ class Trie:
         first, count = self.levels[-1]
         return first + 2 * count - 1
 
-    def prefix_length(self, depth: int) -> int:
-        """How many of the key's top bits name a node of ``depth``."""
-        return sum(self.strides[:depth])
-
     def prefix(self, depth: int, key: int) -> int:
-        return key >> (self.bits - self.prefix_length(depth))
+        return key >> (self.bits - self.lengths[depth])
 
     def group(self, depth: int, value: int) -> int:
         """The priority of the group of the node of ``depth`` whose prefix is ``value``:
@@ -111,7 +108,7 @@ class Trie:
         ``value``."""
         priority = self.group(depth - 1, value >> self.strides[depth - 1])
         target = self.group(depth, value)
-        length = self.prefix_length(depth)
+        length = self.lengths[depth]
         shift = self.bits - length
         if self.over_marks:
             return Rule.goto(self.family, priority, target, fwmark=value << shift,
@@ -148,6 +145,10 @@ def _levels(start: int, shape: tuple[Level, ...]
     return tuple(levels), start
 
 
+def _lengths(strides: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(sum(strides[:depth]) for depth in range(len(strides) + 1))
+
+
 @lru_cache(maxsize=16)
 def layout(family: int, priority_base: int) -> Layout:
     bits = rule_family_bits(family)
@@ -157,8 +158,10 @@ def layout(family: int, priority_base: int) -> Layout:
     mark_levels, end = _levels(mark_root, MARK_LEVELS)
     return Layout(
         family=family,
-        source=Trie(family, bits, strides, source_levels, exit=mark_root, over_marks=False),
-        mark=Trie(family, MARK_BITS, mark_strides, mark_levels, exit=end, over_marks=True),
+        source=Trie(family, bits, strides, _lengths(strides), source_levels, exit=mark_root,
+                    over_marks=False),
+        mark=Trie(family, MARK_BITS, mark_strides, _lengths(mark_strides), mark_levels,
+                  exit=end, over_marks=True),
         end=end,
     )
 
@@ -179,7 +182,7 @@ def _path(trie: Trie, end: int, parent: int) -> SharedRules:
     rules: list[Rule] = [Rule(trie.family, end, 0, action="nop")]
     top = trie.depth - 1
     for depth in range(top + 1):
-        value = parent >> (trie.prefix_length(top) - trie.prefix_length(depth))
+        value = parent >> (trie.lengths[top] - trie.lengths[depth])
         group = trie.group(depth, value)
         rules.append(Rule.goto(trie.family, group + 1, trie.exit))
         if depth:
