@@ -152,8 +152,9 @@ def compile_pbr(name: str, server: ServerConfig, numbers: numbering.ServerNumber
         # the VS gateway: its own ``from`` rule then keeps a marked unbound connection on
         # that gateway (README, "Confinement").
         routes = [_via_gateway_source(r, subnets, gateway) for r in routes]
-        if family not in gateways:
-            default = _default(family)
+        default = _default(family)
+        if family not in gateways and all(r.destination != default for r in routes):
+            # (an extra route to the default, when the VS has one, is the default instead)
             routes.append(Route(family, table, default, _metric(family), type="unreachable"))
         objects.extend(routes)
         priority, path = ruletree.mark_leaf(family, settings.priority_base, numbers.mark)
