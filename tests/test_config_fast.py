@@ -72,7 +72,9 @@ def render(value: Any, indent: int, draw: st.DrawFn, dash: bool = False) -> list
         for index, (key, item) in enumerate(value.items()):
             first = pad if not (dash and index == 0) else ""
             comment = draw(st.sampled_from(["", "", " # note", "  #", "#x"]))
-            if isinstance(item, dict | list) and item:
+            if isinstance(item, dict | list) and item and draw(st.integers(0, 3)) == 0:
+                lines.append(f"{first}{key}: {flow(item, draw)}{comment}")
+            elif isinstance(item, dict | list) and item:
                 lines.append(f"{first}{key}:{comment}")
                 step = 0 if isinstance(item, list) and draw(st.booleans()) else draw(
                     st.sampled_from([1, 2, 4]))
@@ -82,7 +84,9 @@ def render(value: Any, indent: int, draw: st.DrawFn, dash: bool = False) -> list
                              f"{inline(item)}{comment}")
     elif isinstance(value, list):
         for item in value:
-            if isinstance(item, dict) and item:
+            if isinstance(item, dict | list) and item and draw(st.integers(0, 3)) == 0:
+                lines.append(f"{pad}- {flow(item, draw)}")
+            elif isinstance(item, dict) and item:
                 spaces = draw(st.sampled_from([1, 1, 2]))
                 inner = render(item, indent + 1 + spaces, draw, dash=True)
                 lines.append(f"{pad}-{' ' * spaces}{inner[0]}")
@@ -98,6 +102,18 @@ def render(value: Any, indent: int, draw: st.DrawFn, dash: bool = False) -> list
         lines.insert(draw(st.integers(0, len(lines))), draw(st.sampled_from(
             ["", "   ", "# comment", "  # indented comment", "---", "...", "\t", " x"])))
     return lines
+
+
+def flow(value: Any, draw: st.DrawFn) -> str:
+    """``value`` as a one-line flow collection, spaced at random."""
+    space = draw(st.sampled_from(["", " ", "  "]))
+    if isinstance(value, dict):
+        pairs = [f"{key}:{draw(st.sampled_from([' ', ' ', '  ', '']))}{flow(item, draw)}"
+                 for key, item in value.items()]
+        return "{" + space + f",{draw(st.sampled_from([' ', '', '  ']))}".join(pairs) + space + "}"
+    if isinstance(value, list | tuple):
+        return "[" + space + ", ".join(flow(item, draw) for item in value) + space + "]"
+    return str(value)
 
 
 def inline(value: Any) -> str:
@@ -142,7 +158,9 @@ def test_the_reader_takes_the_shipped_example_and_the_benchmark_file() -> None:
     "a: 1\na: 2\n",            # duplicate key: the full path names it
     "a: &x 1\nb: *x\n",        # aliases
     "a: 'q'\n",                # quotes
-    "a: {b: 1}\n",             # flow mapping
+    "a: {b: 1,}\n",            # a trailing comma in a flow mapping
+    "a: {b:1}\n",              # a key without ": " in a flow mapping
+    "a: {b: 1,\n  c: 2}\n",     # a flow mapping over two lines
     "a: |\n  text\n",          # block scalar
     "a: b\n  c\n",             # a scalar over two lines
     "a:\n\tb: 1\n",            # a tab

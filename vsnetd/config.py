@@ -23,7 +23,7 @@ import ipaddress
 import os
 import re
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -809,20 +809,101 @@ def _yaml_scalar(token: str) -> Any:
 
 
 def _yaml_value(text: str) -> Any:
-    """A value on the line of its key or dash: a plain scalar or a flow list of them."""
-    if text[0] == "[":
-        if text[-1] != "]":
-            raise _Declined
-        inner = text[1:-1].strip(" ")
-        if not inner:
-            return []
-        items = [item.strip(" ") for item in inner.split(",")]
-        if not all(_YAML_FLOW_ITEM(item) for item in items):
-            raise _Declined
-        return [_yaml_scalar(item) for item in items]
+    """A value on the line of its key or dash: a plain scalar, or a one-line flow list or
+    mapping of them (``{id: 1, addresses: [{address: 10.0.0.5/24}]}``)."""
+    if text[0] in "[{":
+        return _FlowLine(text).document()
     if not _YAML_PLAIN(text):
         raise _Declined
     return _yaml_scalar(text)
+
+
+_YAML_FLOW_TOKEN = re.compile(r"[A-Za-z0-9_./](?:[A-Za-z0-9_./+=~-]|:(?=[A-Za-z0-9_./:]))*")
+_YAML_FLOW_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*").fullmatch
+
+
+class _FlowLine:
+    """A flow collection on one line, as libyaml reads it; anything else (quotes,
+    multi-line flow, a key without ``": "``, a trailing comma) is declined."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.at = text, 0
+
+    def document(self) -> Any:
+        value = self.node(0)
+        if self._skip() != len(self.text):
+            raise _Declined
+        return value
+
+    def _skip(self) -> int:
+        text, at = self.text, self.at
+        while at < len(text) and text[at] == " ":
+            at += 1
+        self.at = at
+        return at
+
+    def _expect(self, char: str) -> None:
+        if self._skip() >= len(self.text) or self.text[self.at] != char:
+            raise _Declined
+        self.at += 1
+
+    def node(self, depth: int) -> Any:
+        if depth > _YAML_MAX_DEPTH:
+            raise _Declined
+        at = self._skip()
+        opening = self.text[at:at + 1]
+        if opening == "{":
+            return self._mapping(depth)
+        if opening == "[":
+            return self._sequence(depth)
+        return _yaml_scalar(self._token())
+
+    def _token(self) -> str:
+        token = _YAML_FLOW_TOKEN.match(self.text, self.at)
+        if token is None:
+            raise _Declined
+        self.at = token.end()
+        return token[0]
+
+    def _items(self, closing: str, item: Callable[[], None]) -> None:
+        self.at += 1
+        if self._skip() < len(self.text) and self.text[self.at] == closing:
+            self.at += 1
+            return
+        while True:
+            item()
+            at = self._skip()
+            if self.text[at:at + 1] == closing:
+                self.at += 1
+                return
+            self._expect(",")
+
+    def _mapping(self, depth: int) -> dict[Any, Any]:
+        result: dict[Any, Any] = {}
+
+        def pair() -> None:
+            self._skip()
+            key = self._token()
+            if not _YAML_FLOW_KEY(key) or self.text[self.at:self.at + 2] != ": ":
+                raise _Declined
+            self.at += 2
+            if key in result:
+                raise _Declined  # duplicate: the full path says where
+            result[_yaml_scalar(key)] = self.node(depth + 1)
+
+        self._items("}", pair)
+        return result
+
+    def _sequence(self, depth: int) -> list[Any]:
+        result: list[Any] = []
+        self._items("]", lambda: result.append(self.node(depth + 1)))
+        return result
+
+
+def _nested(value: Any) -> bool:
+    """Whether a value holds collections that a shared copy would let callers change."""
+    return type(value) is dict or (type(value) is list and any(
+        type(item) in (dict, list) for item in value))
 
 
 _NO_VALUE = object()  # "key:" with nothing after it
@@ -853,7 +934,8 @@ class _YamlLines:
         line = _YAML_KEY_LINE(content)
         entry = None if line is None else (
             _yaml_scalar(line[1]), _NO_VALUE if line[2] is None else _yaml_value(line[2]))
-        self.entries[content] = entry
+        if entry is None or not _nested(entry[1]):
+            self.entries[content] = entry  # a scalar or a list of them: safe to share
         return entry
 
     def node(self, depth: int) -> Any:
