@@ -120,7 +120,8 @@ class NotificationFeed:
 
     Each notification updates the state the way a dump would have seen it, and the objects
     it concerned are collected in ``changed`` (the daemon converges the VS they belong to).
-    Notifications vsnet's own changes cause update the state to what it already holds.
+    Notifications vsnet's own changes cause update the state to what it already holds, and
+    are not collected: healing them would only find nothing to do.
     Objects whose deletion takes others silently (``Kind.cascades``: IPv4 routes flushed
     with an address or device) set ``needs_full`` (look at everything again).
     """
@@ -149,13 +150,18 @@ class NotificationFeed:
             return
         obj, owned = decoded
         if owned:
+            key = (kind.name, obj.key)
             if gone:
-                if state.owned.pop((kind.name, obj.key), None) is not None and kind.cascades:
+                news = state.owned.pop(key, None) is not None
+                if news and kind.cascades:
                     self.needs_full = True  # what went with it went without a word
             else:
-                state.owned[(kind.name, obj.key)] = obj
+                news = state.owned.get(key) != obj
+                state.owned[key] = obj
             if kind.unique_slots and (slot := kind.slot(obj)) is not None:
                 state.clear_foreign(kind.name, slot)  # tagged just now, or gone
+            if not news:
+                return  # the state held it so already: vsnet's own change, recorded at apply
         elif gone:
             state.drop_foreign(obj)
         else:
