@@ -221,9 +221,9 @@ def measure_reference(results: Results, desired: DesiredState, config: Path) -> 
     """What vsnet's objects are, and what reading the file costs in a process of its own:
     ``load_config`` + ``compile_config``, the first steps of every reload (median of 5)."""
     objects: dict[str, int] = {}
-    for obj in [o for server in desired.servers.values() for o in server.objects] + list(
-            desired.shared.values()):  # the VS's objects and the rule tree's
-        objects[obj.kind] = objects.get(obj.kind, 0) + 1
+    for server in desired.servers.values():
+        for obj in server.objects:
+            objects[obj.kind] = objects.get(obj.kind, 0) + 1
     results.values["objects"] = objects
     took = []
     for _run in range(5):
