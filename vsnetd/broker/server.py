@@ -1,10 +1,16 @@
-"""The broker's connections, driven by the daemon's select loop.
+"""The broker's connections, served by a thread of their own.
 
-The daemon registers the listening socket (:meth:`Broker.open`), calls :meth:`accept`
-when it is readable and :meth:`readable` when a client is, and hands the broker its
-picture of the VS after every reconcile (:meth:`update`). One request is served per
-wake-up of a client (the loop is level-triggered: a client with more queued is woken
-again, after the others' turn).
+The daemon's select loop watches the listening socket (:meth:`Broker.open`) and calls
+:meth:`accept` when it is readable (admission needs the daemon's descriptor count); the
+clients accepted are served by the broker's thread (:meth:`start`): a level-triggered
+``epoll`` of the clients alone, one request per wake-up of a client, nothing else on its
+path (the daemon's loop computes deadlines and looks at its schedule on every wake-up: a
+request waiting for it cost more than serving it). The daemon hands the broker its
+picture of the VS after every reconcile (:meth:`update`). :attr:`Broker.lock` is held
+while a request is served and while the picture changes: a request sees one picture, and
+whoever takes the lock after a reply was received finds that request counted.
+:meth:`readable` serves one request of one client in the calling thread (the thread's
+loop, or a benchmark without one).
 
 The hot path (``listen``/``socket``, a profile showed where the time went): one
 ``recvmsg_into`` into a buffer kept for the broker's life, :func:`parse_request`, a dict
@@ -18,9 +24,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import grp
+import logging
 import os
+import select
 import socket
 import struct
+import threading
 import time
 from _socket import socket as _socket
 from collections.abc import Callable
@@ -28,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vsnetd import log
 from vsnetd.broker.access import (
     DENIED,
     PRIVILEGED_PORTS,
@@ -60,10 +70,15 @@ __all__ = ["BROKER_PATH", "Broker", "Client", "Observer", "Served"]
 MAX_CLIENTS = 4096
 SO_SNDBUFFORCE = 32
 CONTROL_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
-SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+# plain ints: the socket module's flags are enums, whose operators are Python functions
+SEND_FLAGS = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+RECV_FLAGS = int(socket.MSG_DONTWAIT)
+MSG_TRUNC = int(socket.MSG_TRUNC)
+EPOLLIN = select.EPOLLIN
+EVENTS_PER_WAIT = 64
 DROPPED_ERRNOS = frozenset({errno.EAGAIN, errno.EPIPE, errno.ECONNRESET, errno.ENOBUFS,
                             errno.EMSGSIZE})
-SOL_SOCKET, SCM_RIGHTS = socket.SOL_SOCKET, socket.SCM_RIGHTS
+SOL_SOCKET, SCM_RIGHTS = int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS)
 _perf = time.perf_counter_ns
 
 # A request's observer: (op, result, nanoseconds) -- result is "ok", an error code, or
@@ -110,7 +125,7 @@ class Client:
 
 @dataclass(slots=True)
 class Broker:
-    """The broker's listening socket and clients, driven by the daemon's select loop."""
+    """The broker's listening socket and clients; the clients served by its thread."""
 
     kernel: Kernel
     path: Path = BROKER_PATH
@@ -118,10 +133,15 @@ class Broker:
     generation: int = 0
     clients: dict[int, Client] = field(default_factory=dict)
     listener: socket.socket | None = None
-    unregister: Callable[[socket.socket], object] | None = None  # the select loop's
     observe: Observer | None = None
     targets: dict[str, Target] = field(default_factory=dict)
     buffer: bytearray = field(default_factory=lambda: bytearray(MAX_MESSAGE + 1))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    # the thread serving the clients (start), its epoll and a pipe to wake it for stop
+    thread: threading.Thread | None = None
+    epoll: select.epoll | None = None
+    wake: tuple[int, int] | None = None
+    stopping: bool = False
 
     def open(self) -> socket.socket:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +158,60 @@ class Broker:
         self.listener = sock
         return sock
 
+    def start(self) -> None:
+        """Serve the clients (those accepted so far and from now on) in a thread."""
+        assert self.thread is None
+        self.epoll = select.epoll()  # close-on-exec
+        self.wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.epoll.register(self.wake[0], EPOLLIN)
+        with self.lock:
+            for fd in self.clients:
+                self.epoll.register(fd, EPOLLIN)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, name="broker", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        """The thread: wait for clients with a request, serve one request of each."""
+        assert self.epoll is not None and self.wake is not None
+        poll, lock, clients, woken = self.epoll.poll, self.lock, self.clients, self.wake[0]
+        while not self.stopping:
+            try:
+                ready = poll(-1, EVENTS_PER_WAIT)
+            except InterruptedError:
+                continue
+            for fd, _events in ready:
+                if fd == woken:
+                    break  # stop: the flag is read again
+                with lock:
+                    client = clients.get(fd)
+                    if client is None:
+                        continue  # dropped since (update, close)
+                    try:
+                        alive = self.readable(client)
+                    except Exception as exc:  # a bug must cost one client, never the broker
+                        log.event(logging.ERROR, f"broker: {exc!r}", op="broker")
+                        alive = False
+                    if not alive:
+                        self.drop(client)
+
+    def stop(self) -> None:
+        """Stop the thread (the clients stay connected, unserved, until :meth:`close`)."""
+        if self.thread is None:
+            return
+        assert self.wake is not None and self.epoll is not None
+        self.stopping = True
+        os.write(self.wake[1], b"x")
+        self.thread.join()
+        self.thread = None
+        self.epoll.close()
+        self.epoll = None
+        for fd in self.wake:
+            os.close(fd)
+        self.wake = None
+
     def close(self) -> None:
+        self.stop()
         for client in list(self.clients.values()):
             self.drop(client)
         if self.listener is not None:
@@ -154,6 +227,10 @@ class Broker:
     def update(self, served: dict[str, Served], generation: int) -> None:
         """The daemon's new picture (after every reconcile); subscribers hear what changed
         among the VS they may use (added, changed, removed or no longer theirs)."""
+        with self.lock:  # no request is being served with the previous picture
+            self._update(served, generation)
+
+    def _update(self, served: dict[str, Served], generation: int) -> None:
         before = self.served
         self.served, self.generation = served, generation
         self._retarget()
@@ -200,22 +277,29 @@ class Broker:
         with contextlib.suppress(OSError):  # room for a `servers` reply of thousands of VS
             conn.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 8 << 20)
         client = Client(conn, peer_of(conn))
-        self.clients[conn.fileno()] = client
+        fd = conn.fileno()
+        with self.lock:
+            self.clients[fd] = client
+            if self.epoll is not None:
+                self.epoll.register(fd, EPOLLIN)
         return client
 
     def drop(self, client: Client) -> None:
-        if self.clients.pop(client.conn.fileno(), None) is None:
+        """Forget a client and close its connection (with :attr:`lock` held, or no
+        thread: its descriptor number may be reused by the next accept)."""
+        fd = client.conn.fileno()
+        if self.clients.pop(fd, None) is None:
             return
-        if self.unregister is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self.unregister(client.conn)
+        if self.epoll is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.epoll.unregister(fd)
         client.conn.close()
 
     def readable(self, client: Client) -> bool:
         """Serve one request of the client; False when it is gone (the caller drops it)."""
         try:
             size, ancdata, flags, _ = client.conn.recvmsg_into(
-                (self.buffer,), CONTROL_SPACE, socket.MSG_DONTWAIT)
+                (self.buffer,), CONTROL_SPACE, RECV_FLAGS)
         except (BlockingIOError, InterruptedError):
             return True
         except OSError:
@@ -226,7 +310,7 @@ class Broker:
                 "bad-request", "the broker takes no file descriptors"))
         if not size:
             return False  # end of file: the client went away
-        if flags & socket.MSG_TRUNC:
+        if flags & MSG_TRUNC:
             return self._refuse(client, "?", started, BrokerError(
                 "too-large", f"a request is at most {MAX_MESSAGE} bytes"))
         try:
