@@ -255,7 +255,7 @@ class Broker:
         previous = self.targets
         targets = {}
         for name, served in self.served.items():
-            target = Target.of(served.desired, served.config)
+            target = Target.of(served.desired, served.config, self.generation)
             target.open_namespace(previous.get(name))
             targets[name] = target
         self.targets = targets
@@ -370,14 +370,21 @@ class Broker:
         if af is None:
             raise BrokerError("bad-request", f"{address} is not an address of {name}")
         sock, port = make_socket(target, address, af, request, listen, self.kernel.root_fd)
-        try:
-            sent = self._send(client, (
-                f'{{"v":{VERSION},"ok":true,"generation":{self.generation},"sockets":['
-                f'{target.heads[address]}{port}{target.tails[address][request.proto]}}}],'
-                f'"part":1,"parts":1}}').encode(), _FD.pack(sock.fileno()))
+        head, tail = target.replies[address][request.proto]
+        try:  # _send, written out
+            client.conn.sendmsg((b"%b%d%b" % (head, port, tail),),
+                                ((SOL_SOCKET, SCM_RIGHTS, _FD.pack(sock.fileno())),),
+                                SEND_FLAGS)
+            sent = True
+        except OSError as exc:
+            if exc.errno not in DROPPED_ERRNOS:
+                raise
+            sent = False
         finally:
             sock.close()  # the client has its own copy (or is gone)
-        return self._done(request.op, "ok" if sent else "dropped", started, sent)
+        if self.observe is not None:  # _done, written out
+            self.observe(request.op, "ok" if sent else "dropped", _perf() - started)
+        return sent
 
     def _sockets(self, client: Client, requests: tuple[Request, ...], started: int,
                  batch: bool) -> bool:
