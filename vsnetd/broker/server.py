@@ -137,10 +137,10 @@ class Broker:
     targets: dict[str, Target] = field(default_factory=dict)
     buffer: bytearray = field(default_factory=lambda: bytearray(MAX_MESSAGE + 1))
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # the thread serving the clients (start), its epoll and a pipe to wake it for stop
+    # the thread serving the clients (start), its epoll and an eventfd to wake it for stop
     thread: threading.Thread | None = None
     epoll: select.epoll | None = None
-    wake: tuple[int, int] | None = None
+    wake: int = -1
     stopping: bool = False
 
     def open(self) -> socket.socket:
@@ -162,8 +162,8 @@ class Broker:
         """Serve the clients (those accepted so far and from now on) in a thread."""
         assert self.thread is None
         self.epoll = select.epoll()  # close-on-exec
-        self.wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.epoll.register(self.wake[0], EPOLLIN)
+        self.wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.epoll.register(self.wake, EPOLLIN)
         with self.lock:
             for fd in self.clients:
                 self.epoll.register(fd, EPOLLIN)
@@ -173,8 +173,8 @@ class Broker:
 
     def _serve(self) -> None:
         """The thread: wait for clients with a request, serve one request of each."""
-        assert self.epoll is not None and self.wake is not None
-        poll, lock, clients, woken = self.epoll.poll, self.lock, self.clients, self.wake[0]
+        assert self.epoll is not None
+        poll, lock, clients, woken = self.epoll.poll, self.lock, self.clients, self.wake
         while not self.stopping:
             try:
                 ready = poll(-1, EVENTS_PER_WAIT)
@@ -199,16 +199,15 @@ class Broker:
         """Stop the thread (the clients stay connected, unserved, until :meth:`close`)."""
         if self.thread is None:
             return
-        assert self.wake is not None and self.epoll is not None
+        assert self.epoll is not None
         self.stopping = True
-        os.write(self.wake[1], b"x")
+        os.eventfd_write(self.wake, 1)
         self.thread.join()
         self.thread = None
         self.epoll.close()
         self.epoll = None
-        for fd in self.wake:
-            os.close(fd)
-        self.wake = None
+        os.close(self.wake)
+        self.wake = -1
 
     def close(self) -> None:
         self.stop()
