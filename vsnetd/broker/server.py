@@ -3,9 +3,10 @@
 The daemon's select loop watches the listening socket (:meth:`Broker.open`) and calls
 :meth:`accept` when it is readable (admission needs the daemon's descriptor count); the
 clients accepted are served by the broker's thread (:meth:`start`): a level-triggered
-``epoll`` of the clients alone, one request per wake-up of a client, nothing else on its
-path (the daemon's loop computes deadlines and looks at its schedule on every wake-up: a
-request waiting for it cost more than serving it). The daemon hands the broker its
+``epoll`` of the clients alone, one request per wake-up of a client (the only client: as
+many as it has sent, up to 9), nothing else on its path (the daemon's loop computes
+deadlines and looks at its schedule on every wake-up: a request waiting for it cost more
+than serving it). The daemon hands the broker its
 picture of the VS after every reconcile (:meth:`update`). :attr:`Broker.lock` is held
 while a request is served and while the picture changes: a request sees one picture, and
 whoever takes the lock after a reply was received finds that request counted.
@@ -16,7 +17,8 @@ The hot path (``listen``/``socket``, a profile showed where the time went): one
 ``recvmsg_into`` into a buffer kept for the broker's life, :func:`parse_request`, a dict
 lookup of the VS's :class:`~vsnetd.broker.sockets.Target` (built once per picture), the
 caller's verdict for that VS (decided once per connection and generation), the socket's
-system calls, a reply joined from preformatted strings, one ``sendmsg``.
+system calls, the port put between the two preframed halves of the reply, one
+``sendmsg``.
 """
 
 from __future__ import annotations
