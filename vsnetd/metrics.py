@@ -76,6 +76,9 @@ class _Metrics:
         self.broker_seconds = Histogram(
             "vsnet_broker_request_duration_seconds", "Time to serve a broker request, its "
             "sockets made and sent", ["op"], buckets=BROKER_BUCKETS)
+        # (op, result) -> its counter and histogram: a labels() lookup costs more than the
+        # count itself, on the broker's path (a few ops, a few results: a small dict)
+        self.broker_series: dict[tuple[str, str], tuple[Any, Any]] = {}
         for state in SERVER_STATES:  # every state present, 0 or not: alerts need no absent()
             self.servers.labels(state).set(0)
 
@@ -141,8 +144,12 @@ def broker_served(op: str, result: str, nanoseconds: int) -> None:
     """One broker request served (the broker's observer, vsnetd/broker/server.py): ``ok``,
     the error code it was refused with, or ``dropped``."""
     if (m := _metrics) is not None:
-        m.broker_requests.labels(op, result).inc()
-        m.broker_seconds.labels(op).observe(nanoseconds / 1e9)
+        series = m.broker_series.get((op, result))
+        if series is None:
+            series = m.broker_series[op, result] = (m.broker_requests.labels(op, result),
+                                                    m.broker_seconds.labels(op))
+        series[0].inc()
+        series[1].observe(nanoseconds / 1e9)
 
 
 def exposition() -> str:

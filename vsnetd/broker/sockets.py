@@ -19,7 +19,7 @@ from _socket import socket as _socket  # the C type: no Python-level __init__ pe
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from vsnetd.broker.protocol import BrokerError, Request
+from vsnetd.broker.protocol import VERSION, BrokerError, Request
 from vsnetd.kinds.namespace import NETNS_DIR
 from vsnetd.syscalls import CLONE_NEWNET, setns
 
@@ -51,11 +51,14 @@ class Target:
     heads: dict[str, str] = field(default_factory=dict)
     tails: dict[str, dict[str, str]] = field(default_factory=dict)
     families: dict[str, int] = field(default_factory=dict)  # address -> AF_INET/AF_INET6
+    # the whole reply of a one-socket request around its port, by address and proto: the
+    # generation is part of it (see framed)
+    replies: dict[str, dict[str, tuple[bytes, bytes]]] = field(default_factory=dict)
     netns_fd: int = -1  # the broker's own descriptor of the namespace (-1: none open)
     netns_inode: int = 0
 
     @classmethod
-    def of(cls, desired: DesiredServer, config: ServerConfig) -> Target:
+    def of(cls, desired: DesiredServer, config: ServerConfig, generation: int = 0) -> Target:
         addresses = tuple((a.split("/")[0], AF_INET6 if ":" in a else AF_INET)
                           for a in desired.addresses)
         mark = 0 if desired.netns else desired.numbers.mark
@@ -70,6 +73,11 @@ class Target:
             target.tails[address] = {
                 proto: f',"proto":"{proto}","family":{family},"mark":{mark},"namespace":{netns}'
                 for proto in KINDS}
+            target.replies[address] = {
+                proto: (f'{{"v":{VERSION},"ok":true,"generation":{generation},"sockets":['
+                        f'{target.heads[address]}'.encode(),
+                        f'{tail}}}],"part":1,"parts":1}}'.encode())
+                for proto, tail in target.tails[address].items()}
         return target
 
     def open_namespace(self, previous: Target | None) -> None:

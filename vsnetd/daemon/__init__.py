@@ -14,7 +14,8 @@ retry with a capped backoff, periodic resync):
   again (self-heal); lost notifications (ENOBUFS) ask for a full run;
 * :mod:`vsnetd.daemon.control_server`: ``vsnetctl status`` and ``reload``;
 * this module: the one ``select`` loop of the main thread, the broker's admission
-  (clients only while a reserve of descriptors remains), systemd's notify protocol.
+  (clients only while a reserve of descriptors remains; the clients admitted are served
+  by the broker's own thread, :mod:`vsnetd.broker.server`), systemd's notify protocol.
 
 SIGTERM stops the daemon and leaves the kernel as it is (the application keeps serving;
 ``vsnetctl teardown`` is the way to remove everything).
@@ -40,7 +41,7 @@ from typing import Any
 
 from vsnetd import activation, control, log, metrics
 from vsnetd.broker import BROKER_PATH
-from vsnetd.broker.server import MAX_CLIENTS, Broker, Client, Served
+from vsnetd.broker.server import MAX_CLIENTS, Broker, Served
 from vsnetd.config import DEFAULT_CONFIG_PATH, Config, ConfigIssue
 from vsnetd.daemon.control_server import ControlServer
 from vsnetd.daemon.monitors import Monitors
@@ -120,13 +121,12 @@ class Daemon:
         metrics.enable()
         self.broker = Broker(self.kernel, broker_path)
         self.broker.observe = metrics.broker_served
-        self.broker.unregister = self.selector.unregister
         self.broker_paused_until: float | None = None
         self.broker_refused = 0
         self.control = ControlServer(control_path, self.selector, {
             "status": lambda _request: self.status(),
             "reload": self._reload_request,
-            "metrics": lambda _request: {"ok": True, "metrics": metrics.exposition()},
+            "metrics": lambda _request: {"ok": True, "metrics": self._exposition()},
             **{op: self._activation for op in ("activate", "deactivate", "is-active")},
         })
         self.reader = ConfigReader(self.config_path, namespace.NETNS_DIR,
@@ -165,6 +165,7 @@ class Daemon:
         self.reader.start()
         self.control.open()
         self.selector.register(self.broker.open(), selectors.EVENT_READ, self._broker_accept)
+        self.broker.start()
         self._publish()
         log.event(logging.INFO, f"started: {self.config_path}, control {self.control.path}, "
                   f"{self.fd_limit} descriptors", op="start")
@@ -381,8 +382,6 @@ class Daemon:
             if client is None:
                 return
             capacity -= 1
-            self.selector.register(client.conn, selectors.EVENT_READ,
-                                   lambda client=client: self._broker_read(client))
 
     def refuse_client(self, listener: Any) -> None:
         """The broker is full: the one waiting is told so by a closed connection, at once."""
@@ -409,14 +408,9 @@ class Daemon:
             self.selector.register(self.broker.listener, selectors.EVENT_READ,
                                    self._broker_accept)
 
-    def _broker_read(self, client: Client) -> None:
-        try:
-            alive = self.broker.readable(client)
-        except Exception as exc:  # a bug must cost one client, never the daemon
-            log.event(logging.ERROR, f"broker: {exc!r}", op="broker")
-            alive = False
-        if not alive:
-            self.broker.drop(client)
+    def _exposition(self) -> str:
+        with self.broker.lock:  # a request whose reply was received is counted
+            return metrics.exposition()
 
     # ------------------------------------------------------------------ control
 
