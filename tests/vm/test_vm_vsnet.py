@@ -68,7 +68,7 @@ def test_pbr_vs_on_a_vlan(seen: dict[str, Any]) -> None:
     # at its place in the rule tree (docs/rule-tree.md), tagged as vsnet's: by name where
     # the VM's iproute2 reads packaging/rt_protos.d, else by number
     [rule] = [r for r in seen["C_rules"] if r.get("src") == "10.3.0.5"]
-    assert rule in ({"priority": 18750, "src": "10.3.0.5", "table": "10048", "protocol": p}
+    assert rule in ({"priority": 26900, "src": "10.3.0.5", "table": "10048", "protocol": p}
                     for p in ("vsnet", "86"))
     assert {(r["dst"], r["dev"]) for r in seen["C_table"]} == {
         ("10.3.0.0/24", "trunk0.300"), ("default", "trunk0.300")}
