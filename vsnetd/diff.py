@@ -210,6 +210,7 @@ def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
     for kind in reversed(REGISTRY):
         if kind.newest_first:
             deletes[kind.name].reverse()
+        kind.order_deletes(deletes[kind.name])
         changes.extend(deletes[kind.name])
     for name in CREATE_ORDER:
         changes.extend(creates[name])

@@ -18,7 +18,7 @@ kind of each object; none of them names a kind. A kind says:
   :meth:`Kind.conflict`), whom an object belongs to (:meth:`Kind.owner`), and what a
   deletion implies (:attr:`Kind.deletable`, :attr:`Kind.cascades`,
   :attr:`Kind.newest_first`, :meth:`Kind.outlives`), and in what order its creates are
-  best made (:meth:`Kind.order_creates`);
+  best made (:meth:`Kind.order_creates`, :meth:`Kind.order_deletes`);
 * how its changes are made: :meth:`Kind.apply`, a batch of changes of this kind, with
   the applier's netlink batching (:class:`Applier`).
 
@@ -190,6 +190,10 @@ class Kind(Generic[Obj]):
     def order_creates(self, changes: list[Change]) -> None:
         """Put this kind's creates in the order they are best made (in place); the
         default keeps the config's."""
+
+    def order_deletes(self, changes: list[Change]) -> None:
+        """Put this kind's deletes in the order they are best made (in place, after
+        :attr:`newest_first`); the default keeps the kernel's."""
 
     def namespace(self, obj: Obj) -> str:
         """The network namespace an object of an ``is_namespace`` kind is."""

@@ -213,6 +213,12 @@ class RuleKind(NetlinkKind[Rule]):
         # "Applying").
         changes.sort(key=lambda change: -cast(Rule, change.obj).priority)
 
+    def order_deletes(self, changes: list[Change]) -> None:
+        # The tree's goto and nop rules first, in the kernel's order (top-down): deleting
+        # a rule while goto rules exist walks the whole list for gotos pointing at it;
+        # once they are gone the leaves go without that walk (docs/rule-tree.md).
+        changes.sort(key=lambda change: cast(Rule, change.obj).action == "lookup")
+
     def conflict(self, found: Rule) -> str:
         return f"priority {found.priority} is taken by a foreign {found.describe()}"
 
