@@ -16,8 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from vsnetd import sandbox
+
+# Mutation runs (CONTRIBUTING.md, "Mutation testing") run each property test on a few
+# examples, always the same ones: a mutant is judged on one run, and a random one would
+# make its verdict change between runs. Loaded with ``--hypothesis-profile=mutation``.
+settings.register_profile("mutation", max_examples=10, derandomize=True, database=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
