@@ -78,7 +78,7 @@ def test_a_foreign_vlan_device_in_the_root_namespace_is_named_without_a_namespac
 
 
 def test_a_foreign_route_collides_only_in_a_table_of_the_vs_in_its_namespace() -> None:
-    desired = desired_of({"a": PBR, "b": NETNS})
+    desired = desired_of({"a": PBR, "b": NETNS | {"gateway": "10.2.0.1"}})
     in_a_table = Route(socket.AF_INET, 10016, "192.0.2.0/24", 0, device="eth0")
     observed = ObservedState(links={"": dict(ROOT_LINKS)}, foreign_routes=[
         in_a_table,
@@ -126,6 +126,9 @@ def test_a_vs_waits_for_its_uplink_unless_it_is_lent_to_it_already() -> None:
     assert plan.servers["b"].reasons == ("uplink eth1 does not exist",)
     assert plan.servers["c"].state == "pending"
     assert {c.server for c in plan.changes} == {"c"}
+    # nothing seen at all, not even the root namespace's devices
+    assert {name: v.reasons for name, v in plan_changes(desired, ObservedState()).servers.items()
+            } == {"b": ("uplink eth1 does not exist",), "c": ("uplink eth2 does not exist",)}
 
 
 # ------------------------------------------------------------------------ owners
@@ -170,6 +173,28 @@ def test_an_address_no_route_uses_belongs_to_no_vs() -> None:
     plan = plan_changes(desired_of({"a": PBR}), observed)
     assert done(plan) == [("delete", None, "address 10.9.9.9/24 dev eth0")]
     assert plan.servers["a"].state == "in-sync"
+
+
+def test_a_held_vs_keeps_a_shared_namespace_whole() -> None:
+    """y, in conflict, shares namespace ns1 with x: a stale route in ns1 stays, though the
+    namespace's first VS, x, is not held."""
+    x = NETNS | {"id": 1, "namespace": "ns1", "dns": None}
+    y = NETNS | {"id": 2, "namespace": "ns1", "dns": None, "uplink": "eth2",
+                 "addresses": [{"address": "10.4.0.5/24"}]}
+    desired = desired_of({"x": x, "y": y})
+    observed = holding(desired)
+    stale = Route(socket.AF_INET, 254, "198.51.100.0/24", 0, device="y", gateway="10.4.0.1",
+                  netns="ns1")
+    observed.add(stale)
+    observed.foreign_rules.append(Rule(socket.AF_INET, 10000, 1, netns="ns1"))  # at x's rule
+    plan = plan_changes(desired, observed)
+    assert {n: v.state for n, v in plan.servers.items()} == {"x": "conflict", "y": "in-sync"}
+    assert plan.changes == ()
+    observed.foreign_rules.clear()
+    observed.foreign_addresses[("ns1", "10.4.0.5")] = Address("eth9", "10.4.0.5", 24, "ns1")
+    plan = plan_changes(desired, observed)
+    assert {n: v.state for n, v in plan.servers.items()} == {"x": "in-sync", "y": "conflict"}
+    assert plan.changes == ()
 
 
 def test_addresses_are_deleted_newest_first() -> None:
@@ -235,6 +260,12 @@ def test_without_confinement_the_vs_is_built_and_says_it_is_not_confined() -> No
     assert {c.server for c in plan.changes} == {"a", "b", SHARED}
     assert plan.servers["a"].reasons == ("not confined: no cgroup2 mount",)
     assert plan.servers["b"].reasons == ()
+    # whichever place confinement has among the VS's objects
+    first = dataclasses.replace(desired.servers["a"], keyed={}, objects=(
+        desired.servers["a"].objects[-1], *desired.servers["a"].objects[:-1]))
+    reordered = dataclasses.replace(desired, servers={"a": first})
+    assert [c.obj for c in plan_changes(reordered, observed).changes if c.server == "a"] == [
+        c.obj for c in plan.changes if c.server == "a"]
     with_it = plan_changes(desired, ObservedState(links={"": dict(ROOT_LINKS)}))
     assert [c.obj.kind for c in with_it.changes].count("confinement") == 1
     assert with_it.servers["a"].reasons == ()
@@ -276,5 +307,20 @@ def test_an_observed_change_concerns_its_owner_or_the_vs_it_would_collide_with()
     shared = next(iter(desired.shared.values()))
     assert affected([shared]) == {"a"}  # healing the VS below a shared rule restores it
     assert affected([Address("eth9", "192.0.2.1", 24)]) == set()
+    assert affected([Address("eth9", "10.0.0.5", 16)]) == {"a"}  # a's address, elsewhere
+    b_rule = next(o for o in desired.servers["b"].objects if isinstance(o, Rule))
+    assert affected([a_rule, b_rule._replace(table=99)]) == {"a", "b"}
+    assert affected([b_rule._replace(table=98)]) == {"b"}
     former = dataclasses.replace(desired, former_names={7: "gone"})
     assert Affected(former)([Route(socket.AF_INET, 10000 + 16 * 7, "0.0.0.0/0", 0)]) == set()
+
+
+def test_in_a_shared_namespace_a_change_concerns_the_vs_whose_object_it_is() -> None:
+    x = NETNS | {"id": 1, "namespace": "ns1", "dns": None}
+    y = NETNS | {"id": 2, "namespace": "ns1", "dns": None, "uplink": "eth2",
+                 "gateway": "10.4.0.1", "addresses": [{"address": "10.4.0.5/24"}]}
+    desired = desired_of({"x": x, "y": y})
+    y_default = next(o for o in desired.servers["y"].objects
+                     if isinstance(o, Route) and o.table == 254)
+    assert Affected(desired)([y_default]) == {"y"}
+    assert Affected(desired)([y_default._replace(destination="192.0.2.0/24")]) == {"x"}
