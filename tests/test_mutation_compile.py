@@ -96,6 +96,22 @@ def test_a_netns_vs_on_a_vlan_with_sysctls_and_a_resolver() -> None:
         "vs-b", "b", False, {})
 
 
+def test_each_family_gets_its_own_default() -> None:
+    """A netns VS's IPv6 gateway is the IPv6 default of its main table; a pbr VS without
+    an IPv6 gateway has an unreachable IPv6 default in its mark table."""
+    dual = {"id": 2, "mode": "netns", "uplink": "eth1", "gateway": ["2001:db8::1", "10.2.0.1"],
+            "addresses": [{"address": "10.2.0.5/24"}, {"address": "2001:db8::5/64"}]}
+    routes = [o for o in compile_config(config_of({"b": dual})).servers["b"].objects
+              if isinstance(o, Route)]
+    assert routes == [
+        Route(AF_INET, 254, "0.0.0.0/0", 0, device="b", gateway="10.2.0.1", netns="vs-b"),
+        Route(AF_INET6, 254, "::/0", 1024, device="b", gateway="2001:db8::1", netns="vs-b")]
+    pbr = compile_config(config_of({"a": dual | {"mode": "pbr", "gateway": "10.2.0.1"}}))
+    assert Route(AF_INET6, 10047, "::/0", 1024, type="unreachable") in pbr.servers["a"].objects
+    assert not any(isinstance(o, Route) and o.type == "unreachable" and o.family == AF_INET
+                   for o in pbr.servers["a"].objects)
+
+
 def test_a_vs_given_its_uplink_whole_and_a_named_namespace() -> None:
     moved = VLAN_NETNS | {"link": "move", "vlan": None, "namespace": "ns1", "sysctl": {},
                           "dns": None, "routes": []}
@@ -122,6 +138,16 @@ def test_a_pbr_vs_on_a_vlan_is_confined_to_its_mark_and_addresses() -> None:
     assert not any(o.kind == "confinement" for o in desired.servers["b"].objects)
     unconfined = compile_config(config_of({"a": V4})).servers["a"].objects
     assert not any(o.kind == "confinement" for o in unconfined)
+
+
+def test_an_extra_default_route_leaves_from_the_address_on_its_subnet() -> None:
+    two = V4 | {"addresses": [{"address": "10.3.0.5/24"}, {"address": "10.3.1.5/24"}],
+                "routes": [{"to": "0.0.0.0/0", "via": "10.3.1.254"}]}
+    objects = compile_config(config_of({"a": two})).servers["a"].objects
+    assert Route(AF_INET, 10063, "0.0.0.0/0", 0, device="eth0", gateway="10.3.1.254",
+                 source="10.3.1.5") in objects
+    assert Route(AF_INET, 10049, "0.0.0.0/0", 0, device="eth0", gateway="10.3.1.254",
+                 source="10.3.1.5") in objects  # the address table of 10.3.1.5
 
 
 @pytest.mark.xfail(strict=True, reason="compile.py gives the mark table both an unreachable "
@@ -176,6 +202,7 @@ def test_an_edit_of_pbr_vs_keeping_their_ids_compiles_only_them() -> None:
     edited = compile_edit(same_group, previous)
     assert edited == compile_config(same_group)
     assert edited.scope is previous[1].scope
+    assert edited.shared is previous[1].shared  # the edit stays in a's groups of the tree
     assert edited.servers["b"] is previous[1].servers["b"]
     assert edited.servers["c"] is previous[1].servers["c"]
     assert edited.servers["a"] != previous[1].servers["a"]
@@ -185,16 +212,21 @@ def test_an_edit_of_pbr_vs_keeping_their_ids_compiles_only_them() -> None:
     assert compile_edit(elsewhere, previous) == compile_config(elsewhere)
 
 
-@pytest.mark.parametrize("change", ["id", "mode", "added", "settings"])
-def test_any_other_edit_is_compiled_whole(change: str) -> None:
+@pytest.mark.parametrize("change", ["id", "netns", "to-netns", "added", "settings"])
+def test_any_other_edit_is_compiled_whole_reusing_the_unchanged_vs(change: str) -> None:
     before = config_of({"a": V4, "b": VLAN_NETNS})
     previous = (before, compile_config(before))
     servers = dict(before.servers)
     settings = before.settings
+    unchanged = "b"
     if change == "id":
         servers["a"] = config_of({"a": V4 | {"id": 40}}).servers["a"]
-    elif change == "mode":
+    elif change == "netns":
         servers["b"] = config_of({"b": VLAN_NETNS | {"gateway": None}}).servers["b"]
+        unchanged = "a"
+    elif change == "to-netns":  # its sysctl widens the scope
+        servers["a"] = config_of({"a": V4 | {"mode": "netns", "sysctl": {
+            "net.ipv4.ip_forward": 1}}}).servers["a"]
     elif change == "added":
         servers["c"] = config_of({"c": V4 | {"id": 5}}).servers["c"]
     else:
@@ -203,4 +235,5 @@ def test_any_other_edit_is_compiled_whole(change: str) -> None:
     edited = compile_edit(after, previous)
     assert edited == compile_config(after)
     assert edited.scope is not previous[1].scope
+    assert edited.servers[unchanged] is previous[1].servers[unchanged]
     assert compile_edit(after, None) == compile_config(after)
