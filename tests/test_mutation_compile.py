@@ -94,6 +94,20 @@ def test_a_netns_vs_on_a_vlan_with_sysctls_and_a_resolver() -> None:
     )
     assert (server.netns, server.device, server.moves_uplink, server.shared) == (
         "vs-b", "b", False, {})
+    assert (server.name, server.id, server.mode, server.uplink) == ("b", 2, "netns", "eth1")
+
+
+def test_every_reachable_extra_route_once() -> None:
+    routes = [{"to": "192.168.0.0/16", "via": "10.2.1.254"},
+              {"to": "172.16.0.0/12", "via": "10.2.1.254"},
+              {"to": "198.51.100.0/24", "via": "10.9.9.9"}]  # reached from no table
+    server = compile_config(config_of({"b": VLAN_NETNS | {"routes": routes}})).servers["b"]
+    assert [(r.table, r.destination, r.gateway) for r in server.objects
+            if isinstance(r, Route)] == [
+        (10033, "10.2.1.0/24", None), (10033, "0.0.0.0/0", "10.2.1.1"),
+        (10033, "192.168.0.0/16", "10.2.1.254"), (10033, "172.16.0.0/12", "10.2.1.254"),
+        (254, "0.0.0.0/0", "10.2.0.1"), (254, "192.168.0.0/16", "10.2.1.254"),
+        (254, "172.16.0.0/12", "10.2.1.254")]
 
 
 def test_each_family_gets_its_own_default() -> None:
@@ -167,6 +181,8 @@ def test_the_scope_reaches_the_highest_id_and_the_whole_rule_tree() -> None:
     assert desired.scope.sysctls == {"vs-b": ("net.ipv4.a", "net.ipv4.b")}
     assert (desired.scope.protocol, desired.scope.cgroup_root, desired.scope.pin_root) == (
         86, None, "/sys/fs/bpf/vsnet")
+    confined = compile_config(config_of({"a": V4}, cgroup_root="vsnet", bpf_pin_root="/x"))
+    assert (confined.scope.cgroup_root, confined.scope.pin_root) == ("vsnet", "/x")
     # past the kernel tables' buckets the range follows the numbering
     assert compile_config(config_of({"z": V4 | {"id": 15}})).scope.tables == range(10000, 10259)
     assert compile_config(config_of({})).scope.tables == range(10000, 10000)
