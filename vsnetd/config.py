@@ -357,10 +357,9 @@ def _uniqueness_problems(config: Config, claims: dict[str, Claims] | None = None
             ids[server_id] = name
         for index, (slot, ip) in enumerate(slots):
             owner = address_owner.setdefault(slot, name)
-            if owner is not name:
-                where = "this server" if owner == name else owner
+            if owner is not name:  # twice in one VS: server_problems says so
                 problems.append(((*base, "addresses", index, "address"),
-                                 f"{ip} is already an address of {where}"))
+                                 f"{ip} is already an address of {owner}"))
         if mark in marks and not (duplicate_id and default_mark):
             mark_path: FieldPath = (*base, "id") if default_mark else (*base, "mark")
             problems.append((mark_path, f"mark {mark:#x} is already used by {marks[mark]}"))
@@ -386,7 +385,12 @@ def server_problems(name: str, server: ServerConfig, settings: Settings) -> Prob
              f"fit a block of {settings.block_size} (settings.block_size)")
         )
     subnets: list[IpInterface] = []
+    seen: set[IpAddress] = set()
     for index, entry in enumerate(server.addresses):
+        if entry.address.ip in seen:
+            problems.append(((*base, "addresses", index, "address"),
+                             f"{entry.address.ip} is already an address of this server"))
+        seen.add(entry.address.ip)
         if entry.gateway is not None and not _inside(entry.gateway, entry.address):
             problems.append(((*base, "addresses", index, "gateway"),
                              f"{entry.gateway} is not inside {entry.address}"))

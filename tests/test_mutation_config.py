@@ -1,0 +1,466 @@
+"""Config loading at its edges (no root): the fast path takes every field of a valid
+file and each range up to its bounds (and steps aside past them), the line reader takes
+the block YAML a config is written in, and errors keep their exact words. Written so that
+mutants of vsnetd/config.py fail (CONTRIBUTING.md, "Mutation testing")."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from vsnetd import config, config_models, ruletree
+from vsnetd.config import (
+    ConfigError,
+    ConfigIssue,
+    ConfigLoader,
+    SourceMap,
+    drop_in_dir,
+    drop_in_files,
+    is_drop_in,
+    parse_config,
+    parse_file,
+    read_config_text,
+    render_path,
+)
+
+RICH: dict[str, Any] = {
+    "version": 1,
+    "settings": {"table_base": 20000, "priority_base": 3000, "mark_base": 0x100,
+                 "block_size": 8, "cgroup_root": "vsnet/x", "bpf_pin_root": "/sys/fs/bpf/v",
+                 "max_file_bytes": 8192},
+    "servers": {
+        "web": {"id": 7, "mode": "pbr", "uplink": "eth0", "vlan": 100, "mark": 0x7000000,
+                "gateway": ["10.0.0.1", "2001:db8::1"],
+                "addresses": [{"address": "10.0.0.5/24", "gateway": "10.0.0.1"},
+                              {"address": "2001:db8::5/64"}],
+                "routes": [{"to": "192.168.0.0/16", "via": "10.0.0.254"}],
+                "sockets": {"allow_users": ["www-data", "1000"], "allow_groups": ["web"],
+                            "privileged_ports": True},
+                "placement": "cluster"},
+        "db": {"id": 8, "mode": "netns", "uplink": "eth1", "link": "macvlan",
+               "namespace": "ns.db", "gateway": "10.1.0.1",
+               "addresses": [{"address": "10.1.0.5/24"}],
+               "sysctl": {"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": "0"},
+               "dns": {"servers": ["192.0.2.53", "2001:db8::53"], "search": ["a.example"],
+                       "options": ["ndots:2"]}},
+    },
+}
+
+
+def fast(data: Any, main: bool = True) -> Any:
+    return config._fast_file(copy.deepcopy(data), main=main)
+
+
+def models(data: Any, main: bool = True) -> Any:
+    return config_models.validate(copy.deepcopy(data), main)
+
+
+def test_the_fast_checks_take_every_field_of_a_valid_file() -> None:
+    taken = fast(RICH)
+    assert taken is not None
+    assert taken == models(RICH)
+    assert repr(taken) == repr(models(RICH))
+    settings, servers = taken
+    assert settings == config.Settings(20000, 3000, 0x100, 8, "vsnet/x", "/sys/fs/bpf/v", 8192)
+    assert servers["web"].sockets == config.SocketsConfig(["www-data", "1000"], ["web"], True)
+    assert servers["db"].dns == config.DnsConfig(
+        [ipaddress.ip_address("192.0.2.53"), ipaddress.ip_address("2001:db8::53")],
+        ["a.example"], ["ndots:2"])
+    assert servers["db"].gateway == [ipaddress.ip_address("10.1.0.1")]
+    assert fast({"servers": RICH["servers"]}, main=False) == (None, servers)
+
+
+def test_defaults_where_a_file_says_nothing() -> None:
+    minimal = {"version": 1, "settings": {}, "servers": {"a": {
+        "id": 1, "mode": "pbr", "uplink": "eth0", "addresses": [{"address": "10.0.0.5/24"}],
+        "sockets": {}}}}
+    settings, servers = fast(minimal)
+    assert settings == config.Settings()
+    assert servers["a"].sockets == config.SocketsConfig()
+    assert (servers["a"].placement, servers["a"].gateway, servers["a"].routes) == (
+        "local", [], [])
+    assert fast({"version": 1}) == (config.Settings(), {})
+    assert fast({"version": 1, "servers": None}) == (config.Settings(), {})
+    assert fast({"servers": {}}, main=False) == (None, {})
+    only_priority = fast({"version": 1, "settings": {"priority_base": 3000}})[0]
+    assert (only_priority.priority_base, only_priority.table_base) == (3000, 10000)
+    assert fast({"version": 1, "settings": {"table_base": 5}})[0].priority_base == 10000
+    dns = fast({"version": 1, "servers": {"a": RICH["servers"]["db"] | {
+        "dns": {"servers": ["192.0.2.53"]}}}})[1]["a"].dns
+    assert dns == config.DnsConfig([ipaddress.ip_address("192.0.2.53")])
+    sockets = fast({"version": 1, "servers": {"a": RICH["servers"]["web"] | {
+        "sockets": {"allow_groups": ["g"]}}}})[1]["a"].sockets
+    assert sockets == config.SocketsConfig([], ["g"], False)
+
+
+def settings_with(key: str, value: Any) -> dict[str, Any]:
+    return {"version": 1, "settings": {key: value}}
+
+
+def server_with(key: str, value: Any) -> dict[str, Any]:
+    data = copy.deepcopy(RICH)
+    data["servers"]["web"][key] = value
+    return data
+
+
+EDGES = [
+    # (document, taken by the fast checks: the models agree; else both refuse it)
+    (settings_with("table_base", 1), True), (settings_with("table_base", 0), False),
+    (settings_with("table_base", 0xFFFFFFFF), True), (settings_with("table_base", 2**32), False),
+    (settings_with("priority_base", 1), True), (settings_with("priority_base", 0), False),
+    (settings_with("priority_base", ruletree.MAX_PRIORITY_BASE), True),
+    (settings_with("priority_base", ruletree.MAX_PRIORITY_BASE + 1), False),
+    (settings_with("mark_base", 0), True), (settings_with("mark_base", -1), False),
+    (settings_with("mark_base", 0xFFFFFFFF), True), (settings_with("mark_base", 2**32), False),
+    (settings_with("block_size", 2), True), (settings_with("block_size", 1), False),
+    (settings_with("block_size", 256), True), (settings_with("block_size", 257), False),
+    (settings_with("max_file_bytes", 4096), True), (settings_with("max_file_bytes", 4095), False),
+    (settings_with("max_file_bytes", 1 << 30), True),
+    (settings_with("max_file_bytes", (1 << 30) + 1), False),
+    (settings_with("cgroup_root", None), True), (settings_with("cgroup_root", "/abs"), False),
+    (settings_with("bpf_pin_root", "/a.b"), False), (settings_with("colour", 1), False),
+    (settings_with("table_base", True), False), (settings_with("table_base", "1"), False),
+    ({"version": 1, "settings": []}, False),
+    (server_with("id", 1), True), (server_with("id", 0), False),
+    (server_with("id", 65535), True), (server_with("id", 65536), False),
+    (server_with("vlan", 1), True), (server_with("vlan", 0), False),
+    (server_with("vlan", 4094), True), (server_with("vlan", 4095), False),
+    (server_with("mark", 1), True), (server_with("mark", 0), False),
+    (server_with("mark", 0xFFFFFFFF), True), (server_with("mark", 2**32), False),
+    (server_with("mode", "bridge"), False), (server_with("link", "bond"), False),
+    (server_with("link", "vlan"), True), (server_with("placement", "remote"), False),
+    (server_with("uplink", "e" * 15), True), (server_with("uplink", "e" * 16), False),
+    (server_with("uplink", "é"), False), (server_with("uplink", 7), False),
+    (server_with("namespace", "x" * 64), True), (server_with("namespace", "x" * 65), False),
+    (server_with("gateway", "10.0.0.1"), True), (server_with("gateway", None), True),
+    (server_with("gateway", "10.0.0.300"), False), (server_with("gateway", "x"), False),
+    (server_with("addresses", []), False), (server_with("addresses", "10.0.0.5/24"), False),
+    (server_with("addresses", [{"address": "10.0.0.5/24", "colour": 1}]), False),
+    (server_with("addresses", ["10.0.0.5/24"]), False),
+    (server_with("addresses", [{"address": "2001:db8::5/64"}]), True),
+    (server_with("addresses", [{"address": "10.0.0.5/33"}]), False),
+    (server_with("addresses", [{"address": "10.0.0.256/24"}]), False),
+    (server_with("addresses", [{"address": "256.0.0.1/24"}]), False),
+    (server_with("addresses", [{"address": "10.256.0.1/24"}]), False),
+    (server_with("addresses", [{"address": "10.0.256.1/24"}]), False),
+    (server_with("addresses", [{"address": "2001:db8::5/129"}]), False),
+    (server_with("routes", [{"to": "192.168.0.0/16"}]), False),
+    (server_with("routes", [{"to": "192.168.0.0/16", "via": "10.0.0.1", "x": 1}]), False),
+    (server_with("routes", ["x"]), False), (server_with("routes", "x"), False),
+    (server_with("routes", [{"to": "2001:db8:ff::/48", "via": "2001:db8::fe"}]), True),
+    (server_with("routes", [{"to": "192.168.0.1/16", "via": "10.0.0.1"}]), False),
+    (server_with("sysctl", {"net.x": "é"}), False), (server_with("sysctl", {"net.x": 1.5}), False),
+    (server_with("sysctl", {"kernel.x": 1}), False), (server_with("sysctl", []), False),
+    (server_with("sysctl", {"net.x": "1", "net.y": 2}), True),
+    (server_with("dns", {"servers": []}), False),
+    (server_with("dns", {"servers": ["192.0.2.1"] * 3}), True),
+    (server_with("dns", {"servers": ["192.0.2.1"] * 4}), False),
+    (server_with("dns", {"servers": ["192.0.2.1"], "colour": 1}), False),
+    (server_with("dns", {"servers": ["192.0.2.1"], "search": ["a b"]}), False),
+    (server_with("dns", {"servers": ["192.0.2.1"], "options": ["a b"]}), False),
+    (server_with("dns", ["192.0.2.1"]), False),
+    (server_with("sockets", {"privileged_ports": 1}), False),
+    (server_with("sockets", {"allow_users": ["a b"]}), False),
+    (server_with("sockets", {"allow_groups": ["a b"]}), False),
+    (server_with("sockets", {"colour": 1}), False), (server_with("sockets", []), False),
+    (server_with("colour", 1), False),
+    ({"version": 2, "servers": {}}, False), ({"version": True, "servers": {}}, False),
+    ({"version": 1, "servers": []}, False), ({"version": 1, "servers": {1: {}}}, False),
+    ({"version": 1, "servers": {"a": []}}, False), ({"version": 1, "colour": 1}, False),
+    ([], False),
+]
+
+
+@pytest.mark.parametrize(("data", "taken"), EDGES)
+def test_the_fast_checks_take_what_they_can_up_to_each_bound(data: Any, taken: bool) -> None:
+    if taken:
+        assert fast(data) is not None
+        assert fast(data) == models(data)
+    else:  # the models decide: refuse it, or take it coerced (True for 1...)
+        assert fast(data) is None
+
+
+def test_a_drop_in_holds_servers_only() -> None:
+    assert fast({"servers": {}, "version": 1}, main=False) is None
+    assert fast({"version": 1}, main=False) is None
+
+
+# --------------------------------------------------------------------------- the line reader
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("a: 1\n", {"a": 1}),
+    ("a: 0x1F\n", {"a": 31}),
+    ("a: 0\n", {"a": 0}),
+    ("a: yes\nb: Off\nc: TRUE\n", {"a": True, "b": False, "c": True}),
+    ("a: ~\nb: null\nc: NULL\nd:\n", {"a": None, "b": None, "c": None, "d": None}),
+    ("b: x:y\nc: a#b\nd: 10.0.0.5/24\ne: eth0.100\n",
+     {"b": "x:y", "c": "a#b", "d": "10.0.0.5/24", "e": "eth0.100"}),
+    ("a: [x, 1, yes]\nb: []\nc: [ ]\n", {"a": ["x", 1, True], "b": [], "c": []}),
+    ("a:\n- 1\n- x\n", {"a": [1, "x"]}),
+    ("a:\n  - 1\n  -\n    b: 2\n", {"a": [1, {"b": 2}]}),
+    ("a:\n  -   b: 1\n      c: 2\n  - d: 3\n", {"a": [{"b": 1, "c": 2}, {"d": 3}]}),
+    ("a:\n  - - 1\n", None),
+    ("- 1\n- 2\n", [1, 2]),
+    ("# only a comment\n", None),
+    ("a: 1  # note\n# whole line\n  # indented comment\nb: 2\n", {"a": 1, "b": 2}),
+    ("a:\n  b:\n    c: 1\n  d: 2\ne: 3\n", {"a": {"b": {"c": 1}, "d": 2}, "e": 3}),
+    ("a: 1\n\n\nb: 2", {"a": 1, "b": 2}),
+    ("a: x  \n", {"a": "x"}),
+])
+def test_the_reader_reads_block_yaml_as_libyaml_does(text: str, expected: Any) -> None:
+    if expected is None and text.startswith("a:\n  - - "):
+        with pytest.raises(config._Declined):
+            config._fast_yaml(text)
+        return
+    assert config._fast_yaml(text) == expected
+    assert yaml.safe_load(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "a: [x\n", "a: [x, 'y']\n", "a: 1.5\n", "a: <<\n", "a: =\n", "a:\n  - x\n   y\n",
+    "a:\n  b: 1\n c: 2\n", "a: 1\n  b: 2\n", "x\n", "- 1\n  - 2\n", "a:\n- - 1\n",
+    "é: 1\n", "%YAML 1.1\na: 1\n", "...\n", "a: 1\n...\n",
+    "a: @x\n", "a: b: c\n",
+])
+def test_the_reader_declines_what_it_cannot_read_as_libyaml_would(text: str) -> None:
+    with pytest.raises(config._Declined):
+        config._fast_yaml(text)
+
+
+def test_the_reader_declines_a_document_deeper_than_it_reads() -> None:
+    def nested(depth: int, as_list: bool) -> str:
+        if as_list:
+            return "".join(f"{'  ' * i}-\n" for i in range(depth)) + f"{'  ' * depth}- 1\n"
+        return "".join(f"{'  ' * i}k{i}:\n" for i in range(depth)) + f"{'  ' * depth}v: 1\n"
+
+    for as_list in (False, True):
+        assert config._fast_yaml(nested(config._YAML_MAX_DEPTH - 1, as_list)) == yaml.safe_load(
+            nested(config._YAML_MAX_DEPTH - 1, as_list))
+        with pytest.raises(config._Declined):
+            config._fast_yaml(nested(config._YAML_MAX_DEPTH + 1, as_list))
+    deep_dashes = "".join(f"{'  ' * i}- k{i}:\n" for i in range(40)) + "  " * 40 + "v: 1\n"
+    with pytest.raises(config._Declined):
+        config._fast_yaml(deep_dashes)
+
+
+def test_a_repeated_line_is_read_once_and_a_list_on_it_not_shared() -> None:
+    text = "a:\n  x: [1, 2]\nb:\n  x: [1, 2]\n"
+    data = config._fast_yaml(text)
+    assert data == {"a": {"x": [1, 2]}, "b": {"x": [1, 2]}}
+    assert data["a"]["x"] is not data["b"]["x"]
+    repeated = "a:\n  - v: 1\nb:\n  - v: 1\n"
+    assert config._fast_yaml(repeated) == {"a": [{"v": 1}], "b": [{"v": 1}]}
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_an_issue_reads_and_serializes_with_or_without_a_path() -> None:
+    issue = ConfigIssue("f.yaml", 3, 7, "servers.a.id", "too big")
+    assert str(issue) == "f.yaml:3:7: servers.a.id: too big"
+    assert str(ConfigIssue("f.yaml", 1, 1, "", "the file is empty")) == (
+        "f.yaml:1:1: the file is empty")
+    assert issue.as_json() == {"file": "f.yaml", "line": 3, "column": 7,
+                               "path": "servers.a.id", "message": "too big"}
+    error = ConfigError([issue, ConfigIssue("g", 1, 2, "", "x")])
+    assert str(error) == "f.yaml:3:7: servers.a.id: too big\ng:1:2: x"
+    assert error.issues == [issue, ConfigIssue("g", 1, 2, "", "x")]
+
+
+def test_a_path_renders_as_the_operator_writes_it() -> None:
+    assert render_path(("servers", "a", "addresses", 0, "gateway")) == (
+        "servers.a.addresses[0].gateway")
+    assert render_path((0, "x")) == "[0].x"
+    assert render_path(()) == ""
+
+
+def test_a_problem_points_at_the_deepest_place_the_file_has() -> None:
+    smap = SourceMap("f")
+    smap.values[()] = config._Position(1, 1)
+    smap.values[("servers",)] = config._Position(2, 1)
+    smap.values[("servers", "a")] = config._Position(3, 5)
+    smap.keys[("servers", "a")] = config._Position(3, 3)
+    assert smap.locate(("servers", "a", "id")) == (("servers", "a"), config._Position(3, 5))
+    assert smap.locate(("servers", "a"), key=True) == (("servers", "a"), config._Position(3, 3))
+    assert smap.locate(("servers", "b"), key=True) == (("servers",), config._Position(2, 1))
+    assert smap.locate(("other",)) == ((), config._Position(1, 1))
+    assert SourceMap("f").locate(("x",)) == ((), config._Position(1, 1))
+    assert str(smap.issue(("servers", "a", "id"), "bad")) == "f:3:5: servers.a: bad"
+
+
+def test_the_default_file_name_and_a_refusal_without_a_path() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("version: 2\n")
+    assert [str(i) for i in info.value.issues] == ["servers.yaml:1:10: version: 2: Input "
+                                                   "should be 1"]
+    refusal = config._refusal("f", "no")
+    assert refusal.issues[0].as_json() == {"file": "f", "line": 0, "column": 0, "path": "",
+                                           "message": "no"}
+
+
+def test_a_pattern_is_matched_whole_without_its_anchors() -> None:
+    match = config._fullmatch("^a+$")
+    assert match("aa") and not match("aa\n") and not match("ba")
+    assert config._fullmatch(re.compile(r"^[0-9]$"))("7")
+
+
+def test_semantic_errors_name_the_field() -> None:
+    text = """\
+version: 1
+servers:
+  a:
+    id: 1
+    mode: pbr
+    uplink: eth0
+    vlan: 100
+    gateway: [10.0.0.1, 10.0.1.1]
+    addresses: [{address: 10.0.0.5/24}]
+    link: vlan
+  verylongname1:
+    id: 2
+    mode: pbr
+    uplink: eth0123456789
+    vlan: 4000
+    addresses: [{address: 10.0.0.6/24}, {address: 10.0.0.6/24}]
+  c:
+    id: 3
+    mode: netns
+    uplink: eth0
+    placement: cluster
+    namespace: ns1
+    dns: {servers: [192.0.2.1]}
+    addresses: [{address: 10.0.3.5/24}]
+  d:
+    id: 4
+    mode: netns
+    uplink: eth0
+    namespace: ns1
+    dns: {servers: [192.0.2.2]}
+    addresses: [{address: 10.0.4.5/24}]
+  e:
+    id: 5
+    mode: netns
+    link: move
+    uplink: eth0
+    addresses: [{address: 10.0.5.5/24}]
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    assert [str(i) for i in info.value.issues] == [
+        "servers.yaml:6:13: servers.a.uplink: uplink eth0 is handed whole to e (link: move)",
+        "servers.yaml:8:25: servers.a.gateway[1]: more than one IPv4 gateway",
+        "servers.yaml:8:25: servers.a.gateway[1]: 10.0.1.1 is not inside any subnet of a",
+        "servers.yaml:10:11: servers.a.link: link is for mode netns only",
+        "servers.yaml:11:3: servers.verylongname1: name 'verylongname1' must be 1-12 letters, "
+        "digits, '-' or '_' (it becomes part of interface and namespace names)",
+        "servers.yaml:15:11: servers.verylongname1.vlan: the VLAN device name "
+        "eth0123456789.4000 would exceed 15 characters",
+        "servers.yaml:16:51: servers.verylongname1.addresses[1].address: 10.0.0.6 is already "
+        "an address of this server",
+        "servers.yaml:20:13: servers.c.uplink: uplink eth0 is handed whole to e (link: move)",
+        "servers.yaml:22:16: servers.c.namespace: a VS with placement cluster keeps the "
+        "namespace of its own (vs-<name>)",
+        "servers.yaml:28:13: servers.d.uplink: uplink eth0 is handed whole to e (link: move)",
+        "servers.yaml:30:10: servers.d.dns: c shares namespace ns1 with other dns settings",
+    ]
+
+
+def test_an_uplink_is_handed_whole_to_one_vs_only() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("""\
+version: 1
+servers:
+  e: {id: 5, mode: netns, link: move, uplink: eth0, addresses: [{address: 10.0.5.5/24}]}
+  f: {id: 6, mode: netns, link: move, uplink: eth0, addresses: [{address: 10.0.6.5/24}]}
+  g: {id: 7, mode: netns, link: move, uplink: eth1, addresses: [{address: 10.0.7.5/24}]}
+""")
+    assert [str(i) for i in info.value.issues] == [
+        # each of the two is told about the other
+        "servers.yaml:3:47: servers.e.uplink: uplink eth0 is handed whole to f (link: move)",
+        "servers.yaml:4:47: servers.f.uplink: uplink eth0 is already handed to e",
+    ]
+
+
+def test_a_valid_document_takes_the_fast_path_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any) -> Any:
+        raise AssertionError("the models were asked about a file the fast checks take")
+
+    monkeypatch.setattr(config_models, "validate", refuse)
+    assert config.Config.model_validate(copy.deepcopy(RICH)).servers["db"].namespace == "ns.db"
+    parsed = parse_file(PLAIN, "f", main=True)
+    assert (parsed.issues, list(parsed.servers)) == ([], ["a"])
+    assert parsed.settings == config.Settings(block_size=8)
+
+
+PLAIN = """\
+version: 1
+settings:
+  block_size: 8
+servers:
+  a:
+    id: 1
+    mode: pbr
+    uplink: eth0
+    addresses:
+      - address: 10.0.0.5/24
+        gateway: 10.0.0.1
+"""
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_drop_ins_are_the_visible_yaml_files_of_the_d_directory(tmp_path: Path) -> None:
+    assert drop_in_dir("/etc/vsnet/servers.yaml") == Path("/etc/vsnet/servers.d")
+    assert [is_drop_in(Path(n)) for n in ("a.yaml", ".a.yaml", "a.yml", "a.yaml.swp")] == [
+        True, False, False, False]
+    for name in ("b.yaml", "a.yaml", ".c.yaml", "d.txt"):
+        (tmp_path / name).write_text("servers: {}\n")
+    assert drop_in_files(tmp_path) == [tmp_path / "a.yaml", tmp_path / "b.yaml"]
+    assert drop_in_files(tmp_path / "missing") == []
+    assert drop_in_files(tmp_path / "a.yaml") == []
+
+
+def test_a_file_is_read_whole_up_to_the_cap(tmp_path: Path) -> None:
+    path = tmp_path / "servers.yaml"
+    path.write_bytes(b"x" * 4096)
+    assert read_config_text(path, 4096) == "x" * 4096
+    path.write_bytes(b"x" * 4097)
+    with pytest.raises(ConfigError) as info:
+        read_config_text(path, 4096)
+    assert [str(i) for i in info.value.issues] == [
+        f"{path}:0:0: refused: 4097 bytes, more than 4096 (settings.max_file_bytes)"]
+    big = "é" * (3 << 19)  # 3 MiB: read in more than one chunk
+    path.write_text(big)
+    assert read_config_text(path) == big
+    path.write_bytes(b"a: \xff\n")
+    with pytest.raises(ConfigError) as info:
+        read_config_text(path)
+    assert [str(i) for i in info.value.issues] == [
+        f"{path}:1:1: not UTF-8 text: invalid start byte"]
+    os.chmod(path, 0)
+    if os.geteuid() != 0:  # root reads it all the same
+        with pytest.raises(ConfigError):
+            read_config_text(path)
+
+
+def test_an_empty_drop_in_holds_no_servers(tmp_path: Path) -> None:
+    main = tmp_path / "servers.yaml"
+    main.write_text(PLAIN)
+    (tmp_path / "servers.d").mkdir()
+    empty = tmp_path / "servers.d" / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    loader = ConfigLoader(main)
+    assert list(loader.load().servers) == ["a"]
+    assert loader.concerns(empty) and loader.concerns(main)
+    assert not loader.concerns(tmp_path / "servers.d" / ".x.yaml")
+    assert not loader.concerns(tmp_path / "other.yaml")
+    assert loader.limit == config.DEFAULT_MAX_FILE_BYTES
