@@ -24,6 +24,7 @@ from vsnetd.config import (
     drop_in_dir,
     drop_in_files,
     is_drop_in,
+    load_config,
     parse_config,
     parse_file,
     read_config_text,
@@ -464,3 +465,68 @@ def test_an_empty_drop_in_holds_no_servers(tmp_path: Path) -> None:
     assert not loader.concerns(tmp_path / "servers.d" / ".x.yaml")
     assert not loader.concerns(tmp_path / "other.yaml")
     assert loader.limit == config.DEFAULT_MAX_FILE_BYTES
+
+
+def test_each_edit_in_place_reads_as_a_full_load(tmp_path: Path) -> None:
+    """The loader's edits of pbr drop-ins in place, and every case it leaves to a full
+    assemble, against a fresh full load after each step."""
+    main = tmp_path / "servers.yaml"
+    directory = tmp_path / "servers.d"
+    directory.mkdir()
+
+    def vs(server_id: int, address: str, **extra: Any) -> dict[str, Any]:
+        return {"id": server_id, "mode": "pbr", "uplink": "eth0",
+                "addresses": [{"address": address}], **extra}
+
+    def write(name: str, servers: dict[str, Any] | None) -> Path:
+        path = main if name == "main" else directory / f"{name}.yaml"
+        if servers is None:
+            path.unlink()
+        else:
+            head = "version: 1\n" if name == "main" else ""
+            path.write_text(head + yaml.safe_dump({"servers": servers}))
+        return path
+
+    def outcome(load: Any) -> Any:
+        try:
+            return load()
+        except ConfigError as exc:
+            return [str(issue) for issue in exc.issues]
+
+    write("main", {"m": {**vs(1, "10.0.1.5/24"), "mode": "netns", "link": "move",
+                         "uplink": "eth5"}})
+    a = write("a", {"a": vs(2, "10.0.2.5/24")})
+    b = write("b", {"b": vs(3, "10.0.3.5/24")})
+    loader = ConfigLoader(main)
+    first = loader.load()
+    assert list(first.servers) == ["m", "a", "b"]
+    assert loader.load([]) is first  # nothing changed: the same config
+    steps: list[tuple[str, dict[str, Any] | None]] = [
+        ("a", {"a": vs(2, "10.0.2.6/24")}),                   # in place
+        ("a", {"a": vs(3, "10.0.2.6/24")}),                   # b's id
+        ("a", {"a": vs(2, "10.0.2.6/24")}),
+        ("a", {"a": vs(2, "10.0.3.5/24")}),                   # b's address
+        ("a", {"a": vs(2, "10.0.2.6/24", mark=0x5600003)}),   # b's mark
+        ("a", {"a": vs(2, "10.0.2.6/24", uplink="eth5")}),    # m's uplink, handed whole
+        ("a", {"a": vs(2, "10.0.2.6/24"), "c": vs(4, "10.0.4.5/24")}),  # a new VS
+        ("a", {"a": vs(2, "10.0.2.6/24"), "c": vs(4, "10.0.4.5/24"), "d": vs(4, "10.9.0.1/24")}),
+        ("a", {"a": vs(2, "10.0.2.6/24"), "b": vs(3, "10.0.3.5/24")}),  # b defined twice
+        ("b", {}),                                            # b moved into a.yaml
+        ("a", {"a": {**vs(2, "10.0.2.6/24"), "mode": "netns"}, "b": vs(3, "10.0.3.5/24")}),
+        ("a", {"a": vs(2, "10.0.2.6/24"), "b": vs(3, "10.0.3.5/24")}),
+        ("a", {"a": {**vs(2, "10.0.2.6/24"), "colour": 1}, "b": vs(3, "10.0.3.5/24")}),
+        ("a", {"a": vs(2, "10.0.2.6/24"), "b": vs(3, "10.0.3.5/24")}),
+        ("e", {"e": vs(5, "10.0.5.5/24")}),                   # a new file
+        ("e", {"e": vs(5, "10.0.5.5/24", addresses=[{"address": "10.0.5.5/24",
+                                                       "gateway": "10.9.9.9"}])}),
+        ("e", None),                                          # a file removed
+        ("b", None),
+        ("main", {"m": vs(1, "10.0.1.5/24")}),
+        ("a", {"a": vs(2, "10.0.2.7/24"), "b": vs(3, "10.0.3.5/24")}),
+    ]
+    for name, servers in steps:
+        changed = write(name, servers)
+        assert outcome(lambda c=changed: loader.load([c])) == outcome(lambda: load_config(main))
+    assert outcome(lambda: loader.load([directory / ".hidden.yaml"])) == outcome(
+        lambda: load_config(main))
+    assert sorted(loader.load([a, b]).servers) == ["a", "b", "m"]
