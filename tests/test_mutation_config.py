@@ -530,3 +530,92 @@ def test_each_edit_in_place_reads_as_a_full_load(tmp_path: Path) -> None:
     assert outcome(lambda: loader.load([directory / ".hidden.yaml"])) == outcome(
         lambda: load_config(main))
     assert sorted(loader.load([a, b]).servers) == ["a", "b", "m"]
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+def expansion_refusal(text: str, limit: int) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config.check_expansion(yaml.compose(text), limit, "f")
+    return [str(issue) for issue in info.value.issues]
+
+
+def test_the_expanded_size_is_counted_exactly() -> None:
+    """A scalar is its text and one byte, a list or mapping two bytes and two per entry
+    besides its entries; an alias counts as a copy of what it names."""
+    for text, size in (("a: bc\n", 9), ("[ab, c]\n", 11), ("a: &x [b]\nc: *x\n", 22),
+                       ("[[], {}]\n", 10)):
+        config.check_expansion(yaml.compose(text), size, "f")
+        assert expansion_refusal(text, size - 1) == [
+            f"f:1:1: the document expands (aliases included) to more than {size - 1} bytes "
+            "(settings.max_file_bytes)"]
+    assert expansion_refusal("x: 1\ny: abcdefghij\n", 10) == [  # where it first goes over
+        "f:2:4: the document expands (aliases included) to more than 10 bytes "
+        "(settings.max_file_bytes)"]
+
+
+def test_nesting_is_refused_past_max_depth_where_it_goes_deeper() -> None:
+    config.check_expansion(yaml.compose("[" * 33 + "]" * 33), 1000, "f")  # depth 32
+    assert expansion_refusal("[" * 34 + "]" * 34, 1000) == [
+        "f:1:34: nested deeper than 32 levels"]
+    assert expansion_refusal("a: &x [b, *x]\n", 1000) == [  # the node the alias names
+        "f:1:4: an alias refers to a node that contains it"]
+
+
+def test_an_alias_is_checked_only_in_a_file_that_has_one(tmp_path: Path) -> None:
+    path = tmp_path / "servers.yaml"
+    # 4096 bytes of text expanding to more: refused under a 4096-byte cap
+    lines = ["version: 1", "settings: {max_file_bytes: 4096}",
+             "a: &a [" + ", ".join(["xxxxxxxxxx"] * 100) + "]", "b: [*a, *a, *a]"]
+    path.write_text("\n".join(lines) + "\n")
+    [issue] = [str(i) for i in parse_file(path.read_text(), "f", main=True, limit=4096).issues]
+    assert issue == ("f:1:1: the document expands (aliases included) to more than 4096 bytes "
+                     "(settings.max_file_bytes)")
+
+
+def test_a_file_growing_while_read_is_refused_at_the_cap() -> None:
+    """/proc files say they hold 0 bytes and hold more: the cap is checked as they read."""
+    with pytest.raises(ConfigError) as info:
+        read_config_text("/proc/self/maps", 4096)
+    assert [str(i) for i in info.value.issues] == [
+        "/proc/self/maps:0:0: refused: more than 4096 bytes (settings.max_file_bytes)"]
+    assert len(read_config_text("/proc/self/maps", 1 << 20)) > 4096
+
+
+def test_a_missing_file_cannot_be_read(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        read_config_text(tmp_path / "missing.yaml")
+    assert [str(i) for i in info.value.issues] == [
+        f"{tmp_path}/missing.yaml:0:0: cannot read: No such file or directory"]
+
+
+@pytest.mark.parametrize(("text", "main", "expected"), [
+    (PLAIN, True, (True, 1, [])),                                  # the fast path
+    ("version: 1\nservers: {a: {id: 1, mode: pbr, uplink: eth0, "
+     "addresses: [{address: 10.0.0.5/24}]}}\n", True, (True, 1, [])),  # libyaml, the models
+    ("", False, (False, 0, [])),                                   # an empty drop-in
+    ("# nothing\n", False, (False, 0, [])),
+    ("", True, (True, 0, ["f:1:1: the file is empty"])),
+    ("version: 1\nservers: " + "[" * 500 + "]" * 500 + "\n", True,
+     (True, 0, ["f:2:42: nested deeper than 32 levels"])),
+    ("version: 1\n? [a, b]\n: x\n", True, (True, 0, ["f:1:1: mapping key ['a', 'b'] must be "
+                                                      "a string"])),
+    ("version: 1\n1.5: x\n2.5: y\n", True, (True, 0, ["f:1:1: mapping key 1.5 must be a string",
+                                                      "f:1:1: mapping key 2.5 must be a string"])),
+    ("version: 1\nservers: {a: &x [*x]}\n", True,
+     (True, 0, ["f:2:14: an alias refers to a node that contains it"])),
+    ("version: 1\nservers: [\n", True,
+     (True, 0, ["f:3:1: YAML syntax: did not find expected node content"])),
+    ("servers:\n  a:\n    id: 0\n", False, (False, 0, ["f:3:9: servers.a.id: 0: Input should "
+                                                        "be greater than or equal to 1",
+                                                        *(f"f:2:3: servers.a: required key '{k}' "
+                                                          "is missing"
+                                                          for k in ("mode", "uplink",
+                                                                    "addresses"))])),
+])
+def test_each_way_through_parse_file(text: str, main: bool, expected: Any) -> None:
+    parsed = parse_file(text, "f", main=main)
+    assert (parsed.file, parsed.text) == ("f", text)
+    assert (parsed.main, len(parsed.servers), [str(i) for i in parsed.issues]) == expected
+    assert (parsed.settings is not None) == (main and not parsed.issues)

@@ -258,7 +258,7 @@ def _construct(
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node)
+            key = loader.construct_object(key_node, deep=True)  # a list key whole, to name it
             if not isinstance(key, str | int):
                 issues.append(smap.issue(path, f"mapping key {key!r} must be a string"))
                 continue
@@ -968,7 +968,9 @@ def _libyaml_loader() -> Any:
 
     class _FastLoader(base):  # type: ignore[misc]
         def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
-            keys = [key.value for key, _value in node.value]
+            # a list or mapping as a key ("? [a, b]") is no duplicate: the constructor
+            # refuses it as unhashable, and the full path says where
+            keys = [key.value for key, _value in node.value if isinstance(key, yaml.ScalarNode)]
             if len(keys) != len(set(keys)):
                 raise _DuplicateKey
             return super().construct_mapping(node, deep)
