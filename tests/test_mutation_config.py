@@ -207,6 +207,8 @@ def test_a_drop_in_holds_servers_only() -> None:
     ("a: [x, 1, yes]\nb: []\nc: [ ]\n", {"a": ["x", 1, True], "b": [], "c": []}),
     ("a:\n- 1\n- x\n", {"a": [1, "x"]}),
     ("a:\n  - 1\n  -\n    b: 2\n", {"a": [1, {"b": 2}]}),
+    ("a:\n  -\n    b: 2\n  - 3\n  - X1\n", {"a": [{"b": 2}, 3, "X1"]}),
+    ("a:\nb: 1\n", {"a": None, "b": 1}),
     ("a:\n  -   b: 1\n      c: 2\n  - d: 3\n", {"a": [{"b": 1, "c": 2}, {"d": 3}]}),
     ("a:\n  - - 1\n", None),
     ("- 1\n- 2\n", [1, 2]),
@@ -247,9 +249,13 @@ def test_the_reader_declines_a_document_deeper_than_it_reads() -> None:
             nested(config._YAML_MAX_DEPTH - 1, as_list))
         with pytest.raises(config._Declined):
             config._fast_yaml(nested(config._YAML_MAX_DEPTH + 1, as_list))
-    deep_dashes = "".join(f"{'  ' * i}- k{i}:\n" for i in range(40)) + "  " * 40 + "v: 1\n"
+
+    def dashes(depth: int) -> str:  # "- key:" lines, each a list and a mapping deeper
+        return "".join(f"{'  ' * i}- k{i}:\n" for i in range(depth)) + "  " * depth + "v: 1\n"
+
+    assert config._fast_yaml(dashes(16)) == yaml.safe_load(dashes(16))
     with pytest.raises(config._Declined):
-        config._fast_yaml(deep_dashes)
+        config._fast_yaml(dashes(17))
 
 
 def test_a_repeated_line_is_read_once_and_a_list_on_it_not_shared() -> None:
@@ -291,6 +297,8 @@ def test_a_problem_points_at_the_deepest_place_the_file_has() -> None:
     smap.keys[("servers", "a")] = config._Position(3, 3)
     assert smap.locate(("servers", "a", "id")) == (("servers", "a"), config._Position(3, 5))
     assert smap.locate(("servers", "a"), key=True) == (("servers", "a"), config._Position(3, 3))
+    assert smap.locate(("servers", "a")) == (("servers", "a"), config._Position(3, 5))
+    assert str(smap.issue(("servers", "a"), "bad")) == "f:3:5: servers.a: bad"
     assert smap.locate(("servers", "b"), key=True) == (("servers",), config._Position(2, 1))
     assert smap.locate(("other",)) == ((), config._Position(1, 1))
     assert SourceMap("f").locate(("x",)) == ((), config._Position(1, 1))
