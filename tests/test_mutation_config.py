@@ -172,6 +172,13 @@ EDGES = [
     (server_with("sockets", {"allow_groups": ["a b"]}), False),
     (server_with("sockets", {"colour": 1}), False), (server_with("sockets", []), False),
     (server_with("colour", 1), False),
+    (server_with("gateway", [["10.0.0.1"]]), False), (server_with("gateway", [1]), False),
+    (server_with("link", "move"), True), (server_with("link", "macvlan"), True),
+    (server_with("sockets", {"allow_users": ["a"]}), True),
+    (server_with("sockets", {"allow_groups": ["a"]}), True),
+    ({"version": 1, "servers": {"every": RICH["servers"]["web"] | {  # every key a VS has
+        "link": "vlan", "namespace": "ns1", "sysctl": {"net.x": 1},
+        "dns": {"servers": ["192.0.2.53"]}}}}, True),
     ({"version": 2, "servers": {}}, False), ({"version": True, "servers": {}}, False),
     ({"version": 1, "servers": []}, False), ({"version": 1, "servers": {1: {}}}, False),
     ({"version": 1, "servers": {"a": []}}, False), ({"version": 1, "colour": 1}, False),
@@ -209,6 +216,7 @@ def test_a_drop_in_holds_servers_only() -> None:
     ("a:\n  - 1\n  -\n    b: 2\n", {"a": [1, {"b": 2}]}),
     ("a:\n  -\n    b: 2\n  - 3\n  - X1\n", {"a": [{"b": 2}, 3, "X1"]}),
     ("a:\nb: 1\n", {"a": None, "b": 1}),
+    ("Xa: [X1, Y , Z]\nb: cX  \nc: d # e # f\n", {"Xa": ["X1", "Y", "Z"], "b": "cX", "c": "d"}),
     ("a:\n  -   b: 1\n      c: 2\n  - d: 3\n", {"a": [{"b": 1, "c": 2}, {"d": 3}]}),
     ("a:\n  - - 1\n", None),
     ("- 1\n- 2\n", [1, 2]),
@@ -245,8 +253,8 @@ def test_the_reader_declines_a_document_deeper_than_it_reads() -> None:
         return "".join(f"{'  ' * i}k{i}:\n" for i in range(depth)) + f"{'  ' * depth}v: 1\n"
 
     for as_list in (False, True):
-        assert config._fast_yaml(nested(config._YAML_MAX_DEPTH - 1, as_list)) == yaml.safe_load(
-            nested(config._YAML_MAX_DEPTH - 1, as_list))
+        assert config._fast_yaml(nested(config._YAML_MAX_DEPTH, as_list)) == yaml.safe_load(
+            nested(config._YAML_MAX_DEPTH, as_list))
         with pytest.raises(config._Declined):
             config._fast_yaml(nested(config._YAML_MAX_DEPTH + 1, as_list))
 
@@ -627,3 +635,57 @@ def test_each_way_through_parse_file(text: str, main: bool, expected: Any) -> No
     assert (parsed.file, parsed.text) == ("f", text)
     assert (parsed.main, len(parsed.servers), [str(i) for i in parsed.issues]) == expected
     assert (parsed.settings is not None) == (main and not parsed.issues)
+
+
+def test_a_document_the_fast_checks_leave_is_validated_by_the_models() -> None:
+    coerced = {"version": True, "servers": {"a": RICH["servers"]["web"]}}
+    assert fast(coerced) is None
+    checked = config.Config.model_validate(copy.deepcopy(coerced))
+    assert (checked.version, checked.settings, checked.servers) == (1, config.Settings(),
+                                                                     models(coerced)[1])
+    with pytest.raises(ValueError):  # pydantic's ValidationError
+        config.Config.model_validate({"version": 1, "servers": {"a": {"id": 0}}})
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    return [str(issue) for issue in info.value.issues]
+
+
+def test_a_default_mark_taken_by_another_vs_is_blamed_on_the_id() -> None:
+    assert errors_of("""\
+version: 1
+servers:
+  a: {id: 5, mode: pbr, uplink: eth0, mark: 0x5600006, addresses: [{address: 10.0.0.5/24}]}
+  b: {id: 6, mode: pbr, uplink: eth0, addresses: [{address: 10.0.0.6/24}]}
+""") == ["servers.yaml:4:11: servers.b.id: mark 0x5600006 is already used by a"]
+
+
+def test_a_vlan_device_name_may_have_15_characters() -> None:
+    ok = """\
+version: 1
+servers:
+  a: {id: 1, mode: pbr, uplink: eth0123456, vlan: 4094, addresses: [{address: 10.0.0.5/24}]}
+"""
+    assert list(parse_config(ok).servers) == ["a"]
+    assert errors_of(ok.replace("eth0123456", "eth01234567")) == [
+        "servers.yaml:3:52: servers.a.vlan: the VLAN device name eth01234567.4094 would "
+        "exceed 15 characters"]
+
+
+def test_what_vs_in_their_own_namespaces_or_sharing_one_may_do() -> None:
+    """Own namespaces: the same address and default in each. A shared one: sysctls set by
+    one VS only, or to the same value however written; dns given by one VS only."""
+    config_ = parse_config("""\
+version: 1
+servers:
+  a: {id: 1, mode: netns, uplink: eth0, gateway: 10.0.0.1, addresses: [{address: 10.0.0.5/24}]}
+  b: {id: 2, mode: netns, uplink: eth1, gateway: 10.0.0.1, addresses: [{address: 10.0.0.5/24}]}
+  c: {id: 3, mode: netns, uplink: eth0, namespace: ns1, sysctl: {net.x: 1, net.y: 2},
+      addresses: [{address: 10.0.3.5/24}], dns: {servers: [192.0.2.53]}}
+  d: {id: 4, mode: netns, uplink: eth0, namespace: ns1, sysctl: {net.x: "1", net.z: 3},
+      addresses: [{address: 10.0.4.5/24}]}
+""")
+    assert config.check_semantics(config_) == []
+    assert list(config_.servers) == ["a", "b", "c", "d"]
