@@ -689,3 +689,125 @@ servers:
 """)
     assert config.check_semantics(config_) == []
     assert list(config_.servers) == ["a", "b", "c", "d"]
+
+
+def test_an_edit_of_pbr_drop_ins_is_checked_in_place(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """What makes an edit cost one file (the daemon: one VS of a thousand): a pbr drop-in
+    replaced, added or removed is checked against the last valid config's index, without
+    assembling the whole config again; anything else is assembled whole. Either way the
+    result is that of a full load."""
+    assembled: list[int] = []
+    whole = config.assemble
+
+    def counting(main: Any, drop_ins: Any) -> Any:
+        assembled.append(1)
+        return whole(main, drop_ins)
+
+    monkeypatch.setattr(config, "assemble", counting)
+    main = tmp_path / "servers.yaml"
+    directory = tmp_path / "servers.d"
+    directory.mkdir()
+
+    def vs(server_id: int, address: str, **extra: Any) -> dict[str, Any]:
+        return {"id": server_id, "mode": "pbr", "uplink": "eth0",
+                "addresses": [{"address": address}], **extra}
+
+    def write(name: str, servers: dict[str, Any] | None) -> Path:
+        path = directory / f"{name}.yaml"
+        if servers is None:
+            path.unlink()
+        else:
+            path.write_text(yaml.safe_dump({"servers": servers}))
+        return path
+
+    def outcome(load: Any) -> Any:
+        try:
+            return load()
+        except ConfigError as exc:
+            return [str(issue) for issue in exc.issues]
+
+    main.write_text("version: 1\nservers:\n  m: {id: 1, mode: netns, link: move, uplink: eth5, "
+                    "addresses: [{address: 10.0.1.5/24}]}\n")
+    write("a", {"a": vs(2, "10.0.2.5/24")})
+    write("b", {"b": vs(3, "10.0.3.5/24")})
+    loader = ConfigLoader(main)
+    loader.load()
+    a2 = vs(2, "10.0.2.6/24")
+    steps: list[tuple[str, dict[str, Any] | None, bool]] = [
+        ("a", {"a": a2}, True),
+        ("a", {"a": a2, "c": vs(4, "10.0.4.5/24")}, True),
+        ("a", {"a": a2}, True),
+        ("e", {"e": vs(5, "10.0.5.5/24")}, True),            # a new file
+        ("e", None, True),                                    # a file removed
+        ("b", {"b2": vs(3, "10.0.3.5/24")}, True),            # b renamed, its numbers kept
+        ("b", {"b": vs(3, "10.0.3.5/24")}, True),
+        ("a", {"a": {**a2, "mode": "netns"}}, False),         # a netns VS
+        ("a", {"a": a2}, False),                              # ... replaced
+        ("a", {"a": vs(2, "10.0.2.7/24")}, True),
+        ("a", {"a": vs(3, "10.0.2.7/24")}, False),            # b's id
+        ("a", {"a": a2}, False),                              # after an invalid config
+        ("a", {"a": vs(2, "10.0.3.5/24")}, False),            # b's address
+        ("a", {"a": a2}, False),
+        ("a", {"a": vs(2, "10.0.2.6/24", mark=0x5600003)}, False),  # b's mark
+        ("a", {"a": a2}, False),
+        ("a", {"a": vs(2, "10.0.2.6/24", uplink="eth5")}, False),   # m's uplink
+        ("a", {"a": a2}, False),
+        ("a", {"a": a2, "b": vs(6, "10.0.6.5/24")}, False),   # b, defined in b.yaml too
+        ("a", {"a": a2}, False),
+        ("a", {"a": a2, "c": vs(4, "10.0.4.5/24"), "d": vs(4, "10.0.9.5/24")}, False),
+        ("a", {"a": a2}, False),
+        ("a", {"a": {**a2, "colour": 1}}, False),             # a problem to locate
+        ("a", {"a": a2}, False),
+        ("a", {"a": vs(2, "10.0.2.6/24", addresses=[{"address": "10.0.2.6/24",
+                                                     "gateway": "10.9.9.9"}])}, False),
+    ]
+    for step, (name, servers, in_place) in enumerate(steps):
+        changed = write(name, servers)
+        assembled.clear()
+        got = outcome(lambda c=changed: loader.load([c]))
+        assert (not assembled) == in_place, (step, name, servers)
+        assert got == outcome(lambda: load_config(main)), (step, name, servers)
+
+
+def test_a_reader_running_out_of_stack_is_an_issue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libyaml refuses nesting past 1,000 levels itself; should a reader still recurse too
+    deep, the file gets an issue, not the caller a RecursionError."""
+    def recursing(text: str, file: str, limit: int) -> Any:
+        raise RecursionError
+
+    monkeypatch.setattr(config, "_load_fast", recursing)
+    parsed = parse_file("a: [x, 'y']\n", "f", main=False)
+    assert (parsed.file, parsed.text, parsed.main, parsed.servers) == (
+        "f", "a: [x, 'y']\n", False, {})
+    assert [i.as_json() for i in parsed.issues] == [{
+        "file": "f", "line": 1, "column": 1, "path": "",
+        "message": "nested deeper than 32 levels"}]
+
+
+def test_drop_ins_are_checked_again_under_new_settings(tmp_path: Path) -> None:
+    """A drop-in read once is judged under the settings of the main file as it is now."""
+    main = tmp_path / "servers.yaml"
+    (tmp_path / "servers.d").mkdir()
+    drop_in = tmp_path / "servers.d" / "a.yaml"
+    drop_in.write_text(yaml.safe_dump({"servers": {"a": {
+        "id": 2, "mode": "pbr", "uplink": "eth0",
+        "addresses": [{"address": f"10.0.0.{i}/24"} for i in (5, 6, 7)]}}}))
+    head = "version: 1\n"
+    m = ("servers:\n  m: {id: 1, mode: pbr, uplink: eth0, mark: 0x202, "
+         "addresses: [{address: 10.0.1.5/24}]}\n")
+    main.write_text(head + m)
+    loader = ConfigLoader(main)
+    assert sorted(loader.load().servers) == ["a", "m"]
+    for settings in ("settings: {mark_base: 0x200}\n", "settings: {block_size: 3}\n", ""):
+        main.write_text(head + settings + m)
+        try:
+            got: Any = loader.load([main])
+        except ConfigError as exc:
+            got = [str(i) for i in exc.issues]
+        try:
+            want: Any = load_config(main)
+        except ConfigError as exc:
+            want = [str(i) for i in exc.issues]
+        assert got == want
+        assert isinstance(got, list) == bool(settings)
