@@ -573,6 +573,7 @@ def test_the_expanded_size_is_counted_exactly() -> None:
 
 def test_nesting_is_refused_past_max_depth_where_it_goes_deeper() -> None:
     config.check_expansion(yaml.compose("[" * 33 + "]" * 33), 1000, "f")  # depth 32
+    config.check_expansion(yaml.compose("[" * 31 + "{k: v}" + "]" * 31), 1000, "f")
     assert expansion_refusal("[" * 34 + "]" * 34, 1000) == [
         "f:1:34: nested deeper than 32 levels"]
     assert expansion_refusal("a: &x [b, *x]\n", 1000) == [  # the node the alias names
@@ -599,6 +600,29 @@ def test_a_file_growing_while_read_is_refused_at_the_cap() -> None:
     assert len(read_config_text("/proc/self/maps", 1 << 20)) > 4096
 
 
+def test_a_valid_document_expanding_past_the_cap_is_refused() -> None:
+    """Aliases can make a valid config (sysctls shared by VS) larger than its text: the
+    expanded size is checked before the models see it."""
+    sysctls = ", ".join(f"net.k{i}: 1" for i in range(150))
+    text = ("version: 1\nsettings: {max_file_bytes: 4096}\nservers:\n"
+            f"  a: {{id: 1, mode: netns, uplink: eth0, sysctl: &s {{{sysctls}}},\n"
+            "      addresses: [{address: 10.0.1.5/24}]}\n"
+            + "".join(f"  b{i}: {{id: {i + 2}, mode: netns, uplink: eth0, sysctl: *s,\n"
+                      f"      addresses: [{{address: 10.0.{i + 2}.5/24}}]}}\n" for i in range(3)))
+    assert len(text) < 4096
+    assert [str(i) for i in parse_file(text, "f", main=True, limit=4096).issues] == [
+        "f:4:3: the document expands (aliases included) to more than 4096 bytes "
+        "(settings.max_file_bytes)"]
+    assert parse_file(text, "f", main=True).issues == []
+
+
+def test_a_file_failing_while_read_cannot_be_read() -> None:
+    with pytest.raises(ConfigError) as info:  # a regular file of size 0 whose read fails
+        read_config_text("/proc/self/mem")
+    assert [str(i) for i in info.value.issues] == [
+        "/proc/self/mem:0:0: cannot read: Input/output error"]
+
+
 def test_a_missing_file_cannot_be_read(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         read_config_text(tmp_path / "missing.yaml")
@@ -623,6 +647,11 @@ def test_a_missing_file_cannot_be_read(tmp_path: Path) -> None:
      (True, 0, ["f:2:14: an alias refers to a node that contains it"])),
     ("version: 1\nservers: [\n", True,
      (True, 0, ["f:3:1: YAML syntax: did not find expected node content"])),
+    ("a: 'unterminated\n", True, (True, 0, ["f:2:1: YAML syntax: found unexpected end of "
+                                             "stream"])),  # the problem's place, not the quote's
+    ("a: 1\na: 2\nb: 1\nb: 2\n", True, (True, 0, ["f:2:1: a: duplicate key",
+                                                  "f:4:1: b: duplicate key"])),
+    ("version: 1\nlist: [{a: 1, a: 2}]\n", True, (True, 0, ["f:2:15: list[0].a: duplicate key"])),
     ("servers:\n  a:\n    id: 0\n", False, (False, 0, ["f:3:9: servers.a.id: 0: Input should "
                                                         "be greater than or equal to 1",
                                                         *(f"f:2:3: servers.a: required key '{k}' "
@@ -635,6 +664,7 @@ def test_each_way_through_parse_file(text: str, main: bool, expected: Any) -> No
     assert (parsed.file, parsed.text) == ("f", text)
     assert (parsed.main, len(parsed.servers), [str(i) for i in parsed.issues]) == expected
     assert (parsed.settings is not None) == (main and not parsed.issues)
+    assert all(isinstance(issue.as_json()["path"], str) for issue in parsed.issues)
 
 
 def test_a_document_the_fast_checks_leave_is_validated_by_the_models() -> None:
