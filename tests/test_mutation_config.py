@@ -757,12 +757,14 @@ def test_an_edit_of_pbr_drop_ins_is_checked_in_place(tmp_path: Path,
         except ConfigError as exc:
             return [str(issue) for issue in exc.issues]
 
-    main.write_text("version: 1\nservers:\n  m: {id: 1, mode: netns, link: move, uplink: eth5, "
-                    "addresses: [{address: 10.0.1.5/24}]}\n")
+    main.write_text("version: 1\nsettings: {table_base: 20000}\nservers:\n"
+                    "  m: {id: 1, mode: netns, link: move, uplink: eth5, "
+                    "addresses: [{address: 10.0.1.5/24}]}\n"
+                    "  n: {id: 9, mode: netns, uplink: eth0, addresses: [{address: 10.0.9.5/24}]}\n")
     write("a", {"a": vs(2, "10.0.2.5/24")})
     write("b", {"b": vs(3, "10.0.3.5/24")})
     loader = ConfigLoader(main)
-    loader.load()
+    assert loader.load([main]).settings.table_base == 20000  # a first load reads it all
     a2 = vs(2, "10.0.2.6/24")
     steps: list[tuple[str, dict[str, Any] | None, bool]] = [
         ("a", {"a": a2}, True),
@@ -841,3 +843,75 @@ def test_drop_ins_are_checked_again_under_new_settings(tmp_path: Path) -> None:
             want = [str(i) for i in exc.issues]
         assert got == want
         assert isinstance(got, list) == bool(settings)
+
+
+
+def test_a_load_without_a_list_reads_every_file_again(tmp_path: Path) -> None:
+    main = tmp_path / "servers.yaml"
+    main.write_text(PLAIN)
+    loader = ConfigLoader(main)
+    assert loader.load().settings.block_size == 8
+    main.write_text(PLAIN.replace("block_size: 8", "block_size: 4"))
+    assert loader.load().settings.block_size == 4
+
+
+def test_the_cap_read_from_the_main_file_applies_to_the_next_reads(tmp_path: Path) -> None:
+    main = tmp_path / "servers.yaml"
+    main.write_text("version: 1\nsettings: {max_file_bytes: 4096}\n")
+    (tmp_path / "servers.d").mkdir()
+    drop_in = tmp_path / "servers.d" / "a.yaml"
+    loader = ConfigLoader(main)
+    loader.load()
+    items = ", ".join(["xxxxxxxxxx"] * 100)
+    drop_in.write_text(f"x: &a [{items}]\ny: [*a, *a, *a, *a]\n")
+    with pytest.raises(ConfigError) as info:
+        loader.load([drop_in])
+    assert [str(i) for i in info.value.issues] == [
+        f"{drop_in}:2:4: the document expands (aliases included) to more than 4096 bytes "
+        "(settings.max_file_bytes)"]
+
+
+def test_issues_come_in_file_order_then_line_order(tmp_path: Path) -> None:
+    main = tmp_path / "servers.yaml"
+    main.write_text("version: 1\nservers:\n\n\n\n"
+                    "  m: {id: 1, mode: pbr, uplink: eth0, gateway: 10.9.9.9, "
+                    "addresses: [{address: 10.0.1.5/24}]}\n")
+    (tmp_path / "servers.d").mkdir()
+    (tmp_path / "servers.d" / "0.yaml").mkdir()  # refused: a directory
+    one = tmp_path / "servers.d" / "1.yaml"
+    one.write_text("servers:\n  m: {id: 2, mode: pbr, uplink: eth0, "
+                   "addresses: [{address: 10.0.2.5/24}]}\n"
+                   "  api: {id: 3, mode: pbr, uplink: eth0, gateway: 10.8.8.8, "
+                   "addresses: [{address: 10.0.3.5/24}]}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(main)
+    assert [str(i) for i in info.value.issues] == [
+        f"{main}:6:48: servers.m.gateway: 10.9.9.9 is not inside any subnet of m",
+        f"{tmp_path}/servers.d/0.yaml:0:0: refused: a directory, not a regular file",
+        f"{one}:2:3: servers.m: m is already defined in {main}",
+        f"{one}:3:50: servers.api.gateway: 10.8.8.8 is not inside any subnet of api",
+    ]
+
+
+def test_a_main_file_with_a_broken_vs_keeps_its_settings_for_the_others() -> None:
+    assert errors_of("""\
+version: 1
+settings: {block_size: 3}
+servers:
+  a: {id: 1, mode: pbr, uplink: eth0,
+      addresses: [{address: 10.0.0.5/24}, {address: 10.0.0.6/24}, {address: 10.0.0.7/24}]}
+  b: {id: 2, mode: pbr, uplink: eth0, colour: 1, addresses: [{address: 10.0.2.5/24}]}
+  c: {id: 3, mode: pbr, uplink: eth0, addresses: [{address: 10.0.3.5/24}, {address: 10.0.3.6/24}]}
+""") == ["servers.yaml:5:18: servers.a.addresses: 3 addresses, at most 2 fit a block of 3 "
+         "(settings.block_size)",
+         "servers.yaml:6:39: servers.b.colour: unknown key"]
+
+
+def test_one_gateway_is_named_without_an_index_and_an_explicit_mark_is_checked() -> None:
+    assert errors_of("""\
+version: 1
+settings: {mark_base: 0xFFFFFFFF}
+servers:
+  a: {id: 1, mode: pbr, uplink: eth0, gateway: 10.9.9.9, mark: 5,
+      addresses: [{address: 10.0.0.5/24}]}
+""") == ["servers.yaml:4:48: servers.a.gateway: 10.9.9.9 is not inside any subnet of a"]
