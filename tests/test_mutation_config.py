@@ -186,7 +186,7 @@ EDGES = [
 ]
 
 
-@pytest.mark.parametrize(("data", "taken"), EDGES)
+@pytest.mark.parametrize(("data", "taken"), EDGES, ids=[f"case{i}" for i in range(len(EDGES))])
 def test_the_fast_checks_take_what_they_can_up_to_each_bound(data: Any, taken: bool) -> None:
     if taken:
         assert fast(data) is not None
@@ -203,7 +203,7 @@ def test_a_drop_in_holds_servers_only() -> None:
 # --------------------------------------------------------------------------- the line reader
 
 
-@pytest.mark.parametrize(("text", "expected"), [
+READ_AS_LIBYAML = [
     ("a: 1\n", {"a": 1}),
     ("a: 0x1F\n", {"a": 31}),
     ("a: 0\n", {"a": 0}),
@@ -225,7 +225,12 @@ def test_a_drop_in_holds_servers_only() -> None:
     ("a:\n  b:\n    c: 1\n  d: 2\ne: 3\n", {"a": {"b": {"c": 1}, "d": 2}, "e": 3}),
     ("a: 1\n\n\nb: 2", {"a": 1, "b": 2}),
     ("a: x  \n", {"a": "x"}),
-])
+    ]
+
+
+# plain ids: mutmut names the tests to run by their ids, which must survive a command line
+@pytest.mark.parametrize(("text", "expected"), READ_AS_LIBYAML,
+                         ids=[f"case{i}" for i in range(len(READ_AS_LIBYAML))])
 def test_the_reader_reads_block_yaml_as_libyaml_does(text: str, expected: Any) -> None:
     if expected is None and text.startswith("a:\n  - - "):
         with pytest.raises(config._Declined):
@@ -235,12 +240,15 @@ def test_the_reader_reads_block_yaml_as_libyaml_does(text: str, expected: Any) -
     assert yaml.safe_load(text) == expected
 
 
-@pytest.mark.parametrize("text", [
+DECLINED = [
     "a: [x\n", "a: [x, 'y']\n", "a: 1.5\n", "a: <<\n", "a: =\n", "a:\n  - x\n   y\n",
     "a:\n  b: 1\n c: 2\n", "a: 1\n  b: 2\n", "x\n", "- 1\n  - 2\n", "a:\n- - 1\n",
     "é: 1\n", "%YAML 1.1\na: 1\n", "...\n", "a: 1\n...\n",
     "a: @x\n", "a: b: c\n",
-])
+    ]
+
+
+@pytest.mark.parametrize("text", DECLINED, ids=[f"case{i}" for i in range(len(DECLINED))])
 def test_the_reader_declines_what_it_cannot_read_as_libyaml_would(text: str) -> None:
     with pytest.raises(config._Declined):
         config._fast_yaml(text)
@@ -630,7 +638,7 @@ def test_a_missing_file_cannot_be_read(tmp_path: Path) -> None:
         f"{tmp_path}/missing.yaml:0:0: cannot read: No such file or directory"]
 
 
-@pytest.mark.parametrize(("text", "main", "expected"), [
+PARSE_FILE_CASES = [
     (PLAIN, True, (True, 1, [])),                                  # the fast path
     ("version: 1\nservers: {a: {id: 1, mode: pbr, uplink: eth0, "
      "addresses: [{address: 10.0.0.5/24}]}}\n", True, (True, 1, [])),  # libyaml, the models
@@ -658,7 +666,11 @@ def test_a_missing_file_cannot_be_read(tmp_path: Path) -> None:
                                                           "is missing"
                                                           for k in ("mode", "uplink",
                                                                     "addresses"))])),
-])
+    ]
+
+
+@pytest.mark.parametrize(("text", "main", "expected"), PARSE_FILE_CASES,
+                         ids=[f"case{i}" for i in range(len(PARSE_FILE_CASES))])
 def test_each_way_through_parse_file(text: str, main: bool, expected: Any) -> None:
     parsed = parse_file(text, "f", main=main)
     assert (parsed.file, parsed.text) == ("f", text)
