@@ -216,6 +216,8 @@ READ_AS_LIBYAML = [
     ("a:\n  - 1\n  -\n    b: 2\n", {"a": [1, {"b": 2}]}),
     ("a:\n  -\n    b: 2\n  - 3\n  - X1\n", {"a": [{"b": 2}, 3, "X1"]}),
     ("a:\nb: 1\n", {"a": None, "b": 1}),
+    ("a:\n- 1\n- x\nb: 2\n", {"a": [1, "x"], "b": 2}),  # a list as deep as its key
+    ("a:\n-\n  b: 1\nc: 2\n", {"a": [{"b": 1}], "c": 2}),
     ("Xa: [X1, Y , Z]\nb: cX  \nc: d # e # f\n", {"Xa": ["X1", "Y", "Z"], "b": "cX", "c": "d"}),
     ("a:\n  -   b: 1\n      c: 2\n  - d: 3\n", {"a": [{"b": 1, "c": 2}, {"d": 3}]}),
     ("a:\n  - - 1\n", None),
