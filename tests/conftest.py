@@ -15,9 +15,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import Phase, settings
 
 from tests import sandbox
 from tests.daemons import RUNNING
+
+# Mutation runs (CONTRIBUTING.md, "Mutation testing") run each property test on a few
+# examples, always the same ones (a mutant is judged on one run: a random one would make
+# its verdict change between runs), and do not shrink a failure (a killed mutant needs no
+# minimal example). Loaded with ``--hypothesis-profile=mutation``.
+settings.register_profile("mutation", max_examples=10, derandomize=True, database=None,
+                          phases=[Phase.explicit, Phase.generate])
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import settings
 from hypothesis import strategies as st
 
 UPLINKS = {"eth0": 2, "eth1": 3}
+
+
+def examples(count: int) -> int:
+    """``count`` scaled by the loaded profile's ``max_examples`` over the default 100: as
+    written normally, a tenth under the "mutation" profile of tests/conftest.py (an
+    explicit ``max_examples`` would otherwise override the profile)."""
+    return max(1, count * settings.default.max_examples // 100)
 
 
 @st.composite

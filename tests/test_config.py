@@ -103,6 +103,7 @@ def test_an_unknown_key_does_not_hide_the_entrys_other_errors() -> None:
         ("    id: 1\n    mark: 0\n",
          "servers.yaml:5:11: servers.a.mark: 0: Input should be greater than or equal to 1"),
     ],
+    ids=["duplicate", "string", "zero", "mark"],  # plain ids: mutmut runs tests by id
 )
 def test_field_errors(snippet: str, expected: str) -> None:
     text = ("version: 1\nservers:\n  a:\n" + snippet

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from tests.conftest import ROOT
-from tests.strategies import server_specs
+from tests.strategies import examples, server_specs
 from vsnetd import config, config_models
 from vsnetd.config import parse_file
 
@@ -133,7 +133,7 @@ def libyaml(text: str) -> Any:
     return yaml.load(text, Loader=config._libyaml_loader())  # a safe loader, refusing duplicates
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=yaml_texts())
 def test_the_reader_loads_what_libyaml_loads_or_declines(text: str) -> None:
     try:
@@ -167,7 +167,8 @@ def test_the_reader_takes_the_shipped_example_and_the_benchmark_file() -> None:
     "a: 1.5\n",                # not an int
     "a: 010\n",                # octal
     "---\na: 1\n",             # a document marker
-])
+], ids=["duplicate", "alias", "quotes", "flow", "block", "continued", "tab", "float", "octal",
+        "marker"])  # plain ids: mutmut runs tests by id
 def test_the_reader_declines_what_it_does_not_know(text: str) -> None:
     with pytest.raises(config._Declined):
         config._fast_yaml(text)
@@ -241,7 +242,7 @@ def documents_to_check(draw: st.DrawFn) -> tuple[Any, bool]:
     return data, main
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=documents_to_check())
 def test_the_checks_agree_with_the_models(case: tuple[Any, bool]) -> None:
     data, main = case
@@ -256,7 +257,7 @@ def test_the_checks_agree_with_the_models(case: tuple[Any, bool]) -> None:
         assert repr(fast) == repr(full)  # the same types all the way down
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=documents_to_check())
 def test_a_file_reads_the_same_by_either_path(case: tuple[Any, bool]) -> None:
     data, main = case

@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tests.strategies import UPLINKS, server_specs
+from tests.strategies import UPLINKS, examples, server_specs
 from vsnetd.compile import compile_config
 from vsnetd.config import Config, check_semantics
 from vsnetd.diff import CREATE_ORDER, DELETE_ORDER, plan_changes
@@ -66,7 +66,7 @@ def all_objects(desired: DesiredState) -> dict[Any, Any]:
 
 
 @given(before=configs(), after=configs())
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 def test_one_plan_converges_from_any_owned_state(before: Config, after: Config) -> None:
     observed = kernel_holding(compile_config(before))
     desired = compile_config(after)
@@ -82,7 +82,7 @@ def test_one_plan_converges_from_any_owned_state(before: Config, after: Config) 
 
 
 @given(config=configs())
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_plan_order_is_creates_after_deletes_in_dependency_order(config: Config) -> None:
     empty = ObservedState(links={"": dict(UPLINKS)})
     plan = plan_changes(compile_config(config), empty)
@@ -110,7 +110,7 @@ foreign_objects = st.one_of(
 
 
 @given(config=configs(), foreign=st.lists(foreign_objects, max_size=8))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_foreign_objects_never_appear_and_block_only_their_server(
     config: Config, foreign: list[Address | Route | Rule]
 ) -> None:
@@ -148,7 +148,7 @@ def test_foreign_objects_never_appear_and_block_only_their_server(
     ),
     data=st.data(),
 )
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_numbering_is_stable_under_add_and_remove(
     steps: list[tuple[str, int]], data: st.DataObject
 ) -> None:
@@ -242,7 +242,7 @@ def test_a_server_in_conflict_keeps_even_its_stale_objects() -> None:
 
 
 @given(before=configs(), after=configs())
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_compiling_against_the_previous_config_gives_the_same_result(
     before: Config, after: Config
 ) -> None:

@@ -258,7 +258,7 @@ def _construct(
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node)
+            key = loader.construct_object(key_node, deep=True)  # a list key whole, to name it
             if not isinstance(key, str | int):
                 issues.append(smap.issue(path, f"mapping key {key!r} must be a string"))
                 continue
@@ -357,10 +357,9 @@ def _uniqueness_problems(config: Config, claims: dict[str, Claims] | None = None
             ids[server_id] = name
         for index, (slot, ip) in enumerate(slots):
             owner = address_owner.setdefault(slot, name)
-            if owner is not name:
-                where = "this server" if owner == name else owner
+            if owner is not name:  # twice in one VS: server_problems says so
                 problems.append(((*base, "addresses", index, "address"),
-                                 f"{ip} is already an address of {where}"))
+                                 f"{ip} is already an address of {owner}"))
         if mark in marks and not (duplicate_id and default_mark):
             mark_path: FieldPath = (*base, "id") if default_mark else (*base, "mark")
             problems.append((mark_path, f"mark {mark:#x} is already used by {marks[mark]}"))
@@ -386,7 +385,12 @@ def server_problems(name: str, server: ServerConfig, settings: Settings) -> Prob
              f"fit a block of {settings.block_size} (settings.block_size)")
         )
     subnets: list[IpInterface] = []
+    seen: set[IpAddress] = set()
     for index, entry in enumerate(server.addresses):
+        if entry.address.ip in seen:
+            problems.append(((*base, "addresses", index, "address"),
+                             f"{entry.address.ip} is already an address of this server"))
+        seen.add(entry.address.ip)
         if entry.gateway is not None and not _inside(entry.gateway, entry.address):
             problems.append(((*base, "addresses", index, "gateway"),
                              f"{entry.gateway} is not inside {entry.address}"))
@@ -1046,7 +1050,9 @@ def _libyaml_loader() -> Any:
 
     class _FastLoader(base):  # type: ignore[misc]
         def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
-            keys = [key.value for key, _value in node.value]
+            # a list or mapping as a key ("? [a, b]") is no duplicate: the constructor
+            # refuses it as unhashable, and the full path says where
+            keys = [key.value for key, _value in node.value if isinstance(key, yaml.ScalarNode)]
             if len(keys) != len(set(keys)):
                 raise _DuplicateKey
             return super().construct_mapping(node, deep)
