@@ -167,8 +167,8 @@ def test_the_reader_takes_the_shipped_example_and_the_benchmark_file() -> None:
     "a: 1.5\n",                # not an int
     "a: 010\n",                # octal
     "---\na: 1\n",             # a document marker
-], ids=["duplicate", "alias", "quotes", "flow", "block", "continued", "tab", "float", "octal",
-        "marker"])  # plain ids: mutmut runs tests by id
+], ids=["duplicate", "alias", "quotes", "flow-comma", "flow-colon", "flow-lines", "block",
+        "continued", "tab", "float", "octal", "marker"])  # plain ids: mutmut runs tests by id
 def test_the_reader_declines_what_it_does_not_know(text: str) -> None:
     with pytest.raises(config._Declined):
         config._fast_yaml(text)
