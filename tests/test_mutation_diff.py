@@ -12,7 +12,8 @@ from typing import Any
 from vsnetd.compile import compile_config
 from vsnetd.config import Config
 from vsnetd.diff import Affected, plan_changes
-from vsnetd.kinds import Address, Link, ResolverFile, Route, Rule, Sysctl
+from vsnetd.kinds import Address, Link, Namespace, ResolverFile, Route, Rule, Sysctl
+from vsnetd.kinds.confinement import ForeignPins
 from vsnetd.state import SHARED, DesiredState, ObservedState, Plan
 
 ROOT_LINKS = {"eth0": 2, "eth1": 3, "eth2": 4}
@@ -53,10 +54,10 @@ def done(plan: Plan) -> list[tuple[str, str | None, str]]:
 def test_each_foreign_object_says_what_stands_in_the_way() -> None:
     desired = desired_of({"a": PBR, "b": NETNS, "c": MOVE})
     observed = ObservedState(links={"": dict(ROOT_LINKS)})
-    observed.foreign_addresses[("", "10.0.0.5")] = Address("eth2", "10.0.0.5", 24)
-    observed.foreign_namespaces.add("vs-b")
-    observed.foreign_links |= {("vs-b", "b"), ("vs-c", "lo"), ("vs-c", "eth2")}
-    observed.foreign_resolvers.add("vs-b")
+    for obj in (Address("eth2", "10.0.0.5", 24), Namespace("vs-b"), Link("vs-b", "b", "macvlan"),
+                Link("vs-c", "lo", "loopback"), Link("vs-c", "eth2", "veth"),
+                ResolverFile("vs-b", "")):
+        observed.add_foreign(obj)
     plan = plan_changes(desired, observed)
     assert reasons(plan) == {
         "a": ("address 10.0.0.5 is already on eth2 (not created by vsnet)",),
@@ -72,7 +73,8 @@ def test_each_foreign_object_says_what_stands_in_the_way() -> None:
 
 def test_a_foreign_vlan_device_in_the_root_namespace_is_named_without_a_namespace() -> None:
     desired = desired_of({"a": PBR | {"vlan": 100}})
-    observed = ObservedState(links={"": dict(ROOT_LINKS)}, foreign_links={("", "eth0.100")})
+    observed = ObservedState(links={"": dict(ROOT_LINKS)})
+    observed.add_foreign(Link("", "eth0.100", "vlan", parent="eth0", vlan=100))
     assert reasons(plan_changes(desired, observed)) == {
         "a": ("device eth0.100 exists and was not created by vsnet",)}
 
@@ -80,13 +82,15 @@ def test_a_foreign_vlan_device_in_the_root_namespace_is_named_without_a_namespac
 def test_a_foreign_route_collides_only_in_a_table_of_the_vs_in_its_namespace() -> None:
     desired = desired_of({"a": PBR, "b": NETNS | {"gateway": "10.2.0.1"}})
     in_a_table = Route(socket.AF_INET, 10016, "192.0.2.0/24", 0, device="eth0")
-    observed = ObservedState(links={"": dict(ROOT_LINKS)}, foreign_routes=[
+    observed = ObservedState(links={"": dict(ROOT_LINKS)})
+    for route in [
         in_a_table,
         Route(socket.AF_INET, 10048, "192.0.2.0/24", 0, device="eth0"),  # VS 3's block
         Route(socket.AF_INET, 10016, "192.0.2.0/24", 0, device="b", netns="vs-b"),
         # b's namespace has routes in its main table: a foreign one there is no collision
         Route(socket.AF_INET, 254, "198.51.100.0/24", 0, device="b", netns="vs-b"),
-    ])
+    ]:
+        observed.add_foreign(route)
     assert reasons(plan_changes(desired, observed)) == {
         "a": ("table 10016 holds a foreign route 192.0.2.0/24 dev eth0 table 10016",),
         "b": ()}
@@ -94,22 +98,24 @@ def test_a_foreign_route_collides_only_in_a_table_of_the_vs_in_its_namespace() -
 
 def test_a_foreign_rule_collides_at_the_same_priority_family_and_namespace() -> None:
     desired = desired_of({"a": PBR, "b": NETNS})
-    observed = ObservedState(links={"": dict(ROOT_LINKS)}, foreign_rules=[
-        Rule(socket.AF_INET, 18758, 5),
-        Rule(socket.AF_INET6, 25982, 5),  # a's mark rule is IPv4 only
+    observed = ObservedState(links={"": dict(ROOT_LINKS)})
+    for rule in [
+        Rule(socket.AF_INET, 24884, 5),
+        Rule(socket.AF_INET6, 30548, 5),  # a's mark rule is IPv4 only
         Rule(socket.AF_INET, 10000, 7, netns="vs-b"),
         Rule(socket.AF_INET, 10000, 7, netns="vs-x"),
-    ])
+    ]:
+        observed.add_foreign(rule)
     assert reasons(plan_changes(desired, observed)) == {
-        "a": ("priority 18758 is taken by a foreign rule 18758 from all lookup 5",),
+        "a": ("priority 24884 is taken by a foreign rule 24884 from all lookup 5",),
         "b": ("priority 10000 is taken by a foreign rule 10000 from all lookup 7 netns vs-b",)}
 
 
 def test_foreign_confinement_gives_its_own_reason() -> None:
     desired = desired_of({"a": PBR, "b": NETNS}, cgroup_root="vsnet")
-    observed = ObservedState(links={"": dict(ROOT_LINKS)},
-                             foreign_confinements={"a": "cgroup vsnet/a is not vsnet's",
-                                                   "b": "never asked for"})
+    observed = ObservedState(links={"": dict(ROOT_LINKS)})
+    observed.add_foreign(ForeignPins("a", "cgroup vsnet/a is not vsnet's"))
+    observed.add_foreign(ForeignPins("b", "never asked for"))
     assert reasons(plan_changes(desired, observed)) == {
         "a": ("cgroup vsnet/a is not vsnet's",), "b": ()}
 
@@ -186,12 +192,13 @@ def test_a_held_vs_keeps_a_shared_namespace_whole() -> None:
     stale = Route(socket.AF_INET, 254, "198.51.100.0/24", 0, device="y", gateway="10.4.0.1",
                   netns="ns1")
     observed.add(stale)
-    observed.foreign_rules.append(Rule(socket.AF_INET, 10000, 1, netns="ns1"))  # at x's rule
+    at_x = Rule(socket.AF_INET, 10000, 1, netns="ns1")  # at x's rule
+    observed.add_foreign(at_x)
     plan = plan_changes(desired, observed)
     assert {n: v.state for n, v in plan.servers.items()} == {"x": "conflict", "y": "in-sync"}
     assert plan.changes == ()
-    observed.foreign_rules.clear()
-    observed.foreign_addresses[("ns1", "10.4.0.5")] = Address("eth9", "10.4.0.5", 24, "ns1")
+    observed.drop_foreign(at_x)
+    observed.add_foreign(Address("eth9", "10.4.0.5", 24, "ns1"))
     plan = plan_changes(desired, observed)
     assert {n: v.state for n, v in plan.servers.items()} == {"x": "in-sync", "y": "conflict"}
     assert plan.changes == ()
@@ -211,11 +218,12 @@ def test_a_conflicting_vs_keeps_its_namespace_whole() -> None:
     observed = holding(old)
     observed.add(Route(socket.AF_INET, 254, "198.51.100.0/24", 0, device="b",
                        gateway="10.2.0.1", netns="vs-b"))  # stale: no longer configured
-    observed.foreign_addresses[("vs-b", "10.2.0.5")] = Address("b", "10.2.0.5", 24, "vs-b")
+    theirs = Address("b", "10.2.0.5", 24, "vs-b")
+    observed.add_foreign(theirs)
     plan = plan_changes(desired_of({"b": NETNS}), observed)
     assert plan.servers["b"].state == "conflict"
     assert plan.changes == ()
-    del observed.foreign_addresses[("vs-b", "10.2.0.5")]
+    observed.drop_foreign(theirs)
     # without the conflict the stale route goes; the sysctl no longer configured stays set
     assert done(plan_changes(desired_of({"b": NETNS}), observed)) == [
         ("delete", "b", "route 198.51.100.0/24 via 10.2.0.1 dev b netns vs-b")]
@@ -254,7 +262,7 @@ def test_a_changed_route_is_replaced_and_a_missing_one_added() -> None:
 def test_without_confinement_the_vs_is_built_and_says_it_is_not_confined() -> None:
     desired = desired_of({"a": PBR, "b": NETNS}, cgroup_root="vsnet")
     observed = ObservedState(links={"": dict(ROOT_LINKS)},
-                             confinement_unavailable="no cgroup2 mount")
+                             unavailable={"confinement": "no cgroup2 mount"})
     plan = plan_changes(desired, observed)
     assert "confinement" not in {c.obj.kind for c in plan.changes}
     assert {c.server for c in plan.changes} == {"a", "b", SHARED}
