@@ -350,3 +350,47 @@ def test_an_ipv4_interface_is_built_as_ipaddress_builds_it(ip: int, prefix: int,
             == {k: v for k, v in vars(expected.network).items() if k != "hosts"})
     if prefix >= 31:
         assert list(built.network.hosts()) == list(expected.network.hosts())
+
+
+# --------------------------------------------------------------------------- flow style
+
+
+@pytest.mark.parametrize("text", [
+    "a: {b: 1, c: [x, {d: 2}], e: []}\n",
+    "a: [x, {b: 1}, [y, z]]\n",
+    "a: {  b: 1 ,  c: {}  }\n",
+    "- {address: 10.0.0.5/24, gateway: 10.0.0.1}\n- {address: 2001:db8::5/64}\n",
+    "v1: {id: 1, mode: netns, addresses: [{address: 10.1.1.5/24}], gateway: 10.1.1.1}\n",
+    "a: Xen\nb: {x: Xen}\n",
+], ids=["nested", "list", "spaced", "dashes", "netns-vs", "plain-x"])
+def test_the_reader_takes_one_line_flow_collections(text: str) -> None:
+    assert config._fast_yaml(text) == libyaml(text)
+
+
+@pytest.mark.parametrize("text", [
+    "a: {b: 1}}\n",       # more after the collection
+    "a: {b: 1, b: 2}\n",  # a duplicate key
+    "a: {./x: 1}\n",      # a key a block mapping would not take
+    "a: [x y]\n",         # no comma
+    "a: [x, ]\n",         # a trailing comma in a flow list
+], ids=["after", "duplicate", "key", "comma", "trailing"])
+def test_the_reader_declines_other_flow_collections(text: str) -> None:
+    with pytest.raises(config._Declined):
+        config._fast_yaml(text)
+
+
+@pytest.mark.parametrize("opening, closing", [("[", "]"), ("{b: ", "}")], ids=["list", "map"])
+def test_flow_collections_nest_as_deep_as_block_ones(opening: str, closing: str) -> None:
+    deepest = config._YAML_MAX_DEPTH  # the innermost scalar's depth: the last one taken
+    text = f"a: {opening * deepest}x{closing * deepest}\n"
+    assert config._fast_yaml(text) == libyaml(text)
+    with pytest.raises(config._Declined):
+        config._fast_yaml(f"a: {opening * (deepest + 1)}x{closing * (deepest + 1)}\n")
+
+
+def test_equal_lines_holding_collections_give_collections_of_their_own() -> None:
+    """Lines read once are shared (vsnetd/config.py, _YamlLines.entry): a nested flow value
+    must not be, or changing one VS's value would change another's."""
+    data = config._fast_yaml("a: {b: 1}\nc: {b: 1}\nd: [x, {b: 1}]\ne: [x, {b: 1}]\n")
+    data["a"]["b"] = data["d"][1]["b"] = 5
+    assert data == {"a": {"b": 5}, "c": {"b": 1}, "d": ["x", {"b": 5}], "e": ["x", {"b": 1}]}
