@@ -332,3 +332,16 @@ def test_in_a_shared_namespace_a_change_concerns_the_vs_whose_object_it_is() -> 
                      if isinstance(o, Route) and o.table == 254)
     assert Affected(desired)([y_default]) == {"y"}
     assert Affected(desired)([y_default._replace(destination="192.0.2.0/24")]) == {"x"}
+
+
+def test_an_address_moved_to_another_device_is_deleted_in_the_name_of_the_vs_wanting_it() -> None:
+    """Owners.wanting: a delete is attributed to the VS whose desired object stands at
+    the deleted one's slot (here: its address, now wanted on the VLAN device)."""
+    before = desired_of({"a": PBR, "z": PBR | {"id": 9, "addresses": [
+        {"address": "10.0.0.9/24"}]}})
+    observed = holding(before)
+    after = desired_of({"a": PBR | {"vlan": 100}, "z": PBR | {"id": 9, "addresses": [
+        {"address": "10.0.0.9/24"}]}})
+    deletes = [(c.server, c.obj.describe()) for c in plan_changes(after, observed).changes
+               if c.action == "delete" and c.obj.kind == "address"]
+    assert deletes == [("a", "address 10.0.0.5/24 dev eth0")]
