@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hypothesis import settings
 from hypothesis import strategies as st
+
+if TYPE_CHECKING:
+    from vsnetd.state import DesiredState, ObservedState
 
 UPLINKS = {"eth0": 2, "eth1": 3}
 
@@ -55,3 +58,17 @@ def server_specs(draw: st.DrawFn, server_id: int) -> dict[str, Any]:
     if draw(st.integers(0, 9)) == 0:
         spec["mark"] = 0x7000000 + server_id
     return spec
+
+
+def kernel_holding(desired: DesiredState, links: dict[str, int] | None = None) -> ObservedState:
+    """A kernel holding everything ``desired`` wants, all of it vsnet's, with ``links``
+    (default UPLINKS) in the root namespace."""
+    from vsnetd.state import ObservedState
+
+    observed = ObservedState(links={"": dict(UPLINKS if links is None else links)})
+    for server in desired.servers.values():
+        for obj in server.objects:
+            observed.add(obj)
+    for obj in desired.shared.values():
+        observed.add(obj)
+    return observed

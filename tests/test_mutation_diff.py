@@ -9,6 +9,7 @@ import dataclasses
 import socket
 from typing import Any
 
+from tests.strategies import kernel_holding
 from vsnetd.compile import compile_config
 from vsnetd.config import Config
 from vsnetd.diff import Affected, plan_changes
@@ -31,13 +32,7 @@ def desired_of(servers: dict[str, Any], **settings: Any) -> DesiredState:
 
 def holding(desired: DesiredState) -> ObservedState:
     """A kernel holding everything ``desired`` wants, all of it vsnet's."""
-    observed = ObservedState(links={"": dict(ROOT_LINKS)})
-    for server in desired.servers.values():
-        for obj in server.objects:
-            observed.add(obj)
-    for obj in desired.shared.values():
-        observed.add(obj)
-    return observed
+    return kernel_holding(desired, ROOT_LINKS)
 
 
 def reasons(plan: Plan) -> dict[str, tuple[str, ...]]:

@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tests.strategies import UPLINKS, examples, server_specs
+from tests.strategies import UPLINKS, examples, kernel_holding, server_specs
 from vsnetd.compile import compile_config
 from vsnetd.config import Config, check_semantics
 from vsnetd.diff import CREATE_ORDER, DELETE_ORDER, plan_changes
@@ -48,16 +48,6 @@ def simulate(observed: ObservedState, plan: Plan) -> ObservedState:
         else:
             after.owned[key] = obj
     return after
-
-
-def kernel_holding(desired: DesiredState) -> ObservedState:
-    observed = ObservedState(links={"": dict(UPLINKS)})
-    for server in desired.servers.values():
-        for obj in server.objects:
-            observed.add(obj)
-    for obj in desired.shared.values():
-        observed.add(obj)
-    return observed
 
 
 def all_objects(desired: DesiredState) -> dict[Any, Any]:
