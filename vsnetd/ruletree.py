@@ -1,7 +1,7 @@
 """The policy-rule tree of the root namespace: where every pbr rule sits. Pure.
 
-The kernel walks policy rules one by one on every uncached route lookup (~20 ns a rule
-here), so a flat list of ``from``/``fwmark`` rules makes every lookup — the host's own
+The kernel walks policy rules one by one on every uncached route lookup (~10-20 ns a
+rule here), so a flat list of ``from``/``fwmark`` rules makes every lookup — the host's own
 traffic included — pay for every VS. Rules with the ``goto`` action turn the list into a
 tree (docs/rule-tree.md has the picture and the measurements):
 
@@ -53,6 +53,8 @@ SOURCE_LEVELS: dict[int, tuple[Level, ...]] = {
 MARK_LEVELS: tuple[Level, ...] = ((4, 256),) * 6 + ((2, 256),) * 4
 MARK_BITS = 32
 _ODD = 0x9E3779B97F4A7C15  # the golden ratio's odd 64-bit multiplier: spreads the rest's bits
+
+
 def rule_family_bits(family: int) -> int:
     return 128 if family == socket.AF_INET6 else 32
 
