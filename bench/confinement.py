@@ -21,7 +21,7 @@ from vsnetd.compile import compile_config
 from vsnetd.config import Config, parse_config
 from vsnetd.kernel import Kernel
 from vsnetd.kinds import confinement
-from vsnetd.observe import observe, recheck_confinements
+from vsnetd.observe import observe, recheck
 from vsnetd.reconcile import converge, plan_for
 
 
@@ -41,10 +41,10 @@ def measure(text: str, rounds: int, label: str, times: dict[str, list[float]]) -
                 times.setdefault(f"{label} no-op plan", []).append(time.perf_counter() - started)
             observed = observe(kernel, desired.scope)
             seen: dict[str, tuple[object, ...]] = {}
-            recheck_confinements(desired.scope, desired.servers.values(), observed, seen)
+            recheck(desired.scope, desired.servers.values(), observed, seen)
             for _ in range(rounds):
                 started = time.perf_counter()
-                assert not recheck_confinements(desired.scope, desired.servers.values(),
+                assert not recheck(desired.scope, desired.servers.values(),
                                                 observed, seen)
                 times.setdefault(f"{label} periodic check", []).append(
                     time.perf_counter() - started)

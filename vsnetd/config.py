@@ -790,7 +790,8 @@ _YAML_DECIMAL = re.compile(r"0|[1-9][0-9]*").fullmatch
 _YAML_HEX = re.compile(r"0x[0-9a-fA-F]+").fullmatch
 # a plain scalar: no indicator first, no ": " or " #" inside, printable ASCII only
 _YAML_PLAIN = re.compile(r"[^-?:,\[\]{}#&*!|>'\"%@` ](?:[^:#]|:(?! )|(?<! )#)*(?<![: ])").fullmatch
-_YAML_FLOW_ITEM = re.compile(r"[A-Za-z0-9_./](?:[A-Za-z0-9_./+=~-]|:(?=[A-Za-z0-9_./:]))*").fullmatch
+# a plain scalar inside a flow collection: no indicator, no ": ", no space
+_YAML_FLOW_TOKEN = re.compile(r"[A-Za-z0-9_./](?:[A-Za-z0-9_./+=~-]|:(?=[A-Za-z0-9_./:]))*")
 _YAML_KEY_LINE = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_./-]*):(?: +(.*))?").fullmatch
 _YAML_OUTSIDE = re.compile(r"[^\x20-\x7e\n]|^(?:---|\.\.\.|%)", re.M).search
 _YAML_MAX_DEPTH = 32  # MAX_DEPTH: deeper documents are left to libyaml, which refuses them
@@ -822,7 +823,6 @@ def _yaml_value(text: str) -> Any:
     return _yaml_scalar(text)
 
 
-_YAML_FLOW_TOKEN = re.compile(r"[A-Za-z0-9_./](?:[A-Za-z0-9_./+=~-]|:(?=[A-Za-z0-9_./:]))*")
 _YAML_FLOW_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*").fullmatch
 
 

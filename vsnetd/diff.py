@@ -128,13 +128,12 @@ class Owners:
         return self._using.get((kind, slot))
 
 
-def _held_paths(desired: DesiredState, observed: ObservedState, held: set[str]
-                ) -> dict[ObjectKey, KernelObject]:
+def _held_paths(desired: DesiredState, observed: ObservedState, held: set[str],
+                owner_of: Owners) -> dict[ObjectKey, KernelObject]:
     """The rule tree's rules leading to the rules a held VS has now: its stale rules stay
     as reachable as they were."""
     paths: dict[ObjectKey, KernelObject] = {}
     if held:
-        owner_of = Owners(desired, observed)
         base = desired.settings.priority_base
         for obj in observed.owned.values():
             path = ruletree.leaf_path(obj, base)
@@ -164,11 +163,11 @@ def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
     held = set(verdicts)  # VS whose objects stay exactly as they are
     for key, obj in desired.shared.items():
         wanted.setdefault(key, (obj, SHARED))
-    for key, obj in _held_paths(desired, observed, held).items():
+    owner_of = Owners(desired, observed)
+    for key, obj in _held_paths(desired, observed, held, owner_of).items():
         wanted.setdefault(key, (obj, SHARED))
     held_namespaces = {s.netns for s in desired.servers.values() if s.name in held and s.netns}
 
-    owner_of = Owners(desired, observed)
     deletes: dict[str, list[Change]] = {kind: [] for kind in DELETE_ORDER}
     creates: dict[str, list[Change]] = {kind: [] for kind in CREATE_ORDER}
     owned = observed.owned

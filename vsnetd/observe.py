@@ -73,8 +73,6 @@ def recheck(scope: Scope, servers: Iterable[DesiredServer], state: ObservedState
     return changed
 
 
-recheck_confinements = recheck  # the name the daemon and bench/confinement.py know it by
-
 
 def refresh(kernel: Kernel, state: ObservedState, scope: Scope,
             servers: list[DesiredServer]) -> None:

@@ -49,7 +49,7 @@ from vsnetd.daemon.watch import ConfigReader, Loaded
 from vsnetd.kernel import ROOT, Kernel
 from vsnetd.kinds import namespace
 from vsnetd.neighbours import Announcer, announce_servers
-from vsnetd.observe import recheck_confinements
+from vsnetd.observe import recheck
 from vsnetd.reconcile import ConvergeResult, Reconciler, Schedule, gc_paused
 from vsnetd.state import ACTION_SIGNS, DesiredState, Plan, ServerVerdict
 from vsnetd.status import server_status, summary
@@ -308,7 +308,7 @@ class Daemon:
         started = time.monotonic()
         observed, desired = self.reconciler.observed, self.desired
         if observed is not None and desired is not None:
-            self.monitors.changed.extend(recheck_confinements(
+            self.monitors.changed.extend(recheck(
                 desired.scope, desired.servers.values(), observed, self.confinement_seen))
         now = time.monotonic()
         self.next_confinement_check = now + max(
