@@ -72,7 +72,8 @@ def test_a_table_belongs_to_the_vs_whose_block_holds_it() -> None:
 
 def test_layout_takes_the_configured_mark_else_counts_from_mark_base() -> None:
     settings = Settings(table_base=20000, mark_base=0x100, block_size=4)
-    assert layout(settings, 3) == ServerNumbers((20012, 20013, 20014, 20015), 0x103)
+    assert layout(settings, 3).table_block == (20012, 20013, 20014, 20015)
+    assert layout(settings, 3).mark == 0x103
     assert layout(settings, 3, mark=0x7000000).mark == 0x7000000
     assert layout(settings, 3).mark_table == 20015
     assert layout(settings, 3).address_table(1) == 20013
@@ -85,10 +86,16 @@ def test_a_namespace_rule_sits_at_priority_base_plus_its_address_index() -> None
 
 def test_reserved_numbers_are_refused_at_the_edges_of_32_bits() -> None:
     settings = Settings()
-    assert check_reserved(ServerNumbers((U32_MAX - 2, U32_MAX - 1, U32_MAX), 1), settings) == []
-    assert check_reserved(ServerNumbers((U32_MAX - 1, U32_MAX, U32_MAX + 1), U32_MAX),
-                          settings) == [f"route tables {U32_MAX - 1}-{U32_MAX + 1} exceed 2^32-1"]
-    assert check_reserved(ServerNumbers((1, 2), 0), settings) == [
+    top = table_slot(0, U32_MAX - 3)  # the last table number below 2^32 (255 is skipped)
+    assert top is not None
+
+    def block_ending_at(slot: int, mark: int = 1) -> ServerNumbers:
+        return ServerNumbers(table_base=0, first_slot=slot - 2, block_size=3, mark=mark)
+
+    assert check_reserved(block_ending_at(top), settings) == []
+    assert check_reserved(block_ending_at(top + 1, U32_MAX), settings) == [
+        f"route tables {U32_MAX - 4}-{U32_MAX + 1} exceed 2^32-1"]
+    assert check_reserved(block_ending_at(3, 0), settings) == [
         "mark 0x0 is outside 1..0xffffffff (settings.mark_base)"]
-    assert check_reserved(ServerNumbers((1, 2), U32_MAX + 1), settings) == [
+    assert check_reserved(block_ending_at(3, U32_MAX + 1), settings) == [
         "mark 0x100000000 is outside 1..0xffffffff (settings.mark_base)"]

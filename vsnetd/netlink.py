@@ -47,9 +47,9 @@ NETLINK_GET_STRICT_CHK = 12
 
 NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 ATTR = struct.Struct("=HH")
-U8 = struct.Struct("=B")
 U32 = struct.Struct("=I")
 I32 = struct.Struct("=i")
+NLMSG_FLAGS = struct.Struct("=H")  # nlmsg_flags, at offset 6 of the header
 NLA_TYPE_MASK = 0x3FFF
 
 # The kernel refuses a send larger than its socket send buffer; 64 KiB keeps each batch
@@ -121,6 +121,9 @@ class Reply(NamedTuple):
             return "ok"
         text = os.strerror(-self.error)
         return f"{text}: {self.message}" if self.message else text
+
+
+OK = Reply(0)
 
 
 class DumpInterrupted(Exception):
@@ -242,8 +245,11 @@ class RtnlSocket:
     def batch(self, requests: Iterable[tuple[int, int, bytes]]) -> list[Reply]:
         """Send (type, flags, body) requests, many per ``send``; one :class:`Reply` each.
 
-        Each request asks for an ACK; the kernel handles the messages of one send in
-        order and independently, so one failure does not stop the others.
+        The kernel handles the messages of one send in order and independently, so one
+        failure does not stop the others. It answers a failed request whatever its flags
+        and a successful one only when asked (``NLM_F_ACK``): only the last request of a
+        send asks, and its answer, behind every error of that send, closes the send. A
+        batch of thousands of changes then costs a few receives, not one per change.
         """
         if not self._batch_ready:
             self._prepare_batches()
@@ -253,11 +259,8 @@ class RtnlSocket:
         first_seq = self._seq + 1
         for mtype, flags, body in requests:
             seq = self._next_seq()
-            message = (
-                NLMSGHDR.pack(NLMSGHDR.size + len(body), mtype, flags | NLM_F_REQUEST | NLM_F_ACK,
-                              seq, 0)
-                + body
-            )
+            message = NLMSGHDR.pack(NLMSGHDR.size + len(body), mtype, flags | NLM_F_REQUEST,
+                                    seq, 0) + body
             if size + len(message) > MAX_BATCH_BYTES and chunk:
                 replies.extend(self._send_chunk(chunk, first_seq))
                 chunk, size, first_seq = [], 0, seq
@@ -268,23 +271,28 @@ class RtnlSocket:
         return replies
 
     def _send_chunk(self, chunk: list[bytes], first_seq: int) -> list[Reply]:
+        last = bytearray(chunk[-1])
+        NLMSG_FLAGS.pack_into(last, 6, NLMSG_FLAGS.unpack_from(last, 6)[0] | NLM_F_ACK)
+        chunk[-1] = bytes(last)
         self._sock.send(b"".join(chunk))
-        pending = len(chunk)
-        results: list[Reply | None] = [None] * pending
-        while pending:
+        results = [OK] * len(chunk)
+        closing = len(chunk) - 1
+        while True:
             for mtype, flags, seq, data, start, end in self._receive():
                 index = (seq - first_seq) & 0xFFFFFFFF
-                if mtype != NLMSG_ERROR or index >= len(results) or results[index] is not None:
-                    continue
+                if mtype != NLMSG_ERROR or index > closing:
+                    continue  # not an answer to this send (a late answer of an earlier one)
                 error = I32.unpack_from(data, start)[0]
-                text = ""
-                if error and flags & NLM_F_ACK_TLVS:
-                    # with NETLINK_CAP_ACK only the original header follows the errno
-                    tlvs = parse_attrs(data, start + 4 + NLMSGHDR.size, end)
-                    text = tlvs.get(NLMSGERR_ATTR_MSG, b"").rstrip(b"\0").decode(errors="replace")
-                results[index] = Reply(error, text)
-                pending -= 1
-        return [r for r in results if r is not None]
+                if error:
+                    text = ""
+                    if flags & NLM_F_ACK_TLVS:
+                        # with NETLINK_CAP_ACK only the original header follows the errno
+                        tlvs = parse_attrs(data, start + 4 + NLMSGHDR.size, end)
+                        text = tlvs.get(NLMSGERR_ATTR_MSG, b"").rstrip(b"\0").decode(
+                            errors="replace")
+                    results[index] = Reply(error, text)
+                if index == closing:
+                    return results
 
 
 # rtnetlink multicast groups (linux/rtnetlink.h, enum rtnetlink_groups)

@@ -40,24 +40,31 @@ MAIN_RULE_PRIORITY = 32766  # vsnet's rules must be looked at before the main ta
 
 @dataclass(frozen=True, slots=True)
 class ServerNumbers:
-    """The numbers one VS owns."""
+    """The numbers one VS owns: its block of table slots (numbered on demand, a VS uses
+    two or three of them) and its mark."""
 
-    table_block: tuple[int, ...]
+    table_base: int
+    first_slot: int
+    block_size: int
     mark: int
 
     @property
+    def table_block(self) -> tuple[int, ...]:
+        return tuple(table_number(self.table_base, slot)
+                     for slot in range(self.first_slot, self.first_slot + self.block_size))
+
+    @property
     def mark_table(self) -> int:
-        return self.table_block[-1]
+        return table_number(self.table_base, self.first_slot + self.block_size - 1)
 
     def address_table(self, index: int) -> int:
-        return self.table_block[index]
+        return table_number(self.table_base, self.first_slot + index)
 
 
 def layout(settings: Settings, server_id: int, mark: int | None = None) -> ServerNumbers:
     size = settings.block_size
-    first = server_id * size
     return ServerNumbers(
-        table_block=tuple(table_number(settings.table_base, k) for k in range(first, first + size)),
+        table_base=settings.table_base, first_slot=server_id * size, block_size=size,
         mark=mark if mark is not None else settings.mark_base + server_id,
     )
 
@@ -93,9 +100,9 @@ def namespace_rule_priority(settings: Settings, index: int) -> int:
 def check_reserved(numbers: ServerNumbers, settings: Settings) -> list[str]:
     """Why these numbers cannot be used (empty when they can)."""
     problems = []
-    tables = numbers.table_block
-    if tables[-1] > U32_MAX:
-        problems.append(f"route tables {tables[0]}-{tables[-1]} exceed 2^32-1")
+    first, last = numbers.address_table(0), numbers.mark_table
+    if last > U32_MAX:
+        problems.append(f"route tables {first}-{last} exceed 2^32-1")
     if not 0 < numbers.mark <= U32_MAX:
         problems.append(f"mark {numbers.mark:#x} is outside 1..0xffffffff (settings.mark_base)")
     return problems

@@ -178,24 +178,31 @@ def last_priority(priority_base: int) -> int:
 MAX_PRIORITY_BASE = MAIN_RULE_PRIORITY - 1 - last_priority(0)
 
 
-def _path(trie: Trie, end: int, parent: int) -> SharedRules:
-    """The shared rules a leaf below the last-level node ``parent`` needs: the node rule
-    and the end rule of every group on its way, and the final nop."""
-    rules: list[Rule] = [Rule(trie.family, end, 0, action="nop")]
-    top = trie.depth - 1
-    for depth in range(top + 1):
-        value = parent >> (trie.lengths[top] - trie.lengths[depth])
-        group = trie.group(depth, value)
-        rules.append(Rule.goto(trie.family, group + 1, trie.exit))
-        if depth:
-            rules.append(trie.enter(depth, value))
-    return {(rule.kind, rule.key): rule for rule in rules}
+@lru_cache(maxsize=65536)  # a node is on the path of every leaf below it
+def _node_rules(family: int, priority_base: int, over_marks: bool, depth: int, value: int
+                ) -> tuple[Rule, ...]:
+    """The shared rules of one trie node: its group's end rule and, below the root, the
+    rule in its parent's group that enters it."""
+    tree = layout(family, priority_base)
+    trie = tree.mark if over_marks else tree.source
+    end_rule = Rule.goto(family, trie.group(depth, value) + 1, trie.exit)
+    return (end_rule, trie.enter(depth, value)) if depth else (end_rule,)
 
 
 @lru_cache(maxsize=65536)  # leaves under one node share the path: thousands of VS, few paths
 def _cached_path(family: int, priority_base: int, over_marks: bool, parent: int) -> SharedRules:
+    """The shared rules a leaf below the last-level node ``parent`` needs: the rules of
+    every node on its way, and the final nop."""
     tree = layout(family, priority_base)
-    return _path(tree.mark if over_marks else tree.source, tree.end, parent)
+    trie = tree.mark if over_marks else tree.source
+    nop = Rule(family, tree.end, 0, action="nop")
+    path: SharedRules = {(nop.kind, nop.key): nop}
+    top = trie.depth - 1
+    for depth in range(top + 1):
+        value = parent >> (trie.lengths[top] - trie.lengths[depth])
+        for rule in _node_rules(family, priority_base, over_marks, depth, value):
+            path[(rule.kind, rule.key)] = rule
+    return path
 
 
 def source_leaf(family: int, priority_base: int, address: str) -> tuple[int, SharedRules]:

@@ -214,16 +214,22 @@ class RuleKind(NetlinkKind[Rule]):
         changes.sort(key=lambda change: -cast(Rule, change.obj).priority)
 
     def order_deletes(self, changes: list[Change]) -> None:
-        # The tree's goto and nop rules first, in the kernel's order (top-down): deleting
-        # a rule while goto rules exist walks the whole list for gotos pointing at it;
-        # once they are gone the leaves go without that walk (docs/rule-tree.md).
-        changes.sort(key=lambda change: cast(Rule, change.obj).action == "lookup")
+        # The tree's goto and nop rules first: deleting a rule while goto rules exist walks
+        # the whole list for gotos pointing at it; once they are gone the leaves go without
+        # that walk. Each in ascending priority: the kernel finds the rule to delete by
+        # walking the list from its head, where the next one then is (docs/rule-tree.md).
+        changes.sort(key=_delete_order)
 
     def conflict(self, found: Rule) -> str:
         return f"priority {found.priority} is taken by a foreign {found.describe()}"
 
     def request(self, action: str, obj: Rule, protocol: int, links: dict[str, int]) -> Request:
         return request(action, obj, protocol, links)
+
+
+def _delete_order(change: Change) -> tuple[bool, int]:
+    rule = cast(Rule, change.obj)
+    return rule.action == "lookup", rule.priority
 
 
 KIND = RuleKind()
