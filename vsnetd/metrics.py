@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import sys
 import time
+from bisect import bisect_left
+from collections.abc import Iterator
+from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +49,7 @@ class _Metrics:
     (which adds the process_* series: CPU, memory, open descriptors)."""
 
     def __init__(self) -> None:
-        from prometheus_client import Counter, Gauge, Histogram, Info
+        from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
 
         self.build = Info("vsnet_build", "vsnet's version and the Python running it")
         self.build.info({"version": __version__,
@@ -71,16 +74,51 @@ class _Metrics:
         self.edit_to_kernel = Histogram(
             "vsnet_edit_to_kernel_seconds", "From the config file's modification to the end "
             "of the run that applied it", buckets=LATENCY_BUCKETS)
-        self.broker_requests = Counter("vsnet_broker_requests", "Broker requests, by op and "
-                                       "result (ok, or the error code)", ["op", "result"])
-        self.broker_seconds = Histogram(
-            "vsnet_broker_request_duration_seconds", "Time to serve a broker request, its "
-            "sockets made and sent", ["op"], buckets=BROKER_BUCKETS)
-        # (op, result) -> its counter and histogram: a labels() lookup costs more than the
-        # count itself, on the broker's path (a few ops, a few results: a small dict)
-        self.broker_series: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self.broker = _BrokerTally()
+        REGISTRY.register(self.broker)
         for state in SERVER_STATES:  # every state present, 0 or not: alerts need no absent()
             self.servers.labels(state).set(0)
+
+
+class _BrokerTally:
+    """The broker's requests: by op and result, and how long each took, by op. The broker's
+    thread adds to plain counts (a metric's ``inc`` and ``observe`` take a lock and walk
+    the buckets: ~2 µs, a tenth of what serving a request costs); a scrape turns them into
+    the two series ``vsnet_broker_requests_total`` and
+    ``vsnet_broker_request_duration_seconds``."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str], int] = {}  # (op, result) -> count
+        self.buckets: dict[str, list[int]] = {}  # op -> count per bucket, +Inf last
+        self.nanoseconds: dict[str, int] = {}  # op -> sum of durations
+
+    def add(self, op: str, result: str, nanoseconds: int) -> None:
+        key = (op, result)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        buckets = self.buckets.get(op)
+        if buckets is None:
+            buckets = self.buckets[op] = [0] * (len(BROKER_BUCKETS) + 1)
+            self.nanoseconds[op] = 0
+        buckets[bisect_left(BROKER_BUCKETS, nanoseconds / 1e9)] += 1  # le: bound included
+        self.nanoseconds[op] += nanoseconds
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+        requests = CounterMetricFamily("vsnet_broker_requests", "Broker requests, by op and "
+                                       "result (ok, or the error code)", labels=["op", "result"])
+        for (op, result), count in sorted(list(self.requests.items())):  # a copy: the broker adds
+            requests.add_metric([op, result], count)
+        yield requests
+        seconds = HistogramMetricFamily(
+            "vsnet_broker_request_duration_seconds", "Time to serve a broker request, its "
+            "sockets made and sent", labels=["op"])
+        for op, counts in sorted(list(self.buckets.items())):
+            cumulative = list(accumulate(counts))
+            bounds = [*(repr(bound) for bound in BROKER_BUCKETS), "+Inf"]
+            seconds.add_metric([op], list(zip(bounds, cumulative, strict=True)),
+                               self.nanoseconds.get(op, 0) / 1e9)
+        yield seconds
 
 
 # None until enable(): one-shot processes (vsnetctl) spare the import (~50 ms) and count nothing.
@@ -144,12 +182,7 @@ def broker_served(op: str, result: str, nanoseconds: int) -> None:
     """One broker request served (the broker's observer, vsnetd/broker/server.py): ``ok``,
     the error code it was refused with, or ``dropped``."""
     if (m := _metrics) is not None:
-        series = m.broker_series.get((op, result))
-        if series is None:
-            series = m.broker_series[op, result] = (m.broker_requests.labels(op, result),
-                                                    m.broker_seconds.labels(op))
-        series[0].inc()
-        series[1].observe(nanoseconds / 1e9)
+        m.broker.add(op, result, nanoseconds)
 
 
 def exposition() -> str:
