@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import ctypes
 import fcntl
 import json
 import os
@@ -22,11 +23,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests import lab
-from tests.daemons import Daemon, wait_until
+from tests.daemons import Daemon, save, wait_until
 from tests.sandbox import ip, sh
 from vsnetd import client
 from vsnetd.broker import BrokerError, Request, parse_request
 from vsnetd.broker.protocol import Batch
+from vsnetd.broker.sockets import SPARE_BATCH
 from vsnetd.syscalls import mount, umount
 
 pytestmark = pytest.mark.usefixtures("netns")
@@ -35,6 +37,7 @@ APP_USER, APP_UID = "vsnetapp", 4242
 OTHER_USER, OTHER_UID = "stranger", 4243
 SO_MARK = 36
 SIOCGSKNS = 0x894C
+SYS_PIDFD_GETFD = 438  # x86_64 and arm64 alike (the generic table)
 MS_BIND, MS_REC = 0x1000, 0x4000
 
 
@@ -288,6 +291,51 @@ def test_sockets_of_a_netns_vs_are_made_in_its_namespace(netns_daemon: Daemon,
         assert out.getsockname()[0] == "10.1.1.5"
 
 
+def namespaces_of_sockets(pid: int) -> list[int]:
+    """The network namespace (inode) of every socket process ``pid`` holds, each socket
+    copied into this process (pidfd_getfd) to ask the kernel."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    found = []
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                    continue
+            fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(name), 0)
+            if fd < 0:
+                continue  # closed since
+            try:
+                with socket.socket(fileno=os.dup(fd)) as sock:
+                    found.append(socket_netns_inode(sock))
+            finally:
+                os.close(fd)
+    finally:
+        os.close(pidfd)
+    return found
+
+
+def test_netns_sockets_made_ahead_go_with_their_vs(netns_daemon: Daemon, broker_path: Path,
+                                                    tmp_path: Path) -> None:
+    """The broker makes a few sockets per entry into a namespace and keeps the others for
+    the next requests; they hold the namespace, so they are closed once the VS is gone."""
+    namespace = os.stat("/run/netns/vs-a").st_ino
+    held_before = namespaces_of_sockets(netns_daemon.pid).count(namespace)  # its netlink's
+    for port in range(7001, 7004):
+        (sock,) = client.listen("a", "tcp", port, path=broker_path)
+        with sock:
+            assert socket_netns_inode(sock) == namespace
+            assert sock.getsockname() == ("10.1.1.5", port)
+    # one batch made, three of it sent: the rest kept for the next requests
+    held = namespaces_of_sockets(netns_daemon.pid).count(namespace)
+    assert held - held_before == SPARE_BATCH - 3
+    config = tmp_path / "etc" / "servers.yaml"
+    save(config, config_text("b:\n" + NETNS.split("b:\n", 1)[1]))  # VS a removed
+    wait_until(lambda: "a" not in {s["server"] for s in client.servers(broker_path)}, 10,
+               "the broker's picture without VS a")  # the witness that it was processed
+    assert namespace not in namespaces_of_sockets(netns_daemon.pid)
+
+
 def as_user(uid: int, code: str, broker_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code, str(broker_path)], user=uid, group=uid,
                           extra_groups=[], capture_output=True, text=True, cwd="/", timeout=30)
@@ -313,6 +361,8 @@ def test_authorization_by_peer_credentials(netns_daemon: Daemon, broker_path: Pa
         return result.stdout.strip()
 
     before = settled_fds(netns_daemon)
+    namespaces = {vs: os.stat(f"/run/netns/vs-{vs}").st_ino for vs in ("a", "b")}
+    held_before = namespaces_of_sockets(netns_daemon.pid)
     assert attempt(APP_UID, "a", 3000) == "ok 1"  # allowed by user name
     assert attempt(APP_UID, "b", 3001) == "ok 1"  # allowed by group
     assert attempt(APP_UID, "secret", 3002) == "forbidden"
@@ -324,7 +374,13 @@ def test_authorization_by_peer_credentials(netns_daemon: Daemon, broker_path: Pa
                      "print(sorted(s['server'] for s in client.servers(sys.argv[1])))",
                      broker_path)
     assert listed.stdout.strip() == "['a', 'b']"
-    assert daemon_fds(netns_daemon) == before  # nothing leaked on either path
+    # nothing leaked on either path: beyond the baseline, only the spare sockets of the
+    # one batch made in each netns VS (one socket of it sent, the others kept)
+    held = namespaces_of_sockets(netns_daemon.pid)  # its own netlink sockets among them
+    spares = {vs: held.count(inode) - held_before.count(inode)
+              for vs, inode in namespaces.items()}
+    assert spares == {"a": SPARE_BATCH - 1, "b": SPARE_BATCH - 1}
+    assert daemon_fds(netns_daemon) == before + sum(spares.values())
 
 
 def raw(broker_path: Path) -> socket.socket:

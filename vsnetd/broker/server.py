@@ -61,7 +61,7 @@ from vsnetd.broker.protocol import (
     encode,
     parse_request,
 )
-from vsnetd.broker.sockets import Target, make_socket
+from vsnetd.broker.sockets import SpareBudget, Target, make_socket
 from vsnetd.config import ServerConfig
 from vsnetd.kernel import Kernel
 from vsnetd.kinds import confinement
@@ -142,6 +142,7 @@ class Broker:
     listener: socket.socket | None = None
     observe: Observer | None = None
     targets: dict[str, Target] = field(default_factory=dict)
+    spare_budget: SpareBudget = field(default_factory=SpareBudget)  # netns sockets made ahead
     buffer: bytearray = field(default_factory=lambda: bytearray(MAX_MESSAGE + 1))
     lock: threading.Lock = field(default_factory=threading.Lock)
     # the thread serving the clients (start), its epoll and an eventfd to wake it for stop
@@ -281,6 +282,7 @@ class Broker:
         targets = {}
         for name, served in self.served.items():
             target = Target.of(served.desired, served.config, self.generation)
+            target.budget = self.spare_budget
             target.open_namespace(previous.get(name))
             targets[name] = target
         self.targets = targets

@@ -6,6 +6,15 @@ addresses and their families, its mark, its outgoing address per family, its nam
 part of each socket's metadata as it appears in the reply. :class:`Target` holds all of
 it, built when the daemon hands the broker a new picture; a request then costs its
 system calls (socket, setsockopt, bind, listen), a dict lookup and a string join.
+
+A socket of a netns VS must be created inside its namespace: the broker's thread enters it
+and comes back, two ``setns`` calls that cost more than the socket itself. So the thread
+makes a few sockets per entry (:data:`SPARE_BATCH`) and keeps the others for the next
+requests (:attr:`Target.spares`): bare sockets, everything a request sets is set after one
+is taken. They belong to the Target of one picture, handed over with its namespace
+descriptor, and are closed with it: like that descriptor they keep the namespace alive,
+never longer than until the broker's next picture. :class:`SpareBudget` bounds how many
+the broker holds, and none are made once descriptors run short.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import resource
 import socket
 from _socket import socket as _socket  # the C type: no Python-level __init__ per socket
 from dataclasses import dataclass, field
@@ -36,6 +46,19 @@ KINDS = {"tcp": SOCK_STREAM, "udp": socket.SOCK_DGRAM}
 SOL_SOCKET, SO_REUSEADDR, SO_REUSEPORT = (socket.SOL_SOCKET, socket.SO_REUSEADDR,
                                           socket.SO_REUSEPORT)
 IPPROTO_IP, IPPROTO_IPV6, IPV6_V6ONLY = socket.IPPROTO_IP, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
+SPARE_BATCH = 8  # sockets made per entry into a namespace: one for the request, 7 spares
+SPARE_LIMIT = 64  # spare sockets the broker holds at most, all VS together
+SPARE_HEADROOM = 512  # none are made when a descriptor number comes this close to the limit
+
+
+@dataclass(slots=True)
+class SpareBudget:
+    """How many spare sockets the broker holds, and the descriptor numbers they may take."""
+
+    held: int = 0
+    limit: int = SPARE_LIMIT
+    highest_fd: int = field(default_factory=lambda: resource.getrlimit(
+        resource.RLIMIT_NOFILE)[0] - SPARE_HEADROOM)
 
 
 @dataclass(slots=True)
@@ -56,6 +79,9 @@ class Target:
     replies: dict[str, dict[str, tuple[bytes, bytes]]] = field(default_factory=dict)
     netns_fd: int = -1  # the broker's own descriptor of the namespace (-1: none open)
     netns_inode: int = 0
+    # (family, type) -> sockets made ahead in the namespace, counted in ``budget``
+    spares: dict[tuple[int, int], list[_socket]] = field(default_factory=dict)
+    budget: SpareBudget | None = None
 
     @classmethod
     def of(cls, desired: DesiredServer, config: ServerConfig, generation: int = 0) -> Target:
@@ -91,7 +117,8 @@ class Target:
             return
         if previous is not None and previous.netns_fd >= 0 and previous.netns_inode == inode:
             self.netns_fd, self.netns_inode = previous.netns_fd, inode
-            previous.netns_fd = -1  # handed over: closing the previous one leaves it open
+            self.spares = previous.spares
+            previous.netns_fd, previous.spares = -1, {}  # handed over: not closed with it
             return
         with contextlib.suppress(OSError):
             self.netns_fd = os.open(NETNS_DIR / self.netns, os.O_RDONLY | os.O_CLOEXEC)
@@ -101,6 +128,41 @@ class Target:
         if self.netns_fd >= 0:
             os.close(self.netns_fd)
             self.netns_fd = -1
+        for spares in self.spares.values():
+            if self.budget is not None:
+                self.budget.held -= len(spares)
+            for sock in spares:
+                sock.close()
+        self.spares = {}
+
+    def namespace_socket(self, af: int, kind: int, home_fd: int) -> _socket:
+        """A new socket inside the VS's namespace: a spare, else made with up to
+        SPARE_BATCH - 1 spares while the budget allows. ``home_fd``: the calling thread's
+        namespace, to come back to."""
+        spares = self.spares.get((af, kind))
+        if spares:
+            if self.budget is not None:
+                self.budget.held -= 1
+            return spares.pop()
+        if self.netns_fd < 0:
+            raise BrokerError("socket-error", f"{self.name}: its namespace {self.netns} "
+                                              f"does not exist")
+        budget = self.budget
+        setns(self.netns_fd, CLONE_NEWNET)
+        try:
+            sock = _socket(af, kind | SOCK_CLOEXEC)
+            made: list[_socket] = []
+            if budget is not None and sock.fileno() < budget.highest_fd:
+                with contextlib.suppress(OSError):  # a saving, not a need
+                    for _spare in range(min(SPARE_BATCH - 1, budget.limit - budget.held)):
+                        made.append(_socket(af, kind | SOCK_CLOEXEC))
+        finally:
+            setns(home_fd, CLONE_NEWNET)
+        if made:
+            assert budget is not None
+            self.spares[(af, kind)] = made
+            budget.held += len(made)
+        return sock
 
 
 def outgoing_address(config: ServerConfig, family: int) -> str | None:
@@ -124,14 +186,7 @@ def make_socket(target: Target, address: str, af: int, request: Request, listen:
     kind = KINDS[request.proto]
     try:
         if target.netns:
-            if target.netns_fd < 0:
-                raise BrokerError("socket-error", f"{target.name}: its namespace "
-                                                  f"{target.netns} does not exist")
-            setns(target.netns_fd, CLONE_NEWNET)
-            try:
-                sock = _socket(af, kind | SOCK_CLOEXEC)
-            finally:
-                setns(home_fd, CLONE_NEWNET)
+            sock = target.namespace_socket(af, kind, home_fd)
         else:
             sock = _socket(af, kind | SOCK_CLOEXEC)
     except OSError as exc:  # out of descriptors, the namespace is being torn down...
