@@ -367,10 +367,10 @@ def progress_line(text: str) -> None:
     progress(f"\r\033[K{text}")
 
 
-def timed(action: Callable[..., R], *args: Any) -> tuple[float, R]:
+def timed(action: Callable[..., R], *args: Any, **kwargs: Any) -> tuple[float, R]:
     gc.collect()
     started = time.perf_counter()
-    value = action(*args)
+    value = action(*args, **kwargs)
     return time.perf_counter() - started, value
 
 
