@@ -21,7 +21,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -673,8 +672,7 @@ def as_json(args: argparse.Namespace, results: Results) -> dict[str, Any]:
 
 def info() -> dict[str, Any]:
     """First: its load average is the machine's before the run (do others share the CPUs?)."""
-    return common.machine(vsnet=version("vsnet"),
-                          loadavg=[round(value, 2) for value in os.getloadavg()])
+    return common.machine("vsnet", loadavg=[round(value, 2) for value in os.getloadavg()])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import statistics
 import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +90,7 @@ def targets(args: argparse.Namespace, results: Results) -> list[dict[str, Any]]:
 def table(info: dict[str, Any], args: argparse.Namespace, results: Results) -> None:
     common.header(f"vsnetctl as whole processes, {args.servers} VS, {args.repeat} interleaved "
                   f"rounds (median; ip -batch: {results.counts['floor_objects'][0]} objects)",
-                  info, [f"pydantic {info['pydantic']}", f"pyroute2 {info['pyroute2']}"])
+                  info, ("pydantic", "pyroute2"))
     floor = results.median_or_none("floor")
     print(f"{'process':<46} {'median':>10} {'min':>10} {'x floor':>8}")
     for name, label in ROWS:
@@ -106,11 +105,6 @@ def as_json(args: argparse.Namespace, results: Results) -> dict[str, Any]:
             "samples_s": results.samples}
 
 
-def info() -> dict[str, Any]:
-    return common.machine(pyroute2=version("pyroute2"), pydantic=version("pydantic"))
-
-
 if __name__ == "__main__":
-    sys.exit(common.main(
-        __file__, __doc__, sys.argv[1:], OPTIONS, measure, table, as_json, targets, info=info,
-        check=lambda args: common.too_many(args, common.pbr_max_servers(), "default numbering")))
+    sys.exit(common.main(__file__, __doc__, sys.argv[1:], OPTIONS, measure, table, as_json,
+                         targets, check=common.pbr_limit, packages=("pydantic", "pyroute2")))

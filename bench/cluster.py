@@ -109,8 +109,8 @@ def planned_moves(cluster: Cluster, rounds: int, results: Results) -> None:
                 if followed != len(addresses):
                     results.note(f"round {round_number + 1}: {resource}: neighbour entries "
                                  f"{entries} do not all name {mac}")
-                wait_for(lambda r=resource, t=target: cluster.where(r) == t, 30,  # type: ignore[misc]
-                         f"{resource} Started on {target}")
+                wait_for(lambda r=resource, t=target: cluster.where(r) == t,  # type: ignore[misc]
+                         30, f"{resource} Started on {target}")
                 exec_ms = cluster.start_exec_ms(resource, target)
                 if exec_ms is not None:
                     results.time(f"start {resource}", exec_ms / 1000)
@@ -134,7 +134,8 @@ def node_loss(cluster: Cluster, results: Results, lose_dc: bool) -> None:
         if cluster.where(resource) != victim:
             cluster.move(resource, victim)
             reconnect(VS_ADDRESSES[resource][0], victim, time.monotonic())
-            wait_for(lambda r=resource: cluster.where(r) == victim, 30, f"{resource} on {victim}")  # type: ignore[misc]
+            wait_for(lambda r=resource: cluster.where(r) == victim,  # type: ignore[misc]
+                     30, f"{resource} on {victim}")
             cluster.clear(resource)
     survivor = other(victim)
     time.sleep(1.0)  # a quiet cluster: the clear's transition done

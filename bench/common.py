@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
@@ -287,16 +288,11 @@ def schedstat_ns(pid: int) -> dict[str, int]:
 
 
 class CpuMeter:
-    """The CPU a process used since :meth:`start`: (wall seconds, stat ns, schedstat ns by
-    thread)."""
+    """The CPU a process uses from now: (wall seconds, stat ns, schedstat ns by thread)."""
 
     def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.start()
-
-    def start(self) -> None:
-        self.wall, self.stat = time.perf_counter(), stat_cpu_ns(self.pid)
-        self.threads = schedstat_ns(self.pid)
+        self.pid, self.wall, self.stat = pid, time.perf_counter(), stat_cpu_ns(pid)
+        self.threads = schedstat_ns(pid)
 
     def stop(self) -> tuple[float, int, dict[str, int]]:
         wall, stat = time.perf_counter() - self.wall, stat_cpu_ns(self.pid) - self.stat
@@ -342,15 +338,12 @@ class Results(Notes):
         return statistics.median(self.samples[name])
 
     def median_or_none(self, name: str) -> float | None:
-        return self.stat(name, 50, statistics.median)
-
-    def stat(self, name: str, q: float, how: Callable[[list[float]], float] | None = None
-             ) -> float | None:
-        """``how`` (the nearest-rank ``q`` percentile) of ``name``'s samples; None if none."""
         values = self.samples.get(name)
-        if not values:
-            return None
-        return how(values) if how else percentile(values, q)
+        return statistics.median(values) if values else None
+
+    def stat(self, name: str, q: float) -> float | None:
+        values = self.samples.get(name)
+        return percentile(values, q) if values else None
 
     def counted(self, name: str) -> str:
         """The distinct counts of ``name`` over the runs, as "a/b" ("-" when none)."""
@@ -377,16 +370,13 @@ def timed(action: Callable[..., R], *args: Any, **kwargs: Any) -> tuple[float, R
 # --------------------------------------------------------------------------- vsnet's measures
 
 
-def not_converged(result: ConvergeResult) -> str:
-    """Why a converge did not converge: how many VS failed (the first named) and changes left."""
-    first = next(iter(result.failures.items()), ("-", "-"))
-    return (f"{len(result.failures)} VS failed (e.g. {first[0]}: {first[1]}), "
-            f"{len(result.final_plan.changes)} changes left")
-
-
 def check_converged(results: Results, what: str, result: ConvergeResult) -> None:
+    """A note unless the converge converged: how many VS failed (the first named), what is
+    left to do."""
     if not result.converged:
-        results.note(f"vsnet {what} did not converge: {not_converged(result)}")
+        first = next(iter(result.failures.items()), ("-", "-"))
+        results.note(f"vsnet {what} did not converge: {len(result.failures)} VS failed (e.g. "
+                     f"{first[0]}: {first[1]}), {len(result.final_plan.changes)} changes left")
 
 
 def cold_apply(results: Results, sock: Kernel, text: str
@@ -467,18 +457,16 @@ VSNET_ROWS: list[tuple[str, str]] = [
 ]
 
 
-def machine(**extra: Any) -> dict[str, Any]:
-    """The machine: kernel, CPUs, Python; then ``extra``."""
+def machine(*packages: str, **extra: Any) -> dict[str, Any]:
+    """The machine: kernel, CPUs, Python, the versions of ``packages`` (iproute2: ``ip``'s);
+    then ``extra``."""
     models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
               .splitlines() if line.startswith("model name")]
+    ip = subprocess.run(["ip", "-V"], capture_output=True, text=True).stdout.strip()
     return {"kernel": os.uname().release, "cpus": os.cpu_count(),
             "cpu_model": models[0] if models else "unknown", "python": sys.version.split()[0],
-            **extra}
-
-
-def iproute2_version() -> str:
-    iproute2 = subprocess.run(["ip", "-V"], capture_output=True, text=True).stdout.strip()
-    return iproute2.removeprefix("ip utility, ").split(",")[0]
+            **{name: ip.removeprefix("ip utility, ").split(",")[0] if name == "iproute2"
+               else version(name) for name in packages}, **extra}
 
 
 def machine_line(info: dict[str, Any]) -> str:
@@ -486,10 +474,11 @@ def machine_line(info: dict[str, Any]) -> str:
     return f"machine: Linux {info['kernel']}, {info['cpus']} CPUs, {info['cpu_model']}; "
 
 
-def header(title: str, info: dict[str, Any], versions: Sequence[str] = ()) -> None:
-    """The report's first lines: ``title``, the machine with Python and ``versions``."""
+def header(title: str, info: dict[str, Any], packages: Sequence[str] = ()) -> None:
+    """The report's first lines: ``title``, the machine with Python and ``packages``."""
     print(title)
-    print(machine_line(info) + ", ".join([f"Python {info['python']}", *versions]))
+    print(machine_line(info) + ", ".join([f"Python {info['python']}", *(
+        info[name] if name == "iproute2" else f"{name} {info[name]}" for name in packages)]))
     print()
 
 
@@ -605,6 +594,10 @@ def too_many(args: argparse.Namespace, limit: int, why: str) -> str:
     return f"--servers must be 1..{limit} ({why})" if args.servers > limit else ""
 
 
+def pbr_limit(args: argparse.Namespace) -> str:
+    return too_many(args, pbr_max_servers(), "default numbering")
+
+
 def parse(doc: str | None, argv: Sequence[str], options: Mapping[str, Option],
           check: Callable[[argparse.Namespace], str] = lambda args: "") -> argparse.Namespace:
     """``options`` by flag: (default, help) (a bool: a switch; a number: it must be positive)
@@ -633,12 +626,13 @@ def main(script: str, doc: str | None, argv: Sequence[str], options: Mapping[str
          table: Callable[[dict[str, Any], argparse.Namespace, B], None],
          as_json: Callable[[argparse.Namespace, B], dict[str, Any]],
          targets: Callable[[argparse.Namespace, B], list[dict[str, Any]]] | None = None, *,
-         check: Callable[[argparse.Namespace], str] = lambda args: "",
-         info: Callable[[], dict[str, Any]] = machine, info_first: bool = False,
+         check: Callable[[argparse.Namespace], str] = lambda args: "", packages: Sequence[str] = (),
+         info: Callable[[], dict[str, Any]] | None = None, info_first: bool = False,
          show: Callable[[dict[str, Any]], str] = shown) -> int:
-    """A benchmark: its options, into a sandbox, measured, the machine described (before
-    measuring with ``info_first``), and the report: the table (or JSON), then the targets
-    and the notes; the exit status."""
+    """A benchmark: its options, into a sandbox, measured, the machine described (with
+    ``packages``' versions, or as ``info`` does it; before measuring with ``info_first``),
+    and the report: the table (or JSON), then the targets and the notes; the exit status."""
+    info = info or (lambda: machine(*packages))
     args = parse(doc, argv, options, check)
     if not enter_sandbox(script, argv):
         return 1

@@ -12,7 +12,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from importlib.metadata import version
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -383,7 +382,7 @@ def table(info: dict[str, Any], args: argparse.Namespace, results: Results) -> N
     common.header(f"vsnet daemon benchmark: vsnetd on {args.servers} VS x 2 IPv4 addresses "
                   f"({objects}); {args.edits} edits, {args.heals} heals of each kind, "
                   f"{args.rate:g} edits/s for {args.load_seconds:g} s", info,
-                  [f"pydantic {info['pydantic']}"])
+                  ("pydantic",))
     print(f"{'latency':<46} {'n':>4} {'p50':>10} {'p99':>10} {'max':>10}")
     for name, label in ROWS:
         if samples := results.samples.get(name):
@@ -430,11 +429,6 @@ def as_json(args: argparse.Namespace, results: Results) -> dict[str, Any]:
             "latencies": latencies, "values": results.values}
 
 
-def info() -> dict[str, Any]:
-    return common.machine(pyroute2=version("pyroute2"), pydantic=version("pydantic"))
-
-
 if __name__ == "__main__":
-    sys.exit(common.main(
-        __file__, __doc__, sys.argv[1:], OPTIONS, measure, table, as_json, targets, info=info,
-        check=lambda args: common.too_many(args, common.pbr_max_servers(), "default numbering")))
+    sys.exit(common.main(__file__, __doc__, sys.argv[1:], OPTIONS, measure, table, as_json,
+                         targets, check=common.pbr_limit, packages=("pyroute2", "pydantic")))

@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from importlib.metadata import version
 from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any
@@ -372,7 +371,7 @@ def table(info: dict[str, Any], args: argparse.Namespace, results: Results) -> N
     common.header(f"vsnet netns benchmark: {args.servers} VS, each a namespace with lo, a macvlan "
                   f"on {UPLINK}, 1 IPv4 address and a default route; median of {args.repeat} "
                   f"runs, each measure in a fresh network namespace", info,
-                  [info["iproute2"], f"pyroute2 {info['pyroute2']}"])
+                  ("iproute2", "pyroute2"))
     done = results.counts["naive_servers"]
     counted = f"{min(done)}" if min(done) == max(done) else f"{min(done)}..{max(done)}"
     common.print_measures(results, ROWS, {"naive": f"naive pyroute2 (extrapolated from {counted} "
@@ -409,11 +408,8 @@ def max_servers() -> int:
     return MAX_ID if hard == resource.RLIM_INFINITY else min(MAX_ID, (hard - 64) // 2)
 
 
-def info() -> dict[str, Any]:
-    return common.machine(iproute2=common.iproute2_version(), pyroute2=version("pyroute2"))
-
-
 if __name__ == "__main__":
     sys.exit(common.main(
-        __file__, __doc__, sys.argv[1:], common.FLOOR_OPTIONS, measure, table, as_json, targets, info=info,
+        __file__, __doc__, sys.argv[1:], common.FLOOR_OPTIONS, measure, table, as_json, targets,
+        packages=("iproute2", "pyroute2"),
         check=lambda args: common.too_many(args, max_servers(), "VS ids; open files")))

@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from importlib.metadata import version
 from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any
@@ -240,7 +239,7 @@ def table(info: dict[str, Any], args: argparse.Namespace, results: Results) -> N
     common.header(f"vsnet pbr benchmark: {args.servers} VS x 2 IPv4 addresses = "
                   f"{results.counts['floor_objects'][0]} kernel objects; median of {args.repeat} "
                   f"runs, each in a fresh network namespace", info,
-                  [info["iproute2"], f"pyroute2 {info['pyroute2']}"])
+                  ("iproute2", "pyroute2"))
     done = min(results.counts["naive_servers"])
     common.print_measures(results, ROWS, {"naive": f"naive pyroute2 loop (extrapolated from "
                                                    f"{done} VS)"} if done < args.servers else None)
@@ -257,11 +256,6 @@ def as_json(args: argparse.Namespace, results: Results) -> dict[str, Any]:
             "measures": common.measures_json(results, ROWS), "counts": results.counts}
 
 
-def info() -> dict[str, Any]:
-    return common.machine(iproute2=common.iproute2_version(), pyroute2=version("pyroute2"))
-
-
 if __name__ == "__main__":
-    sys.exit(common.main(
-        __file__, __doc__, sys.argv[1:], common.FLOOR_OPTIONS, measure, table, as_json, targets, info=info,
-        check=lambda args: common.too_many(args, common.pbr_max_servers(), "default numbering")))
+    sys.exit(common.main(__file__, __doc__, sys.argv[1:], common.FLOOR_OPTIONS, measure, table, as_json,
+                         targets, check=common.pbr_limit, packages=("iproute2", "pyroute2")))
