@@ -174,31 +174,41 @@ class Results(Notes):
         return statistics.median(values) if values else None
 
 
+def in_process(results: Results, target: Target, kind: str, requests: int, warmup: int,
+               first: int, make: Callable[[int], tuple[int, socket.socket]]) -> None:
+    """``make`` a socket on a new port (and say how long it took, ns), ``warmup`` times,
+    then ``requests`` times measured; the first socket checked."""
+    latencies = array.array("q")
+    perf = time.perf_counter_ns
+    gc.collect()
+    started = 0
+    for index in range(warmup + requests):
+        started = perf() if index == warmup else started
+        elapsed, sock = make(port_of(first + index))
+        with sock:
+            if index == 0 and (problem := check_socket(sock, target, port_of(first))):
+                results.note(f"{target.mode} {kind} in-process: {problem}")
+        if index >= warmup:
+            latencies.append(elapsed)
+    results.add(f"{target.mode}/{kind}", latencies, 1, requests, 0, perf() - started)
+
+
 def measure_floor(results: Results, target: Target, requests: int, warmup: int,
                   first: int) -> None:
     """The floor: the same socket made by this process, one after the other."""
     netns_fd = (os.open(Path("/run/netns") / target.netns, os.O_RDONLY | os.O_CLOEXEC)
                 if target.netns else None)
-    perf = time.perf_counter_ns
+
+    def make(port: int) -> tuple[int, socket.socket]:
+        before = time.perf_counter_ns()
+        sock = make_inprocess(target, port, netns_fd)
+        return time.perf_counter_ns() - before, sock
+
     try:
-        with make_inprocess(target, port_of(first), netns_fd) as sock:
-            if problem := check_socket(sock, target, port_of(first)):
-                results.note(f"{target.mode} in-process floor socket: {problem}")
-        for index in range(1, warmup + 1):
-            make_inprocess(target, port_of(first + index), netns_fd).close()
-        latencies = array.array("q")
-        gc.collect()
-        started = perf()
-        for index in range(warmup + 1, warmup + 1 + requests):
-            before = perf()
-            sock = make_inprocess(target, port_of(first + index), netns_fd)
-            latencies.append(perf() - before)
-            sock.close()
-        wall = perf() - started
+        in_process(results, target, "floor", requests, warmup, first, make)
     finally:
         if netns_fd is not None:
             os.close(netns_fd)
-    results.add(f"{target.mode}/floor", latencies, 1, requests, 0, wall)
 
 
 def received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
@@ -213,35 +223,23 @@ def measure_code(results: Results, server: BrokerServer, target: Target, request
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.setblocking(False)
     client = ServerClient(ours, Peer(os.getpid(), 0, 0))
-    latencies = array.array("q")
-    perf = time.perf_counter_ns
-    problem = ""
+
+    def make(port: int) -> tuple[int, socket.socket]:
+        theirs.send(b'{"v":1,"op":"listen","server":"%s","proto":"tcp","port":%d}'
+                    % (target.server.encode(), port))
+        before = time.perf_counter_ns()
+        server.readable(client)
+        elapsed = time.perf_counter_ns() - before
+        data, ancdata, _flags, _ = theirs.recvmsg(1 << 16, CONTROL_SPACE)
+        fds = received_fds(ancdata)
+        for fd in fds[1:]:
+            os.close(fd)
+        if not fds:
+            raise RuntimeError(f"{target.mode} broker code in-process: {data[:200]!r}")
+        return elapsed, socket.socket(fileno=fds[0])
+
     with ours, theirs:
-        gc.collect()
-        started = 0
-        for index in range(warmup + requests):
-            started = perf() if index == warmup else started
-            port = port_of(first + index)
-            theirs.send(b'{"v":1,"op":"listen","server":"%s","proto":"tcp","port":%d}'
-                        % (target.server.encode(), port))
-            before = perf()
-            server.readable(client)
-            elapsed = perf() - before
-            data, ancdata, _flags, _ = theirs.recvmsg(1 << 16, CONTROL_SPACE)
-            fds = received_fds(ancdata)
-            if index == 0 and len(fds) != 1:
-                problem = f"{len(fds)} descriptors: {data[:200]!r}"
-            elif index == 0:
-                with socket.socket(fileno=os.dup(fds[0])) as sock:
-                    problem = check_socket(sock, target, port)
-            for fd in fds:
-                os.close(fd)
-            if index >= warmup:
-                latencies.append(elapsed)
-        wall = perf() - started
-    if problem:
-        results.note(f"{target.mode} broker code in-process: {problem}")
-    results.add(f"{target.mode}/code", latencies, 1, requests, 0, wall)
+        in_process(results, target, "code", requests, warmup, first, make)
 
 
 def bare_request(sock: socket.socket, request: bytes) -> tuple[dict[str, Any], list[int]]:
