@@ -85,15 +85,15 @@ def floor_files(servers: Sequence[VirtualServer]) -> dict[str, str]:
     standing_notes), so the floor is two parts: one ``ip -batch`` creating every namespace and
     every device directly inside it, then one ``ip -n NS -batch -`` per namespace, from one sh
     script. And bare namespaces alone, for reference."""
-    return {
-        "create.batch": "".join(f"netns add {vs.netns}\nlink add {vs.name} link {UPLINK} netns "
-                                f"{vs.netns} type macvlan mode bridge\n" for vs in servers),
-        "configure.sh": "".join(f"ip -n {vs.netns} -batch - <<'EOF'\nlink set lo up\n"
-                                f"link set {vs.name} up\naddress add {vs.address} dev {vs.name}\n"
-                                f"route add default via {GATEWAY} proto {VSNET_PROTOCOL}\nEOF\n"
-                                for vs in servers),
-        "bare.batch": "".join(f"netns add {vs.netns}\n" for vs in servers),
-    }
+    create, configure = [], []
+    for vs in servers:
+        create += [f"netns add {vs.netns}",
+                   f"link add {vs.name} link {UPLINK} netns {vs.netns} type macvlan mode bridge"]
+        configure += [f"ip -n {vs.netns} -batch - <<'EOF'", "link set lo up",
+                      f"link set {vs.name} up", f"address add {vs.address} dev {vs.name}",
+                      f"route add default via {GATEWAY} proto {VSNET_PROTOCOL}", "EOF"]
+    return {"create.batch": "\n".join(create) + "\n", "configure.sh": "\n".join(configure) + "\n",
+            "bare.batch": "".join(f"netns add {vs.netns}\n" for vs in servers)}
 
 
 def naive_server(ipr: Any, uplink_index: int, vs: VirtualServer) -> None:
