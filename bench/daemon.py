@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Interface, IPv4Network
@@ -299,9 +300,8 @@ def measure(args: argparse.Namespace) -> Results:
     text = common.pbr_yaml(servers)
     desired = compile_config(parse_config(text, file="bench.yaml"))
     values = results.values
-    values["objects"] = {}
-    for obj in (obj for server in desired.servers.values() for obj in server.objects):
-        values["objects"][obj.kind] = values["objects"].get(obj.kind, 0) + 1
+    values["objects"] = dict(Counter(obj.kind for server in desired.servers.values()
+                                     for obj in server.objects))
     drop_ins = {} if args.single_file else {f"{vs.name}.yaml": drop_in_yaml(vs) for vs in servers}
     with (common.uplinked_netns(),
           common.config_dir("version: 1\n" if drop_ins else text, drop_ins) as (workdir, config)):
@@ -314,7 +314,8 @@ def measure(args: argparse.Namespace) -> Results:
                                        watchdog_usec=WATCHDOG_USEC) as daemon:
                 bench = Bench(args, servers, desired, config, daemon, events, results)
                 values["ready_seconds"] = daemon.ready(timeout=120)
-                values["rss_start"], values["hwm_start"] = memory(daemon.pid).values()
+                start = memory(daemon.pid)
+                values.update(rss_start=start["VmRSS"], hwm_start=start["VmHWM"])
                 rules = sum(1 for rule in sandbox.ip_json("rule") if rule.get("protocol") == "vsnet")
                 expected = values["objects"]["rule"] + sum(
                     1 for obj in desired.shared.values() if isinstance(obj, Rule))
