@@ -627,8 +627,7 @@ def main(script: str, doc: str | None, argv: Sequence[str], options: Mapping[str
          as_json: Callable[[argparse.Namespace, B], dict[str, Any]],
          targets: Callable[[argparse.Namespace, B], list[dict[str, Any]]] | None = None, *,
          check: Callable[[argparse.Namespace], str] = lambda args: "", packages: Sequence[str] = (),
-         info: Callable[[], dict[str, Any]] | None = None, info_first: bool = False,
-         show: Callable[[dict[str, Any]], str] = shown) -> int:
+         info: Callable[[], dict[str, Any]] | None = None, info_first: bool = False) -> int:
     """A benchmark: its options, into a sandbox, measured, the machine described (with
     ``packages``' versions, or as ``info`` does it; before measuring with ``info_first``),
     and the report: the table (or JSON), then the targets and the notes; the exit status."""
@@ -648,5 +647,5 @@ def main(script: str, doc: str | None, argv: Sequence[str], options: Mapping[str
     table(machine_info, args, results)
     if targets:
         print()
-        print_targets(checks, results.notes, show)
+        print_targets(checks, results.notes)
     return 0
