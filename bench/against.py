@@ -3,13 +3,7 @@
 
     bench/against.py REV SCRIPT [ARGS...]      e.g.  bench/against.py c8ff780 pbr.py
 
-Checks REV out into a temporary worktree, then runs ``bench/SCRIPT ARGS --json`` of REV and
-of this tree alternately (``--rounds`` times each, REV first), each with this tree's Python
-and with its own sources first on the import path. Every figure the two report under
-``measures`` (seconds) is shown side by side as the median over the rounds, with the ratio
-this tree / REV; ``--limit`` (default 1.10) marks each row PASS or MISS. What a change must
-not make slower (issue: the rule tree must not slow apply and edit by more than 10 %) is
-thereby measured on one machine in one run, not against figures from another day.
+How it measures: docs/benchmarks.md (`bench/against.py`).
 """
 
 from __future__ import annotations
@@ -22,43 +16,42 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(tree: Path, script: str, args: list[str]) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+def measures(tree: Path, script: str, args: list[str]) -> dict[str, dict[str, float | str]]:
+    """``bench/SCRIPT ARGS --json`` of ``tree``, its own sources first on the import path."""
     result = subprocess.run([sys.executable, str(tree / "bench" / script), *args, "--json"],
-                            cwd=tree, env=env, capture_output=True, text=True)
+                            cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
+                            capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"bench/against.py: {script} of {tree} failed:\n{result.stderr[-2000:]}")
-    measures: dict[str, Any] = json.loads(result.stdout)["measures"]
-    return measures
+    found: dict[str, dict[str, float | str]] = json.loads(result.stdout)["measures"]
+    return found
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("rev", help="the revision to compare with (git rev)")
     parser.add_argument("script", help="the benchmark, a file name in bench/ (e.g. pbr.py)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each (default 3)")
     parser.add_argument("--limit", type=float, default=1.10,
                         help="this tree / REV at most (default 1.10)")
     args, script_args = parser.parse_known_args()
+    samples: dict[str, dict[str, list[float]]] = {"old": {}, "new": {}}
+    labels: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="vsnet-against-") as tmp:
         old = Path(tmp) / "tree"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--quiet", "--detach",
                         str(old), args.rev], check=True)
         try:
-            samples: dict[str, dict[str, list[float]]] = {"old": {}, "new": {}}
-            labels: dict[str, str] = {}
             for round_number in range(1, args.rounds + 1):
-                for side, tree in (("old", old), ("new", ROOT)):
+                for side, tree in (("old", old), ("new", ROOT)):  # REV first
                     print(f"round {round_number}/{args.rounds}: {side}", file=sys.stderr)
-                    for name, measure in run(tree, args.script, script_args).items():
-                        samples[side].setdefault(name, []).append(measure["median_s"])
-                        labels.setdefault(name, measure["label"])
+                    for name, measure in measures(tree, args.script, script_args).items():
+                        samples[side].setdefault(name, []).append(float(measure["median_s"]))
+                        labels.setdefault(name, str(measure["label"]))
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)],
                            check=False)
@@ -67,15 +60,12 @@ def main() -> int:
     print(f"{'measure':48} {args.rev[:12]:>12} {'this tree':>12} {'ratio':>7}")
     misses = 0
     for name, label in labels.items():
-        if name not in samples["old"] or name not in samples["new"]:
-            continue
-        before = statistics.median(samples["old"][name])
-        after = statistics.median(samples["new"][name])
-        ratio = after / before
-        verdict = "PASS" if ratio <= args.limit else "MISS"
-        misses += verdict == "MISS"
-        print(f"{label[:48]:48} {before * 1000:9.1f} ms {after * 1000:9.1f} ms "
-              f"{ratio:6.2f}x  {verdict}")
+        if name in samples["old"] and name in samples["new"]:
+            before, after = (statistics.median(samples[side][name]) for side in ("old", "new"))
+            verdict = "PASS" if after / before <= args.limit else "MISS"
+            misses += verdict == "MISS"
+            print(f"{label[:48]:48} {before * 1000:9.1f} ms {after * 1000:9.1f} ms "
+                  f"{after / before:6.2f}x  {verdict}")
     return 1 if misses else 0
 
 

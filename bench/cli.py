@@ -10,107 +10,19 @@ import compileall
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common, netns, pbr
-from bench.common import Results, progress
+from bench.common import Results, progress_line, vsnetctl
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
-from vsnetd.state import VSNET_PROTOCOL
 
-# Targets (from the issue), at TARGET_SERVERS VS.
-APPLY_RATIO_TARGET = 1.2  # vsnetctl apply <= 1.2x ip -batch, both whole processes
-VALIDATE_TARGET = 0.120
-HELP_TARGET = 0.050
-PLAN_NETNS_TARGET = 0.200
-TARGET_SERVERS = 1000
-
-
-def vsnetctl(*args: str) -> list[str]:
-    return [*common.console_script("vsnetctl", "vsnetd.cli"), *args]
-
-
-def timed_process(argv: list[str], what: str, results: Results,
-                  expect: tuple[int, ...] = (0,)) -> float:
-    started = time.perf_counter()
-    process = subprocess.run(argv, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if process.returncode not in expect:
-        results.note(f"{what} exited {process.returncode}: {process.stderr.strip()[:300]}")
-    return seconds
-
-
-def floor_lines(servers: Sequence[common.PbrServer], text: str) -> list[str]:
-    """The ``ip -batch`` lines creating what vsnet creates for ``servers``, the rule tree's
-    shared rules included (taken from vsnet's own compile, as bench/pbr.py does)."""
-    desired = compile_config(parse_config(text, file="bench.yaml"))
-    settings = desired.settings
-    numbering = pbr.Numbering(settings.table_base, settings.priority_base, settings.mark_base,
-                              settings.block_size)
-    ops = [op for vs, rules in zip(servers, pbr.rules_by_server(desired), strict=True)
-           for op in pbr.server_ops(vs, numbering, rules)]
-    kinds = (pbr.AddressOp, pbr.RouteOp, pbr.RuleOp)  # vsnet's order
-    return [pbr.ip_command(op, VSNET_PROTOCOL) for kind in kinds for op in ops
-            if isinstance(op, kind)]
-
-
-def run(args: argparse.Namespace) -> Results:
-    results = Results()
-    package = Path(__file__).resolve().parent.parent / "vsnetd"
-    if not compileall.compile_dir(package, quiet=1):
-        results.note(f"could not compile the bytecode of {package}")
-    servers = common.make_pbr_servers(args.servers)
-    with tempfile.TemporaryDirectory(prefix="vsnet-bench-", dir="/run") as tmp:
-        workdir = Path(tmp)
-        config = workdir / "servers.yaml"
-        text = common.pbr_yaml(servers)
-        config.write_text(text)
-        batch = workdir / "floor.batch"
-        lines = floor_lines(servers, text)
-        batch.write_text("\n".join(lines) + "\n")
-        results.count("floor_objects", len(lines))
-        for round_ in range(1, args.repeat + 1):
-            progress(f"round {round_}/{args.repeat}: ip -batch")
-            with common.uplinked_netns():
-                results.time("floor", timed_process(["ip", "-batch", str(batch)],
-                                                    "ip -batch", results))
-            progress(f"round {round_}/{args.repeat}: vsnetctl apply")
-            with common.uplinked_netns():
-                results.time("apply", timed_process(vsnetctl("apply", "-c", str(config)),
-                                                    "vsnetctl apply", results))
-                timed_process(vsnetctl("teardown", "-c", str(config)), "teardown", results)
-            progress(f"round {round_}/{args.repeat}: vsnetctl validate, --help")
-            results.time("validate", timed_process(vsnetctl("validate", "-c", str(config)),
-                                                   "vsnetctl validate", results))
-            results.time("help", timed_process(vsnetctl("--help"), "vsnetctl --help", results))
-        measure_plan_netns(args, results, workdir)
-    progress("")
-    return results
-
-
-def measure_plan_netns(args: argparse.Namespace, results: Results, workdir: Path) -> None:
-    config = workdir / "netns.yaml"
-    config.write_text(netns.to_yaml(netns.make_servers(args.servers)))
-    with common.uplinked_netns():
-        progress(f"netns: applying {args.servers} VS once")
-        timed_process(vsnetctl("apply", "-c", str(config)), "vsnetctl apply (netns)", results)
-        try:
-            for round_ in range(1, args.repeat + 1):
-                progress(f"round {round_}/{args.repeat}: vsnetctl plan (netns, nothing to do)")
-                results.time("plan_netns", timed_process(vsnetctl("plan", "-c", str(config)),
-                                                         "vsnetctl plan (netns)", results))
-        finally:
-            progress("netns: teardown")
-            timed_process(vsnetctl("teardown", "-c", str(config)), "teardown (netns)", results)
-
-
+OPTIONS: dict[str, common.Option] = {"--servers": (1000, "number of VS"),
+                                     "--repeat": (5, "interleaved rounds; medians are reported")}
 ROWS = [
     ("floor", "ip -batch, the objects of N pbr VS (floor)"),
     ("apply", "vsnetctl apply, N pbr VS"),
@@ -118,57 +30,81 @@ ROWS = [
     ("help", "vsnetctl --help"),
     ("plan_netns", "vsnetctl plan, N netns VS, nothing to do"),
 ]
+# the targets (from the issue) but apply's: measure, label, seconds
+LIMITS = (("validate", "vsnetctl validate", 0.120), ("help", "vsnetctl --help", 0.050),
+          ("plan_netns", "vsnetctl plan, netns, no-op", 0.200))
 
 
-def targets(results: Results, servers: int) -> list[dict[str, Any]]:
-    at = common.scale_note(servers, TARGET_SERVERS)
-    median = results.median_or_none
-    checks = [common.target(f"vsnetctl apply <= {APPLY_RATIO_TARGET:g}x ip -batch{at}",
-                            "apply_vs_floor", common.ratio(median("apply"), median("floor")),
-                            APPLY_RATIO_TARGET, "x floor")]
-    for name, label, limit in (("validate", "vsnetctl validate", VALIDATE_TARGET),
-                               ("help", "vsnetctl --help", HELP_TARGET),
-                               ("plan_netns", "vsnetctl plan, netns, no-op", PLAN_NETNS_TARGET)):
-        checks.append(common.target(f"{label} <= {limit * 1000:.0f} ms{at}", name, median(name),
-                                    limit, "s"))
-    return checks
+def process(results: Results, argv: list[str], name: str = "") -> None:
+    """``argv`` run to its end, timed as ``name`` (if any)."""
+    started = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if name:
+        results.time(name, time.perf_counter() - started)
+    if done.returncode != 0:
+        results.note(f"{' '.join(argv[-3:])} exited {done.returncode}: {done.stderr.strip()[:300]}")
 
 
-def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results) -> None:
-    print(f"vsnetctl as whole processes, {args.servers} VS, {args.repeat} interleaved rounds "
-          f"(median; ip -batch: {results.counts.get('floor_objects', ['?'])[0]} objects)")
-    print(common.machine_line(info) + f"Python {info['python']}, pydantic {info['pydantic']}, "
-          f"pyroute2 {info['pyroute2']}")
-    print()
+def measure(args: argparse.Namespace) -> Results:
+    results = Results()
+    package = Path(__file__).resolve().parent.parent / "vsnetd"
+    if not compileall.compile_dir(package, quiet=1):  # as installed packages have it
+        results.note(f"could not compile the bytecode of {package}")
+    text = common.pbr_yaml(common.make_pbr_servers(args.servers))
+    lines = pbr.batch_lines(compile_config(parse_config(text, file="bench.yaml")))
+    netns_text = netns.to_yaml(netns.make_servers(args.servers))
+    with common.config_dir(text) as (workdir, config):
+        batch, netns_config = workdir / "floor.batch", workdir / "netns.yaml"
+        batch.write_text("\n".join(lines) + "\n")
+        netns_config.write_text(netns_text)
+        results.count("floor_objects", len(lines))
+        for round_ in range(1, args.repeat + 1):
+            progress_line(f"round {round_}/{args.repeat}: ip -batch, apply, validate, --help")
+            with common.uplinked_netns():
+                process(results, ["ip", "-batch", str(batch)], "floor")
+            with common.uplinked_netns():
+                process(results, vsnetctl("apply", "-c", str(config)), "apply")
+                process(results, vsnetctl("teardown", "-c", str(config)))
+            process(results, vsnetctl("validate", "-c", str(config)), "validate")
+            process(results, vsnetctl("--help"), "help")
+        with common.uplinked_netns():
+            progress_line(f"netns: applying {args.servers} VS once, then plan")
+            process(results, vsnetctl("apply", "-c", str(netns_config)))
+            try:
+                for _round in range(args.repeat):
+                    process(results, vsnetctl("plan", "-c", str(netns_config)), "plan_netns")
+            finally:
+                process(results, vsnetctl("teardown", "-c", str(netns_config)))
+    progress_line("")
+    return results
+
+
+def targets(args: argparse.Namespace, results: Results) -> list[dict[str, Any]]:
+    at, median = common.scale_note(args.servers), results.median_or_none
+    return [common.target(f"vsnetctl apply <= 1.2x ip -batch{at}", "apply_vs_floor",
+                          common.ratio(median("apply"), median("floor")), 1.2, "x floor"),
+            *(common.target(f"{label} <= {limit * 1000:.0f} ms{at}", name, median(name), limit,
+                            "s") for name, label, limit in LIMITS)]
+
+
+def table(info: dict[str, Any], args: argparse.Namespace, results: Results) -> None:
+    common.header(f"vsnetctl as whole processes, {args.servers} VS, {args.repeat} interleaved "
+                  f"rounds (median; ip -batch: {results.counts['floor_objects'][0]} objects)",
+                  info, ("pydantic", "pyroute2"))
     floor = results.median_or_none("floor")
     print(f"{'process':<46} {'median':>10} {'min':>10} {'x floor':>8}")
     for name, label in ROWS:
-        samples = results.samples.get(name)
-        if not samples:
-            continue
-        value = statistics.median(samples)
-        ratio = f"{value / floor:7.2f}x" if floor and name in ("floor", "apply") else ""
-        print(f"{label:<46} {value * 1000:7.1f} ms {min(samples) * 1000:7.1f} ms {ratio:>8}")
-    print()
-    common.print_targets(targets(results, args.servers), results.notes)
+        if samples := results.samples.get(name):
+            value = statistics.median(samples)
+            ratio = f"{value / floor:7.2f}x" if floor and name in ("floor", "apply") else ""
+            print(f"{label:<46} {value * 1000:7.1f} ms {min(samples) * 1000:7.1f} ms {ratio:>8}")
 
 
-def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) -> dict[str, Any]:
+def as_json(args: argparse.Namespace, results: Results) -> dict[str, Any]:
     return {"benchmark": "cli", "servers": args.servers, "repeat": args.repeat,
-            "machine": info, "samples_s": results.samples,
-            "targets": targets(results, args.servers), "notes": results.notes}
-
-
-def main(argv: Sequence[str]) -> int:
-    parser = common.arguments(__doc__, repeat=5,
-                              repeat_help="interleaved rounds; medians are reported")
-    args = common.parse(parser, argv, common.pbr_max_servers(), "default numbering")
-    return common.run_benchmark(__file__, argv, args, run, info, as_json, print_table)
-
-
-def info() -> dict[str, Any]:
-    return common.machine(pyroute2=version("pyroute2"), pydantic=version("pydantic"))
+            "samples_s": results.samples}
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(common.main(__file__, __doc__, sys.argv[1:], OPTIONS, measure, table, as_json,
+                         targets, check=common.pbr_limit, packages=("pydantic", "pyroute2")))

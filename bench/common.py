@@ -1,8 +1,7 @@
-"""What the benchmarks share: the sandbox and its uplink, the pbr workload, the daemon as a
-subprocess, the bookkeeping of figures, and the report's common parts.
-
-The benchmarks run as scripts (``python bench/pbr.py``); each puts the project's root on
-``sys.path`` before it imports this module as ``bench.common``.
+"""What the benchmarks share (docs/benchmarks.md): the sandbox and its uplink, the pbr workload,
+vsnetd as a subprocess, the kernel's notifications timed on arrival, /proc, vsnet's own
+measures, the options and the report. Each script puts the project's root on ``sys.path``
+before it imports this module as ``bench.common``.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +30,7 @@ from tests import sandbox
 from tests.daemons import Daemon
 from vsnetd import netlink
 from vsnetd.compile import compile_config
-from vsnetd.config import Config, parse_config
+from vsnetd.config import Config, drop_in_dir, parse_config
 from vsnetd.diff import plan_changes
 from vsnetd.kernel import Kernel
 from vsnetd.kinds import route as route_kind
@@ -42,8 +42,6 @@ from vsnetd.reconcile import ConvergeResult, Reconciler, converge, gc_paused, pl
 from vsnetd.state import SHARED, VSNET_PROTOCOL, DesiredState
 
 UPLINK = "eth0"
-PEER = "peer0"
-
 R = TypeVar("R")
 N = TypeVar("N", int, float)
 
@@ -52,8 +50,8 @@ N = TypeVar("N", int, float)
 
 
 def enter_sandbox(script: str, argv: Sequence[str]) -> bool:
-    """Go on when already inside a sandbox; else re-run ``script`` with ``argv`` in a new one
-    (this does not return) or, when not root, say so and return False."""
+    """Go on inside a sandbox; else re-run ``script`` in a new one (this does not return) or,
+    when not root, say so and return False."""
     if sandbox.inside():
         return True
     if os.geteuid() != 0:
@@ -63,17 +61,13 @@ def enter_sandbox(script: str, argv: Sequence[str]) -> bool:
     sandbox.reexec([sys.executable, str(Path(script).resolve()), *argv])
 
 
-def add_uplink() -> None:
-    sandbox.ip("link", "add", UPLINK, "type", "veth", "peer", "name", PEER)
-    sandbox.ip("link", "set", UPLINK, "up")
-    sandbox.ip("link", "set", PEER, "up")
-
-
 @contextmanager
 def uplinked_netns() -> Iterator[None]:
-    """A fresh namespace with the uplink; the uplink removed before it is left."""
+    """A fresh namespace with the uplink (a veth), removed before it is left."""
     with sandbox.fresh_netns():
-        add_uplink()
+        sandbox.ip("link", "add", UPLINK, "type", "veth", "peer", "name", "peer0")
+        sandbox.ip("link", "set", UPLINK, "up")
+        sandbox.ip("link", "set", "peer0", "up")
         try:
             yield
         finally:
@@ -94,27 +88,21 @@ class PbrServer:
     name: str
     id: int
     addresses: tuple[IPv4Interface, ...]
-    gateways: tuple[IPv4Address, ...]  # one per address, inside its subnet
+    gateways: tuple[IPv4Address, ...]
 
     @property
     def gateway(self) -> IPv4Address:
-        """The VS gateway (for its marked traffic): the first address's."""
         return self.gateways[0]
 
 
 def make_pbr_servers(count: int) -> list[PbrServer]:
-    servers = []
-    for number in range(1, count + 1):
-        addresses = tuple(
-            IPv4Interface((net[FIRST_HOST + number], net.prefixlen)) for net in SUBNETS
-        )
-        gateways = tuple(net[1] for net in SUBNETS)
-        servers.append(PbrServer(f"vs{number}", number, addresses, gateways))
-    return servers
+    return [PbrServer(f"vs{n}", n, tuple(IPv4Interface((net[FIRST_HOST + n], net.prefixlen))
+                                         for net in SUBNETS), tuple(net[1] for net in SUBNETS))
+            for n in range(1, count + 1)]
 
 
-def pbr_yaml(servers: Sequence[PbrServer]) -> str:
-    lines = ["version: 1", "servers:"]
+def pbr_yaml(servers: Sequence[PbrServer], head: str = "version: 1\n") -> str:
+    lines = [f"{head}servers:"]
     for vs in servers:
         lines += [f"  {vs.name}:", f"    id: {vs.id}", "    mode: pbr", f"    uplink: {UPLINK}",
                   "    addresses:"]
@@ -138,28 +126,61 @@ def console_script(name: str, module: str) -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", module]
 
 
+def vsnetctl(*args: str) -> list[str]:
+    return [*console_script("vsnetctl", "vsnetd.cli"), *args]
+
+
 @contextmanager
-def config_dir(text: str) -> Iterator[tuple[Path, Path]]:
-    """A work directory under /run with ``etc/servers.yaml`` holding ``text``; (the
-    directory, the file)."""
+def config_dir(text: str, drop_ins: Mapping[str, str] | None = None
+               ) -> Iterator[tuple[Path, Path]]:
+    """A work directory under /run with ``etc/servers.yaml`` holding ``text`` (and the
+    ``drop_ins`` by file name); (the directory, the file)."""
     with tempfile.TemporaryDirectory(prefix="vsnet-bench-", dir="/run") as tmp:
-        workdir = Path(tmp)
-        (workdir / "etc").mkdir()
-        config = workdir / "etc" / "servers.yaml"
+        config = Path(tmp) / "etc" / "servers.yaml"
+        config.parent.mkdir()
         config.write_text(text)
-        yield workdir, config
+        if drop_ins:
+            drop_in_dir(config).mkdir()
+            for name, body in drop_ins.items():
+                (drop_in_dir(config) / name).write_text(body)
+        yield Path(tmp), config
 
 
-def start_daemon(workdir: Path, config: Path, *, args: Sequence[str] = (),
-                 env: Mapping[str, str] | None = None, command: Sequence[str] | None = None,
-                 control: str = "control.sock", watchdog_usec: str | None = None,
-                 stop_timeout: float = 30.0) -> Daemon:
-    """The tests' running vsnetd (tests/daemons.py) as the benchmarks run it: the installed
-    console script, not verbose, no periodic resync inside a measure."""
-    return Daemon(workdir, config, [*args, "--resync-interval", "3600"],
-                  command=command or console_script("vsnetd", "vsnetd.daemon"), env=env,
-                  watchdog_usec=watchdog_usec, verbose=False, control=control,
-                  stop_timeout=stop_timeout)
+@contextmanager
+def running_daemon(workdir: Path, config: Path, notes: Notes, *, args: Sequence[str] = (),
+                   env: Mapping[str, str] | None = None, command: Sequence[str] | None = None,
+                   control: str = "control.sock", watchdog_usec: str | None = None,
+                   stop_timeout: float = 30.0) -> Iterator[Daemon]:
+    """The tests' vsnetd (tests/daemons.py) as the benchmarks run it: the console script, not
+    verbose, no periodic resync; at the end SIGTERM (it must exit 0 after STOPPING=1) and
+    ``vsnetctl teardown``, what went wrong and what vsnet left behind as notes."""
+    daemon = Daemon(workdir, config, [*args, "--resync-interval", "3600"],
+                    command=command or console_script("vsnetd", "vsnetd.daemon"), env=env,
+                    watchdog_usec=watchdog_usec, verbose=False, control=control,
+                    stop_timeout=stop_timeout)
+    try:
+        yield daemon
+        if not daemon.alive():
+            notes.note(f"vsnetd exited ({daemon.proc.returncode}): {daemon.log_tail(5)}")
+    finally:
+        progress_line("stopping vsnetd")
+        code = daemon.stop()
+        if code != 0:
+            notes.note(f"vsnetd exited {code} on SIGTERM: {daemon.log_tail(5)}")
+        elif not daemon.notify.seen("STOPPING", "1"):
+            notes.note("vsnetd stopped without STOPPING=1")
+        teardown = daemon.vsnetctl("teardown")
+        if teardown.returncode != 0:
+            notes.note(f"vsnetctl teardown failed ({teardown.returncode}): "
+                       f"{teardown.stderr.strip()[:200]}")
+        daemon.notify.close()
+        left = [f"rule {r.get('priority')}" for family in ("-4", "-6")
+                for r in sandbox.ip_json(family, "rule") if r.get("protocol") == "vsnet"]
+        left += [f"netns {name}" for name in sandbox.ip("netns", "list").split()
+                 if name.startswith("vs-")]
+        if left:
+            notes.note(f"after teardown: {', '.join(left[:5])} ({len(left)} in all) left")
+        progress_line("")
 
 
 def daemon_status(daemon: Daemon) -> dict[str, Any]:
@@ -170,34 +191,13 @@ def daemon_status(daemon: Daemon) -> dict[str, Any]:
         return {}
 
 
-def note_exited(daemon: Daemon, notes: Notes) -> None:
-    """A note when the daemon is no longer running."""
-    if not daemon.alive():
-        notes.note(f"vsnetd exited ({daemon.proc.returncode}): {daemon.log_tail(5)}")
-
-
-def stop_and_teardown(daemon: Daemon, notes: Notes) -> None:
-    """SIGTERM (it must exit 0 after STOPPING=1), then ``vsnetctl teardown``; what went
-    wrong as notes. The notify socket is closed."""
-    code = daemon.stop()
-    if code != 0:
-        notes.note(f"vsnetd exited {code} on SIGTERM: {daemon.log_tail(5)}")
-    elif not daemon.notify.seen("STOPPING", "1"):
-        notes.note("vsnetd stopped without STOPPING=1")
-    teardown = daemon.vsnetctl("teardown")
-    if teardown.returncode != 0:
-        notes.note(f"vsnetctl teardown failed ({teardown.returncode}): "
-                   f"{teardown.stderr.strip()[:200]}")
-    daemon.notify.close()
-
-
 # --------------------------------------------------------------------------- kernel events
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One IPv4 address, route or rule notification: its message type, when it was read,
-    and the rule or route it announces as vsnet's own decoders read it (vsnetd/kinds)."""
+    """An IPv4 address, route or rule notification, when it was read, and the rule or route
+    it announces as vsnet's own decoders read it (vsnetd/kinds)."""
 
     type: int
     at: float
@@ -206,14 +206,10 @@ class Event:
 
 
 EVERY = range(1 << 32)  # as the decoders' own range: foreign rules and routes are kept too
-_RULE_TYPES = (netlink.RTM_NEWRULE, netlink.RTM_DELRULE)
-_ROUTE_TYPES = (netlink.RTM_NEWROUTE, netlink.RTM_DELROUTE)
-_ADDRESS_TYPES = (netlink.RTM_NEWADDR, netlink.RTM_DELADDR)
 
 
 class KernelEvents:
-    """The kernel's IPv4 address, route and rule notifications (vsnetd.netlink's monitor),
-    each timed when read."""
+    """The kernel's IPv4 address, route and rule notifications, each timed when read."""
 
     def __init__(self) -> None:
         self.monitor = netlink.RtnlMonitor()
@@ -234,13 +230,13 @@ class KernelEvents:
             at = time.perf_counter()
             if data[start] != socket.AF_INET:  # every header starts with its family
                 return
-            if kind in _RULE_TYPES:
+            if kind in (netlink.RTM_NEWRULE, netlink.RTM_DELRULE):
                 found = self._rule(data, start, end)
                 events.append(Event(kind, at, rule=found[0] if found else None))
-            elif kind in _ROUTE_TYPES:
+            elif kind in (netlink.RTM_NEWROUTE, netlink.RTM_DELROUTE):
                 routed = self._route(data, start, end)
                 events.append(Event(kind, at, route=routed[0] if routed else None))
-            elif kind in _ADDRESS_TYPES:
+            elif kind in (netlink.RTM_NEWADDR, netlink.RTM_DELADDR):
                 events.append(Event(kind, at))
 
         try:
@@ -266,31 +262,19 @@ class KernelEvents:
         return None, seen
 
 
-def rule_created(match: Callable[[Rule], bool]) -> Callable[[Event], bool]:
-    return lambda event: (event.type == netlink.RTM_NEWRULE and event.rule is not None
-                          and match(event.rule))
-
-
-def route_created(match: Callable[[Route], bool]) -> Callable[[Event], bool]:
-    return lambda event: (event.type == netlink.RTM_NEWROUTE and event.route is not None
-                          and match(event.route))
-
-
 # --------------------------------------------------------------------------- /proc
 
 
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def stat_cpu_ticks(pid: int) -> int:
-    """utime + stime of the whole process (every thread), in clock ticks."""
+def stat_cpu_ns(pid: int) -> int:
+    """utime + stime of the whole process (every thread), in ns (clock-tick resolution)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    ticks = int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 def schedstat_ns(pid: int) -> dict[str, int]:
-    """CPU ns per thread, from schedstat: the main thread as "main", the others by
-    ``comm`` (Python threads inherit the process's) and their order of creation."""
+    """CPU ns per thread, from schedstat: the main thread as "main", the others by ``comm``
+    (Python threads inherit the process's) and their order of creation."""
     threads: dict[str, int] = {}
     tasks = sorted(Path(f"/proc/{pid}/task").iterdir(), key=lambda task: int(task.name))
     for number, task in enumerate(tasks):
@@ -303,14 +287,26 @@ def schedstat_ns(pid: int) -> dict[str, int]:
     return threads
 
 
+class CpuMeter:
+    """The CPU a process uses from now: (wall seconds, stat ns, schedstat ns by thread)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.wall, self.stat = pid, time.perf_counter(), stat_cpu_ns(pid)
+        self.threads = schedstat_ns(pid)
+
+    def stop(self) -> tuple[float, int, dict[str, int]]:
+        wall, stat = time.perf_counter() - self.wall, stat_cpu_ns(self.pid) - self.stat
+        threads = schedstat_ns(self.pid)
+        return wall, stat, {name: ns - self.threads.get(name, 0) for name, ns in threads.items()}
+
+
 # --------------------------------------------------------------------------- measuring
 
 
 def percentile(values: Sequence[N], q: float) -> N:
     """Nearest-rank percentile (p99 of 100 samples is the 99th smallest)."""
     ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
 @dataclass(slots=True)
@@ -351,8 +347,7 @@ class Results(Notes):
 
     def counted(self, name: str) -> str:
         """The distinct counts of ``name`` over the runs, as "a/b" ("-" when none)."""
-        values = sorted(set(self.counts.get(name, [])))
-        return "/".join(map(str, values)) if values else "-"
+        return "/".join(map(str, sorted(set(self.counts.get(name, []))))) or "-"
 
 
 def progress(text: str) -> None:
@@ -362,76 +357,51 @@ def progress(text: str) -> None:
 
 
 def progress_line(text: str) -> None:
-    """Progress on a terminal only, in place of the previous progress line."""
     progress(f"\r\033[K{text}")
 
 
-def timed(action: Callable[[], R]) -> tuple[float, R]:
+def timed(action: Callable[..., R], *args: Any, **kwargs: Any) -> tuple[float, R]:
     gc.collect()
     started = time.perf_counter()
-    value = action()
+    value = action(*args, **kwargs)
     return time.perf_counter() - started, value
 
 
 # --------------------------------------------------------------------------- vsnet's measures
 
 
+def check_converged(results: Results, what: str, result: ConvergeResult) -> None:
+    """A note unless the converge converged: how many VS failed (the first named), what is
+    left to do."""
+    if not result.converged:
+        first = next(iter(result.failures.items()), ("-", "-"))
+        results.note(f"vsnet {what} did not converge: {len(result.failures)} VS failed (e.g. "
+                     f"{first[0]}: {first[1]}), {len(result.final_plan.changes)} changes left")
+
+
 def cold_apply(results: Results, sock: Kernel, text: str
                ) -> tuple[Reconciler, DesiredState, ConvergeResult]:
-    """vsnet's cold apply of ``text``, as `vsnetctl apply` runs it (a one-shot process holds
-    the cyclic gc): parse, compile, and a Reconciler's first converge (a full one), timed.
-    The Reconciler is kept for the edits (what the daemon keeps); (it, the desired state,
-    the result)."""
+    """vsnet's cold apply as `vsnetctl apply` runs it (a one-shot process holds the cyclic
+    gc), timed in parts; the Reconciler is kept for the edits, as the daemon keeps it."""
     with gc_paused():
         parse_s, config = timed(lambda: parse_config(text, file="bench.yaml"))
         compile_s, desired = timed(lambda: compile_config(config))
         reconciler = Reconciler(sock)
         converge_s, result = timed(lambda: reconciler.converge(desired))
-    results.time("cold_parse", parse_s)
-    results.time("cold_compile", compile_s)
-    results.time("cold_converge", converge_s)
-    results.time("cold_total", parse_s + compile_s + converge_s)
+    for name, seconds in (("parse", parse_s), ("compile", compile_s), ("converge", converge_s),
+                          ("total", parse_s + compile_s + converge_s)):
+        results.time(f"cold_{name}", seconds)
     results.count("vsnet_applied", len(result.applied))
+    check_converged(results, "cold apply", result)
     return reconciler, desired, result
-
-
-def one_vs_edit(results: Results, reconciler: Reconciler, edited_text: str
-                ) -> tuple[DesiredState, ConvergeResult]:
-    """The one-VS edit through the warm Reconciler, timed alone and with parse + compile;
-    (the edited desired state, the result)."""
-    with gc_paused():
-        edit_compile_s, edited = timed(
-            lambda: compile_config(parse_config(edited_text, file="bench.yaml")))
-    edit_s, edit = timed(lambda: reconciler.converge(edited))
-    results.time("edit_converge", edit_s)
-    results.time("edit_total", edit_compile_s + edit_s)
-    results.count("edit_applied", len(edit.applied))
-    return edited, edit
-
-
-def check_attributed(results: Results, edit: ConvergeResult, edited_name: str) -> None:
-    """A note unless the edit's changes were all attributed to the edited VS (and the rule
-    tree's shared rules on its way, docs/rule-tree.md)."""
-    touched = {change.server or "(removed)" for change in edit.applied} - {SHARED}
-    if touched != {edited_name}:
-        results.note(f"one-VS edit: its changes were attributed to {sorted(touched)}, "
-                     f"expected only {edited_name}")
-
-
-def not_converged(result: ConvergeResult) -> str:
-    """Why a converge did not converge: how many VS failed (the first named) and changes left."""
-    first = next(iter(result.failures.items()), ("-", "-"))
-    return (f"{len(result.failures)} VS failed (e.g. {first[0]}: {first[1]}), "
-            f"{len(result.final_plan.changes)} changes left")
 
 
 def warm_measures(results: Results, sock: Kernel, reconciler: Reconciler, desired: DesiredState,
                   texts: tuple[str, str], edited_name: str,
                   differs: Callable[[DesiredState], str], count_changes: bool = False) -> None:
-    """What follows vsnet's cold apply of ``texts[0]``: the no-op plan (and its observe, its
-    diff, and with parse + compile), the one-VS edit to ``texts[1]`` through the warm
-    Reconciler, the one-shot converge back, and the teardown to an empty config; notes
-    where the kernel ``differs`` (a description, "" when it does not) after the edit."""
+    """What follows the cold apply of ``texts[0]``: the no-op plan (in parts), the one-VS edit
+    to ``texts[1]`` through the warm Reconciler (after which the kernel must not ``differ``),
+    the one-shot converge back and the teardown to an empty config."""
     plan_s, plan = timed(lambda: plan_for(sock, desired))
     results.time("noop_plan", plan_s)
     if plan.changes:
@@ -442,26 +412,30 @@ def warm_measures(results: Results, sock: Kernel, reconciler: Reconciler, desire
         diff_s, _ = timed(lambda: plan_changes(desired, observed))
         full_s, _ = timed(
             lambda: plan_for(sock, compile_config(parse_config(texts[0], file="bench.yaml"))))
-    results.time("noop_observe", observe_s)
-    results.time("noop_diff", diff_s)
-    results.time("noop_total", full_s)
-    edited, edit = one_vs_edit(results, reconciler, texts[1])
-    if not edit.converged:
-        results.note(f"vsnet one-VS edit did not converge: {not_converged(edit)}")
+        edit_compile_s, edited = timed(
+            lambda: compile_config(parse_config(texts[1], file="bench.yaml")))
+    edit_s, edit = timed(lambda: reconciler.converge(edited))
     problem = differs(edited)
     if problem:
         results.note(f"after the one-VS edit the kernel differs from desired: {problem}")
-    check_attributed(results, edit, edited_name)
     oneshot_s, back = timed(lambda: converge(sock, desired))  # and back, the one-shot way
-    results.time("edit_oneshot", oneshot_s)
     teardown_s, gone = timed(lambda: converge(sock, compile_config(Config(version=1))))
-    results.time("teardown", teardown_s)
+    for name, seconds in (("noop_observe", observe_s), ("noop_diff", diff_s),
+                          ("noop_total", full_s), ("edit_converge", edit_s),
+                          ("edit_total", edit_compile_s + edit_s), ("edit_oneshot", oneshot_s),
+                          ("teardown", teardown_s)):
+        results.time(name, seconds)
+    results.count("edit_applied", len(edit.applied))
     if count_changes:
         results.count("oneshot_applied", len(back.applied))
         results.count("teardown_applied", len(gone.applied))
-    for what, result in (("one-shot converge back from the edit", back), ("teardown", gone)):
-        if not result.converged:
-            results.note(f"vsnet {what} did not converge: {not_converged(result)}")
+    check_converged(results, "one-VS edit", edit)
+    check_converged(results, "one-shot converge back from the edit", back)
+    check_converged(results, "teardown", gone)
+    touched = {change.server or "(removed)" for change in edit.applied} - {SHARED}
+    if touched != {edited_name}:  # the rule tree's shared rules aside (docs/rule-tree.md)
+        results.note(f"one-VS edit: its changes were attributed to {sorted(touched)}, "
+                     f"expected only {edited_name}")
 
 
 # --------------------------------------------------------------------------- report
@@ -483,33 +457,29 @@ VSNET_ROWS: list[tuple[str, str]] = [
 ]
 
 
-def machine(**extra: Any) -> dict[str, Any]:
-    """The machine: kernel, CPUs, Python; then ``extra``."""
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "kernel": os.uname().release,
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "python": sys.version.split()[0],
-        **extra,
-    }
-
-
-def iproute2_version() -> str:
-    iproute2 = subprocess.run(["ip", "-V"], capture_output=True, text=True).stdout.strip()
-    return iproute2.removeprefix("ip utility, ").split(",")[0]
+def machine(*packages: str, **extra: Any) -> dict[str, Any]:
+    """The machine: kernel, CPUs, Python, the versions of ``packages`` (iproute2: ``ip``'s);
+    then ``extra``."""
+    models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
+              .splitlines() if line.startswith("model name")]
+    ip = subprocess.run(["ip", "-V"], capture_output=True, text=True).stdout.strip()
+    return {"kernel": os.uname().release, "cpus": os.cpu_count(),
+            "cpu_model": models[0] if models else "unknown", "python": sys.version.split()[0],
+            **{name: ip.removeprefix("ip utility, ").split(",")[0] if name == "iproute2"
+               else version(name) for name in packages}, **extra}
 
 
 def machine_line(info: dict[str, Any]) -> str:
     """The start of the report's machine line (what follows ``; `` is each benchmark's)."""
     return f"machine: Linux {info['kernel']}, {info['cpus']} CPUs, {info['cpu_model']}; "
+
+
+def header(title: str, info: dict[str, Any], packages: Sequence[str] = ()) -> None:
+    """The report's first lines: ``title``, the machine with Python and ``packages``."""
+    print(title)
+    print(machine_line(info) + ", ".join([f"Python {info['python']}", *(
+        info[name] if name == "iproute2" else f"{name} {info[name]}" for name in packages)]))
+    print()
 
 
 def ms(seconds: float) -> str:
@@ -521,35 +491,26 @@ def mib(value: int) -> str:
 
 
 def print_measures(results: Results, rows: Sequence[tuple[str, str]],
-                   labels: Mapping[str, str] | None = None) -> None:
-    """The table of timed measures, median/min/max and the median's ratio to the floor's;
-    ``labels`` in place of some rows' labels."""
-    floor = results.median("floor")
-    print(f"{'measure':<46} {'median':>13} {'min':>13} {'max':>13} {'x floor':>8}")
+                   labels: Mapping[str, str] | None = None, floor: str | None = "floor") -> None:
+    """The table of timed measures: median/min/max and (with a ``floor``) the median's ratio
+    to the floor's; ``labels`` in place of some rows' labels."""
+    base = results.median(floor) if floor else None
+    columns = f"{'measure':<46} {'median':>13} {'min':>13} {'max':>13}"
+    print(columns + (f" {'x floor':>8}" if base else ""))
     for name, label in rows:
         values = results.samples.get(name)
-        if not values:
-            continue
-        median = statistics.median(values)
-        shown = (labels or {}).get(name, label)
-        print(f"{shown:<46} {ms(median)} {ms(min(values))} {ms(max(values))} "
-              f"{median / floor:8.2f}")
+        if values:
+            median = statistics.median(values)
+            print(f"{(labels or {}).get(name, label):<46} {ms(median)} {ms(min(values))} "
+                  f"{ms(max(values))}" + (f" {median / base:8.2f}" if base else ""))
 
 
 def measures_json(results: Results, rows: Sequence[tuple[str, str]]) -> dict[str, Any]:
     floor = results.median("floor")
-    return {
-        name: {
-            "label": label.strip(),
-            "median_s": statistics.median(results.samples[name]),
-            "min_s": min(results.samples[name]),
-            "max_s": max(results.samples[name]),
-            "samples_s": results.samples[name],
-            "ratio_to_floor": statistics.median(results.samples[name]) / floor,
-        }
-        for name, label in rows
-        if results.samples.get(name)
-    }
+    return {name: {"label": label.strip(), "median_s": statistics.median(samples),
+                   "min_s": min(samples), "max_s": max(samples), "samples_s": samples,
+                   "ratio_to_floor": statistics.median(samples) / floor}
+            for name, label in rows if (samples := results.samples.get(name))}
 
 
 def shown(target: dict[str, Any]) -> str:
@@ -557,17 +518,23 @@ def shown(target: dict[str, Any]) -> str:
     value, limit, unit = target["value"], target["limit"], target["unit"]
     if value is None:
         return "not measured"
+    if unit == "s" and limit < 1e-3:
+        return f"{value * 1e6:.1f} us (limit {limit * 1e6:.0f} us)"
     if unit == "s":
         return f"{value * 1000:.1f} ms (limit {limit * 1000:.0f} ms)"
-    if unit == "x floor":
-        return f"{value:.2f}x floor (limit {limit:.1f}x)"
+    if unit in ("x floor", "x"):
+        return f"{value:.2f}{unit} (limit {limit:.1f}x)"
     if unit == "kB":
         return f"{value:.0f} kB (limit {limit:.0f} kB)"
     if unit == "%":
         return f"{value:.2f} % (limit {limit:g} %)"
     if unit == "B":
         return f"{mib(value)} = {value / 1e6:.1f} MB (limit {limit / 1e6:g} MB)"
-    raise ValueError(f"target {target['name']!r}: unknown unit {unit!r}")
+    if unit == "count":
+        return f"{value} (want {limit})"
+    if unit == "modules":
+        return " ".join(value) or "none"
+    return f"{value:,.0f} {unit} (limit {limit:,.0f})"
 
 
 def print_targets(checks: Sequence[dict[str, Any]], notes: Sequence[str],
@@ -575,8 +542,8 @@ def print_targets(checks: Sequence[dict[str, Any]], notes: Sequence[str],
     """The targets, PASS or MISS, then the notes (if any)."""
     print("targets:")
     for target in checks:
-        verdict = "PASS" if target["pass"] else "MISS"
-        print(f"  {verdict}  {target['name']:<{width}} {show(target)}")
+        print(f"  {'PASS' if target['pass'] else 'MISS'}  {target['name']:<{width}} "
+              f"{show(target)}")
     if notes:
         print()
         print("notes:")
@@ -594,7 +561,7 @@ def target(name: str, measure: str, value: Any, limit: Any, unit: str, *,
             "pass": passed}
 
 
-def scale_note(servers: int, target_servers: int) -> str:
+def scale_note(servers: int, target_servers: int = 1000) -> str:
     """What a target's name says when the run's size is not the one the target is set for."""
     return "" if servers == target_servers else f" (target set for {target_servers} VS)"
 
@@ -603,72 +570,82 @@ def ratio(value: float | None, floor: float | None) -> float | None:
     return value / floor if value is not None and floor else None
 
 
-def report(info: dict[str, Any], args: argparse.Namespace, results: R,
-           as_json: Callable[[dict[str, Any], argparse.Namespace, R], dict[str, Any]],
-           print_table: Callable[[dict[str, Any], argparse.Namespace, R], None]) -> int:
-    """The report, as JSON with ``--json``; 0, the exit status."""
-    if args.json:
-        print(json.dumps(as_json(info, args, results), indent=2))
-    else:
-        print_table(info, args, results)
-    return 0
+# --------------------------------------------------------------------------- main
 
 
-def run_benchmark(script: str, argv: Sequence[str], args: argparse.Namespace,
-                  measure: Callable[[argparse.Namespace], R], info: Callable[[], dict[str, Any]],
-                  as_json: Callable[[dict[str, Any], argparse.Namespace, R], dict[str, Any]],
-                  print_table: Callable[[dict[str, Any], argparse.Namespace, R], None],
-                  info_first: bool = False) -> int:
-    """A benchmark's main: into a sandbox, measure, describe the machine (before measuring
-    with ``info_first``), report; the exit status."""
-    if not enter_sandbox(script, argv):
-        return 1
-    machine_info = info() if info_first else {}
-    results = measure(args)
-    return report(machine_info or info(), args, results, as_json, print_table)
-
-
-# --------------------------------------------------------------------------- arguments
-
-
-def arguments(doc: str | None, *, servers: int | None = 1000, repeat: int | None = None,
-              repeat_help: str = "runs of each measure; the median is reported"
-              ) -> argparse.ArgumentParser:
-    """A benchmark's options: ``--servers`` and ``--repeat`` (with these defaults; None: no
-    such option); the script adds its own, then :func:`parse` adds ``--json``."""
-    parser = argparse.ArgumentParser(description=description(doc))
-    if servers is not None:
-        parser.add_argument("--servers", type=int, default=servers,
-                            help=f"number of VS (default {servers})")
-    if repeat is not None:
-        parser.add_argument("--repeat", type=int, default=repeat,
-                            help=f"{repeat_help} (default {repeat})")
-    return parser
-
-
-def parse(parser: argparse.ArgumentParser, argv: Sequence[str], limit: int | None = None,
-          why: str = "") -> argparse.Namespace:
-    """``--json`` added, ``argv`` parsed; ``--servers`` checked against 1..``limit`` (``why``
-    said when outside), ``--repeat`` against at least 1."""
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args(argv)
-    if limit is not None and not 1 <= args.servers <= limit:
-        parser.error(f"--servers must be 1..{limit} ({why})")
-    if getattr(args, "repeat", 1) < 1:
-        parser.error("--repeat must be at least 1")
-    return args
-
-
-def floor_args(argv: Sequence[str], doc: str | None, limit: int, why: str) -> argparse.Namespace:
-    """The options of a benchmark against ``ip -batch`` and a naive pyroute2 loop:
-    ``--servers``, ``--repeat``, ``--naive-budget``, ``--json``."""
-    parser = arguments(doc, repeat=3)
-    parser.add_argument("--naive-budget", type=float, default=20.0, metavar="SECONDS",
-                        help="stop the naive pyroute2 loop after this long per run and "
-                             "extrapolate linearly (default 20)")
-    return parse(parser, argv, limit, why)
+Option = tuple[Any, str] | dict[str, Any]
+# The options of a benchmark against ``ip -batch`` and a naive pyroute2 loop.
+FLOOR_OPTIONS: dict[str, Option] = {
+    "--servers": (1000, "number of VS"),
+    "--repeat": (3, "runs of each measure; the median is reported"),
+    "--naive-budget": (20.0, "stop the naive pyroute2 loop after this long per run (seconds) "
+                             "and extrapolate linearly"),
+}
+B = TypeVar("B", bound=Notes)
 
 
 def description(doc: str | None) -> str | None:
     """A script's description for ``--help``: the first paragraph of its docstring."""
     return doc.split("\n\n")[0] if doc else None
+
+
+def too_many(args: argparse.Namespace, limit: int, why: str) -> str:
+    """The complaint when ``--servers`` is above ``limit`` ("" when it is not)."""
+    return f"--servers must be 1..{limit} ({why})" if args.servers > limit else ""
+
+
+def pbr_limit(args: argparse.Namespace) -> str:
+    return too_many(args, pbr_max_servers(), "default numbering")
+
+
+def parse(doc: str | None, argv: Sequence[str], options: Mapping[str, Option],
+          check: Callable[[argparse.Namespace], str] = lambda args: "") -> argparse.Namespace:
+    """``options`` by flag: (default, help) (a bool: a switch; a number: it must be positive)
+    or add_argument's own keywords; and ``--json``. ``check`` says what else is wrong."""
+    parser = argparse.ArgumentParser(description=description(doc))
+    positive = []
+    for flag, how in {**options, "--json": (False, "print the figures as JSON")}.items():
+        if isinstance(how, dict):
+            parser.add_argument(flag, **how)
+        elif isinstance(how[0], bool):
+            parser.add_argument(flag, action="store_true", help=how[1])
+        else:
+            parser.add_argument(flag, type=type(how[0]), default=how[0],
+                                help=f"{how[1]} (default {how[0]:g})")
+            positive.append(flag)
+    args = parser.parse_args(argv)
+    small = [flag for flag in positive if getattr(args, flag[2:].replace("-", "_")) <= 0]
+    problem = f"{', '.join(small)} must be positive" if small else check(args)
+    if problem:
+        parser.error(problem)
+    return args
+
+
+def main(script: str, doc: str | None, argv: Sequence[str], options: Mapping[str, Option],
+         measure: Callable[[argparse.Namespace], B],
+         table: Callable[[dict[str, Any], argparse.Namespace, B], None],
+         as_json: Callable[[argparse.Namespace, B], dict[str, Any]],
+         targets: Callable[[argparse.Namespace, B], list[dict[str, Any]]] | None = None, *,
+         check: Callable[[argparse.Namespace], str] = lambda args: "", packages: Sequence[str] = (),
+         info: Callable[[], dict[str, Any]] | None = None, info_first: bool = False) -> int:
+    """A benchmark: its options, into a sandbox, measured, the machine described (with
+    ``packages``' versions, or as ``info`` does it; before measuring with ``info_first``),
+    and the report: the table (or JSON), then the targets and the notes; the exit status."""
+    info = info or (lambda: machine(*packages))
+    args = parse(doc, argv, options, check)
+    if not enter_sandbox(script, argv):
+        return 1
+    machine_info = info() if info_first else {}
+    results = measure(args)
+    machine_info = machine_info or info()
+    checks = targets(args, results) if targets else []
+    if args.json:
+        print(json.dumps({**as_json(args, results), "machine": machine_info,
+                          **({"targets": checks} if targets else {}), "notes": results.notes},
+                         indent=2))
+        return 0
+    table(machine_info, args, results)
+    if targets:
+        print()
+        print_targets(checks, results.notes)
+    return 0

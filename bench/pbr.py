@@ -11,11 +11,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from importlib.metadata import version
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from dataclasses import replace
+from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any
 
@@ -28,163 +27,99 @@ from bench.common import PbrServer, Results, timed
 from vsnetd.compile import compile_config
 from vsnetd.config import Config, parse_config
 from vsnetd.kernel import Kernel
-from vsnetd.kinds import Rule
+from vsnetd.kinds import Address, Route, Rule
 from vsnetd.kinds.rule import FR_ACT_GOTO, FR_ACT_NOP, FULL_MASK
-from vsnetd.numbering import table_number
 from vsnetd.observe import observe
 from vsnetd.reconcile import converge
 from vsnetd.state import VSNET_PROTOCOL, DesiredState, object_key
 
 EDIT_HOST = 65000  # the one-VS edit moves the second address here (no VS uses it)
-RT_SCOPE_LINK = 253
+ROWS: list[tuple[str, str]] = [
+    ("floor", "ip -batch (floor)"),
+    ("naive", "naive pyroute2 loop, one call per object"),
+    *common.VSNET_ROWS,
+    ("teardown", "vsnet teardown to empty config (extra)"),
+]
 
-# Targets (from the issue).
-COLD_RATIO_TARGET = 1.5  # cold apply <= 1.5x ip -batch
-NOOP_PLAN_TARGET = 0.100  # seconds, at 1000 VS
-EDIT_TARGET = 0.010  # seconds
-TARGET_SERVERS = 1000
-
-
-# --------------------------------------------------------------------------- workload
+Op = Address | Route | Rule
 
 
 def edit_one(servers: list[PbrServer]) -> tuple[list[PbrServer], str]:
     """The same servers with the middle VS's second address moved; and that VS's name."""
     index = len(servers) // 2
-    target = servers[index]
-    net = target.addresses[1].network
-    moved = IPv4Interface((net[EDIT_HOST], net.prefixlen))
+    vs = servers[index]
+    net = vs.addresses[1].network
     edited = list(servers)
-    edited[index] = replace(target, addresses=(target.addresses[0], moved))
-    return edited, target.name
+    edited[index] = replace(vs, addresses=(vs.addresses[0],
+                                           IPv4Interface((net[EDIT_HOST], net.prefixlen))))
+    return edited, vs.name
 
 
-# The kernel objects of one VS, written out independently of vsnet (the layout documented
-# in vsnetd/compile.py and vsnetd/numbering.py), for the floor and for the naive peer.
-
-
-@dataclass(frozen=True, slots=True)
-class AddressOp:
-    interface: IPv4Interface
-
-
-@dataclass(frozen=True, slots=True)
-class RouteOp:
-    table: int
-    destination: IPv4Network | None  # None: the default route
-    source: IPv4Address
-    gateway: IPv4Address | None
-
-
-@dataclass(frozen=True, slots=True)
-class RuleOp:
-    """A rule where vsnet's rule tree puts it (docs/rule-tree.md): the leaves a VS owns and
-    the shared goto/nop rules, taken from vsnet's own compile of the same file, so that the
-    floor builds the same tree."""
-
-    rule: Rule
-
-
-KernelOp = AddressOp | RouteOp | RuleOp
-
-
-@dataclass(frozen=True, slots=True)
-class Numbering:
-    table_base: int
-    priority_base: int
-    mark_base: int
-    block_size: int
-
-
-def server_ops(vs: PbrServer, numbering: Numbering, rules: list[Rule]) -> list[KernelOp]:
-    """Addresses, routes and rules of one VS: what vsnet's pbr mode creates, with the rule
-    tree's shared rules this VS is the first to need."""
-    block = vs.id * numbering.block_size
-    ops: list[KernelOp] = [AddressOp(address) for address in vs.addresses]
-    for index, (address, gateway) in enumerate(zip(vs.addresses, vs.gateways, strict=True)):
-        table = table_number(numbering.table_base, block + index)
-        ops.append(RouteOp(table, address.network, address.ip, None))
-        ops.append(RouteOp(table, None, address.ip, gateway))
-    mark_table = table_number(numbering.table_base, block + numbering.block_size - 1)
-    first = vs.addresses[0].ip
-    for subnet in dict.fromkeys(address.network for address in vs.addresses):
-        ops.append(RouteOp(mark_table, subnet, first, None))
-    ops.append(RouteOp(mark_table, None, first, vs.gateway))
-    return ops + [RuleOp(rule) for rule in rules]
-
-
-def rules_by_server(desired: DesiredState) -> list[list[Rule]]:
-    """Each VS's rules, and each shared rule with the first VS that needs it."""
+def ops_by_server(desired: DesiredState) -> list[list[Op]]:
+    """What vsnet creates, VS by VS: its objects, and the rule tree's shared rules with the
+    first VS that needs them (docs/rule-tree.md), for the floor and the naive loop."""
     seen: set[Any] = set()
     by_server = []
     for server in desired.servers.values():
-        rules = [obj for obj in server.objects if isinstance(obj, Rule)]
-        rules += [obj for key, obj in server.shared.items()
-                  if isinstance(obj, Rule) and key not in seen]
+        shared = [obj for key, obj in server.shared.items() if key not in seen]
         seen.update(server.shared)
-        by_server.append(rules)
+        by_server.append([obj for obj in (*server.objects, *shared)
+                          if isinstance(obj, Address | Route | Rule)])
     return by_server
 
 
-def ip_command(op: KernelOp, protocol: int) -> str:
-    """One line of an ``ip -batch`` file."""
-    if isinstance(op, AddressOp):
-        # iproute2 < 6.3 cannot set IFA_PROTO: the floor's addresses carry no owner tag.
-        return f"address add {op.interface} dev {common.UPLINK}"
-    if isinstance(op, RouteOp):
-        destination = "default" if op.destination is None else str(op.destination)
-        via = f" via {op.gateway}" if op.gateway is not None else ""
-        return (f"route add {destination}{via} dev {common.UPLINK} src {op.source} table {op.table} "
-                f"proto {protocol}")
-    rule = op.rule
-    selector = f"from {rule.source}" if rule.source else "from all"
-    if rule.fwmark is not None:
-        selector += f" fwmark {rule.fwmark:#x}/{rule.fwmask or FULL_MASK:#x}"
-    action = {"lookup": f"lookup {rule.table}", "goto": f"goto {rule.target}"}.get(
-        rule.action, rule.action)
-    return f"rule add {selector} {action} pref {rule.priority} proto {protocol}"
+def ip_command(op: Op) -> str:
+    """One line of an ``ip -batch`` file (iproute2 < 6.3 cannot set IFA_PROTO: the floor's
+    addresses carry no owner tag)."""
+    if isinstance(op, Address):
+        return f"address add {op.address}/{op.prefixlen} dev {op.device}"
+    if isinstance(op, Route):
+        destination = "default" if op.destination == "0.0.0.0/0" else op.destination
+        via = f" via {op.gateway}" if op.gateway else ""
+        return (f"route add {destination}{via} dev {op.device} src {op.source} table {op.table} "
+                f"proto {VSNET_PROTOCOL}")
+    selector = f"from {op.source or 'all'}"
+    if op.fwmark is not None:
+        selector += f" fwmark {op.fwmark:#x}/{op.fwmask or FULL_MASK:#x}"
+    action = {"lookup": f"lookup {op.table}", "goto": f"goto {op.target}"}.get(op.action, op.action)
+    return f"rule add {selector} {action} pref {op.priority} proto {VSNET_PROTOCOL}"
 
 
-def naive_call(ipr: Any, index: int, op: KernelOp, protocol: int) -> None:
+def batch_lines(desired: DesiredState) -> list[str]:
+    """The floor's ``ip -batch`` lines, in vsnet's order: a rule only once its table is full."""
+    ops = [op for server in ops_by_server(desired) for op in server]
+    return [ip_command(op) for kind in (Address, Route, Rule) for op in ops if isinstance(op, kind)]
+
+
+def naive_call(ipr: Any, index: int, op: Op) -> None:
     """One pyroute2 call for one object, as a straightforward program would do it."""
-    if isinstance(op, AddressOp):
-        ipr.addr("add", index=index, address=str(op.interface.ip),
-                 prefixlen=op.interface.network.prefixlen, proto=protocol)
-    elif isinstance(op, RouteOp):
-        destination = "0.0.0.0/0" if op.destination is None else str(op.destination)
-        if op.gateway is not None:
-            ipr.route("add", dst=destination, gateway=str(op.gateway), prefsrc=str(op.source),
-                      oif=index, table=op.table, proto=protocol)
-        else:
-            ipr.route("add", dst=destination, prefsrc=str(op.source), oif=index,
-                      table=op.table, proto=protocol, scope=RT_SCOPE_LINK)
+    if isinstance(op, Address):
+        ipr.addr("add", index=index, address=op.address, prefixlen=op.prefixlen,
+                 proto=VSNET_PROTOCOL)
+    elif isinstance(op, Route):
+        via = {"gateway": op.gateway} if op.gateway else {"scope": op.scope}
+        ipr.route("add", dst=op.destination, prefsrc=op.source, oif=index, table=op.table,
+                  proto=VSNET_PROTOCOL, **via)
     else:
-        rule = op.rule
         selector: dict[str, Any] = {}
-        if rule.source:
-            address, length = rule.source.split("/")
+        if op.source:
+            address, length = op.source.split("/")
             selector.update(src=address, src_len=int(length))
-        if rule.fwmark is not None:
-            selector.update(fwmark=rule.fwmark, fwmask=rule.fwmask or FULL_MASK)
-        if rule.action == "lookup":
-            selector.update(table=rule.table)
-        elif rule.action == "goto":
-            selector.update(action=FR_ACT_GOTO, goto=rule.target)
+        if op.fwmark is not None:
+            selector.update(fwmark=op.fwmark, fwmask=op.fwmask or FULL_MASK)
+        if op.action == "lookup":
+            selector.update(table=op.table)
+        elif op.action == "goto":
+            selector.update(action=FR_ACT_GOTO, goto=op.target)
         else:
             selector.update(action=FR_ACT_NOP)
-        ipr.rule("add", priority=rule.priority, protocol=protocol, **selector)
-
-
-# --------------------------------------------------------------------------- measuring
+        ipr.rule("add", priority=op.priority, protocol=VSNET_PROTOCOL, **selector)
 
 
 @contextmanager
 def uplinked_netns() -> Iterator[Kernel]:
-    """A fresh namespace with the uplink and an open vsnet socket; emptied afterwards.
-
-    The namespace is emptied (untimed) before it is left, so the kernel's asynchronous
-    clean-up of a namespace full of objects does not run during the next measure.
-    """
+    """A fresh namespace with the uplink and a vsnet socket, emptied (untimed) before it is
+    left: the kernel's clean-up of a full namespace must not run during the next measure."""
     with common.uplinked_netns(), Kernel() as sock:
         try:
             yield sock
@@ -193,32 +128,24 @@ def uplinked_netns() -> Iterator[Kernel]:
 
 
 def mismatch(sock: Kernel, desired: DesiredState) -> str:
-    """How the kernel differs from what vsnet wants ("" when it holds exactly that).
-
-    Addresses the floor added are foreign to vsnet (no IFA_PROTO tag): they count as
-    present when they stand where vsnet wants its own.
-    """
+    """How the kernel differs from what vsnet wants ("" when it holds exactly that); the
+    floor's addresses (foreign to vsnet: no IFA_PROTO) count where vsnet wants its own."""
     observed = observe(sock, desired.scope)
     want = {object_key(obj): obj for server in desired.servers.values() for obj in server.objects}
     want.update(desired.shared)
     have = dict(observed.owned)
     for found in observed.foreign_addresses.values():
-        key = object_key(found)
-        if key in want:
-            have.setdefault(key, found)
+        if object_key(found) in want:
+            have.setdefault(object_key(found), found)
     missing = [obj for key, obj in want.items() if have.get(key) != obj]
     extra = [obj for key, obj in have.items() if key not in want]
     if not missing and not extra:
         return ""
-    example = (missing or extra)[0].describe()
-    return f"{len(missing)} missing or different, {len(extra)} extra (e.g. {example})"
+    return (f"{len(missing)} missing or different, {len(extra)} extra "
+            f"(e.g. {(missing or extra)[0].describe()})")
 
 
-def measure_floor(
-    results: Results, ops: list[KernelOp], desired: DesiredState, protocol: int
-) -> None:
-    kinds = (AddressOp, RouteOp, RuleOp)  # vsnet's order: a rule only once its table is full
-    lines = [ip_command(op, protocol) for kind in kinds for op in ops if isinstance(op, kind)]
+def measure_floor(results: Results, lines: list[str], desired: DesiredState) -> None:
     with tempfile.NamedTemporaryFile("w", prefix="vsnet-bench-", suffix=".batch") as batch:
         batch.write("\n".join(lines) + "\n")
         batch.flush()
@@ -235,25 +162,19 @@ def measure_floor(
     results.count("floor_objects", len(lines))
 
 
-def measure_naive(
-    results: Results, per_server: list[list[KernelOp]], desired: DesiredState, protocol: int,
-    budget: float,
-) -> None:
-    calls = 0
-    done = 0
-    with uplinked_netns() as sock:
-        with IPRoute() as ipr:
-            index = ipr.link_lookup(ifname=common.UPLINK)[0]
-            gc.collect()
-            started = time.perf_counter()
-            for ops in per_server:
-                for op in ops:
-                    naive_call(ipr, index, op, protocol)
-                calls += len(ops)
-                done += 1
-                if time.perf_counter() - started > budget:
-                    break
-            seconds = time.perf_counter() - started
+def measure_naive(results: Results, per_server: list[list[Op]], desired: DesiredState,
+                  budget: float) -> None:
+    done = calls = 0
+    with uplinked_netns() as sock, IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=common.UPLINK)[0]
+        gc.collect()
+        started = time.perf_counter()
+        while done < len(per_server) and time.perf_counter() - started <= budget:
+            for op in per_server[done]:
+                naive_call(ipr, index, op)
+            calls += len(per_server[done])
+            done += 1
+        seconds = time.perf_counter() - started
         problem = mismatch(sock, desired) if done == len(per_server) else ""
     if problem:
         results.note(f"naive pyroute2 result differs from vsnet's desired state: {problem}")
@@ -269,10 +190,7 @@ def measure_naive(
 
 def measure_vsnet(results: Results, text: str, edited_text: str, edited_name: str) -> None:
     with uplinked_netns() as sock:
-        # cold apply, as `vsnetctl apply` runs it (a one-shot process holds the cyclic gc)
-        reconciler, desired, result = common.cold_apply(results, sock, text)
-        if not result.converged:
-            results.note(f"vsnet cold apply did not converge: {common.not_converged(result)}")
+        reconciler, desired, _ = common.cold_apply(results, sock, text)
         problem = mismatch(sock, desired)
         if problem:
             results.note(f"vsnet's own result differs from its desired state: {problem}")
@@ -280,117 +198,64 @@ def measure_vsnet(results: Results, text: str, edited_text: str, edited_name: st
                              edited_name, lambda edited: mismatch(sock, edited))
 
 
-# --------------------------------------------------------------------------- report
-
-
-ROWS: list[tuple[str, str]] = [
-    ("floor", "ip -batch (floor)"),
-    ("naive", "naive pyroute2 loop, one call per object"),
-    *common.VSNET_ROWS,
-    ("teardown", "vsnet teardown to empty config (extra)"),
-]
-
-
-def targets(results: Results, servers: int) -> list[dict[str, Any]]:
-    at = common.scale_note(servers, TARGET_SERVERS)
-    return [
-        common.target("cold apply <= 1.5x ip -batch", "cold_total",
-                      results.median("cold_total") / results.median("floor"), COLD_RATIO_TARGET,
-                      "x floor"),
-        common.target(f"no-op plan <= 100 ms{at}", "noop_plan", results.median("noop_plan"),
-                      NOOP_PLAN_TARGET, "s"),
-        common.target("one-VS edit <= 10 ms (Reconciler)", "edit_converge",
-                      results.median("edit_converge"), EDIT_TARGET, "s"),
-        common.target("one-VS edit <= 10 ms (with parse + compile)", "edit_total",
-                      results.median("edit_total"), EDIT_TARGET, "s"),
-    ]
-
-
-def counts_text(results: Results) -> list[str]:
-    one = results.counted
-    return [
-        f"objects: ip -batch lines {one('floor_objects')}, vsnet cold apply applied "
-        f"{one('vsnet_applied')}, naive pyroute2 calls {one('naive_calls')} "
-        f"(over {one('naive_servers')} VS)",
-        f"one-VS edit: {one('edit_applied')} changes applied",
-    ]
-
-
-def print_table(info: dict[str, Any], args: argparse.Namespace, results: Results) -> None:
-    objects = results.counts["floor_objects"][0]
-    print(f"vsnet pbr benchmark: {args.servers} VS x 2 IPv4 addresses = {objects} kernel "
-          f"objects; median of {args.repeat} runs, each in a fresh network namespace")
-    print(common.machine_line(info)
-          + f"Python {info['python']}, {info['iproute2']}, pyroute2 {info['pyroute2']}")
-    print()
-    done = min(results.counts["naive_servers"])
-    common.print_measures(results, ROWS, {"naive": f"naive pyroute2 loop (extrapolated from {done} VS)"}
-                   if done < args.servers else None)
-    print()
-    for line in counts_text(results):
-        print(line)
-    print()
-    common.print_targets(targets(results, args.servers), results.notes)
-
-
-def as_json(info: dict[str, Any], args: argparse.Namespace, results: Results) -> dict[str, Any]:
-    return {
-        "benchmark": "pbr",
-        "servers": args.servers,
-        "addresses_per_server": len(common.SUBNETS),
-        "repeat": args.repeat,
-        "machine": info,
-        "measures": common.measures_json(results, ROWS),
-        "counts": results.counts,
-        "targets": targets(results, args.servers),
-        "notes": results.notes,
-    }
-
-
-# --------------------------------------------------------------------------- main
-
-
-def main(argv: Sequence[str]) -> int:
-    args = common.floor_args(argv, __doc__, common.pbr_max_servers(), "default numbering")
-    return common.run_benchmark(__file__, argv, args, measure, info, as_json, print_table)
-
-
-def info() -> dict[str, Any]:
-    return common.machine(iproute2=common.iproute2_version(), pyroute2=version("pyroute2"))
-
-
 def measure(args: argparse.Namespace) -> Results:
     servers = common.make_pbr_servers(args.servers)
     edited, edited_name = edit_one(servers)
     text, edited_text = common.pbr_yaml(servers), common.pbr_yaml(edited)
     desired = compile_config(parse_config(text, file="bench.yaml"))
-    settings = desired.settings
-    numbering = Numbering(settings.table_base, settings.priority_base, settings.mark_base,
-                          settings.block_size)
-    per_server = [server_ops(vs, numbering, rules)
-                  for vs, rules in zip(servers, rules_by_server(desired), strict=True)]
-    ops = [op for server in per_server for op in server]
-
+    per_server, lines = ops_by_server(desired), batch_lines(desired)
     results = Results()
     for run in range(1, args.repeat + 1):  # interleaved, so drift hits every measure alike
         common.progress(f"run {run}/{args.repeat}: ip -batch")
-        measure_floor(results, ops, desired, VSNET_PROTOCOL)
+        measure_floor(results, lines, desired)
         common.progress(", vsnet")
         measure_vsnet(results, text, edited_text, edited_name)
         common.progress(", naive pyroute2")
-        measure_naive(results, per_server, desired, VSNET_PROTOCOL, args.naive_budget)
-        common.progress("\r\033[K")
-
-    applied = set(results.counts["vsnet_applied"])
-    floor_objects = set(results.counts["floor_objects"])
+        measure_naive(results, per_server, desired, args.naive_budget)
+        common.progress_line("")
+    applied, floor_objects = (set(results.counts[name]) for name in ("vsnet_applied", "floor_objects"))
     if applied != floor_objects:
         results.note(f"object counts differ: ip -batch creates {sorted(floor_objects)}, "
                      f"vsnet applied {sorted(applied)}")
-    if results.counts["floor_objects"][0] != len(ops):
-        results.note("internal: floor line count differs from the object list")
-
     return results
 
 
+def targets(args: argparse.Namespace, results: Results) -> list[dict[str, Any]]:
+    median = results.median
+    return [
+        common.target("cold apply <= 1.5x ip -batch", "cold_total",
+                      median("cold_total") / median("floor"), 1.5, "x floor"),
+        common.target(f"no-op plan <= 100 ms{common.scale_note(args.servers)}", "noop_plan",
+                      median("noop_plan"), 0.100, "s"),
+        common.target("one-VS edit <= 10 ms (Reconciler)", "edit_converge",
+                      median("edit_converge"), 0.010, "s"),
+        common.target("one-VS edit <= 10 ms (with parse + compile)", "edit_total",
+                      median("edit_total"), 0.010, "s"),
+    ]
+
+
+def table(info: dict[str, Any], args: argparse.Namespace, results: Results) -> None:
+    one = results.counted
+    common.header(f"vsnet pbr benchmark: {args.servers} VS x 2 IPv4 addresses = "
+                  f"{results.counts['floor_objects'][0]} kernel objects; median of {args.repeat} "
+                  f"runs, each in a fresh network namespace", info,
+                  ("iproute2", "pyroute2"))
+    done = min(results.counts["naive_servers"])
+    common.print_measures(results, ROWS, {"naive": f"naive pyroute2 loop (extrapolated from "
+                                                   f"{done} VS)"} if done < args.servers else None)
+    print()
+    print(f"objects: ip -batch lines {one('floor_objects')}, vsnet cold apply applied "
+          f"{one('vsnet_applied')}, naive pyroute2 calls {one('naive_calls')} "
+          f"(over {one('naive_servers')} VS)")
+    print(f"one-VS edit: {one('edit_applied')} changes applied")
+
+
+def as_json(args: argparse.Namespace, results: Results) -> dict[str, Any]:
+    return {"benchmark": "pbr", "servers": args.servers,
+            "addresses_per_server": len(common.SUBNETS), "repeat": args.repeat,
+            "measures": common.measures_json(results, ROWS), "counts": results.counts}
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(common.main(__file__, __doc__, sys.argv[1:], common.FLOOR_OPTIONS, measure, table, as_json,
+                         targets, check=common.pbr_limit, packages=("iproute2", "pyroute2")))
