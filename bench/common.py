@@ -522,7 +522,7 @@ def shown(target: dict[str, Any]) -> str:
         return f"{value * 1e6:.1f} us (limit {limit * 1e6:.0f} us)"
     if unit == "s":
         return f"{value * 1000:.1f} ms (limit {limit * 1000:.0f} ms)"
-    if unit in ("x floor", "x"):
+    if unit == "x" or unit.startswith("x "):  # x floor, x baseline...
         return f"{value:.2f}{unit} (limit {limit:.1f}x)"
     if unit == "kB":
         return f"{value:.0f} kB (limit {limit:.0f} kB)"
