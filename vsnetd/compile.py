@@ -299,27 +299,37 @@ def compile_edit(config: Config, previous: tuple[Config, DesiredState] | None) -
             servers = dict(servers)
         servers[name] = compile_server(name, server, config.settings)
         changed.append(name)
+    shared, users = _edited_shared(old_desired, servers, changed)
     return DesiredState(settings=config.settings, scope=old_desired.scope, servers=servers,
-                        shared=_edited_shared(old_desired, servers, changed))
+                        shared=shared, shared_users=users)
 
 
 def _edited_shared(old: DesiredState, servers: dict[str, DesiredServer], changed: list[str]
-                   ) -> dict[ObjectKey, KernelObject]:
-    """The rule tree's rules after the ``changed`` VS were compiled again: the old union,
-    plus their new paths, less what they left that no VS needs any more. An edit inside
-    the VS's own groups (the usual one) keeps the tree as it is; one that moves an address
-    elsewhere looks at the few rules it left, not at every VS's path."""
+                   ) -> tuple[dict[ObjectKey, KernelObject], dict[ObjectKey, int]]:
+    """The rule tree's rules after the ``changed`` VS were compiled again, and how many VS
+    need each: the old union, plus their new paths, less what they left that no VS needs
+    any more. An edit inside the VS's own groups (the usual one) keeps the tree as it is;
+    one that moves an address elsewhere counts the rules it left and took (the counts of
+    every VS are made once, by the first such edit: not a pass over every VS per edit)."""
     if all(servers[name].shared == old.servers[name].shared for name in changed):
-        return old.shared
+        return old.shared, old.shared_users
+    users = old.shared_users
+    if not users:
+        for server in old.servers.values():
+            for key in server.shared:
+                users[key] = users.get(key, 0) + 1
+    users = dict(users)
     shared = dict(old.shared)
-    left: set[ObjectKey] = set()
     for name in changed:
-        left.update(old.servers[name].shared.keys() - servers[name].shared.keys())
-        shared.update(servers[name].shared)
-    for key in left:
-        if not any(key in server.shared for server in servers.values()):
-            del shared[key]
-    return shared
+        before, after = old.servers[name].shared, servers[name].shared
+        for key in before.keys() - after.keys():
+            users[key] -= 1
+            if not users[key]:
+                del users[key], shared[key]
+        for key in after.keys() - before.keys():
+            users[key] = users.get(key, 0) + 1
+        shared.update(after)
+    return shared, users
 
 
 def _union_of_shared(servers: Iterable[DesiredServer]) -> dict[ObjectKey, KernelObject]:
