@@ -125,6 +125,11 @@ class Applier(Protocol):
         """Encode each change for its socket, send one batch per socket; failures are
         recorded, the changes the kernel acknowledged returned (not yet recorded)."""
 
+    def queue(self, changes: list[Change], encode: Callable[[Change], tuple[RtnlSocket, Request]]
+              ) -> None:
+        """Like :meth:`send`, the batch sent with the next kinds' requests (up to the next
+        ``send`` or ``each``): the changes the kernel acknowledges are recorded then."""
+
     def done(self, changes: Iterable[Change]) -> None:
         """Record changes as applied."""
 
@@ -195,6 +200,13 @@ class Kind(Generic[Obj]):
         """Put this kind's deletes in the order they are best made (in place, after
         :attr:`newest_first`); the default keeps the kernel's."""
 
+    def deferred_deletes(self, deletes: list[Change], creates: list[Change]) -> list[Change]:
+        """Of this kind's deletes (ordered), those that may wait until after the plan's
+        creates, taken out of ``deletes`` in their order: what no VS needs any more and
+        nothing created meets, so that the changes the VS wait for reach the kernel first.
+        The default: none."""
+        return []
+
     def namespace(self, obj: Obj) -> str:
         """The network namespace an object of an ``is_namespace`` kind is."""
         raise NotImplementedError
@@ -251,4 +263,4 @@ class NetlinkKind(Kind[Obj]):
             return kernel.socket(netns), request(change.action, obj, protocol,
                                                  links.get(netns, {}))
 
-        applier.done(applier.send(changes, encode))
+        applier.queue(changes, encode)
