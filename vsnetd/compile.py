@@ -19,7 +19,9 @@ to its own (``DesiredServer.shared``).
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import socket
+from collections import Counter
 from collections.abc import Iterable
 
 from vsnetd import numbering, ruletree
@@ -313,12 +315,7 @@ def _edited_shared(old: DesiredState, servers: dict[str, DesiredServer], changed
     every VS are made once, by the first such edit: not a pass over every VS per edit)."""
     if all(servers[name].shared == old.servers[name].shared for name in changed):
         return old.shared, old.shared_users
-    users = old.shared_users
-    if not users:
-        for server in old.servers.values():
-            for key in server.shared:
-                users[key] = users.get(key, 0) + 1
-    users = dict(users)
+    users = dict(count_shared_users(old))
     shared = dict(old.shared)
     for name in changed:
         before, after = old.servers[name].shared, servers[name].shared
@@ -330,6 +327,17 @@ def _edited_shared(old: DesiredState, servers: dict[str, DesiredServer], changed
             users[key] = users.get(key, 0) + 1
         shared.update(after)
     return shared, users
+
+
+def count_shared_users(state: DesiredState) -> dict[ObjectKey, int]:
+    """:attr:`DesiredState.shared_users`, made when first asked for (~55,000 keys at
+    1,000 VS, ~20-40 ms: the daemon's reader thread asks after handing a full read over,
+    so that the first edit does not wait for it)."""
+    users = state.shared_users
+    if not users and state.shared:
+        users.update(Counter(itertools.chain.from_iterable(
+            server.shared for server in state.servers.values())))
+    return users
 
 
 def _union_of_shared(servers: Iterable[DesiredServer]) -> dict[ObjectKey, KernelObject]:
