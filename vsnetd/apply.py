@@ -7,7 +7,8 @@ The requests of consecutive netlink kinds (e.g. an edit's rules, addresses, rout
 rules again) wait for each other and go out together, in the plan's order within each
 namespace: one ``send`` and one read of the ACKs for all, not one round trip per kind;
 whatever is done otherwise (a device, a namespace, a sysctl, a file) first sends what
-waits. A failing change fails its VS only: the kernel processes every message of a batch
+waits, and so does the tidying after the creates (the deletes a kind defers, see
+vsnetd/diff.py): what the VS wait for is in place before it. A failing change fails its VS only: the kernel processes every message of a batch
 on its own, and the first error of each VS is reported with the kernel's own words.
 """
 
@@ -56,6 +57,7 @@ class _Applier:
         self.result = ApplyResult(links=self.links)
         # requests encoded, not sent yet: by socket, in order (see queue)
         self.queued: dict[int, tuple[RtnlSocket, list[tuple[Change, Request]]]] = {}
+        self.created = False  # what is queued creates or replaces something
 
     def run(self, changes: Iterable[Change]) -> ApplyResult:
         for kind, group in itertools.groupby(changes, key=_kind_of):
@@ -82,7 +84,16 @@ class _Applier:
               ) -> None:
         """Encode each change for its socket now; send it with whatever follows, up to
         the next :meth:`send`, :meth:`each` or the plan's end; the changes the kernel
-        acknowledges are applied then."""
+        acknowledges are applied then. A delete after creates (tidying up: the plan's
+        deferred deletes) first sends what they created: that is in place, acknowledged
+        and announced before the kernel walks its lists for the tidying."""
+        for start, change in enumerate(changes):
+            if change.action == "delete" and self.created:
+                self._encode(changes[:start], encode)
+                self.flush()
+                changes = changes[start:]
+                break
+            self.created = self.created or change.action != "delete"
         self._encode(changes, encode)
 
     def flush(self) -> None:
@@ -114,7 +125,7 @@ class _Applier:
             by_socket.setdefault(id(sock), (sock, []))[1].append((change, request))
 
     def _send_queued(self) -> list[Change]:
-        by_socket, self.queued = self.queued, {}
+        by_socket, self.queued, self.created = self.queued, {}, False
         failed = self.result.failed
         acknowledged: list[Change] = []
         for sock, pending in by_socket.values():
