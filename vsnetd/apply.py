@@ -8,8 +8,9 @@ rules again) wait for each other and go out together, in the plan's order within
 namespace: one ``send`` and one read of the ACKs for all, not one round trip per kind;
 whatever is done otherwise (a device, a namespace, a sysctl, a file) first sends what
 waits, and so does the tidying after the creates (the deletes a kind defers, see
-vsnetd/diff.py): what the VS wait for is in place before it. A failing change fails its VS only: the kernel processes every message of a batch
-on its own, and the first error of each VS is reported with the kernel's own words.
+vsnetd/diff.py): what the VS wait for is in place before it. A failing change fails its
+VS only: the kernel processes every message of a batch on its own, and the first error
+of each VS is reported with the kernel's own words.
 """
 
 from __future__ import annotations

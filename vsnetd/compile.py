@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import operator
 import socket
 from collections import Counter
 from collections.abc import Iterable
@@ -291,8 +292,11 @@ def compile_edit(config: Config, previous: tuple[Config, DesiredState] | None) -
         return compile_config(config, previous)
     servers = old_desired.servers
     changed: list[str] = []
-    for name, server in config.servers.items():
-        old = old_config.servers[name]
+    # the entries an edit left are the very same objects, mostly in the same order: the
+    # others are found in C (see vsnetd/reconcile.py, changed_servers)
+    for name in itertools.compress(config.servers, map(
+            operator.is_not, config.servers.values(), old_config.servers.values())):
+        server, old = config.servers[name], old_config.servers[name]
         if old is server:
             continue
         if old.id != server.id or old.mode != "pbr" or server.mode != "pbr":
