@@ -288,7 +288,8 @@ def changed_servers(previous: DesiredState, desired: DesiredState) -> set[str]:
     before, after = previous.servers, desired.servers
     # an edit recompiles only the VS it changed; the others are the very same objects, in
     # the same order: those that are not are found in C (a pass in Python costs ~0.2 ms at
-    # 1,000 VS); a pair out of order is only looked at again by name below
+    # 1,000 VS); a pair out of order is only looked at again by name below, and the same
+    # object at the same place is the same name (each VS's object is under its own name)
     suspects: Iterable[str] = after
     changed: set[str] | None = None
     if len(before) == len(after):
