@@ -18,12 +18,14 @@ kind of each object; none of them names a kind. A kind says:
   :meth:`Kind.conflict`), whom an object belongs to (:meth:`Kind.owner`), and what a
   deletion implies (:attr:`Kind.deletable`, :attr:`Kind.cascades`,
   :attr:`Kind.newest_first`, :meth:`Kind.outlives`), and in what order its creates are
-  best made (:meth:`Kind.order_creates`, :meth:`Kind.order_deletes`);
+  best made (:meth:`Kind.order_creates`, :meth:`Kind.order_deletes`, and which deletes
+  may wait until after the creates: :meth:`Kind.deferred_deletes`);
 * how its changes are made: :meth:`Kind.apply`, a batch of changes of this kind, with
-  the applier's netlink batching (:class:`Applier`).
+  the applier's netlink batching (:class:`Applier`: ``send`` now, or ``queue`` to go out
+  with the next kinds' requests).
 
 The order among kinds is the registry's: creates go in that order, deletes in the
-reverse one.
+reverse one (then the deletes the kinds let wait).
 """
 
 from __future__ import annotations
