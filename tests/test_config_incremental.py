@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.strategies import server_specs
-from vsnetd.compile import compile_config, compile_edit
+from vsnetd.compile import compile_config, compile_edit, count_shared_users
 from vsnetd.config import Config, ConfigError, ConfigLoader, load_config
 from vsnetd.state import DesiredState
 
@@ -106,9 +107,13 @@ def test_every_edit_reads_as_a_full_load(ids: list[int], steps: list[tuple[str, 
                 config = loader.load([])
             except ConfigError:
                 continue
-            # the daemon's compile of an edit is that of the whole config
-            assert compile_edit(config, previous) == compile_config(config)
-            previous = (config, compile_config(config))
+            # the daemon's compile of an edit is that of the whole config, edit after edit,
+            # and so are its counts of the VS needing each shared rule
+            edited = compile_edit(config, previous)
+            assert edited == compile_config(config)
+            assert count_shared_users(edited) == Counter(
+                key for server in edited.servers.values() for key in server.shared)
+            previous = (config, edited)
 
 
 def vs(server_id: int, address: str) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from vsnetd.compile import compile_config, compile_edit
 from vsnetd.config import Config
 from vsnetd.kinds import Address, Link, Namespace, ResolverFile, Route, Rule, Sysctl
 from vsnetd.kinds.rule import FULL_MASK
+from vsnetd.reconcile import changed_servers
+from vsnetd.state import DesiredServer
 
 V6 = {"id": 1, "mode": "pbr", "uplink": "eth0", "gateway": ["2001:db8:1::1"],
       "addresses": [{"address": "2001:db8::5/64"},
@@ -226,6 +228,29 @@ def test_an_edit_of_pbr_vs_keeping_their_ids_compiles_only_them() -> None:
     elsewhere = dataclasses.replace(same_group, servers=same_group.servers | {
         "a": config_of({"a": V4 | {"addresses": [{"address": "172.16.0.5/24"}]}}).servers["a"]})
     assert compile_edit(elsewhere, previous) == compile_config(elsewhere)
+
+
+def test_the_vs_an_edit_changed_are_found_in_any_order() -> None:
+    c = V4 | {"id": 4, "addresses": [{"address": "10.4.0.5/24"}]}
+    before = compile_config(config_of({"a": V4, "b": VLAN_NETNS, "c": c}))
+    a, b, c_vs = (before.servers[n] for n in "abc")
+    moved = compile_config(config_of({"a": V4 | {"addresses": [{"address": "10.3.0.6/24"}]}}))
+    new_a = moved.servers["a"]
+    twin = dataclasses.replace(a)  # another object, the same objects: unchanged
+    d = dataclasses.replace(c_vs, name="d")
+
+    def changed(servers: dict[str, DesiredServer]) -> set[str]:
+        return changed_servers(before, dataclasses.replace(before, servers=servers))
+
+    assert changed({"a": a, "b": b, "c": c_vs}) == set()
+    assert changed({"a": twin, "b": b, "c": c_vs}) == set()
+    assert changed({"a": new_a, "b": b, "c": c_vs}) == {"a"}
+    assert changed({"c": c_vs, "b": b, "a": new_a}) == {"a"}  # out of order
+    assert changed({"c": c_vs, "a": a, "b": b}) == set()
+    assert changed({"a": a, "b": b, "d": d}) == {"c", "d"}  # as many, not the same names
+    assert changed({"d": d, "a": a, "b": b}) == {"c", "d"}
+    assert changed({"a": a, "b": b}) == {"c"}
+    assert changed({"a": a, "b": b, "c": c_vs, "d": d}) == {"d"}
 
 
 @pytest.mark.parametrize("change", ["id", "netns", "to-netns", "added", "settings"])

@@ -13,9 +13,9 @@ from tests.strategies import kernel_holding
 from vsnetd.compile import compile_config
 from vsnetd.config import Config
 from vsnetd.diff import Affected, plan_changes
-from vsnetd.kinds import Address, Link, Namespace, ResolverFile, Route, Rule, Sysctl
+from vsnetd.kinds import KINDS, Address, Link, Namespace, ResolverFile, Route, Rule, Sysctl
 from vsnetd.kinds.confinement import ForeignPins
-from vsnetd.state import SHARED, DesiredState, ObservedState, Plan
+from vsnetd.state import SHARED, Change, DesiredState, ObservedState, Plan
 
 ROOT_LINKS = {"eth0": 2, "eth1": 3, "eth2": 4}
 PBR = {"id": 1, "mode": "pbr", "uplink": "eth0", "addresses": [{"address": "10.0.0.5/24"}]}
@@ -206,6 +206,51 @@ def test_addresses_are_deleted_newest_first() -> None:
     assert [c.obj.describe() for c in plan.changes if c.obj.kind == "address"] == [
         "address 10.0.0.7/24 dev eth0", "address 10.0.0.6/24 dev eth0",
         "address 10.0.0.5/24 dev eth0"]
+
+
+def test_an_edit_deletes_the_tree_paths_it_left_after_its_creates() -> None:
+    def servers(moved: str) -> dict[str, Any]:
+        return {name: PBR | {"id": i, "addresses": [{"address": address}]}
+                for i, (name, address) in enumerate(
+                    (("a", "10.0.0.5/24"), ("b", moved), ("c", "10.0.0.200/24")), 1)}
+
+    plan = plan_changes(desired_of(servers("10.0.0.6/24")),
+                        holding(desired_of(servers("10.0.0.77/24"))))
+    kinds = [(c.action, c.server, c.obj.kind) for c in plan.changes]
+    last_create = max(i for i, (action, _, _) in enumerate(kinds) if action != "delete")
+    tidying = kinds[last_create + 1:]
+    assert tidying and all(k == ("delete", SHARED, "rule") for k in tidying)
+    assert all(server == "b" for _, server, _ in kinds[:last_create + 1])
+    assert kinds[0] == ("delete", "b", "rule") and kinds[last_create] == ("add", "b", "rule")
+
+
+def test_a_teardown_deletes_the_tree_paths_before_the_leaves() -> None:
+    plan = plan_changes(desired_of({}), holding(desired_of({"a": PBR})))
+    rules = [c for c in plan.changes if c.obj.kind == "rule"]
+    shared = [i for i, c in enumerate(rules) if c.server == SHARED]
+    assert shared == list(range(len(shared))) and len(shared) < len(rules)
+
+
+def test_a_tree_path_a_created_rule_meets_is_deleted_before_the_creates() -> None:
+    ipv4 = socket.AF_INET
+    creates = [Change("add", Rule.goto(ipv4, 100, 300, "10.0.0.0/24"), "a"),
+               Change("add", Rule(ipv4, 300, 1001, "10.0.0.5/32"), "a")]
+    kept = [Change("delete", Rule.goto(ipv4, 100, 900), SHARED),  # where a rule is created
+            Change("delete", Rule.goto(ipv4, 300, 900), SHARED),  # where a created goto jumps
+            Change("delete", Rule.goto(ipv4, 200, 300), SHARED),  # a goto to a created rule
+            Change("delete", Rule(ipv4, 250, 1002, "10.0.1.5/32"), "b")]  # a VS's own
+    waiting = [Change("delete", Rule.goto(ipv4, 400, 500, "10.9.0.0/16"), SHARED),
+               Change("delete", Rule(ipv4, 600, 0, action="nop"), SHARED),
+               Change("delete", Rule(ipv4, 100, 0, netns="vs-x", action="goto", target=300),
+                      SHARED)]
+    deletes = [kept[0], waiting[0], kept[1], waiting[1], kept[2], kept[3], waiting[2]]
+    rule_kind = KINDS["rule"]
+    assert rule_kind.deferred_deletes(deletes, creates) == waiting
+    assert deletes == kept
+    alone = list(kept + waiting)
+    assert rule_kind.deferred_deletes(alone, []) == [] and alone == kept + waiting
+    assert KINDS["address"].deferred_deletes(
+        [Change("delete", Address("eth0", "10.0.0.5", 24), "a")], creates) == []
 
 
 def test_a_conflicting_vs_keeps_its_namespace_whole() -> None:

@@ -2,9 +2,15 @@
 
 The plan is applied kind by kind in its own order, each batch of one kind by that kind
 (``Kind.apply``, vsnetd/kinds/kind.py). Netlink requests go out batched per namespace
-socket (many per ``send``, one ACK each); the other kinds' changes are made one by one. A
-failing change fails its VS only: the kernel processes every message of a batch on its
-own, and the first error of each VS is reported with the kernel's own words.
+socket (many per ``send``, one ACK each); the other kinds' changes are made one by one.
+The requests of consecutive netlink kinds (e.g. an edit's rules, addresses, routes and
+rules again) wait for each other and go out together, in the plan's order within each
+namespace: one ``send`` and one read of the ACKs for all, not one round trip per kind;
+whatever is done otherwise (a device, a namespace, a sysctl, a file) first sends what
+waits, and so does the tidying after the creates (the deletes a kind defers, see
+vsnetd/diff.py): what the VS wait for is in place before it. A failing change fails its
+VS only: the kernel processes every message of a batch on its own, and the first error
+of each VS is reported with the kernel's own words.
 """
 
 from __future__ import annotations
@@ -50,13 +56,18 @@ class _Applier:
         self.links = {netns: dict(names) for netns, names in links.items()}
         self.protocol = protocol
         self.result = ApplyResult(links=self.links)
+        # requests encoded, not sent yet: by socket, in order (see queue)
+        self.queued: dict[int, tuple[RtnlSocket, list[tuple[Change, Request]]]] = {}
+        self.created = False  # what is queued creates or replaces something
 
     def run(self, changes: Iterable[Change]) -> ApplyResult:
         for kind, group in itertools.groupby(changes, key=_kind_of):
             KINDS[kind].apply(self, list(group))
+        self.flush()
         return self.result
 
     def each(self, changes: list[Change], do: Callable[[Change], None]) -> None:
+        self.flush()
         for change in changes:
             try:
                 do(change)
@@ -70,12 +81,39 @@ class _Applier:
     def done(self, changes: Iterable[Change]) -> None:
         self.result.applied.extend(changes)
 
+    def queue(self, changes: list[Change], encode: Callable[[Change], tuple[RtnlSocket, Request]]
+              ) -> None:
+        """Encode each change for its socket now; send it with whatever follows, up to
+        the next :meth:`send`, :meth:`each` or the plan's end; the changes the kernel
+        acknowledges are applied then. A delete after creates (tidying up: the plan's
+        deferred deletes) first sends what they created: that is in place, acknowledged
+        and announced before the kernel walks its lists for the tidying."""
+        for start, change in enumerate(changes):
+            if change.action == "delete" and self.created:
+                self._encode(changes[:start], encode)
+                self.flush()
+                changes = changes[start:]
+                break
+            self.created = self.created or change.action != "delete"
+        self._encode(changes, encode)
+
+    def flush(self) -> None:
+        """Send what :meth:`queue` holds."""
+        if self.queued:
+            self.done(self._send_queued())
+
     def send(self, changes: list[Change], encode: Callable[[Change], tuple[RtnlSocket, Request]]
              ) -> list[Change]:
-        """Encode each change for its socket; one batch per socket; the changes the
-        kernel acknowledged (a delete of what is gone already counts), failures recorded."""
-        by_socket: dict[int, tuple[RtnlSocket, list[tuple[Change, Request]]]] = {}
-        failed = self.result.failed
+        """Encode each change for its socket; one batch per socket (after what is queued);
+        the changes the kernel acknowledged (a delete of what is gone already counts),
+        failures recorded."""
+        self.flush()
+        self._encode(changes, encode)
+        return self._send_queued()
+
+    def _encode(self, changes: list[Change],
+                encode: Callable[[Change], tuple[RtnlSocket, Request]]) -> None:
+        by_socket, failed = self.queued, self.result.failed
         for change in changes:
             try:
                 sock, request = encode(change)
@@ -86,6 +124,10 @@ class _Applier:
                 failed.append((change, exc.strerror or str(exc)))
                 continue
             by_socket.setdefault(id(sock), (sock, []))[1].append((change, request))
+
+    def _send_queued(self) -> list[Change]:
+        by_socket, self.queued, self.created = self.queued, {}, False
+        failed = self.result.failed
         acknowledged: list[Change] = []
         for sock, pending in by_socket.values():
             replies = sock.batch(request for _change, request in pending)

@@ -11,8 +11,10 @@ foreign object collides, whom an object belongs to, what a change of one takes.
 Order: deletes first, in the reverse of the registry's order (a rule never points at a
 table being emptied, a route never outlives its ``src`` address, a device goes before its
 namespace); then creates and replaces in the registry's order (confinement once the mark
-rule is there, sysctls and resolver files last). Within a kind, deletes keep the kernel's
-order and creates the config's: plans are deterministic without sorting.
+rule is there, sysctls and resolver files last); last the deletes a kind lets wait
+(``Kind.deferred_deletes``: the rule tree's paths no VS needs any more, when nothing
+created meets them). Within a kind, deletes keep the kernel's order and creates the
+config's: plans are deterministic without sorting.
 Objects inside a namespace that goes are not deleted one by one: they go with it.
 The rule tree's shared rules are wanted while any VS, even a held one, needs them, and are
 owned by no VS (``SHARED``).
@@ -206,13 +208,16 @@ def plan_changes(desired: DesiredState, observed: ObservedState) -> Plan:
     for kind in REGISTRY:
         kind.order_creates(creates[kind.name])
     changes: list[Change] = []
+    late: list[Change] = []
     for kind in reversed(REGISTRY):
         if kind.newest_first:
             deletes[kind.name].reverse()
         kind.order_deletes(deletes[kind.name])
+        late.extend(kind.deferred_deletes(deletes[kind.name], creates[kind.name]))
         changes.extend(deletes[kind.name])
     for name in CREATE_ORDER:
         changes.extend(creates[name])
+    changes.extend(late)
 
     pending = {c.server for c in changes}
     for name, server in desired.servers.items():

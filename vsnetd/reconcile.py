@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import itertools
+import operator
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -283,11 +285,24 @@ def _record(observed: ObservedState, outcome: ApplyResult) -> None:
 
 def changed_servers(previous: DesiredState, desired: DesiredState) -> set[str]:
     """VS added, removed, or whose desired objects differ."""
-    changed = previous.servers.keys() ^ desired.servers.keys()
-    before = previous.servers
-    # an edit recompiles only the VS it changed; the others are the very same objects
-    for name in [n for n, s in desired.servers.items() if before.get(n, s) is not s]:
-        old, new = before[name], desired.servers[name]
+    before, after = previous.servers, desired.servers
+    # an edit recompiles only the VS it changed; the others are the very same objects, in
+    # the same order: those that are not are found in C (a pass in Python costs ~0.2 ms at
+    # 1,000 VS); a pair out of order is only looked at again by name below, and the same
+    # object at the same place is the same name (each VS's object is under its own name)
+    suspects: Iterable[str] = after
+    changed: set[str] | None = None
+    if len(before) == len(after):
+        suspects = list(itertools.compress(
+            after, map(operator.is_not, after.values(), before.values())))
+        if all(name in before for name in suspects):
+            changed = set()  # as many names, the others the very same VS: the same names
+    if changed is None:
+        changed = before.keys() ^ after.keys()
+    for name in suspects:
+        old, new = before.get(name), after[name]
+        if old is None or old is new:
+            continue
         # the objects say everything the kernel holds for a VS (numbers, uplink included)
         if old.objects != new.objects or old.mode != new.mode:
             changed.add(name)

@@ -1,10 +1,10 @@
 """Who may use which VS: the caller's credentials against a VS's ``sockets:`` policy.
 
 The caller is known by ``SO_PEERCRED``/``SO_PEERGROUPS`` as of its ``connect()``; a VS's
-policy has its user and group names resolved once per config generation (a lookup in the
-event loop could block on a directory service). Since neither changes during a
-connection within one generation, the server decides once per connection, VS and
-generation (docs/broker-protocol.md, "Authorization").
+policy has its user and group names resolved when its entry is read anew (a full reload,
+an edit of that entry; a lookup in the event loop could block on a directory service).
+Since neither changes during a connection within one generation, the server decides once
+per connection, VS and generation (docs/broker-protocol.md, "Authorization").
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def _ids(names: list[str], lookup: Callable[[str], int]) -> set[int]:
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """A VS's ``sockets`` policy with names resolved, once per config generation."""
+    """A VS's ``sockets`` policy with names resolved (when its entry is read anew)."""
 
     uids: frozenset[int] = frozenset()
     gids: frozenset[int] = frozenset()

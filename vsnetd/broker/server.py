@@ -130,6 +130,10 @@ class Client:
     eager: int = 0
 
 
+def _reply_head(generation: int) -> bytes:
+    return f'{{"v":{VERSION},"ok":true,"generation":{generation},"sockets":['.encode()
+
+
 @dataclass(slots=True)
 class Broker:
     """The broker's listening socket and clients; the clients served by its thread."""
@@ -143,6 +147,8 @@ class Broker:
     observe: Observer | None = None
     targets: dict[str, Target] = field(default_factory=dict)
     spare_budget: SpareBudget = field(default_factory=SpareBudget)  # netns sockets made ahead
+    # what every sockets reply of this generation starts with
+    reply_head: bytes = field(default_factory=lambda: _reply_head(0))
     buffer: bytearray = field(default_factory=lambda: bytearray(MAX_MESSAGE + 1))
     lock: threading.Lock = field(default_factory=threading.Lock)
     # the thread serving the clients (start), its epoll and an eventfd to wake it for stop
@@ -259,14 +265,17 @@ class Broker:
     def _update(self, served: dict[str, Served], generation: int) -> None:
         before = self.served
         self.served, self.generation = served, generation
-        self._retarget()
+        self.reply_head = _reply_head(generation)
+        self._retarget(before)
+        # a VS whose Served is the very same object is unchanged for everybody
+        touched = [n for n in served.keys() | before.keys() if served.get(n) is not before.get(n)]
         for client in list(self.clients.values()):
-            if not client.subscribed:
+            if not client.subscribed or not touched:
                 continue
-            old = {n: s.describe() for n, s in before.items()
-                   if verdict(client.peer, s.policy) != DENIED}
-            new = {n: s.describe() for n, s in served.items()
-                   if verdict(client.peer, s.policy) != DENIED}
+            old = {n: s.describe() for n in touched if (s := before.get(n)) is not None
+                   and verdict(client.peer, s.policy) != DENIED}
+            new = {n: s.describe() for n in touched if (s := served.get(n)) is not None
+                   and verdict(client.peer, s.policy) != DENIED}
             changed = sorted(n for n in new if old.get(n) != new[n])
             removed = sorted(n for n in old if n not in new)
             if (changed or removed) and not self._send(client, encode({
@@ -275,18 +284,27 @@ class Broker:
             })):
                 self.drop(client)
 
-    def _retarget(self) -> None:
-        """The VS data requests need, for this picture; namespace descriptors carried over
+    def _retarget(self, before: dict[str, Served]) -> None:
+        """The VS data requests need, for this picture: built again for a VS whose compiled
+        state or entry changed, kept for the others; namespace descriptors carried over
         while a name means the same namespace (a reconcile may have made it anew)."""
         previous = self.targets
+        unused = dict(previous)
         targets = {}
         for name, served in self.served.items():
-            target = Target.of(served.desired, served.config, self.generation)
-            target.budget = self.spare_budget
-            target.open_namespace(previous.get(name))
+            target = previous.get(name)
+            known = before.get(name)
+            if (target is not None and known is not None and known.desired is served.desired
+                    and known.config is served.config):
+                target.reopen_if_replaced()
+                del unused[name]
+            else:
+                target = Target.of(served.desired, served.config)
+                target.budget = self.spare_budget
+                target.open_namespace(previous.get(name))
             targets[name] = target
         self.targets = targets
-        for target in previous.values():
+        for target in unused.values():
             target.close()  # those not handed over
 
     # ------------------------------------------------------------------ connections
@@ -400,7 +418,7 @@ class Broker:
         sock, port = make_socket(target, address, af, request, listen, self.kernel.root_fd)
         head, tail = target.replies[address][request.proto]
         try:  # _send, written out
-            client.conn.sendmsg((b"%b%d%b" % (head, port, tail),),
+            client.conn.sendmsg((b"%b%b%d%b" % (self.reply_head, head, port, tail),),
                                 ((SOL_SOCKET, SCM_RIGHTS, _FD.pack(sock.fileno())),),
                                 SEND_FLAGS)
             sent = True
@@ -477,7 +495,7 @@ class Broker:
                       ) -> bool:
         count = len(made)
         parts = (count + MAX_FDS - 1) // MAX_FDS or 1
-        head = f'{{"v":{VERSION},"ok":true,"generation":{self.generation},"sockets":['
+        head = self.reply_head.decode()
         for number in range(parts):
             first, last = number * MAX_FDS, min(count, (number + 1) * MAX_FDS)
             data = f'{head}{",".join(metas[first:last])}],"part":{number + 1},"parts":{parts}}}'

@@ -1,20 +1,22 @@
 """Making a VS's sockets: marked (pbr) or inside its namespace (netns).
 
-What a request needs to know of a VS does not change within a config generation: its
-addresses and their families, its mark, its outgoing address per family, its namespace
-(as an open descriptor: entering it is one ``setns``, not a path lookup), and the fixed
-part of each socket's metadata as it appears in the reply. :class:`Target` holds all of
-it, built when the daemon hands the broker a new picture; a request then costs its
-system calls (socket, setsockopt, bind, listen), a dict lookup and a string join.
+What a request needs to know of a VS changes only when its entry does: its addresses and
+their families, its mark, its outgoing address per family, its namespace (as an open
+descriptor: entering it is one ``setns``, not a path lookup), and the fixed part of each
+socket's metadata as it appears in the reply. :class:`Target` holds all of it, built when
+the daemon hands the broker a picture where the VS is new or changed (kept as it is for
+the others: an edit of one VS builds one); a request then costs its system calls
+(socket, setsockopt, bind, listen), a dict lookup and a string join.
 
 A socket of a netns VS must be created inside its namespace: the broker's thread enters it
 and comes back, two ``setns`` calls that cost more than the socket itself. So the thread
 makes a few sockets per entry (:data:`SPARE_BATCH`) and keeps the others for the next
 requests (:attr:`Target.spares`): bare sockets, everything a request sets is set after one
-is taken. They belong to the Target of one picture, handed over with its namespace
-descriptor, and are closed with it: like that descriptor they keep the namespace alive,
-never longer than until the broker's next picture. :class:`SpareBudget` bounds how many
-the broker holds, and none are made once descriptors run short.
+is taken. They belong to the VS's Target, handed over with its namespace descriptor to the
+Target built when the VS changes, and are closed with it: like that descriptor they keep
+the namespace alive, never longer than until the broker's next picture.
+:class:`SpareBudget` bounds how many the broker holds, and none are made once descriptors
+run short.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from _socket import socket as _socket  # the C type: no Python-level __init__ pe
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from vsnetd.broker.protocol import VERSION, BrokerError, Request
+from vsnetd.broker.protocol import BrokerError, Request
 from vsnetd.kinds.namespace import NETNS_DIR
 from vsnetd.syscalls import CLONE_NEWNET, setns
 
@@ -63,7 +65,7 @@ class SpareBudget:
 
 @dataclass(slots=True)
 class Target:
-    """One VS as the broker's requests need it, for one config generation."""
+    """One VS as the broker's requests need it, while its entry stays as it is."""
 
     name: str
     netns: str  # "" for pbr
@@ -74,8 +76,8 @@ class Target:
     heads: dict[str, str] = field(default_factory=dict)
     tails: dict[str, dict[str, str]] = field(default_factory=dict)
     families: dict[str, int] = field(default_factory=dict)  # address -> AF_INET/AF_INET6
-    # the whole reply of a one-socket request around its port, by address and proto: the
-    # generation is part of it (see framed)
+    # a one-socket request's reply around its port, by address and proto, after the
+    # generation's head (``Broker.reply_head``): what lies either side of the port
     replies: dict[str, dict[str, tuple[bytes, bytes]]] = field(default_factory=dict)
     netns_fd: int = -1  # the broker's own descriptor of the namespace (-1: none open)
     netns_inode: int = 0
@@ -84,7 +86,7 @@ class Target:
     budget: SpareBudget | None = None
 
     @classmethod
-    def of(cls, desired: DesiredServer, config: ServerConfig, generation: int = 0) -> Target:
+    def of(cls, desired: DesiredServer, config: ServerConfig) -> Target:
         addresses = tuple((a.split("/")[0], AF_INET6 if ":" in a else AF_INET)
                           for a in desired.addresses)
         mark = 0 if desired.netns else desired.numbers.mark
@@ -100,8 +102,7 @@ class Target:
                 proto: f',"proto":"{proto}","family":{family},"mark":{mark},"namespace":{netns}'
                 for proto in KINDS}
             target.replies[address] = {
-                proto: (f'{{"v":{VERSION},"ok":true,"generation":{generation},"sockets":['
-                        f'{target.heads[address]}'.encode(),
+                proto: (target.heads[address].encode(),
                         f'{tail}}}],"part":1,"parts":1}}'.encode())
                 for proto, tail in target.tails[address].items()}
         return target
@@ -123,6 +124,20 @@ class Target:
         with contextlib.suppress(OSError):
             self.netns_fd = os.open(NETNS_DIR / self.netns, os.O_RDONLY | os.O_CLOEXEC)
             self.netns_inode = inode
+
+    def reopen_if_replaced(self) -> None:
+        """Kept for a new picture: the namespace descriptor still the one of its name (a
+        reconcile, or someone by hand, may have made the namespace anew)."""
+        if not self.netns:
+            return
+        try:
+            inode = os.stat(NETNS_DIR / self.netns).st_ino
+        except OSError:
+            inode = -1
+        if self.netns_fd >= 0 and inode == self.netns_inode:
+            return
+        self.close()
+        self.open_namespace(None)
 
     def close(self) -> None:
         if self.netns_fd >= 0:

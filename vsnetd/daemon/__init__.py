@@ -139,6 +139,7 @@ class Daemon:
         self.announcer = Announcer()
         self.config_issues: list[ConfigIssue] = []
         self.generation = 0
+        self.resolve_names = True
         self.last: dict[str, Any] = {}
         self.stopping = False
         self.namespaces_touched = False
@@ -162,6 +163,9 @@ class Daemon:
         # subscribe before the first look, so nothing between the two goes unseen
         self.monitors.open(ROOT)
         self.config_loaded(self.reader.load_now(), why="start")
+        # the config and kernel state of the start are kept for long: spare the collector
+        # them (an unfrozen full collection of 1,000 VS paused edits by 40-90 ms)
+        gc.freeze()
         self.reader.start()
         self.control.open()
         self.selector.register(self.broker.open(), selectors.EVENT_READ, self._broker_accept)
@@ -264,6 +268,7 @@ class Daemon:
         self.config, self.compiled = loaded.config, loaded.desired
         self.desired = activation.select(self.compiled, self.config, self.active)
         self.generation += 1
+        self.resolve_names |= not loaded.files  # a full read (start, SIGHUP, reload)
         handed_over = time.perf_counter() - loaded.done_at
         with gc_paused():
             result = self.reconciler.edit(self.desired)
@@ -316,7 +321,7 @@ class Daemon:
 
     def _after(self, result: ConvergeResult, why: str) -> None:
         metrics.reconciled(result, why, self.reconciler.verdicts, self.config_path)
-        self.monitors.sync()
+        self.monitors.sync(result.applied)
         per_server: dict[str, int] = {}
         for change in result.applied:
             name = change.server or "(removed)"
@@ -346,15 +351,20 @@ class Daemon:
         if self.desired is None or self.config is None:
             return
         verdicts = self.reconciler.verdicts
-        current = self.broker.served if self.broker.generation == self.generation else {}
+        current = self.broker.served
+        if self.resolve_names:  # every file read again: names resolved again too
+            self.resolve_names, current = False, {}
         served = {}
         for name, server in self.desired.servers.items():
             state = verdicts[name].state if name in verdicts else "pending"
+            entry = self.config.servers[name]
             known = current.get(name)
-            # names are resolved (getpwnam...) once per config generation, not per heal
-            served[name] = (Served(server, self.config.servers[name], state, known.access)
-                            if known is not None else
-                            Served(server, self.config.servers[name], state))
+            if known is None or known.config is not entry:
+                served[name] = Served(server, entry, state)
+            elif known.desired is server and known.state == state:
+                served[name] = known  # unchanged: the broker keeps what it built for it
+            else:  # names are resolved (getpwnam...) when the entry changes, not per heal
+                served[name] = Served(server, entry, state, known.access)
         self.broker.update(served, self.generation)
 
     def client_capacity(self) -> int:

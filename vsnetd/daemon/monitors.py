@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import selectors
+from collections.abc import Iterable
 from pathlib import Path
 
 from vsnetd import log
@@ -20,7 +21,7 @@ from vsnetd.kinds import KernelObject, Namespace, namespace
 from vsnetd.netlink import Overrun, RtnlMonitor
 from vsnetd.observe import NotificationFeed
 from vsnetd.reconcile import Reconciler
-from vsnetd.state import DesiredState
+from vsnetd.state import Change, DesiredState, ObservedState
 from vsnetd.syscalls import entered_netns
 
 
@@ -45,6 +46,7 @@ class Monitors:
         self.full_why: str | None = None
         # built by the first heal after an edit: not on the way of the edit
         self._affected: tuple[DesiredState, Affected] | None = None
+        self._synced: ObservedState | None = None  # the observed state of the last sync
 
     def open(self, netns: str) -> None:
         if netns == ROOT:
@@ -65,10 +67,17 @@ class Monitors:
         self.selector.unregister(monitor)
         monitor.close()
 
-    def sync(self) -> None:
+    def sync(self, applied: Iterable[Change] = ()) -> None:
         """One monitor per namespace vsnet manages; none kept for one it removed (an open
-        socket would keep the namespace, and its devices, alive)."""
+        socket would keep the namespace, and its devices, alive). After a run that kept
+        the observed state and made or removed no namespace (an edit, a heal), nothing to
+        do: not a pass over every object per reconcile. (A namespace unmounted by hand
+        asks for a full run: :meth:`check_namespaces`.)"""
         observed = self.reconciler.observed
+        if (observed is not None and observed is self._synced
+                and not any(isinstance(change.obj, Namespace) for change in applied)):
+            return
+        self._synced = observed
         wanted = {ROOT} | ({obj.name for obj in observed.owned.values()
                             if isinstance(obj, Namespace)} if observed else set())
         for netns in set(self.monitors) - {ROOT}:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vsnetd import log
-from vsnetd.compile import compile_edit
+from vsnetd.compile import compile_edit, count_shared_users
 from vsnetd.config import Config, ConfigError, ConfigIssue, ConfigLoader
 from vsnetd.reconcile import gc_paused
 from vsnetd.state import DesiredState
@@ -161,6 +161,7 @@ class ConfigReader:
     # ------------------------------------------------------------------ the thread
 
     def _run(self) -> None:
+        self._count_shared_users()
         while not self._stopping:
             try:
                 select.select([self.inotify.fd, self._ask_r], [], [])
@@ -201,6 +202,15 @@ class ConfigReader:
             self.results.put(self._load(changed, requests))
         if changed is None or changed or netns:
             self._poke()  # after the put: the loop finds what it is woken for
+        if changed is None:
+            self._count_shared_users()
+
+    def _count_shared_users(self) -> None:
+        """After a full read is handed over (and at the start): what the next edit of a
+        path in the rule tree needs, made now rather than on that edit's way."""
+        if self._previous is not None:
+            with gc_paused():
+                count_shared_users(self._previous[1])
 
     def _load(self, changed: set[Path] | None, requests: list[int]) -> Loaded:
         started = time.perf_counter()

@@ -9,6 +9,7 @@ tables) can only be installed once the address is no longer tentative.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import struct
 from pathlib import Path
@@ -84,15 +85,24 @@ def protect_secondaries(device: str) -> bool:
     about to delete an IPv4 address from when neither ``all`` nor the device has it.
     Returns True when it had to turn it on.
     """
-    conf = Path("/proc/sys/net/ipv4/conf")
+    # read with os calls: on an edit's way, pathlib's text files cost ~0.1 ms each
+    conf = "/proc/sys/net/ipv4/conf"
     try:
-        if any((conf / name / "promote_secondaries").read_text().strip() != "0"
+        if any(_read(f"{conf}/{name}/promote_secondaries").strip() != b"0"
                for name in ("all", device)):
             return False
-        (conf / device / "promote_secondaries").write_text("1")
+        Path(conf, device, "promote_secondaries").write_text("1")
     except OSError:
         return False
     return True
+
+
+def _read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 64)
+    finally:
+        os.close(fd)
 
 
 def decoder(names: dict[int, str], netns: str = "") -> netlink.Decoder[tuple[Address, int]]:

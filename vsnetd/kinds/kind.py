@@ -18,12 +18,14 @@ kind of each object; none of them names a kind. A kind says:
   :meth:`Kind.conflict`), whom an object belongs to (:meth:`Kind.owner`), and what a
   deletion implies (:attr:`Kind.deletable`, :attr:`Kind.cascades`,
   :attr:`Kind.newest_first`, :meth:`Kind.outlives`), and in what order its creates are
-  best made (:meth:`Kind.order_creates`, :meth:`Kind.order_deletes`);
+  best made (:meth:`Kind.order_creates`, :meth:`Kind.order_deletes`, and which deletes
+  may wait until after the creates: :meth:`Kind.deferred_deletes`);
 * how its changes are made: :meth:`Kind.apply`, a batch of changes of this kind, with
-  the applier's netlink batching (:class:`Applier`).
+  the applier's netlink batching (:class:`Applier`: ``send`` now, or ``queue`` to go out
+  with the next kinds' requests).
 
 The order among kinds is the registry's: creates go in that order, deletes in the
-reverse one.
+reverse one (then the deletes the kinds let wait).
 """
 
 from __future__ import annotations
@@ -125,6 +127,11 @@ class Applier(Protocol):
         """Encode each change for its socket, send one batch per socket; failures are
         recorded, the changes the kernel acknowledged returned (not yet recorded)."""
 
+    def queue(self, changes: list[Change], encode: Callable[[Change], tuple[RtnlSocket, Request]]
+              ) -> None:
+        """Like :meth:`send`, the batch sent with the next kinds' requests (up to the next
+        ``send`` or ``each``): the changes the kernel acknowledges are recorded then."""
+
     def done(self, changes: Iterable[Change]) -> None:
         """Record changes as applied."""
 
@@ -195,6 +202,13 @@ class Kind(Generic[Obj]):
         """Put this kind's deletes in the order they are best made (in place, after
         :attr:`newest_first`); the default keeps the kernel's."""
 
+    def deferred_deletes(self, deletes: list[Change], creates: list[Change]) -> list[Change]:
+        """Of this kind's deletes (ordered), those that may wait until after the plan's
+        creates, taken out of ``deletes`` in their order: what no VS needs any more and
+        nothing created meets, so that the changes the VS wait for reach the kernel first.
+        The default: none."""
+        return []
+
     def namespace(self, obj: Obj) -> str:
         """The network namespace an object of an ``is_namespace`` kind is."""
         raise NotImplementedError
@@ -251,4 +265,4 @@ class NetlinkKind(Kind[Obj]):
             return kernel.socket(netns), request(change.action, obj, protocol,
                                                  links.get(netns, {}))
 
-        applier.done(applier.send(changes, encode))
+        applier.queue(changes, encode)

@@ -220,6 +220,33 @@ class RuleKind(NetlinkKind[Rule]):
         # walking the list from its head, where the next one then is (docs/rule-tree.md).
         changes.sort(key=_delete_order)
 
+    def deferred_deletes(self, deletes: list[Change], creates: list[Change]) -> list[Change]:
+        # A path of the tree no VS needs any more leads only to leaves that went before it
+        # (the kernel skips a goto whose target holds no rule): it can go after the
+        # creates, and an edit's new rules are in place ~1.5 ms sooner at 1,000 VS (each
+        # rule change walks the kernel's list; docs/rule-tree.md, "Applying"). Not a rule
+        # where a rule is created, nor one a created goto jumps to (traffic would run into
+        # it), nor a goto to a created rule (it would jump there): those go first.
+        if not creates:
+            return []  # nothing to go ahead of (a teardown keeps the order that is cheapest)
+        taken: set[tuple[str, int, int]] = set()
+        for change in creates:
+            rule = cast(Rule, change.obj)
+            taken.add((rule.netns, rule.family, rule.priority))
+            if rule.action == "goto":
+                taken.add((rule.netns, rule.family, rule.target))
+        first: list[Change] = []
+        late: list[Change] = []
+        for change in deletes:
+            rule = cast(Rule, change.obj)
+            waits = (change.server == SHARED
+                     and (rule.netns, rule.family, rule.priority) not in taken
+                     and (rule.action != "goto"
+                          or (rule.netns, rule.family, rule.target) not in taken))
+            (late if waits else first).append(change)
+        deletes[:] = first
+        return late
+
     def conflict(self, found: Rule) -> str:
         return f"priority {found.priority} is taken by a foreign {found.describe()}"
 
