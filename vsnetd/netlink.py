@@ -25,7 +25,6 @@ from typing import NamedTuple, TypeVar
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
 NLM_F_ACK = 0x4
 NLM_F_DUMP_INTR = 0x10
 NLM_F_DUMP = 0x300
@@ -255,15 +254,16 @@ class RtnlSocket:
             self._prepare_batches()
         replies: list[Reply] = []
         chunk: list[bytes] = []
-        size = 0
-        first_seq = self._seq + 1
+        size = first_seq = 0
         for mtype, flags, body in requests:
             seq = self._next_seq()
             message = NLMSGHDR.pack(NLMSGHDR.size + len(body), mtype, flags | NLM_F_REQUEST,
                                     seq, 0) + body
             if size + len(message) > MAX_BATCH_BYTES and chunk:
                 replies.extend(self._send_chunk(chunk, first_seq))
-                chunk, size, first_seq = [], 0, seq
+                chunk, size = [], 0
+            if not chunk:
+                first_seq = seq
             chunk.append(message)
             size += len(message)
         if chunk:
@@ -280,6 +280,8 @@ class RtnlSocket:
         while True:
             for mtype, flags, seq, data, start, end in self._receive():
                 index = (seq - first_seq) & 0xFFFFFFFF
+                if seq < first_seq:  # past the wrap, where the sequence skips 0
+                    index -= 1
                 if mtype != NLMSG_ERROR or index > closing:
                     continue  # not an answer to this send (a late answer of an earlier one)
                 error = I32.unpack_from(data, start)[0]
