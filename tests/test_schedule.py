@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from vsnetd.reconcile import RETRY_MAX_SECONDS, WHOLE, Schedule
+import gc
+
+from vsnetd.reconcile import RETRY_MAX_SECONDS, WHOLE, Schedule, gc_paused
 
 
 def test_a_changed_vs_is_due_at_once_and_done_after_a_clean_run() -> None:
@@ -63,3 +65,24 @@ def test_vs_gone_from_the_config_wait_for_nothing() -> None:
     schedule.want_full("lost track", 0)
     schedule.forget({"a"})
     assert set(schedule.pending) == {"a", WHOLE}
+
+
+def test_the_collector_comes_back_when_the_last_hold_is_left() -> None:
+    """The daemon's reader thread and its loop each hold the collector off, overlapping:
+    the first to leave must not turn it back on under the other."""
+    was_enabled = gc.isenabled()
+    gc.enable()
+    try:
+        reader, loop = gc_paused(), gc_paused()
+        reader.__enter__()
+        loop.__enter__()
+        reader.__exit__(None, None, None)
+        assert not gc.isenabled()
+        loop.__exit__(None, None, None)
+        assert gc.isenabled()
+        gc.disable()  # held off by someone else: left off
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        (gc.enable if was_enabled else gc.disable)()

@@ -10,14 +10,13 @@ import dataclasses
 import gc
 import itertools
 import operator
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from vsnetd.apply import ApplyResult, apply_plan
-from vsnetd.compile import compile_config
-from vsnetd.config import Config
 from vsnetd.diff import plan_changes
 from vsnetd.kernel import Kernel
 from vsnetd.kinds import KernelObject, Namespace
@@ -65,6 +64,33 @@ def plan_for(kernel: Kernel, desired: DesiredState) -> Plan:
         return plan_changes(desired, observe(kernel, desired.scope))
 
 
+class _CollectorHold:
+    """The cyclic collector held off while any thread is inside :func:`gc_paused`: the
+    daemon's reader thread and its loop each run one, and the collector is one switch for
+    the whole process, so the last to leave turns it back on (if it was on)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.holders = 0
+        self.was_enabled = False
+
+    def enter(self) -> None:
+        with self.lock:
+            if self.holders == 0:
+                self.was_enabled = gc.isenabled()
+                gc.disable()
+            self.holders += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.holders -= 1
+            if self.holders == 0 and self.was_enabled:
+                gc.enable()
+
+
+_COLLECTOR_HOLD = _CollectorHold()
+
+
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Hold the cyclic garbage collector for one pipeline run.
@@ -73,13 +99,11 @@ def gc_paused() -> Iterator[None]:
     this, generation scans cost a third of the time at 1,000 VS. Reference counting
     still frees everything as usual.
     """
-    enabled = gc.isenabled()
-    gc.disable()
+    _COLLECTOR_HOLD.enter()
     try:
         yield
     finally:
-        if enabled:
-            gc.enable()
+        _COLLECTOR_HOLD.leave()
 
 
 def converge(kernel: Kernel, desired: DesiredState) -> ConvergeResult:
@@ -110,10 +134,6 @@ def _converge(kernel: Kernel, desired: DesiredState) -> ConvergeResult:
     result.observed = observed
     result.seconds = time.perf_counter() - started
     return result
-
-
-def converge_config(kernel: Kernel, config: Config) -> ConvergeResult:
-    return converge(kernel, compile_config(config))
 
 
 class Reconciler:

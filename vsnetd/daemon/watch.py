@@ -32,8 +32,6 @@ from vsnetd.reconcile import gc_paused
 from vsnetd.state import DesiredState
 
 # inotify(7)
-IN_MODIFY = 0x2
-IN_ATTRIB = 0x4
 IN_CLOSE_WRITE = 0x8
 IN_MOVED_FROM = 0x40
 IN_MOVED_TO = 0x80
@@ -202,12 +200,13 @@ class ConfigReader:
             self.results.put(self._load(changed, requests))
         if changed is None or changed or netns:
             self._poke()  # after the put: the loop finds what it is woken for
-        if changed is None:
-            self._count_shared_users()
+        self._count_shared_users()
 
     def _count_shared_users(self) -> None:
-        """After a full read is handed over (and at the start): what the next edit of a
-        path in the rule tree needs, made now rather than on that edit's way."""
+        """After a read is handed over (and at the start): what the next edit of a path in
+        the rule tree needs, made now rather than on that edit's way. A read that compiled
+        the whole config again (a VS added or removed) left a state without the counts;
+        once made they are kept, and this costs nothing."""
         if self._previous is not None:
             with gc_paused():
                 count_shared_users(self._previous[1])
