@@ -318,7 +318,8 @@ def namespaces_of_sockets(pid: int) -> list[int]:
 def test_netns_sockets_made_ahead_go_with_their_vs(netns_daemon: Daemon, broker_path: Path,
                                                     tmp_path: Path) -> None:
     """The broker makes a few sockets per entry into a namespace and keeps the others for
-    the next requests; they hold the namespace, so they are closed once the VS is gone."""
+    the next requests; they hold the namespace and its settings of the time, so they are
+    closed once the VS's entry changes or the VS is gone."""
     namespace = os.stat("/run/netns/vs-a").st_ino
     held_before = namespaces_of_sockets(netns_daemon.pid).count(namespace)  # its netlink's
     for port in range(7001, 7004):
@@ -330,6 +331,12 @@ def test_netns_sockets_made_ahead_go_with_their_vs(netns_daemon: Daemon, broker_
     held = namespaces_of_sockets(netns_daemon.pid).count(namespace)
     assert held - held_before == SPARE_BATCH - 3
     config = tmp_path / "etc" / "servers.yaml"
+    save(config, config_text(NETNS.replace("[{address: 10.1.1.5/24}]",
+                                           "[{address: 10.1.1.5/24}, {address: 10.1.1.6/24}]", 1)))
+    wait_until(lambda: len({s["server"]: s for s in client.servers(broker_path)}["a"]
+                           ["addresses"]) == 2, 10,
+               "the broker's picture with VS a changed")  # the witness that it was processed
+    assert namespaces_of_sockets(netns_daemon.pid).count(namespace) == held_before
     save(config, config_text("b:\n" + NETNS.split("b:\n", 1)[1]))  # VS a removed
     wait_until(lambda: "a" not in {s["server"] for s in client.servers(broker_path)}, 10,
                "the broker's picture without VS a")  # the witness that it was processed

@@ -109,7 +109,10 @@ class Target:
 
     def open_namespace(self, previous: Target | None) -> None:
         """Hold a descriptor of the VS's namespace: the previous picture's when the name
-        still means the same namespace, else a new one (none while it does not exist)."""
+        still means the same namespace, else a new one (none while it does not exist).
+        The previous picture's spare sockets are not taken over: the entry changed, and a
+        socket takes the namespace's settings (its sysctls: buffer sizes, congestion
+        control) when it is made; they close with the previous picture."""
         if not self.netns:
             return
         try:
@@ -118,8 +121,7 @@ class Target:
             return
         if previous is not None and previous.netns_fd >= 0 and previous.netns_inode == inode:
             self.netns_fd, self.netns_inode = previous.netns_fd, inode
-            self.spares = previous.spares
-            previous.netns_fd, previous.spares = -1, {}  # handed over: not closed with it
+            previous.netns_fd = -1  # handed over: not closed with it
             return
         with contextlib.suppress(OSError):
             self.netns_fd = os.open(NETNS_DIR / self.netns, os.O_RDONLY | os.O_CLOEXEC)
