@@ -72,7 +72,8 @@ def test_a_table_belongs_to_the_vs_whose_block_holds_it() -> None:
 
 def test_layout_takes_the_configured_mark_else_counts_from_mark_base() -> None:
     settings = Settings(table_base=20000, mark_base=0x100, block_size=4)
-    assert layout(settings, 3).table_block == (20012, 20013, 20014, 20015)
+    assert [layout(settings, 3).address_table(index) for index in range(3)] == [20012, 20013,
+                                                                                   20014]
     assert layout(settings, 3).mark == 0x103
     assert layout(settings, 3, mark=0x7000000).mark == 0x7000000
     assert layout(settings, 3).mark_table == 20015
@@ -86,7 +87,7 @@ def test_a_namespace_rule_sits_at_priority_base_plus_its_address_index() -> None
 
 def test_reserved_numbers_are_refused_at_the_edges_of_32_bits() -> None:
     settings = Settings()
-    top = table_slot(0, U32_MAX - 3)  # the last table number below 2^32 (255 is skipped)
+    top = table_slot(0, U32_MAX - 3)  # the last table number below 2^32 (253-255 modulo 256 are skipped)
     assert top is not None
 
     def block_ending_at(slot: int, mark: int = 1) -> ServerNumbers:

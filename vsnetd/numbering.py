@@ -49,11 +49,6 @@ class ServerNumbers:
     mark: int
 
     @property
-    def table_block(self) -> tuple[int, ...]:
-        return tuple(table_number(self.table_base, slot)
-                     for slot in range(self.first_slot, self.first_slot + self.block_size))
-
-    @property
     def mark_table(self) -> int:
         return table_number(self.table_base, self.first_slot + self.block_size - 1)
 

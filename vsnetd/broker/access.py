@@ -91,8 +91,3 @@ def allows(verdict_: int, port: int) -> bool:
     return verdict_ == ANY_PORT or (verdict_ == UNPRIVILEGED_PORTS
                                     and not 0 < port < PRIVILEGED_PORTS)
 
-
-def may_use(peer: Peer, access: Access, port: int = 0) -> bool:
-    """Root always; others when the VS's ``sockets`` lists their user or one of their
-    groups, and for ports below 1024 only with ``privileged_ports: true``."""
-    return allows(verdict(peer, access), port)

@@ -139,12 +139,6 @@ def scan() -> tuple[dict[str, int], list[str]]:
     return owned, foreign
 
 
-def observe_namespaces() -> tuple[list[str], list[str]]:
-    """(vsnet's namespaces, foreign ones) mounted under /run/netns."""
-    owned, foreign = scan()
-    return list(owned), foreign
-
-
 def _prepare_mount_dir() -> None:
     """Make /run/netns a shared mount point, as ``ip netns add`` does, so namespaces
     mounted later show up in other mount namespaces (``ip netns exec``, services)."""
