@@ -14,7 +14,7 @@ from vsnetd.kinds import Address, Route, Rule
 from vsnetd.netlink import Reply
 from vsnetd.state import SHARED, Change, Plan
 
-DEVICE = "vsnet-test0"  # no such device here: the promote_secondaries check reads nothing
+DEVICE = "vsnet-test0"  # no such device here: the promote_secondaries check writes nothing
 
 
 class Socket:

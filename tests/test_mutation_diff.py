@@ -228,7 +228,7 @@ def test_a_teardown_deletes_the_tree_paths_before_the_leaves() -> None:
     plan = plan_changes(desired_of({}), holding(desired_of({"a": PBR})))
     rules = [c for c in plan.changes if c.obj.kind == "rule"]
     shared = [i for i, c in enumerate(rules) if c.server == SHARED]
-    assert shared == list(range(len(shared))) and len(shared) < len(rules)
+    assert shared and shared == list(range(len(shared))) and len(shared) < len(rules)
 
 
 def test_a_tree_path_a_created_rule_meets_is_deleted_before_the_creates() -> None:

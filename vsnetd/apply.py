@@ -2,7 +2,8 @@
 
 The plan is applied kind by kind in its own order, each batch of one kind by that kind
 (``Kind.apply``, vsnetd/kinds/kind.py). Netlink requests go out batched per namespace
-socket (many per ``send``, one ACK each); the other kinds' changes are made one by one.
+socket (many per ``send``, one ACK a ``send``: failures are answered anyway); the other
+kinds' changes are made one by one.
 The requests of consecutive netlink kinds (e.g. an edit's rules, addresses, routes and
 rules again) wait for each other and go out together, in the plan's order within each
 namespace: one ``send`` and one read of the ACKs for all, not one round trip per kind;

@@ -316,7 +316,8 @@ def _edited_shared(old: DesiredState, servers: dict[str, DesiredServer], changed
     need each: the old union, plus their new paths, less what they left that no VS needs
     any more. An edit inside the VS's own groups (the usual one) keeps the tree as it is;
     one that moves an address elsewhere counts the rules it left and took (the counts of
-    every VS are made once, by the first such edit: not a pass over every VS per edit)."""
+    every VS, made once by the daemon's reader thread after a read: not a pass over every
+    VS per edit)."""
     if all(servers[name].shared == old.servers[name].shared for name in changed):
         return old.shared, old.shared_users
     users = dict(count_shared_users(old))

@@ -14,7 +14,8 @@ namespace); then creates and replaces in the registry's order (confinement once 
 rule is there, sysctls and resolver files last); last the deletes a kind lets wait
 (``Kind.deferred_deletes``: the rule tree's paths no VS needs any more, when nothing
 created meets them). Within a kind, deletes keep the kernel's order and creates the
-config's: plans are deterministic without sorting.
+config's, unless the kind orders its own (``Kind.order_creates``/``order_deletes``: rules
+from the top of the tree down, their deletes gotos first): plans are deterministic.
 Objects inside a namespace that goes are not deleted one by one: they go with it.
 The rule tree's shared rules are wanted while any VS, even a held one, needs them, and are
 owned by no VS (``SHARED``).

@@ -71,8 +71,9 @@ class DesiredState:
     # (a teardown knows the config it tears down): deletes are attributed to them.
     former_names: dict[int, str] = field(default_factory=dict)
     former_namespaces: dict[str, str] = field(default_factory=dict)  # namespace -> VS name
-    # how many VS need each shared object (vsnetd/compile.py fills it when an edit first
-    # asks): an edit then finds what no VS needs any more without a pass over every VS
+    # how many VS need each shared object (compile.count_shared_users fills it, the
+    # daemon's reader thread after a read): an edit then finds what no VS needs any more
+    # without a pass over every VS
     shared_users: dict[ObjectKey, int] = field(default_factory=dict, compare=False, repr=False)
 
     def names_by_id(self) -> dict[int, str]:

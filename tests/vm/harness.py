@@ -118,8 +118,8 @@ done
 [ -n "$run" ] || fail "no vsnet.run= on the kernel command line"
 [ "$init" = bash ] && exec switch_root /newroot /bin/bash /run/vsnet-vm/stage2 "$run"
 
-# vsnet.init=systemd: the host's systemd as PID 1 (see "systemd as PID 1 in the test VM" in
-# ../shared/spikes/README.md); vsnet-vm.target runs stage 2 as a service.
+# vsnet.init=systemd: the host's systemd as PID 1 (docs/architecture.md, the test layers);
+# vsnet-vm.target runs stage 2 as a service.
 # With these files systemd believes it runs in a container and ignores the kernel command line.
 rm -f /newroot/.dockerenv /newroot/run/.containerenv
 # a container's policy-rc.d (exit 101) forbids maintainer scripts to start services
