@@ -44,7 +44,7 @@ FLAT_BLOCK = 16  # the flat layout: priority_base + id * 16 + index, as before t
 OPTIONS: dict[str, common.Option] = {
     "--servers": {"default": "1,100,1000,4000",
                   "help": "comma-separated VS counts (default 1,100,1000,4000)"},
-    "--rounds": (3, "interleaved rounds"),
+    "--rounds": (5, "interleaved rounds"),
     "--udp-count": (20000, "request/responses per UDP measure"),
     "--tcp-seconds": (1.0, "seconds per connections/s measure"),
     "--cpu": {"default": str((os.cpu_count() or 1) - 1),
@@ -77,8 +77,14 @@ class Samples(Notes):
         return statistics.median(values) if values else None
 
     def ratio(self, kind: str, box: Box, target: str) -> float | None:
-        return common.ratio(self.median(kind, box.name, target),
-                            self.median(kind, box.base, target))
+        """The median of the rounds' ratios: in each round a box and its baseline are
+        measured back to back, so a drift in the machine's speed (other guests of the VM
+        host) weighs on both sides of a ratio alike."""
+        table = self.udp if kind == "udp" else self.tcp
+        mine, base = table.get((box.name, target)), table.get((box.base, target))
+        if not mine or not base:
+            return None
+        return statistics.median(value / floor for value, floor in zip(mine, base, strict=True))
 
 
 def vs_address(number: int) -> str:
@@ -188,21 +194,32 @@ def measure(args: argparse.Namespace) -> Samples:
         subprocess.run([os.environ.get("CC", "gcc"), "-O2", "-Wall", "-o", str(binary),
                         str(Path(__file__).with_name("dataplane.c"))], check=True)
         build(args, samples, Path(work))
+        compared: dict[str, list[Box]] = {}  # a baseline's name -> it and the boxes it is for
+        for box in samples.boxes:
+            compared.setdefault(box.base, []).append(box)
         for round_number in range(1, args.rounds + 1):
-            for box in samples.boxes:
-                for target, address in box.targets.items():
-                    progress_line(f"round {round_number}/{args.rounds}: {box.name}, {target}")
-                    key = (box.name, target)
-                    with server(box, binary, args.cpu, "udp-server", address, UDP_PORT):
-                        p50, _p99 = client(box, binary, args.cpu, "udp-client", address,
-                                           UDP_PORT, args.udp_count)
-                    samples.udp.setdefault(key, []).append(p50 / 1000)
-                    with server(box, binary, args.cpu, "tcp-server", address, TCP_PORT):
-                        [rate] = client(box, binary, args.cpu, "tcp-client", address, TCP_PORT,
-                                        args.tcp_seconds)
-                    samples.tcp.setdefault(key, []).append(rate)
+            for boxes in compared.values():
+                for target in boxes[0].targets:
+                    # back to back, in an order that alternates round by round: what one
+                    # measure leaves behind (a warm cache) favours each side alike
+                    for box in boxes if round_number % 2 else boxes[::-1]:
+                        progress_line(f"round {round_number}/{args.rounds}: {box.name}, {target}")
+                        measure_once(args, samples, binary, box, target)
         progress_line("")
     return samples
+
+
+def measure_once(args: argparse.Namespace, samples: Samples, binary: Path, box: Box,
+                 target: str) -> None:
+    """The UDP p50 and the connections/s of one target of one box."""
+    address, key = box.targets[target], (box.name, target)
+    with server(box, binary, args.cpu, "udp-server", address, UDP_PORT):
+        p50, _p99 = client(box, binary, args.cpu, "udp-client", address, UDP_PORT,
+                           args.udp_count)
+    samples.udp.setdefault(key, []).append(p50 / 1000)
+    with server(box, binary, args.cpu, "tcp-server", address, TCP_PORT):
+        [rate] = client(box, binary, args.cpu, "tcp-client", address, TCP_PORT, args.tcp_seconds)
+    samples.tcp.setdefault(key, []).append(rate)
 
 
 def targets(args: argparse.Namespace, samples: Samples) -> list[dict[str, Any]]:
@@ -230,8 +247,9 @@ def targets(args: argparse.Namespace, samples: Samples) -> list[dict[str, Any]]:
 
 
 def table(info: dict[str, Any], args: argparse.Namespace, samples: Samples) -> None:
-    print(f"vsnet data-plane benchmark: pbr VS x 2 IPv4 addresses; median of {args.rounds} "
-          f"interleaved rounds; server and client on CPU {args.cpu}")
+    print(f"vsnet data-plane benchmark: pbr VS x 2 IPv4 addresses; medians of {args.rounds} "
+          f"rounds (x base: of each round's ratio to the baseline measured beside it); "
+          f"server and client on CPU {args.cpu}")
     print(common.machine_line(info))
     print()
     print(f"{'box':<26} {'rules':>6}  {'target':<10} {'UDP p50':>9} {'x base':>7} "
