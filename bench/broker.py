@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import contextlib
 import fcntl
 import gc
 import json
@@ -497,41 +498,42 @@ def measure(args: argparse.Namespace) -> Results:
             results.values["ready_seconds"] = daemon.ready(READY_TIMEOUT)
             check_in_sync(results, daemon, "after start")
             code = BrokerServer(kernel, Path("/nonexistent"))  # the daemon's, in this process
-            code.update({name: Served(server, config.servers[name], "in-sync")
-                         for name, server in desired.servers.items()}, 1)
-            fds_before = len(os.listdir(f"/proc/{daemon.pid}/fd"))
-            first = 0
-            for number in range(1, args.repeat + 1):
-                step = f"round {number}/{args.repeat}"
-                progress(f"{step}: transport floor, import")
-                for split in splits:
-                    measure_transport(results, workdir, targets["pbr"], args.requests,
-                                      args.warmup, split)
-                measure_import(results, workdir)
-                for mode, target in targets.items():
-                    progress(f"{step}: {mode}")
-                    measure_floor(results, target, args.requests, args.warmup, first)
-                    first += span + 1
-                    measure_code(results, code, target, args.requests, args.warmup, first)
-                    first += span
-                    for style, clients in (("bare", 1), ("library", 1), ("clients", args.clients)):
-                        measure_clients(results, broker, daemon.pid, target,
-                                        "bare" if style == "bare" else "library",
-                                        f"{mode}/{style}", clients, args.requests, args.warmup,
-                                        first)
-                        first += clients * span
-                    batches = max(1, args.requests // args.batch)
-                    measure_clients(results, broker, daemon.pid, target, "batch", f"{mode}/batch",
-                                    1, batches, 2, first, args.batch)
-                    first += (batches + 2) * args.batch
-            check_in_sync(results, daemon, "after the requests")
-            fds_after = len(os.listdir(f"/proc/{daemon.pid}/fd"))
-            results.values["daemon_fds"] = {"before": fds_before, "after": fds_after}
-            # every client has gone: its sockets must have too; the netns VS's spares stay
-            if fds_after > fds_before + SPARE_BATCH - 1:
-                results.note(f"vsnetd holds {fds_after - fds_before} more descriptor(s) after "
-                             f"the requests than before (at most {SPARE_BATCH - 1} spare "
-                             f"sockets of the netns VS expected)")
+            with contextlib.closing(code):  # its spare sockets hold the netns VS's namespace
+                code.update({name: Served(server, config.servers[name], "in-sync")
+                             for name, server in desired.servers.items()}, 1)
+                fds_before = len(os.listdir(f"/proc/{daemon.pid}/fd"))
+                first = 0
+                for number in range(1, args.repeat + 1):
+                    step = f"round {number}/{args.repeat}"
+                    progress(f"{step}: transport floor, import")
+                    for split in splits:
+                        measure_transport(results, workdir, targets["pbr"], args.requests,
+                                          args.warmup, split)
+                    measure_import(results, workdir)
+                    for mode, target in targets.items():
+                        progress(f"{step}: {mode}")
+                        measure_floor(results, target, args.requests, args.warmup, first)
+                        first += span + 1
+                        measure_code(results, code, target, args.requests, args.warmup, first)
+                        first += span
+                        for style, clients in (("bare", 1), ("library", 1), ("clients", args.clients)):
+                            measure_clients(results, broker, daemon.pid, target,
+                                            "bare" if style == "bare" else "library",
+                                            f"{mode}/{style}", clients, args.requests, args.warmup,
+                                            first)
+                            first += clients * span
+                        batches = max(1, args.requests // args.batch)
+                        measure_clients(results, broker, daemon.pid, target, "batch", f"{mode}/batch",
+                                        1, batches, 2, first, args.batch)
+                        first += (batches + 2) * args.batch
+                check_in_sync(results, daemon, "after the requests")
+                fds_after = len(os.listdir(f"/proc/{daemon.pid}/fd"))
+                results.values["daemon_fds"] = {"before": fds_before, "after": fds_after}
+                # every client has gone: its sockets must have too; the netns VS's spares stay
+                if fds_after > fds_before + SPARE_BATCH - 1:
+                    results.note(f"vsnetd holds {fds_after - fds_before} more descriptor(s) after "
+                                 f"the requests than before (at most {SPARE_BATCH - 1} spare "
+                                 f"sockets of the netns VS expected)")
     return results
 
 

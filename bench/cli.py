@@ -30,7 +30,7 @@ ROWS = [
     ("help", "vsnetctl --help"),
     ("plan_netns", "vsnetctl plan, N netns VS, nothing to do"),
 ]
-# the targets (from the issue) but apply's: measure, label, seconds
+# the targets (docs/benchmarks.md) but apply's: measure, label, seconds
 LIMITS = (("validate", "vsnetctl validate", 0.120), ("help", "vsnetctl --help", 0.050),
           ("plan_netns", "vsnetctl plan, netns, no-op", 0.200))
 

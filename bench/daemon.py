@@ -55,14 +55,14 @@ OPTIONS: dict[str, common.Option] = {
     "--single-file": (False, "every VS in servers.yaml (default: one drop-in file per VS)"),
 }
 ROWS: list[tuple[str, str]] = [
-    ("edit", "edit to kernel: rename -> last change (rule)"),
+    ("edit", "edit to kernel: rename -> new rule"),
     ("edit_first", "  rename -> first change (watch, load, plan)"),
-    ("edit_apply", "  first -> last change (apply)"),
+    ("edit_apply", "  first change -> new rule (apply)"),
     ("floor_ip_batch", "floor: ip -batch, same 6 changes, as a process"),
     ("status_last_reconcile", "  daemon's view: last_reconcile seconds"),
     ("heal_rule", "heal: rule deleted -> rule back"),
     ("heal_route", "heal: route deleted -> route back"),
-    ("load_edit", "edit to kernel under load (10 edits/s)"),
+    ("load_edit", "edit to kernel under load (--rate edits/s)"),
 ]
 
 
@@ -223,7 +223,7 @@ def measure_edits(bench: Bench, floor: Floor) -> None:
                     "why", "seconds", "changes", "read_seconds", "handover_seconds")})
         time.sleep(EDIT_GAP)
     if lost:
-        results.note(f"edits: {lost} of {count} never showed their last change "
+        results.note(f"edits: {lost} of {count} never showed their new rule "
                      f"within {WAIT_TIMEOUT:g} s")
 
 
@@ -291,7 +291,7 @@ def measure_load(bench: Bench) -> None:
     mem = memory(pid)
     results.values.update(rss_load_peak=max(peak_rss, mem["VmRSS"]), hwm_after_load=mem["VmHWM"])
     if pending:
-        results.note(f"load: {len(pending)} of {total} edits never showed their last change")
+        results.note(f"load: {len(pending)} of {total} edits never showed their new rule")
 
 
 def measure(args: argparse.Namespace) -> Results:

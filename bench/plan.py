@@ -29,7 +29,7 @@ OPTIONS: dict[str, common.Option] = {
     "--baseline": {"metavar": "REV",
                    "help": "also measure the vsnetd of this git revision, in the same rounds"},
     "--mode": {"choices": ("netns", "pbr"), "default": "netns",
-               "help": "the VS's mode (default netns, the issue's target; pbr: bench/cli.py's "
+               "help": "the VS's mode (default netns, the target's; pbr: bench/cli.py's "
                        "workload, two addresses each)"},
 }
 # Run in a child process with the tree under test first on sys.path: the plan's phases.
@@ -147,7 +147,7 @@ def measure(args: argparse.Namespace) -> Results:
 
 def targets(args: argparse.Namespace, results: Results) -> list[dict[str, Any]]:
     if args.mode != "netns":
-        return []  # the target is for netns VS; pbr is measured for comparison
+        return []  # the target is for netns VS (docs/benchmarks.md); pbr is for comparison
     return [common.target(f"vsnetctl plan, netns, no-op <= 200 ms"
                           f"{common.scale_note(args.servers)}", "this tree:process",
                           results.median_or_none("this tree:process"), 0.200, "s")]
