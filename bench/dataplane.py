@@ -44,7 +44,7 @@ FLAT_BLOCK = 16  # the flat layout: priority_base + id * 16 + index, as before t
 OPTIONS: dict[str, common.Option] = {
     "--servers": {"default": "1,100,1000,4000",
                   "help": "comma-separated VS counts (default 1,100,1000,4000)"},
-    "--rounds": (5, "interleaved rounds"),
+    "--rounds": (9, "interleaved rounds"),
     "--udp-count": (20000, "request/responses per UDP measure"),
     "--tcp-seconds": (1.0, "seconds per connections/s measure"),
     "--cpu": {"default": str((os.cpu_count() or 1) - 1),
