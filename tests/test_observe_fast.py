@@ -2,7 +2,9 @@
 dumps without counters, namespaces scanned with plain paths, sockets opened in one pass,
 resolver files looked up only where /etc/netns has a directory) sees exactly what the
 previous, straightforward observe saw: on a kernel populated by vsnet, with foreign
-objects of every kind beside vsnet's, in the root namespace and inside VS namespaces."""
+objects of every kind beside vsnet's, in the root namespace and inside VS namespaces; and
+a look that reuses what the look before it decoded (a converge's verification) sees what
+a fresh look sees, changes between the two included."""
 
 from __future__ import annotations
 
@@ -178,10 +180,23 @@ def test_fast_observe_equals_the_previous_one_with_foreign_objects(tmp_path: Pat
         with Kernel() as kernel:
             fast = observe(kernel, scope)
             again = observe(kernel, scope)  # sockets and namespace fds reused
-        previous = previous_observe(scope)
+            memo = netlink.DumpMemo()  # a converge's looks: the second decodes what changed
+            remembered = [observe(kernel, scope, memo) for _look in range(2)]
+            previous = previous_observe(scope)
+            # changed between two looks with the memo: seen as a fresh look sees it
+            ip("rule", "del", "pref", str(priority), "from", "10.9.9.9", "lookup", str(table))
+            ip("route", "add", "198.51.100.0/24", "dev", "f0", "table", str(table))
+            changed = observe(kernel, scope, memo)
+            fresh = observe(kernel, scope)
 
         assert comparable(fast) == comparable(previous)
         assert comparable(again) == comparable(previous)
+        assert [comparable(look) for look in remembered] == [comparable(previous)] * 2
+        assert comparable(changed) == comparable(fresh) != comparable(previous)
+        assert (socket.AF_INET, "198.51.100.0/24") in {
+            (r.family, r.destination) for r in changed.foreign_of("route") if not r.netns}
+        assert not [r for r in changed.foreign_of("rule")
+                    if not r.netns and r.family == socket.AF_INET and r.priority == priority]
         # the foreign objects were seen at all (the comparison is not of two empty views), as
         # the kernel shows them
         kernel_rules = [r for r in ip_json("rule", "show", netns="vs-a")

@@ -19,7 +19,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 # netlink message types and flags (linux/netlink.h, linux/rtnetlink.h)
 NLMSG_ERROR = 2
@@ -103,6 +103,26 @@ def parse_attrs(data: bytes | bytearray, offset: int, end: int) -> dict[int, byt
 T = TypeVar("T")
 # Decodes one message body from the receive buffer: (buffer, body start, body end).
 Decoder = Callable[[bytearray, int, int], T | None]
+_UNSEEN = object()
+
+
+class DumpMemo:
+    """What the last dump of each request decoded, by each message's bytes: a second look
+    at a kernel that barely changed (a converge's verification, right after its first
+    look) decodes only the messages that are new. Decoding is most of a dump's cost in
+    Python (~4 µs a rule, ~0.6 µs to copy and look its bytes up). Only for decoders that
+    are pure functions of the message and of what ``key`` names; a request keeps only its
+    last dump's messages."""
+
+    def __init__(self) -> None:
+        self._last: dict[object, dict[bytes, Any]] = {}
+
+    def turn(self, key: object) -> tuple[dict[bytes, Any], dict[bytes, Any]]:
+        """(what the last dump under ``key`` decoded, where this one writes its own)."""
+        last = self._last.get(key, {})
+        now: dict[bytes, Any] = {}
+        self._last[key] = now
+        return last, now
 
 
 class Reply(NamedTuple):
@@ -131,6 +151,21 @@ class DumpInterrupted(Exception):
 
 class NetlinkError(OSError):
     pass
+
+
+def _remembering(decode: Decoder[T], last: dict[bytes, Any], now: dict[bytes, Any]
+                 ) -> Decoder[T]:
+    """``decode``, answered from ``last`` for the messages it holds; every message's result
+    kept in ``now``."""
+    def remembered(data: bytearray, start: int, end: int) -> T | None:
+        raw = bytes(data[start:end])
+        found: T | None = last.get(raw, _UNSEEN)
+        if found is _UNSEEN:
+            found = decode(data, start, end)
+        now[raw] = found
+        return found
+
+    return remembered
 
 
 class RtnlSocket:
@@ -194,13 +229,19 @@ class RtnlSocket:
 
     # ------------------------------------------------------------------ dumps
 
-    def dump(self, kind: int, header: bytes, decode: Decoder[T], attrs: bytes = b"") -> list[T]:
+    def dump(self, kind: int, header: bytes, decode: Decoder[T], attrs: bytes = b"",
+             memo: tuple[DumpMemo, object] | None = None) -> list[T]:
         """A dump request, each message passed to ``decode`` straight from the receive
         buffer (no copy); what it returns, None excepted, is collected. Retried while the
-        kernel reports the dump was interrupted by a change."""
+        kernel reports the dump was interrupted by a change. With ``memo`` (a DumpMemo and
+        what, besides the message, the decoder's result depends on) a message the last
+        such dump decoded is not decoded again."""
         for _attempt in range(10):
             try:
-                return self._dump_once(kind, header + attrs, decode)
+                if memo is None:
+                    return self._dump_once(kind, header + attrs, decode)
+                last, now = memo[0].turn((kind, header, attrs, memo[1]))
+                return self._dump_once(kind, header + attrs, _remembering(decode, last, now))
             except DumpInterrupted:
                 continue
         raise NetlinkError(errno.EAGAIN, "netlink dump kept being interrupted")

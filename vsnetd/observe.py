@@ -20,24 +20,26 @@ from typing import Any
 from vsnetd.kernel import ROOT, Kernel
 from vsnetd.kinds import REGISTRY, KernelObject, Kind
 from vsnetd.kinds.kind import Inside, Looking, NamespaceObserver
-from vsnetd.netlink import RtnlSocket
+from vsnetd.netlink import DumpMemo, RtnlSocket
 from vsnetd.state import DesiredServer, ObservedState, Scope
 
 Observers = list[tuple[str, NamespaceObserver[Any]]]
 
 
-def observe(kernel: Kernel, scope: Scope) -> ObservedState:
+def observe(kernel: Kernel, scope: Scope, memo: DumpMemo | None = None) -> ObservedState:
+    """The kernel as vsnet sees it. ``memo``: what the last pass with it decoded, and
+    where this one leaves what it decodes (for a second look soon after the first)."""
     state = ObservedState()
     look = Looking(kernel, scope, state)
     for kind in REGISTRY:
         kind.observe_machine(look)
     observers = _observers(look)
-    root_names = _observe_in(kernel.root, ROOT, observers, scope, state, {})
+    root_names = _observe_in(kernel.root, ROOT, observers, scope, state, {}, memo)
     sockets = kernel.open_sockets(look.namespaces)
     for name in look.namespaces:
         sock = sockets.get(name)
         if sock is not None:  # else removed meanwhile
-            _observe_in(sock, name, observers, scope, state, root_names)
+            _observe_in(sock, name, observers, scope, state, root_names, memo)
     return state
 
 
@@ -47,9 +49,10 @@ def _observers(look: Looking) -> Observers:
 
 
 def _observe_in(sock: RtnlSocket, netns: str, observers: Observers, scope: Scope,
-                state: ObservedState, root_names: dict[int, str]) -> dict[int, str]:
+                state: ObservedState, root_names: dict[int, str],
+                memo: DumpMemo | None = None) -> dict[int, str]:
     """Observe one namespace into ``state``; return its ifindex -> name map."""
-    inside = Inside(netns, scope, state, {}, root_names)
+    inside = Inside(netns, scope, state, {}, root_names, memo)
     owned = state.owned
     for name, observer in observers:
         for found, is_owned in observer(sock, inside):

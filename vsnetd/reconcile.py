@@ -20,6 +20,7 @@ from vsnetd.apply import ApplyResult, apply_plan
 from vsnetd.diff import plan_changes
 from vsnetd.kernel import Kernel
 from vsnetd.kinds import KernelObject, Namespace
+from vsnetd.netlink import DumpMemo
 from vsnetd.observe import observe, refresh
 from vsnetd.state import (
     Change,
@@ -114,7 +115,9 @@ def converge(kernel: Kernel, desired: DesiredState) -> ConvergeResult:
 
 def _converge(kernel: Kernel, desired: DesiredState) -> ConvergeResult:
     started = time.perf_counter()
-    observed = observe(kernel, desired.scope)
+    # the verification's looks decode only what changed since the look before
+    memo = DumpMemo()
+    observed = observe(kernel, desired.scope, memo)
     plan = plan_changes(desired, observed)
     result = ConvergeResult(first_plan=plan, final_plan=plan)
     for _round in range(MAX_ROUNDS):
@@ -128,7 +131,7 @@ def _converge(kernel: Kernel, desired: DesiredState) -> ConvergeResult:
         result.applied.extend(outcome.applied)
         for name, reason in outcome.failures_by_server().items():
             result.failures.setdefault(name, reason)
-        observed = observe(kernel, desired.scope)
+        observed = observe(kernel, desired.scope, memo)
         plan = plan_changes(desired, observed)
         result.final_plan = plan
     result.observed = observed

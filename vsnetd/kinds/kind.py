@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from vsnetd.kernel import Kernel
-    from vsnetd.netlink import RtnlSocket
+    from vsnetd.netlink import DumpMemo, RtnlSocket
     from vsnetd.state import Change, DesiredServer, ObservedState, Scope
 
 
@@ -91,6 +91,9 @@ class Inside:
     state: ObservedState
     names: dict[int, str]  # its devices by ifindex (the link kind's dump fills it first)
     root_names: dict[int, str]  # those of vsnet's own namespace (the parents of VS devices)
+    # what the pass before this one decoded (vsnetd/netlink.py DumpMemo): a converge's
+    # verification decodes only what its apply changed
+    memo: DumpMemo | None = None
 
 
 # What a kind does in each network namespace of an observe pass: (object, owned) for each

@@ -157,16 +157,19 @@ def decoder(
 def observe(
     sock: netlink.RtnlSocket, family: int, names: dict[int, str], protocol: int,
     tables: range | frozenset[int], netns: str = "", only_table: int | None = None,
+    memo: netlink.DumpMemo | None = None,
 ) -> list[tuple[Route, bool]]:
     """Routes of ``family`` (AF_UNSPEC: IPv4 then IPv6, one dump) as (route, owned), see
     :func:`decoder`. Every table is dumped
     (the host's own tables are small next to vsnet's, and foreign routes in vsnet's tables
-    must be seen), or only ``only_table``, filtered by the kernel."""
+    must be seen), or only ``only_table``, filtered by the kernel. With ``memo``, decoded
+    again only where they changed (devices are named from ``names``: part of the key)."""
     header = RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
     attrs = netlink.attr_u32(RTA_TABLE, only_table) if only_table is not None else b""
     try:
         return sock.dump(netlink.RTM_GETROUTE, header, decoder(names, protocol, tables, netns),
-                         attrs)
+                         attrs, None if memo is None else
+                         (memo, (protocol, tables, netns, tuple(names.items()))))
     except netlink.NetlinkError as exc:
         if only_table is not None and exc.errno == errno.ENOENT:
             return []  # the kernel drops a table with its last route
@@ -187,7 +190,8 @@ class RouteKind(NetlinkKind[Route]):
 
         def routes_in(sock: netlink.RtnlSocket, inside: Inside) -> list[tuple[Route, bool]]:
             # both families in one dump (AF_UNSPEC): a round trip per namespace saved
-            return observe(sock, socket.AF_UNSPEC, inside.names, protocol, tables, inside.netns)
+            return observe(sock, socket.AF_UNSPEC, inside.names, protocol, tables, inside.netns,
+                           memo=inside.memo)
 
         return routes_in
 

@@ -164,12 +164,14 @@ def decoder(
 
 
 def observe(
-    sock: netlink.RtnlSocket, family: int, protocol: int, priorities: range, netns: str = ""
+    sock: netlink.RtnlSocket, family: int, protocol: int, priorities: range, netns: str = "",
+    memo: netlink.DumpMemo | None = None,
 ) -> list[tuple[Rule, bool]]:
     """Rules of ``family`` (AF_UNSPEC: IPv4 then IPv6, one dump) as (rule, owned), see
-    :func:`decoder`."""
+    :func:`decoder`; with ``memo``, decoded again only where they changed."""
     header = FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
-    return sock.dump(netlink.RTM_GETRULE, header, decoder(protocol, priorities, netns))
+    return sock.dump(netlink.RTM_GETRULE, header, decoder(protocol, priorities, netns),
+                     memo=None if memo is None else (memo, (protocol, priorities, netns)))
 
 
 class RuleKind(NetlinkKind[Rule]):
@@ -186,7 +188,8 @@ class RuleKind(NetlinkKind[Rule]):
 
         def rules_in(sock: netlink.RtnlSocket, inside: Inside) -> list[tuple[Rule, bool]]:
             # both families in one dump (AF_UNSPEC): a round trip per namespace saved
-            return observe(sock, socket.AF_UNSPEC, protocol, priorities, inside.netns)
+            return observe(sock, socket.AF_UNSPEC, protocol, priorities, inside.netns,
+                           inside.memo)
 
         return rules_in
 
