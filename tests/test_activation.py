@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.daemons import Daemon, addresses, vsnet_rules
 from tests.sandbox import ip, ip_json, sh
-from vsnetd import activation, ctl, neighbours
+from vsnetd import activation, cli, ctl, neighbours
 from vsnetd.compile import compile_config
 from vsnetd.config import DEFAULT_CONFIG_PATH, ConfigError, parse_config
 
@@ -89,9 +89,10 @@ def test_an_inactive_vs_keeps_its_numbers_and_is_deleted_in_its_name() -> None:
 
 
 def test_the_front_door_agrees_with_the_config_module() -> None:
-    assert ctl.DEFAULT_CONFIG == DEFAULT_CONFIG_PATH
+    assert Path(ctl.DEFAULT_CONFIG) == DEFAULT_CONFIG_PATH
+    assert Path(cli.DEFAULT_CONFIG_PATH) == DEFAULT_CONFIG_PATH
     assert ctl.split(["-c", "x.yaml", "activate", "a", "b", "--json"]) == (
-        "activate", Path("x.yaml"), True, ["a", "b"])
+        "activate", "x.yaml", True, ["a", "b"])
     assert ctl.split(["activate", "--help"]) is None
     # the front door does not pay for pydantic
     code = "import sys, vsnetd.ctl; print('pydantic' in sys.modules)"

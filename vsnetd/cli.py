@@ -24,28 +24,31 @@ the lean front door :mod:`vsnetd.ctl`; without a daemon they work here, one shot
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
-import json
 import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
 
 # Each command imports what it uses, when it runs: pydantic, PyYAML and pyroute2 cost
-# ~150 ms to import, `vsnetctl --help` or `status` against a daemon need none of them.
+# ~150 ms to import, `vsnetctl --help` or `status` against a daemon need none of them;
+# even json, pathlib and typing are a fifth of a `vsnetctl --help` (docs/benchmarks.md).
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy knows the name
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+    from typing import Any, NoReturn
+
     from vsnetd.config import Config
     from vsnetd.reconcile import ConvergeResult
     from vsnetd.state import DesiredState, ServerVerdict
 
 EXIT_OK, EXIT_ERROR, EXIT_PENDING = 0, 1, 2
 JSON_VERSION = 1
-DEFAULT_CONFIG_PATH = Path("/etc/vsnet/servers.yaml")  # = vsnetd.config.DEFAULT_CONFIG_PATH
+DEFAULT_CONFIG_PATH = "/etc/vsnet/servers.yaml"  # = vsnetd.config.DEFAULT_CONFIG_PATH
 
 
 def _print_json(document: dict[str, Any]) -> None:
+    import json
+
     print(json.dumps({"version": JSON_VERSION, **document}, indent=2, sort_keys=True))
 
 
@@ -140,6 +143,8 @@ def _daemon_status(args: argparse.Namespace) -> dict[str, Any] | None:
         reply = control.request("status")
     except (control.DaemonUnavailable, OSError, ValueError):
         return None
+    from pathlib import Path
+
     if Path(reply.get("daemon", {}).get("config", "")) != Path(args.config).absolute():
         return None
     return reply
@@ -242,6 +247,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
     from vsnetd.config import json_schema
 
     print(json.dumps(json_schema(drop_in=args.drop_in), indent=2, sort_keys=True))
@@ -337,10 +344,16 @@ def _common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     def default(value: object) -> object:
         return value if defaults else argparse.SUPPRESS
 
-    parser.add_argument("-c", "--config", type=Path, default=default(DEFAULT_CONFIG_PATH),
+    parser.add_argument("-c", "--config", type=_path, default=default(DEFAULT_CONFIG_PATH),
                         help=f"config file (default {DEFAULT_CONFIG_PATH})")
     parser.add_argument("--json", action="store_true", default=default(False),
                         help="machine-readable output")
+
+
+def _path(text: str) -> Path:
+    from pathlib import Path
+
+    return Path(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -381,6 +394,8 @@ def _exit_now(status: int) -> NoReturn:
     compiled state object by object costs ~30 ms of CPU, more after an apply.
     Nothing is left to release (sockets and files are closed by their ``with`` blocks);
     what is buffered is written first."""
+    import contextlib
+
     if "logging" in sys.modules:
         sys.modules["logging"].shutdown()
     for stream in (sys.stdout, sys.stderr):

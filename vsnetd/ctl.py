@@ -13,23 +13,25 @@ All three exit with 2 when a name is not a ``placement: cluster`` VS of the conf
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-from vsnetd import control
+# Anything else is imported by the command that uses it: even json, pathlib, typing and
+# socket are a fifth of a `vsnetctl --help` (docs/benchmarks.md).
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy knows the name
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+    from typing import Any
 
 FAST = ("activate", "deactivate", "is-active")
 # vsnetd.config.DEFAULT_CONFIG_PATH, not imported from there: that costs the import of
 # pydantic (tests/test_activation.py checks that both agree)
-DEFAULT_CONFIG = Path("/etc/vsnet/servers.yaml")
+DEFAULT_CONFIG = "/etc/vsnet/servers.yaml"
 EXIT_OK, EXIT_ERROR, EXIT_REFUSED, EXIT_INACTIVE = 0, 1, 2, 3
 JSON_VERSION = 1
 
 
-def split(argv: Sequence[str]) -> tuple[str | None, Path, bool, list[str]] | None:
+def split(argv: Sequence[str]) -> tuple[str | None, str, bool, list[str]] | None:
     """(command, config, json, names) of a simple command line; None when it holds anything
     else (help, an unknown option): then the full parser of vsnetd.cli speaks."""
     command: str | None = None
@@ -42,9 +44,9 @@ def split(argv: Sequence[str]) -> tuple[str | None, Path, bool, list[str]] | Non
             value = next(args, None)
             if value is None:
                 return None
-            config = Path(value)
+            config = value
         elif arg.startswith("--config="):
-            config = Path(arg.removeprefix("--config="))
+            config = arg.removeprefix("--config=")
         elif arg == "--json":
             as_json = True
         elif arg.startswith("-"):
@@ -56,10 +58,14 @@ def split(argv: Sequence[str]) -> tuple[str | None, Path, bool, list[str]] | Non
     return command, config, as_json, names
 
 
-def via_daemon(op: str, names: list[str], config: Path) -> dict[str, Any] | None:
+def via_daemon(op: str, names: list[str], config: str | Path) -> dict[str, Any] | None:
     """The running daemon's answer; None when no daemon answers."""
+    from pathlib import Path
+
+    from vsnetd import control
+
     try:
-        return control.request(op, names=names, config=str(config.absolute()))
+        return control.request(op, names=names, config=str(Path(config).absolute()))
     except (control.DaemonUnavailable, ConnectionError):
         return None
 
@@ -81,6 +87,8 @@ def report(op: str, reply: dict[str, Any], as_json: bool) -> int:
     """Print the answer (text or JSON); the exit status."""
     status = exit_status(op, reply)
     if as_json:
+        import json
+
         print(json.dumps({"version": JSON_VERSION, **reply}, indent=2, sort_keys=True))
         return status
     if "servers" not in reply:
