@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Iterable
 from typing import cast
 
 from vsnetd.apply import apply_plan
@@ -18,14 +17,30 @@ DEVICE = "vsnet-test0"  # no such device here: the promote_secondaries check wri
 
 
 class Socket:
+    """Records the message types of each batch (one send: a plan this small fits)."""
+
     def __init__(self, failing: int | None = None) -> None:
-        self.sends: list[list[int]] = []  # the message types of each send
+        self.sends: list[list[int]] = []
         self.failing = failing
 
-    def batch(self, requests: Iterable[tuple[int, int, bytes]]) -> list[Reply]:
-        types = [mtype for mtype, _flags, _body in requests]
-        self.sends.append(types)
-        return [Reply(-errno.EEXIST if len(self.sends) == self.failing else 0) for _ in types]
+    def start_batch(self) -> Batch:
+        return Batch(self)
+
+
+class Batch:
+    def __init__(self, sock: Socket) -> None:
+        self.sock, self.types = sock, list[int]()
+
+    def add(self, mtype: int, flags: int, body: bytes) -> None:
+        self.types.append(mtype)
+
+    def replies(self) -> list[Reply]:
+        self.sock.sends.append(self.types)
+        failed = len(self.sock.sends) == self.sock.failing
+        return [Reply(-errno.EEXIST if failed else 0) for _ in self.types]
+
+    def settle(self) -> None:
+        pass
 
 
 class FakeKernel:

@@ -74,3 +74,21 @@ def test_a_batch_across_the_wrap_of_sequence_numbers() -> None:
         assert select.select([sock.fileno()], [], [], 0)[0] == []  # nothing left behind
     assert [r.error for r in replies] == [0, 0, -errno.EEXIST, 0, -errno.EEXIST]
     assert kernel_routes() == {"10.0.1.0/24", "10.0.2.0/24", "10.0.3.0/24"}
+
+
+def test_an_abandoned_batch_leaves_the_socket_free() -> None:
+    """A batch whose caller fails before its end (vsnetd/apply.py settles it): the send in
+    flight on its own thread finishes, what was not sent never is, and the socket answers
+    the next batch alone."""
+    count = 2000  # two sends: the first goes out on a thread once the second begins
+    with netlink.RtnlSocket() as sock:
+        batch = netlink.Batch(sock)
+        for index in range(count):
+            batch.add(*add(route_in_table(index)))
+        batch.settle()
+        sent = kernel_routes()
+        first = {route_in_table(index).destination for index in range(len(sent))}
+        assert 0 < len(sent) < count and sent == first  # the first send, whole
+        replies = sock.batch([add(route_in_table(count)), add(route_in_table(0))])
+        assert [r.error for r in replies] == [0, -errno.EEXIST]
+        assert select.select([sock.fileno()], [], [], 0)[0] == []  # nothing left behind

@@ -26,7 +26,7 @@ from vsnetd import metrics
 from vsnetd.kernel import Kernel
 from vsnetd.kinds import KINDS
 from vsnetd.kinds.kind import Request
-from vsnetd.netlink import RtnlSocket
+from vsnetd.netlink import Batch, RtnlSocket
 from vsnetd.state import Change, Plan
 
 # A delete that finds nothing has reached its goal (e.g. an admin removed it meanwhile).
@@ -57,14 +57,18 @@ class _Applier:
         self.links = {netns: dict(names) for netns, names in links.items()}
         self.protocol = protocol
         self.result = ApplyResult(links=self.links)
-        # requests encoded, not sent yet: by socket, in order (see queue)
-        self.queued: dict[int, tuple[RtnlSocket, list[tuple[Change, Request]]]] = {}
+        # requests encoded, not all sent yet: by socket, with their changes (see queue)
+        self.queued: dict[int, tuple[Batch, list[Change]]] = {}
         self.created = False  # what is queued creates or replaces something
 
     def run(self, changes: Iterable[Change]) -> ApplyResult:
-        for kind, group in itertools.groupby(changes, key=_kind_of):
-            KINDS[kind].apply(self, list(group))
-        self.flush()
+        try:
+            for kind, group in itertools.groupby(changes, key=_kind_of):
+                KINDS[kind].apply(self, list(group))
+            self.flush()
+        finally:
+            for batch, _changes in self.queued.values():
+                batch.settle()  # failed before its end: no send left in flight
         return self.result
 
     def each(self, changes: list[Change], do: Callable[[Change], None]) -> None:
@@ -124,15 +128,18 @@ class _Applier:
             except OSError as exc:  # e.g. a namespace that could not be created
                 failed.append((change, exc.strerror or str(exc)))
                 continue
-            by_socket.setdefault(id(sock), (sock, []))[1].append((change, request))
+            queued = by_socket.get(id(sock))
+            if queued is None:
+                queued = by_socket[id(sock)] = (sock.start_batch(), [])
+            queued[0].add(*request)
+            queued[1].append(change)
 
     def _send_queued(self) -> list[Change]:
         by_socket, self.queued, self.created = self.queued, {}, False
         failed = self.result.failed
         acknowledged: list[Change] = []
-        for sock, pending in by_socket.values():
-            replies = sock.batch(request for _change, request in pending)
-            for (change, _request), reply in zip(pending, replies, strict=True):
+        for batch, pending in by_socket.values():
+            for change, reply in zip(pending, batch.replies(), strict=True):
                 if reply.ok or (change.action == "delete" and reply.error in GONE):
                     acknowledged.append(change)
                 else:
