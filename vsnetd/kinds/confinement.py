@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import socket
 import sys
@@ -211,6 +210,8 @@ def programs_of(mark: int, addresses: tuple[str, ...]) -> dict[str, bytes]:
 
 
 def digest(code: bytes) -> str:
+    import hashlib  # loads OpenSSL (~4 ms): only a config with confinement needs it
+
     return hashlib.sha256(code).hexdigest()[:8]
 
 
