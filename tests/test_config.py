@@ -102,8 +102,15 @@ def test_an_unknown_key_does_not_hide_the_entrys_other_errors() -> None:
         ("    id: 0\n", "servers.yaml:4:9: servers.a.id: 0: Input should be greater than or equal to 1"),
         ("    id: 1\n    mark: 0\n",
          "servers.yaml:5:11: servers.a.mark: 0: Input should be greater than or equal to 1"),
+        # a number or a boolean where an address goes: ipaddress would read 1 as 0.0.0.1
+        ("    id: 1\n    gateway: 1\n", "servers.yaml:5:14: servers.a.gateway: 1: "
+         "Value error, 1 is not an address: write it as text, e.g. 10.0.0.5"),
+        ("    id: 1\n    routes: [{to: true, via: 10.0.0.1}]\n",
+         "servers.yaml:5:19: servers.a.routes[0].to: "
+         "Value error, True is not an address: write it as text, e.g. 10.0.0.5"),
     ],
-    ids=["duplicate", "string", "zero", "mark"],  # plain ids: mutmut runs tests by id
+    ids=["duplicate", "string", "zero", "mark", "number-address", "boolean-network"],
+    # plain ids: mutmut runs tests by id
 )
 def test_field_errors(snippet: str, expected: str) -> None:
     text = ("version: 1\nservers:\n  a:\n" + snippet

@@ -53,6 +53,19 @@ def _as_list(value: Any) -> Any:
     return value if isinstance(value, list) else [value]
 
 
+def _not_a_number(value: Any) -> Any:
+    """Addresses and networks are text: pydantic's IP types would read ``1`` as 0.0.0.1
+    (and ``true`` as 0.0.0.1 too), a typo turned into an address."""
+    if isinstance(value, (bool, int, float)):
+        raise ValueError(f"{value!r} is not an address: write it as text, e.g. 10.0.0.5")
+    return value
+
+
+Address = Annotated[IPvAnyAddress, BeforeValidator(_not_a_number)]
+Interface = Annotated[IPvAnyInterface, BeforeValidator(_not_a_number)]
+Network = Annotated[IPvAnyNetwork, BeforeValidator(_not_a_number)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -60,8 +73,8 @@ class _Strict(BaseModel):
 class AddressConfig(_Strict):
     """One address of a virtual server, with the gateway its replies leave through."""
 
-    address: IPvAnyInterface = Field(description="Address with prefix length, e.g. 10.0.0.5/24.")
-    gateway: IPvAnyAddress | None = Field(
+    address: Interface = Field(description="Address with prefix length, e.g. 10.0.0.5/24.")
+    gateway: Address | None = Field(
         default=None,
         description="Where replies from this address go (reflection); inside the address's subnet.",
     )
@@ -70,14 +83,14 @@ class AddressConfig(_Strict):
 class RouteConfig(_Strict):
     """An extra route, placed in every table of the VS that can reach ``via``."""
 
-    to: IPvAnyNetwork = Field(description="Destination network, e.g. 192.168.50.0/24.")
-    via: IPvAnyAddress = Field(description="Next hop; must lie inside one of the VS's subnets.")
+    to: Network = Field(description="Destination network, e.g. 192.168.50.0/24.")
+    via: Address = Field(description="Next hop; must lie inside one of the VS's subnets.")
 
 
 class DnsConfig(_Strict):
     """Resolver settings of a netns VS."""
 
-    servers: list[IPvAnyAddress] = Field(min_length=1, max_length=3)
+    servers: list[Address] = Field(min_length=1, max_length=3)
     search: list[Annotated[str, Field(pattern=DNS_SEARCH_PATTERN)]] = Field(
         default_factory=list
     )
@@ -115,7 +128,7 @@ class ServerConfig(_Strict):
     )
     addresses: list[AddressConfig] = Field(min_length=1)
     gateway: Annotated[
-        list[IPvAnyAddress],
+        list[Address],
         BeforeValidator(_as_list),
         WithJsonSchema({
             "anyOf": [
