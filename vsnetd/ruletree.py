@@ -178,30 +178,25 @@ def last_priority(priority_base: int) -> int:
 MAX_PRIORITY_BASE = MAIN_RULE_PRIORITY - 1 - last_priority(0)
 
 
-@lru_cache(maxsize=65536)  # a node is on the path of every leaf below it
-def _node_rules(family: int, priority_base: int, over_marks: bool, depth: int, value: int
-                ) -> tuple[Rule, ...]:
-    """The shared rules of one trie node: its group's end rule and, below the root, the
-    rule in its parent's group that enters it."""
+@lru_cache(maxsize=65536)  # leaves under one node share its path: thousands of VS, few paths
+def _path(family: int, priority_base: int, over_marks: bool, depth: int, value: int
+          ) -> SharedRules:
+    """The shared rules on the way to the node of ``depth`` whose prefix is ``value``: the
+    final nop, then from the root down each node's end rule and (below the root) the rule
+    in its parent's group that enters it. Its parent's path, copied, plus its own two: a
+    cold compile of 1,000 VS builds ~750 such paths."""
     tree = layout(family, priority_base)
     trie = tree.mark if over_marks else tree.source
-    end_rule = Rule.goto(family, trie.group(depth, value) + 1, trie.exit)
-    return (end_rule, trie.enter(depth, value)) if depth else (end_rule,)
-
-
-@lru_cache(maxsize=65536)  # leaves under one node share the path: thousands of VS, few paths
-def _cached_path(family: int, priority_base: int, over_marks: bool, parent: int) -> SharedRules:
-    """The shared rules a leaf below the last-level node ``parent`` needs: the rules of
-    every node on its way, and the final nop."""
-    tree = layout(family, priority_base)
-    trie = tree.mark if over_marks else tree.source
-    nop = Rule(family, tree.end, 0, action="nop")
-    path: SharedRules = {(nop.kind, nop.key): nop}
-    top = trie.depth - 1
-    for depth in range(top + 1):
-        value = parent >> (trie.lengths[top] - trie.lengths[depth])
-        for rule in _node_rules(family, priority_base, over_marks, depth, value):
-            path[(rule.kind, rule.key)] = rule
+    rules = [Rule.goto(family, trie.group(depth, value) + 1, trie.exit)]  # its group's end
+    if depth:
+        path = dict(_path(family, priority_base, over_marks, depth - 1,
+                          value >> trie.strides[depth - 1]))
+        rules.append(trie.enter(depth, value))
+    else:
+        nop = Rule(family, tree.end, 0, action="nop")
+        path = {(nop.kind, nop.key): nop}
+    for rule in rules:
+        path[(rule.kind, rule.key)] = rule
     return path
 
 
@@ -209,15 +204,15 @@ def source_leaf(family: int, priority_base: int, address: str) -> tuple[int, Sha
     """The priority of ``from <address>``'s rule and the shared rules leading to it."""
     key = int.from_bytes(socket.inet_pton(family, address), "big")
     trie = layout(family, priority_base).source
-    return trie.leaf_priority(key), _cached_path(family, priority_base, False,
-                                                 trie.prefix(trie.depth - 1, key))
+    return trie.leaf_priority(key), _path(family, priority_base, False, trie.depth - 1,
+                                          trie.prefix(trie.depth - 1, key))
 
 
 def mark_leaf(family: int, priority_base: int, mark: int) -> tuple[int, SharedRules]:
     """The priority of ``fwmark <mark>``'s rule and the shared rules leading to it."""
     trie = layout(family, priority_base).mark
-    return trie.leaf_priority(mark), _cached_path(family, priority_base, True,
-                                                  trie.prefix(trie.depth - 1, mark))
+    return trie.leaf_priority(mark), _path(family, priority_base, True, trie.depth - 1,
+                                           trie.prefix(trie.depth - 1, mark))
 
 
 def leaf_path(rule: object, priority_base: int) -> SharedRules:
