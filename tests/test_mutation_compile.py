@@ -6,18 +6,19 @@ vsnetd/compile.py fail (CONTRIBUTING.md, "Mutation testing")."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from socket import AF_INET, AF_INET6
 from typing import Any
 
 import pytest
 
 from vsnetd import ruletree
-from vsnetd.compile import compile_config, compile_edit
+from vsnetd.compile import compile_config, compile_edit, count_shared_users
 from vsnetd.config import Config
 from vsnetd.kinds import Address, Link, Namespace, ResolverFile, Route, Rule, Sysctl
 from vsnetd.kinds.rule import FULL_MASK
 from vsnetd.reconcile import changed_servers
-from vsnetd.state import DesiredServer
+from vsnetd.state import DesiredServer, DesiredState, ObjectKey
 
 V6 = {"id": 1, "mode": "pbr", "uplink": "eth0", "gateway": ["2001:db8:1::1"],
       "addresses": [{"address": "2001:db8::5/64"},
@@ -278,3 +279,29 @@ def test_any_other_edit_is_compiled_whole_reusing_the_unchanged_vs(change: str) 
     assert edited.scope is not previous[1].scope
     assert edited.servers[unchanged] is previous[1].servers[unchanged]
     assert compile_edit(after, None) == compile_config(after)
+
+
+def test_an_edit_keeps_the_count_of_vs_needing_each_shared_rule() -> None:
+    """The daemon's edits count the VS needing each rule of the tree (a path goes once
+    none does) as a count from scratch would, edit after edit, whatever the order of the
+    entries; asking for the counts again counts nothing twice."""
+    def from_scratch(state: DesiredState) -> Counter[ObjectKey]:
+        return Counter(key for server in state.servers.values() for key in server.shared)
+
+    before = config_of({"a": V4, "c": V4 | {"id": 4, "addresses": [{"address": "10.3.0.6/24"}]}})
+    previous = (before, compile_config(before))
+    assert count_shared_users(previous[1]) == from_scratch(previous[1])
+    assert count_shared_users(previous[1]) == from_scratch(previous[1])  # asked again
+    far_a = config_of({"a": V4 | {"addresses": [{"address": "172.16.0.5/24"}]}}).servers["a"]
+    far_c = config_of({"c": V4 | {"id": 4, "addresses": [{"address": "172.16.0.6/24"}]}}
+                      ).servers["c"]
+    near_a = config_of({"a": V4 | {"addresses": [{"address": "10.3.0.7/24"}]}}).servers["a"]
+    for name, server in (("a", far_a), ("a", near_a), ("c", far_c)):
+        servers = previous[0].servers | {name: server}
+        if server is near_a:  # the same names in another order, the changed one last
+            servers = {"c": servers["c"], "a": servers["a"]}
+        config = dataclasses.replace(previous[0], servers=servers)
+        edited = compile_edit(config, previous)
+        assert edited == compile_config(config)
+        assert edited.shared_users == from_scratch(edited)  # each edit moves a's or c's path
+        previous = (config, edited)
