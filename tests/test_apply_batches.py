@@ -29,7 +29,8 @@ class Socket:
 
 class Batch:
     def __init__(self, sock: Socket) -> None:
-        self.sock, self.types = sock, list[int]()
+        self.sock = sock
+        self.types: list[int] = []
 
     def add(self, mtype: int, flags: int, body: bytes) -> None:
         self.types.append(mtype)

@@ -376,7 +376,7 @@ class Batch:
         """Wait for the send in flight, if any, and drop what was not sent: the batch is
         abandoned (its caller failed) and the socket free again."""
         self._chunk = []
-        with contextlib.suppress(BaseException):  # the caller's own failure is on its way
+        with contextlib.suppress(Exception):  # the caller's own failure is on its way
             self._wait()
 
     def _send_behind(self) -> None:
