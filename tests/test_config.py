@@ -135,6 +135,23 @@ def test_missing_keys_and_bad_modes() -> None:
     ]
 
 
+def test_a_numeric_uid_or_gid_may_be_a_yaml_number() -> None:
+    """``allow_users: [4242]`` is the uid 4242, as ``["4242"]`` is; a boolean or a negative
+    number is no user."""
+    def sockets(value: str) -> str:
+        return ("version: 1\nservers:\n  a:\n    id: 1\n    mode: pbr\n    uplink: eth0\n"
+                f"    addresses: [{{address: 10.0.0.5/24}}]\n    sockets: {value}\n")
+
+    config = parse_config(sockets("{allow_users: [4242, nfsd], allow_groups: [0]}"),
+                          file="servers.yaml")
+    assert list(config.servers["a"].sockets.allow_users) == ["4242", "nfsd"]
+    assert list(config.servers["a"].sockets.allow_groups) == ["0"]
+    assert errors_of(sockets("{allow_users: [true, -1]}")) == [
+        "servers.yaml:8:29: servers.a.sockets.allow_users[0]: Input should be a valid string",
+        "servers.yaml:8:35: servers.a.sockets.allow_users[1]: -1: String should match pattern "
+        "'^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}$'"]
+
+
 def test_semantic_checks() -> None:
     errors = errors_of("""\
         version: 1

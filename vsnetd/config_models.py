@@ -66,6 +66,20 @@ Interface = Annotated[IPvAnyInterface, BeforeValidator(_not_a_number)]
 Network = Annotated[IPvAnyNetwork, BeforeValidator(_not_a_number)]
 
 
+def _id_as_text(value: Any) -> Any:
+    """A numeric uid or gid may be written as a YAML number (``allow_users: [4242]``):
+    read as the digits the broker compares (vsnetd/broker/access.py)."""
+    return str(value) if type(value) is int else value
+
+
+# a user or group: a name, or a numeric id (digits, quoted or not)
+Principal = Annotated[
+    str, Field(pattern=PRINCIPAL_PATTERN), BeforeValidator(_id_as_text),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": PRINCIPAL_PATTERN},
+                              {"type": "integer", "minimum": 0}]}),
+]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -102,10 +116,10 @@ class DnsConfig(_Strict):
 class SocketsConfig(_Strict):
     """Who may fetch this VS's sockets from the broker (root always may)."""
 
-    allow_users: list[Annotated[str, Field(pattern=PRINCIPAL_PATTERN)]] = (
+    allow_users: list[Principal] = (
         Field(default_factory=list, description="User names (or numeric uids).")
     )
-    allow_groups: list[Annotated[str, Field(pattern=PRINCIPAL_PATTERN)]] = (
+    allow_groups: list[Principal] = (
         Field(default_factory=list, description="Group names (or numeric gids).")
     )
     privileged_ports: bool = Field(
