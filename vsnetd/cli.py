@@ -28,6 +28,8 @@ import gc
 import os
 import sys
 
+from vsnetd import __version__
+
 # Each command imports what it uses, when it runs: pydantic, PyYAML and pyroute2 cost
 # ~150 ms to import, `vsnetctl --help` or `status` against a daemon need none of them;
 # even json, pathlib and typing are a fifth of a `vsnetctl --help` (docs/benchmarks.md).
@@ -362,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Control vsnet: virtual servers over policy routing and namespaces.",
     )
     _common_options(parser, defaults=True)
+    parser.add_argument("--version", action="version", version=f"vsnetctl {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_func, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)

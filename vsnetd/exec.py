@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vsnetd import __version__
 from vsnetd.broker import BROKER_PATH
 from vsnetd.client import Broker, BrokerRefused
 from vsnetd.kinds import confinement
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--join", action="store_true",
                         help="also enter the VS's network namespace (netns mode)")
     parser.add_argument("--broker", type=Path, default=BROKER_PATH, help="broker socket")
+    parser.add_argument("--version", action="version", version=f"vsnet-exec {__version__}",
+                        help="print the version and exit")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS...")
     return parser
 

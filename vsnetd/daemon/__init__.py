@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vsnetd import activation, control, log, metrics
+from vsnetd import __version__, activation, control, log, metrics
 from vsnetd.broker import BROKER_PATH
 from vsnetd.broker.server import MAX_CLIENTS, Broker, Served
 from vsnetd.config import DEFAULT_CONFIG_PATH, Config, ConfigIssue
@@ -513,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-listen", metavar="ADDR:PORT",
                         help="serve Prometheus metrics over HTTP there, e.g. 127.0.0.1:9586 "
                              "(default: none; `vsnetctl metrics` works regardless)")
+    parser.add_argument("--version", action="version", version=f"vsnetd {__version__}",
+                        help="print the version and exit")
     return parser
 
 
