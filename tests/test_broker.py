@@ -560,6 +560,18 @@ def test_gunicorn_serves_http_through_vsnet_exec(pbr_daemon: Daemon, broker_path
         app.wait(timeout=20)
 
 
+def test_vsnet_exec_without_a_broker_says_where_it_looked(tmp_path: Path) -> None:
+    missing = tmp_path / "broker.sock"
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "vsnet-exec"), "--broker", str(missing),
+         "--server", "nas1", "--listen", "tcp:8080", "--", "true"],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"vsnet-exec: cannot reach the broker at {missing}: No such file or directory (is "
+        "vsnetd running? a caller other than root must be in the vsnet group)\n")
+
+
 def test_udp_marks_per_datagram_and_receive_marks(pbr_daemon: Daemon, broker_path: Path) -> None:
     """The paper's UDP problem, for applications that keep one shared socket: mark each
     datagram (SO_MARK control message), read the mark and destination of each received

@@ -86,7 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     namespace = ""
     server: dict[str, Any] | None = None
     try:
-        with Broker(args.broker) as broker:
+        broker = Broker(args.broker)
+    except OSError as exc:  # no daemon, or not allowed to connect
+        print(f"vsnet-exec: cannot reach the broker at {args.broker}: {exc.strerror or exc} "
+              "(is vsnetd running? a caller other than root must be in the vsnet group)",
+              file=sys.stderr)
+        return 1
+    try:
+        with broker:
             for proto, port in args.listen:
                 fields = {"op": "listen", "server": args.server, "proto": proto, "port": port}
                 if args.address:
