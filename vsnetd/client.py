@@ -18,12 +18,12 @@ import json
 import socket
 import struct
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 from vsnetd.broker.protocol import BROKER_PATH, MAX_FDS, VERSION, load_message, quote
 
 TYPE_CHECKING = False  # typing is not imported at run time: an application pays its import
 if TYPE_CHECKING:
+    from pathlib import Path  # nor pathlib: a path may be one, or a string
     from typing import Any
 
 SO_MARK = 36

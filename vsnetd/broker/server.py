@@ -139,7 +139,7 @@ class Broker:
     """The broker's listening socket and clients; the clients served by its thread."""
 
     kernel: Kernel
-    path: Path = BROKER_PATH
+    path: Path = Path(BROKER_PATH)
     served: dict[str, Served] = field(default_factory=dict)
     generation: int = 0
     clients: dict[int, Client] = field(default_factory=dict)
