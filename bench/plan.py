@@ -50,7 +50,9 @@ config = parse_config(text, file=sys.argv[1])
 t1 = time.perf_counter()
 desired = compile_config(config)
 t2 = time.perf_counter()
-with Kernel() as kernel:
+# as vsnetctl opens it (a revision before HELPER_FROM never shared its look)
+helper_from = getattr(vsnetd.cli, "HELPER_FROM", None)
+with Kernel(**({"helper_from": helper_from} if helper_from else {})) as kernel:
     t3 = time.perf_counter()
     observed = observe(kernel, desired.scope)
     t4 = time.perf_counter()

@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_ERROR, EXIT_PENDING = 0, 1, 2
 JSON_VERSION = 1
 DEFAULT_CONFIG_PATH = "/etc/vsnet/servers.yaml"  # = vsnetd.config.DEFAULT_CONFIG_PATH
+# A look into at least this many namespaces shares its dumps with a forked child (a
+# one-shot process may fork; vsnetd/forked.py): below, the fork costs more than it saves.
+HELPER_FROM = 128
 
 
 def _print_json(document: dict[str, Any]) -> None:
@@ -94,7 +97,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from vsnetd.reconcile import plan_for
 
     desired = _desired(_load(args))
-    with Kernel() as kernel:
+    with Kernel(helper_from=HELPER_FROM) as kernel:
         plan = plan_for(kernel, desired)
     in_sync = all(v.state == "in-sync" for v in plan.servers.values()) and not plan
     if args.json:
@@ -131,7 +134,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from vsnetd.reconcile import converge
 
     desired = _desired(_load(args))
-    with Kernel() as kernel:
+    with Kernel(helper_from=HELPER_FROM) as kernel:
         result = converge(kernel, desired)
     _report_converge(result, args)
     return EXIT_OK if result.converged else EXIT_ERROR
@@ -204,7 +207,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     config = _load(args)
     compiled, active = compile_config(config), activation.read_active()
-    with Kernel() as kernel:
+    with Kernel(helper_from=HELPER_FROM) as kernel:
         plan = plan_for(kernel, activation.select(compiled, config, active))
     report = _only(activation.annotate(server_status(compiled, plan.servers, plan), config,
                                        active), args.servers, args)
@@ -277,7 +280,7 @@ def cmd_teardown(args: argparse.Namespace) -> int:
         former_namespaces={server.namespace_name(name): name
                            for name, server in base.servers.items() if server.mode == "netns"},
     )
-    with Kernel() as kernel:
+    with Kernel(helper_from=HELPER_FROM) as kernel:
         result = converge(kernel, empty)
     _report_converge(result, args)
     return EXIT_OK if result.converged else EXIT_ERROR
@@ -310,7 +313,7 @@ def _switch_here(op: str, names: list[str], config: Config) -> dict[str, Any]:
         active = activation.switched(active, names, on=op == "activate")
         activation.write_active(active)
     desired = activation.select(compile_config(config), config, active)
-    with Kernel() as kernel:
+    with Kernel(helper_from=HELPER_FROM) as kernel:
         if op == "is-active":
             verdicts = plan_for(kernel, desired).servers
         else:  # the whole config, as apply: without a daemon nothing else keeps it

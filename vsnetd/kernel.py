@@ -21,8 +21,12 @@ def _raise_fd_limit() -> None:
 
 
 class Kernel:
-    def __init__(self) -> None:
+    """``helper_from``: a look into at least this many namespaces may share the work with
+    a forked child process (vsnetd/forked.py); None, never (a process with threads)."""
+
+    def __init__(self, helper_from: int | None = None) -> None:
         _raise_fd_limit()
+        self.helper_from = helper_from
         self.root_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self.root = RtnlSocket()
         self._sockets: dict[str, RtnlSocket] = {ROOT: self.root}

@@ -9,7 +9,9 @@ decoding, straight from the receive buffer.
 
 A pass looks first at what lives outside network namespaces (the namespaces themselves,
 cgroups), then into vsnet's own namespace and each of its namespaces, every kind in the
-registry's order there: devices first, as the other kinds name them by ifindex.
+registry's order there: devices first, as the other kinds name them by ifindex. A
+one-shot process (``Kernel(helper_from=...)``) hands half of many namespaces to a forked
+child (vsnetd/forked.py): the kernel fills two dumps at once, on two CPUs.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from vsnetd.forked import Helper, HelperFailed, may_fork
 from vsnetd.kernel import ROOT, Kernel
 from vsnetd.kinds import REGISTRY, KernelObject, Kind
 from vsnetd.kinds.kind import Inside, Looking, NamespaceObserver
@@ -35,12 +38,51 @@ def observe(kernel: Kernel, scope: Scope, memo: DumpMemo | None = None) -> Obser
         kind.observe_machine(look)
     observers = _observers(look)
     root_names = _observe_in(kernel.root, ROOT, observers, scope, state, {}, memo)
-    sockets = kernel.open_sockets(look.namespaces)
-    for name in look.namespaces:
+    namespaces = list(look.namespaces.items())
+    helper: Helper[ObservedState] | None = None
+    if (memo is None and kernel.helper_from is not None
+            and len(namespaces) >= kernel.helper_from and may_fork()):
+        # the second half in a child process while this one looks at the first (a memo
+        # stays with the process that decodes: passes that keep one look alone)
+        half = len(namespaces) // 2
+        namespaces, theirs = namespaces[:half], dict(namespaces[half:])
+        helper = Helper(lambda: _observe_namespaces(kernel, theirs, observers, scope,
+                                                    ObservedState(), root_names, None))
+    try:
+        _observe_namespaces(kernel, dict(namespaces), observers, scope, state, root_names,
+                            memo)
+    except BaseException:
+        if helper is not None:
+            helper.stop()
+        raise
+    if helper is not None:
+        try:
+            _merge(state, helper.result())
+        except HelperFailed:  # look again here: whatever stopped the child reaches the caller
+            _observe_namespaces(kernel, theirs, observers, scope, state, root_names, None)
+    return state
+
+
+def _observe_namespaces(kernel: Kernel, namespaces: dict[str, int], observers: Observers,
+                        scope: Scope, state: ObservedState, root_names: dict[int, str],
+                        memo: DumpMemo | None) -> ObservedState:
+    """Observe ``namespaces`` (name -> inode) into ``state``; return it."""
+    sockets = kernel.open_sockets(namespaces)
+    for name in namespaces:
         sock = sockets.get(name)
         if sock is not None:  # else removed meanwhile
             _observe_in(sock, name, observers, scope, state, root_names, memo)
     return state
+
+
+def _merge(state: ObservedState, other: ObservedState) -> None:
+    """Add what ``other`` saw of other namespaces, after what ``state`` holds."""
+    state.links.update(other.links)
+    state.owned.update(other.owned)
+    for found in (obj for slots in other.foreign.values() for there in slots.values()
+                  for obj in there):
+        state.add_foreign(found)
+    state.unavailable.update(other.unavailable)
 
 
 def _observers(look: Looking) -> Observers:

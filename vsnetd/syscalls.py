@@ -1,4 +1,5 @@
-"""The few Linux system calls Python 3.11's ``os`` lacks: unshare, setns, mount, umount2."""
+"""The few Linux system calls Python 3.11's ``os`` lacks: unshare, setns, mount, umount2,
+prctl(PR_SET_PDEATHSIG)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SHARED = 1 << 20
 MNT_DETACH = 0x2
+PR_SET_PDEATHSIG = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -42,6 +44,11 @@ def mount(source: str, target: str, fstype: str | None, flags: int) -> None:
 
 def umount(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+
+
+def set_parent_death_signal(signal: int) -> None:
+    """The calling thread's process gets ``signal`` when the thread that forked it ends."""
+    _check(_libc.prctl(PR_SET_PDEATHSIG, signal), "prctl")
 
 
 @contextmanager
