@@ -47,10 +47,7 @@ def no_daemon_outlives_its_test() -> Iterator[None]:
     test's namespaces alive after the sandbox is gone)."""
     yield
     while RUNNING:
-        proc = RUNNING.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        RUNNING.pop().close()
 EXAMPLE_CONFIG = ROOT / "etc" / "vsnet" / "servers.yaml"
 
 

@@ -19,8 +19,9 @@ from typing import Any
 
 from tests.sandbox import NotifySocket, ip_json
 
-# daemons started and not yet reaped: conftest kills what a failed test left running
-RUNNING: list[subprocess.Popen[bytes]] = []
+# daemons started and not yet closed: conftest closes them after each test (killing what
+# a failed test left running)
+RUNNING: list[Daemon] = []
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
@@ -61,7 +62,7 @@ class Daemon:
                  *(extra or [])],
                 env=self.env, stdout=subprocess.DEVNULL, stderr=log,
             )
-        RUNNING.append(self.proc)
+        RUNNING.append(self)
 
     @property
     def pid(self) -> int:
@@ -94,6 +95,13 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         return json.loads(self.vsnetctl("status", "--json").stdout)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Kill it if it still runs, and stop reading its notifications."""
+        if self.alive():
+            self.proc.kill()
+        self.proc.wait()
+        self.notify.close()
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         """Signal it (SIGTERM) and reap it; killed when it outlives ``stop_timeout``."""

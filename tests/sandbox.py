@@ -130,13 +130,16 @@ class NotifySocket:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
         self.messages: list[dict[str, str]] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         while True:
             try:
                 data = self.sock.recv(65536)
             except OSError:
+                return
+            if not data:  # shut down by close (sd_notify sends no empty datagram)
                 return
             self.messages.append(dict(line.split("=", 1) for line in data.decode().splitlines()
                                       if "=" in line))
@@ -149,6 +152,12 @@ class NotifySocket:
         return any(key in m and (value is None or m[key] == value) for m in self.poll())
 
     def close(self) -> None:
+        """Stop reading (the thread ends: a test process that forks must have no other
+        thread) and close; what was read stays in ``messages``."""
+        if self.sock.fileno() < 0:
+            return
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader blocked in recv
+        self.reader.join()
         self.sock.close()
 
 

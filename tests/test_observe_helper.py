@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -81,6 +82,7 @@ def test_a_shared_look_sees_and_plans_what_one_look_does(netns_vs: DesiredState)
     ip("route", "del", "default", netns="vs-v1")  # this process's half
     with Kernel() as kernel:
         alone = observe(kernel, netns_vs.scope)
+    assert forked.may_fork(), threading.enumerate()  # an earlier test left a thread behind
     with Kernel(helper_from=2) as kernel, counted_forks() as children:
         shared = observe(kernel, netns_vs.scope)
         plan = plan_for(kernel, netns_vs)
@@ -104,6 +106,7 @@ def test_a_helper_killed_is_made_up_for(netns_vs: DesiredState) -> None:
     def kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
+    assert forked.may_fork(), threading.enumerate()
     with Kernel(helper_from=2) as kernel, counted_forks(after=kill) as children:
         shared = observe(kernel, netns_vs.scope)
     assert len(children) == 1
