@@ -12,13 +12,13 @@ Both are only worth having if they can never change an answer:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import ipaddress
 import json
 import subprocess
 import sys
 from typing import Any
 
+import msgspec
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -297,23 +297,23 @@ def test_the_plain_classes_have_the_models_fields() -> None:
              (config.Config, config_models.Config)]
     for plain, model in pairs:
         assert plain.__name__ == model.__name__
-        fields = {f.name: f for f in dataclasses.fields(plain)}
+        fields = {f.name: f for f in msgspec.structs.fields(plain)}
         assert list(fields) == list(model.model_fields)
         for name, info in model.model_fields.items():
             ours = fields[name]
-            has_default = (ours.default is not dataclasses.MISSING
-                           or ours.default_factory is not dataclasses.MISSING)
+            has_default = (ours.default is not msgspec.NODEFAULT
+                           or ours.default_factory is not msgspec.NODEFAULT)
             assert has_default != info.is_required(), (plain.__name__, name)
             if has_default:
                 theirs = info.get_default(call_default_factory=True)
-                mine = (ours.default if ours.default is not dataclasses.MISSING
-                        else ours.default_factory())  # type: ignore[misc]
+                mine = (ours.default if ours.default is not msgspec.NODEFAULT
+                        else ours.default_factory())
                 assert mine == config_models.to_runtime(theirs), (plain.__name__, name)
 
 
 def test_a_valid_file_costs_neither_pyyaml_nor_pydantic(tmp_path: Any) -> None:
     """What makes ``vsnetctl validate`` of 1,000 VS fast (bench/cli.py): nothing but the
-    standard library on the way of a valid plain file."""
+    standard library and msgspec (the plain classes) on the way of a valid plain file."""
     from bench.common import make_pbr_servers, pbr_yaml
 
     path = tmp_path / "servers.yaml"

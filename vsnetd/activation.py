@@ -11,11 +11,12 @@ Pure except for reading and writing that one file.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from msgspec import structs
 
 from vsnetd.config import Config
 from vsnetd.state import DesiredState, ServerVerdict
@@ -75,7 +76,7 @@ def select(desired: DesiredState, config: Config, active: frozenset[str]) -> Des
                 if server.placement == "cluster" and name not in active}
     if not inactive:
         return desired
-    return dataclasses.replace(
+    return structs.replace(
         desired,
         servers={name: s for name, s in desired.servers.items() if name not in inactive},
         former_names=desired.former_names | {config.servers[name].id: name for name in inactive},

@@ -19,8 +19,9 @@ from __future__ import annotations
 import errno
 import itertools
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from operator import attrgetter
+
+from msgspec import Struct, field
 
 from vsnetd import metrics
 from vsnetd.kernel import Kernel
@@ -35,8 +36,7 @@ GONE = {-errno.ENOENT, -errno.ESRCH, -errno.EADDRNOTAVAIL, -errno.ENODEV}
 _kind_of = attrgetter("obj.kind")
 
 
-@dataclass(slots=True)
-class ApplyResult:
+class ApplyResult(Struct):
     applied: list[Change] = field(default_factory=list)
     failed: list[tuple[Change, str]] = field(default_factory=list)
     links: dict[str, dict[str, int]] = field(default_factory=dict)  # devices known after

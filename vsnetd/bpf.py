@@ -12,7 +12,8 @@ import ctypes
 import errno
 import os
 import struct
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351,
            "riscv64": 280}.get(os.uname().machine, 321)
@@ -197,8 +198,7 @@ def prog_fd_by_id(prog_id: int) -> int:
     return _call(BPF_PROG_GET_FD_BY_ID, _attr(12, (0, "<I", prog_id)), f"program {prog_id}")
 
 
-@dataclass(frozen=True, slots=True)
-class ProgInfo:
+class ProgInfo(Struct, frozen=True):
     type: int
     id: int
     tag: str

@@ -263,7 +263,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_teardown(args: argparse.Namespace) -> int:
     # Everything carrying vsnet's protocol goes, whatever the config says now; the config
     # (when readable) only lends its settings, so deletes are attributed to their VS.
-    import dataclasses
+    from msgspec import structs
 
     from vsnetd.compile import compile_config
     from vsnetd.config import Config, ConfigError
@@ -274,7 +274,7 @@ def cmd_teardown(args: argparse.Namespace) -> int:
         base = _load(args)
     except ConfigError:
         base = Config(version=1)
-    empty = dataclasses.replace(
+    empty = structs.replace(
         compile_config(Config(version=1, settings=base.settings)),
         former_names={server.id: name for name, server in base.servers.items()},
         former_namespaces={server.namespace_name(name): name

@@ -24,9 +24,10 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from msgspec import Struct, field
 
 from vsnetd import numbering
 
@@ -57,30 +58,29 @@ PRINCIPAL_PATTERN = r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}$"  # a user or group na
 
 # --------------------------------------------------------------------------- the config
 #
-# Plain frozen classes: what every other module reads. Their structure (types, ranges,
-# unknown keys) is checked when a file is read, by hand for the common valid file
+# Plain frozen classes: what every other module reads. msgspec's, as vsnet's state classes
+# are, not dataclasses: those compile their methods from source at each import, and build
+# an instance ~3x slower (docs/benchmarks.md). Their structure (types, ranges, unknown
+# keys) is checked when a file is read, by hand for the common valid file
 # (:func:`_fast_servers`), else by the pydantic models of :mod:`vsnetd.config_models`,
 # which also give the JSON Schema; field names, defaults and descriptions are theirs.
 
 
-@dataclass(frozen=True, slots=True)
-class AddressConfig:
+class AddressConfig(Struct, frozen=True):
     """One address of a virtual server, with the gateway its replies leave through."""
 
     address: IpInterface
     gateway: IpAddress | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RouteConfig:
+class RouteConfig(Struct, frozen=True):
     """An extra route, placed in every table of the VS that can reach ``via``."""
 
     to: IpNetwork
     via: IpAddress
 
 
-@dataclass(frozen=True, slots=True)
-class DnsConfig:
+class DnsConfig(Struct, frozen=True):
     """Resolver settings of a netns VS."""
 
     servers: list[IpAddress]
@@ -88,8 +88,7 @@ class DnsConfig:
     options: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class SocketsConfig:
+class SocketsConfig(Struct, frozen=True):
     """Who may fetch this VS's sockets from the broker (root always may)."""
 
     allow_users: list[str] = field(default_factory=list)
@@ -97,8 +96,7 @@ class SocketsConfig:
     privileged_ports: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
+class ServerConfig(Struct, frozen=True):
     """One virtual server."""
 
     id: int
@@ -126,8 +124,7 @@ class ServerConfig:
         return self.link or ("vlan" if self.vlan is not None else "macvlan")
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+class Settings(Struct, frozen=True):
     """Numbering ranges (changing them renumbers every VS: an explicit operator action), and
     where pbr confinement lives."""
 
@@ -140,8 +137,7 @@ class Settings:
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
+class Config(Struct, frozen=True):
     """The whole of ``servers.yaml``."""
 
     version: Literal[1]
@@ -170,8 +166,7 @@ class Config:
 FieldPath = tuple[str | int, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class ConfigIssue:
+class ConfigIssue(Struct, frozen=True):
     """One problem in a config file, pointing at the exact place."""
 
     file: str
@@ -215,8 +210,7 @@ def render_path(path: FieldPath) -> str:
 # --------------------------------------------------------------------------- YAML
 
 
-@dataclass(frozen=True, slots=True)
-class _Position:
+class _Position(Struct, frozen=True):
     line: int
     column: int
 
@@ -520,13 +514,13 @@ _IPV4_INTERFACE = re.compile(
     r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})"
     r"/(0|[1-9][0-9]?)").fullmatch
 
-_SERVER_KEYS = frozenset(ServerConfig.__dataclass_fields__)
-_SETTINGS_KEYS = frozenset(Settings.__dataclass_fields__)
-_ADDRESS_KEYS = frozenset(AddressConfig.__dataclass_fields__)
-_ROUTE_KEYS = frozenset(RouteConfig.__dataclass_fields__)
-_DNS_KEYS = frozenset(DnsConfig.__dataclass_fields__)
-_SOCKETS_KEYS = frozenset(SocketsConfig.__dataclass_fields__)
-_MAIN_KEYS = frozenset(Config.__dataclass_fields__)
+_SERVER_KEYS = frozenset(ServerConfig.__struct_fields__)
+_SETTINGS_KEYS = frozenset(Settings.__struct_fields__)
+_ADDRESS_KEYS = frozenset(AddressConfig.__struct_fields__)
+_ROUTE_KEYS = frozenset(RouteConfig.__struct_fields__)
+_DNS_KEYS = frozenset(DnsConfig.__struct_fields__)
+_SOCKETS_KEYS = frozenset(SocketsConfig.__struct_fields__)
+_MAIN_KEYS = frozenset(Config.__struct_fields__)
 
 
 class _Unsure(Exception):
@@ -1170,8 +1164,7 @@ def read_config_text(path: Path | str, limit: int = DEFAULT_MAX_FILE_BYTES) -> s
 # --------------------------------------------------------------------------- one file
 
 
-@dataclass(slots=True)
-class ParsedFile:
+class ParsedFile(Struct):
     """One file as read: the valid part of it, and what is wrong within it."""
 
     file: str
@@ -1332,8 +1325,7 @@ def json_schema(*, drop_in: bool = False) -> dict[str, Any]:
     return config_models.json_schema(drop_in=drop_in)
 
 
-@dataclass(slots=True)
-class _Index:
+class _Index(Struct):
     """What a valid config's VS hold, by owner: the cross-VS checks of one more VS, in
     constant time (:meth:`ConfigLoader._edit_in_place`)."""
 

@@ -24,8 +24,9 @@ sits at ``priority_base + i``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from msgspec import Struct
 
 if TYPE_CHECKING:
     from vsnetd.config import Settings
@@ -38,8 +39,7 @@ USABLE_RESIDUES = 253  # 253-255 modulo 256: the buckets of default, main and lo
 MAIN_RULE_PRIORITY = 32766  # vsnet's rules must be looked at before the main table
 
 
-@dataclass(frozen=True, slots=True)
-class ServerNumbers:
+class ServerNumbers(Struct, frozen=True):
     """The numbers one VS owns: its block of table slots (numbered on demand, a VS uses
     two or three of them) and its mark."""
 

@@ -6,7 +6,6 @@ re-implements a step.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import itertools
 import operator
@@ -14,7 +13,8 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+
+from msgspec import Struct, field, structs
 
 from vsnetd.apply import ApplyResult, apply_plan
 from vsnetd.diff import plan_changes
@@ -38,8 +38,7 @@ from vsnetd.state import (
 MAX_ROUNDS = 3
 
 
-@dataclass(slots=True)
-class ConvergeResult:
+class ConvergeResult(Struct):
     first_plan: Plan
     final_plan: Plan
     applied: list[Change] = field(default_factory=list)
@@ -234,7 +233,7 @@ class Reconciler:
         # only objects of the changed VS are planned: their former names are all it takes
         # to attribute deletes (not a pass over every VS)
         before = [server for name in changed if (server := previous.servers.get(name))]
-        subset_desired = dataclasses.replace(
+        subset_desired = structs.replace(
             desired,
             servers={n: desired.servers[n] for n in sorted(  # in the order of the ids
                 (n for n in changed if n in desired.servers), key=lambda n: desired.servers[n].id)},
@@ -244,7 +243,7 @@ class Reconciler:
         )
         keys = paths.union(*(server.keyed for server in _each(previous, desired, changed)))
         # the foreign objects are all there
-        subset = dataclasses.replace(observed, owned=_held(observed, keys))
+        subset = structs.replace(observed, owned=_held(observed, keys))
         plan = plan_changes(subset_desired, subset)
         outcome = apply_plan(self.kernel, plan, observed.links, desired.scope.protocol)
         _record(observed, outcome)
@@ -253,7 +252,7 @@ class Reconciler:
             # the kernel may have dropped routes of the VS silently: look, and finish
             touched = list({s.name: s for s in _each(previous, desired, changed)}.values())
             refresh(self.kernel, observed, desired.scope, touched)
-            subset = dataclasses.replace(observed, owned=_held(observed, keys))
+            subset = structs.replace(observed, owned=_held(observed, keys))
             more = apply_plan(self.kernel, plan_changes(subset_desired, subset), observed.links,
                               desired.scope.protocol)
             _record(observed, more)
@@ -347,8 +346,7 @@ RETRY_MAX_SECONDS = 10.0  # a failing VS is tried again at least this often
 RESYNC_SECONDS = 60.0
 
 
-@dataclass(slots=True)
-class Pending:
+class Pending(Struct):
     """Why a VS (or the whole kernel: ``"*"``) waits for a run, and when that run comes."""
 
     why: str

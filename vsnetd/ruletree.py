@@ -32,9 +32,10 @@ The ``goto`` and ``nop`` rules are shared by every VS below them; the leaves are
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+
+from msgspec import Struct
 
 from vsnetd.kinds.rule import FULL_MASK, Rule
 from vsnetd.numbering import MAIN_RULE_PRIORITY
@@ -63,8 +64,7 @@ def rule_family_bits(family: int) -> int:
 SharedRules = dict[tuple[str, tuple[Any, ...]], Rule]
 
 
-@dataclass(frozen=True, slots=True)
-class Trie:
+class Trie(Struct, frozen=True):
     """One trie's place in the rule list."""
 
     family: int
@@ -120,8 +120,7 @@ class Trie:
         return Rule.goto(self.family, priority, target, source=source)
 
 
-@dataclass(frozen=True, slots=True)
-class Layout:
+class Layout(Struct, frozen=True):
     """The tree of one family's rule list."""
 
     family: int

@@ -6,8 +6,9 @@ without touching the kernel.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from msgspec import Struct, field
 
 from vsnetd.config import Settings
 from vsnetd.kinds import KINDS, KernelObject
@@ -28,8 +29,7 @@ def object_key(obj: KernelObject) -> ObjectKey:
     return (obj.kind, obj.key)
 
 
-@dataclass(frozen=True, slots=True)
-class Scope:
+class Scope(Struct, frozen=True):
     """Where vsnet looks for foreign objects that would collide with its own."""
 
     protocol: int = VSNET_PROTOCOL
@@ -40,8 +40,7 @@ class Scope:
     pin_root: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class DesiredServer:
+class DesiredServer(Struct, frozen=True):
     name: str
     id: int
     mode: str
@@ -61,8 +60,7 @@ class DesiredServer:
             self.keyed.update((object_key(obj), obj) for obj in self.objects)
 
 
-@dataclass(frozen=True, slots=True)
-class DesiredState:
+class DesiredState(Struct, frozen=True):
     settings: Settings
     scope: Scope
     servers: dict[str, DesiredServer]
@@ -74,14 +72,21 @@ class DesiredState:
     # how many VS need each shared object (compile.count_shared_users fills it, the
     # daemon's reader thread after a read): an edit then finds what no VS needs any more
     # without a pass over every VS
-    shared_users: dict[ObjectKey, int] = field(default_factory=dict, compare=False, repr=False)
+    shared_users: dict[ObjectKey, int] = field(default_factory=dict)
+
+    def __eq__(self, other: object) -> bool:  # shared_users follows from the rest
+        return type(other) is DesiredState and all(
+            getattr(self, name) == getattr(other, name) for name in _DESIRED_COMPARED)
 
     def names_by_id(self) -> dict[int, str]:
         return self.former_names | {server.id: server.name for server in self.servers.values()}
 
 
-@dataclass(slots=True)
-class ObservedState:
+_DESIRED_COMPARED = tuple(name for name in DesiredState.__struct_fields__
+                          if name != "shared_users")
+
+
+class ObservedState(Struct):
     """What the kernel holds: vsnet's own objects, and foreign ones that could collide.
 
     Namespaces are named as in the config; "" is the namespace vsnet runs in. Foreign
@@ -143,8 +148,7 @@ ACTION_SIGNS: dict[str, str] = {"add": "+", "replace": "~", "delete": "-"}
 ServerState = Literal["in-sync", "pending", "waiting", "conflict", "failed"]
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(Struct, frozen=True):
     action: Action
     obj: KernelObject
     server: str | None  # None: no VS of the config claims it any more
@@ -156,8 +160,7 @@ class Change:
         return {"action": self.action, "server": self.server, "object": self.obj.as_json()}
 
 
-@dataclass(frozen=True, slots=True)
-class ServerVerdict:
+class ServerVerdict(Struct, frozen=True):
     state: ServerState
     reasons: tuple[str, ...] = ()
 
@@ -165,8 +168,7 @@ class ServerVerdict:
         return {"state": self.state, "reasons": list(self.reasons)}
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(Struct, frozen=True):
     """Ordered changes that take the kernel from observed to desired."""
 
     changes: tuple[Change, ...]

@@ -31,9 +31,10 @@ import os
 import socket
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
+
+from msgspec import Struct
 
 from vsnetd import bpf
 from vsnetd.kinds.kind import Applier, Kind, Looking, Owners
@@ -58,16 +59,24 @@ PROC_MOUNTS = Path("/proc/self/mounts")
 HookState = tuple[str, tuple[str, ...], str]
 
 
-@dataclass(frozen=True, slots=True)
-class Confinement:
+class Confinement(Struct, frozen=True):
     server: str
     cgroup: str  # relative to the cgroup-v2 mount: "vsnet/nas1"
     pins: str  # "/sys/fs/bpf/vsnet/nas1"
     programs: tuple[HookState, ...]
     # What the programs enforce (desired objects only; the digests in ``programs`` stand
     # for them in comparisons, as the kernel cannot say which mark a program sets)
-    mark: int = field(default=0, compare=False)
-    addresses: tuple[str, ...] = field(default=(), compare=False)
+    mark: int = 0
+    addresses: tuple[str, ...] = ()
+
+    def _compared(self) -> tuple[str, str, str, tuple[HookState, ...]]:
+        return (self.server, self.cgroup, self.pins, self.programs)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Confinement and self._compared() == other._compared()
+
+    def __hash__(self) -> int:
+        return hash(self._compared())
 
     @property
     def kind(self) -> Literal["confinement"]:

@@ -31,8 +31,9 @@ reverse one (then the deletes the kinds let wait).
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+
+from msgspec import Struct, field
 
 if TYPE_CHECKING:
     from vsnetd.kernel import Kernel
@@ -70,8 +71,7 @@ Slot = Hashable
 Request = tuple[int, int, bytes]
 
 
-@dataclass(slots=True)
-class Looking:
+class Looking(Struct):
     """One observe pass, as the kinds see it."""
 
     kernel: Kernel
@@ -82,8 +82,7 @@ class Looking:
     namespaces: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class Inside:
+class Inside(Struct):
     """One network namespace, in an observe pass or for a notification."""
 
     netns: str
