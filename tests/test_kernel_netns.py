@@ -101,8 +101,10 @@ class NameServer:
             sock.bind(("0.0.0.0", port))
             sock.listen()
             self.sockets.append((name, sock))
-        for name, sock in self.sockets:
-            threading.Thread(target=self._serve, args=(name, sock), daemon=True).start()
+        self.threads = [threading.Thread(target=self._serve, args=(name, sock), daemon=True)
+                        for name, sock in self.sockets]
+        for thread in self.threads:
+            thread.start()
 
     @staticmethod
     def _serve(name: str, sock: socket.socket) -> None:
@@ -115,6 +117,10 @@ class NameServer:
             return
 
     def close(self) -> None:
+        for _name, sock in self.sockets:
+            sock.shutdown(socket.SHUT_RDWR)  # wakes its thread's accept: the thread ends
+        for thread in self.threads:
+            thread.join()
         for _name, sock in self.sockets:
             sock.close()
 

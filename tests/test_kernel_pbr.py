@@ -336,6 +336,10 @@ class EchoServer:
 
     def close(self) -> None:
         for sock in self.sockets:
+            sock.shutdown(socket.SHUT_RDWR)  # wakes its thread's accept: the thread ends
+        for thread in self.threads:
+            thread.join()
+        for sock in self.sockets:
             sock.close()
 
 
