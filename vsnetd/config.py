@@ -23,7 +23,7 @@ import ipaddress
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -820,82 +820,91 @@ def _yaml_value(text: str) -> Any:
 _YAML_FLOW_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*").fullmatch
 
 
+# A flow line's lexemes, the spaces before each skipped: a bracket or a comma, or a plain
+# scalar with the ": " after it when it is a key ("" where a group did not take part).
+# The scalar's repetition is possessive: "abc" is one lexeme, never "a" + "bc", so the
+# line's check cannot backtrack over the ways to cut a long word.
+_FLOW_SCALAR = _YAML_FLOW_TOKEN.pattern.removesuffix("*") + "*+"
+_FLOW_LEXEME = r" *(?:([\[\]{},])|(" + _FLOW_SCALAR + r")(: )?)"
+_YAML_FLOW_LEXEMES = re.compile(_FLOW_LEXEME).findall
+_YAML_FLOW_LINE = re.compile(f"(?:{_FLOW_LEXEME})* *").fullmatch
+
+
 class _FlowLine:
     """A flow collection on one line, as libyaml reads it; anything else (quotes,
-    multi-line flow, a key without ``": "``, a trailing comma) is declined."""
+    multi-line flow, a key without ``": "``, a trailing comma) is declined.
+
+    The line is checked and cut into lexemes by two regular expressions first (a flow
+    line is most of a config written one VS per line: scanning it character by character
+    in Python cost a fifth more)."""
 
     def __init__(self, text: str) -> None:
-        self.text, self.at = text, 0
+        if not _YAML_FLOW_LINE(text):
+            raise _Declined  # something no lexeme starts with
+        self.lexemes: list[tuple[str, str, str]] = _YAML_FLOW_LEXEMES(text)
+        self.at = 0
 
     def document(self) -> Any:
-        value = self.node(0)
-        if self._skip() != len(self.text):
+        try:
+            value = self.node(0)
+        except IndexError:  # the line ended inside a collection
+            raise _Declined from None
+        if self.at != len(self.lexemes):
             raise _Declined
         return value
-
-    def _skip(self) -> int:
-        text, at = self.text, self.at
-        while at < len(text) and text[at] == " ":
-            at += 1
-        self.at = at
-        return at
-
-    def _expect(self, char: str) -> None:
-        if self._skip() >= len(self.text) or self.text[self.at] != char:
-            raise _Declined
-        self.at += 1
 
     def node(self, depth: int) -> Any:
         if depth > _YAML_MAX_DEPTH:
             raise _Declined
-        at = self._skip()
-        opening = self.text[at:at + 1]
-        if opening == "{":
-            return self._mapping(depth)
-        if opening == "[":
-            return self._sequence(depth)
-        return _yaml_scalar(self._token())
-
-    def _token(self) -> str:
-        token = _YAML_FLOW_TOKEN.match(self.text, self.at)
-        if token is None:
-            raise _Declined
-        self.at = token.end()
-        return token[0]
-
-    def _items(self, closing: str, item: Callable[[], None]) -> None:
+        bracket, scalar, colon = self.lexemes[self.at]
         self.at += 1
-        if self._skip() < len(self.text) and self.text[self.at] == closing:
-            self.at += 1
-            return
-        while True:
-            item()
-            at = self._skip()
-            if self.text[at:at + 1] == closing:
-                self.at += 1
-                return
-            self._expect(",")
+        if scalar:
+            if colon:
+                raise _Declined  # "a: b" where a value stands: a mapping to libyaml
+            return _yaml_scalar(scalar)
+        if bracket == "{":
+            return self._mapping(depth)
+        if bracket == "[":
+            return self._sequence(depth)
+        raise _Declined
+
+    def _closed(self, closing: str) -> bool:
+        """After an item: True at the closing bracket, False after a comma."""
+        bracket = self.lexemes[self.at][0]
+        self.at += 1
+        if bracket == closing:
+            return True
+        if bracket != ",":
+            raise _Declined
+        return False
 
     def _mapping(self, depth: int) -> dict[Any, Any]:
         result: dict[Any, Any] = {}
-
-        def pair() -> None:
-            self._skip()
-            key = self._token()
-            if not _YAML_FLOW_KEY(key) or self.text[self.at:self.at + 2] != ": ":
+        lexemes = self.lexemes
+        if lexemes[self.at][0] == "}":
+            self.at += 1
+            return result
+        while True:
+            _bracket, key, colon = lexemes[self.at]
+            if not colon or not _YAML_FLOW_KEY(key):
                 raise _Declined
-            self.at += 2
-            if key in result:
+            self.at += 1
+            name = _yaml_scalar(key)
+            if name in result:
                 raise _Declined  # duplicate: the full path says where
-            result[_yaml_scalar(key)] = self.node(depth + 1)
-
-        self._items("}", pair)
-        return result
+            result[name] = self.node(depth + 1)
+            if self._closed("}"):
+                return result
 
     def _sequence(self, depth: int) -> list[Any]:
         result: list[Any] = []
-        self._items("]", lambda: result.append(self.node(depth + 1)))
-        return result
+        if self.lexemes[self.at][0] == "]":
+            self.at += 1
+            return result
+        while True:
+            result.append(self.node(depth + 1))
+            if self._closed("]"):
+                return result
 
 
 def _nested(value: Any) -> bool:

@@ -8,14 +8,13 @@ tables) can only be installed once the address is no longer tentative.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, cast
 
-from vsnetd import log, netlink
+from vsnetd import netlink
 from vsnetd.kinds import _ip
 from vsnetd.kinds.kind import (
     Applier,
@@ -195,6 +194,10 @@ class AddressKind(NetlinkKind[Address]):
                               and not (obj := cast(Address, c.obj)).netns
                               and obj.family == socket.AF_INET}):
             if protect_secondaries(device):
+                import logging  # here: a one-shot vsnetctl has no logging otherwise
+
+                from vsnetd import log
+
                 log.event(logging.INFO, f"promote_secondaries turned on for {device}: deleting "
                           "a primary address must not delete the secondaries of its subnet",
                           op="sysctl", obj=device)
