@@ -23,7 +23,6 @@ the lean front door :mod:`vsnetd.ctl`; without a daemon they work here, one shot
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import sys
@@ -35,6 +34,7 @@ from vsnetd import __version__
 # even json, pathlib and typing are a fifth of a `vsnetctl --help` (docs/benchmarks.md).
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy knows the name
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Sequence
     from pathlib import Path
     from typing import Any, NoReturn
@@ -346,6 +346,8 @@ SWITCHES = ("activate", "deactivate", "is-active")
 def _common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     # Accepted before and after the command; only the top level sets defaults, or a
     # subcommand's default would overwrite ``vsnetctl -c FILE plan``.
+    import argparse
+
     def default(value: object) -> object:
         return value if defaults else argparse.SUPPRESS
 
@@ -362,6 +364,8 @@ def _path(text: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="vsnetctl",
         description="Control vsnet: virtual servers over policy routing and namespaces.",
@@ -411,8 +415,43 @@ def _exit_now(status: int) -> NoReturn:
     os._exit(status)
 
 
+def plain_args(argv: Sequence[str]) -> Any:
+    """The arguments of a plain command line, as the parser would give them, read without
+    argparse: a command taking no arguments of its own, with ``-c FILE``, ``--config
+    FILE``, ``--config=FILE`` and ``--json`` before or after it (the last ``-c`` wins).
+    None for anything else (help, an abbreviation, a mistake), which the parser reads.
+    Importing argparse and building the parser are ~12 ms of every ``vsnetctl plan``
+    (docs/benchmarks.md); tests/test_cli_args.py checks that both read alike."""
+    command = None
+    config = DEFAULT_CONFIG_PATH
+    as_json = False
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-c", "--config"):
+            value = next(args, None)
+            if value is None or value.startswith("-"):
+                return None
+            config = value
+        elif arg.startswith("--config="):
+            config = arg.removeprefix("--config=")
+        elif arg == "--json":
+            as_json = True
+        elif command is None and arg in COMMANDS and arg not in SWITCHES:
+            command = arg
+        else:
+            return None
+    if command is None:
+        return None
+    from types import SimpleNamespace
+
+    return SimpleNamespace(command=command, config=_path(config), json=as_json,
+                           **({"drop_in": False} if command == "schema" else {}),
+                           **({"servers": []} if command == "status" else {}))
+
+
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = plain_args(argv) or build_parser().parse_args(argv)
     func = COMMANDS[args.command][0]
     try:
         return func(args)
