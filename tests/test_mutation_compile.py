@@ -10,7 +10,6 @@ from socket import AF_INET, AF_INET6
 from typing import Any
 
 import pytest
-from msgspec import structs
 
 from vsnetd import ruletree
 from vsnetd.compile import compile_config, compile_edit, count_shared_users
@@ -207,8 +206,8 @@ def test_an_unchanged_vs_keeps_what_was_compiled_for_it() -> None:
     renumbered = compile_config(moved, previous)
     assert renumbered.servers["a"].numbers.mark == 0x103
     assert renumbered == compile_config(moved)
-    assert compile_config(before, (before, structs.replace(
-        previous[1], servers={"b": previous[1].servers["b"]}))) == previous[1]
+    assert compile_config(before, (before, previous[1]._replace(
+        servers={"b": previous[1].servers["b"]}))) == previous[1]
 
 
 def test_an_edit_of_pbr_vs_keeping_their_ids_compiles_only_them() -> None:
@@ -217,7 +216,7 @@ def test_an_edit_of_pbr_vs_keeping_their_ids_compiles_only_them() -> None:
     previous = (before, compile_config(before))
     # the daemon's edit: the settings and the other VS are the very objects of before
     edit = config_of({"a": V4 | {"addresses": [{"address": "10.3.0.6/24"}]}}).servers["a"]
-    same_group = structs.replace(before, servers=before.servers | {"a": edit})
+    same_group = before._replace(servers=before.servers | {"a": edit})
     edited = compile_edit(same_group, previous)
     assert edited == compile_config(same_group)
     assert edited.scope is previous[1].scope
@@ -226,7 +225,7 @@ def test_an_edit_of_pbr_vs_keeping_their_ids_compiles_only_them() -> None:
     assert edited.servers["c"] is previous[1].servers["c"]
     assert edited.servers["a"] != previous[1].servers["a"]
 
-    elsewhere = structs.replace(same_group, servers=same_group.servers | {
+    elsewhere = same_group._replace(servers=same_group.servers | {
         "a": config_of({"a": V4 | {"addresses": [{"address": "172.16.0.5/24"}]}}).servers["a"]})
     assert compile_edit(elsewhere, previous) == compile_config(elsewhere)
 
@@ -237,11 +236,11 @@ def test_the_vs_an_edit_changed_are_found_in_any_order() -> None:
     a, b, c_vs = (before.servers[n] for n in "abc")
     moved = compile_config(config_of({"a": V4 | {"addresses": [{"address": "10.3.0.6/24"}]}}))
     new_a = moved.servers["a"]
-    twin = structs.replace(a)  # another object, the same objects: unchanged
-    d = structs.replace(c_vs, name="d")
+    twin = a._replace()  # another object, the same objects: unchanged
+    d = c_vs._replace(name="d")
 
     def changed(servers: dict[str, DesiredServer]) -> set[str]:
-        return changed_servers(before, structs.replace(before, servers=servers))
+        return changed_servers(before, before._replace(servers=servers))
 
     assert changed({"a": a, "b": b, "c": c_vs}) == set()
     assert changed({"a": twin, "b": b, "c": c_vs}) == set()
@@ -272,8 +271,8 @@ def test_any_other_edit_is_compiled_whole_reusing_the_unchanged_vs(change: str) 
     elif change == "added":
         servers["c"] = config_of({"c": V4 | {"id": 5}}).servers["c"]
     else:
-        settings = structs.replace(settings)  # equal, but not the same object
-    after = structs.replace(before, settings=settings, servers=servers)
+        settings = settings._replace()  # equal, but not the same object
+    after = before._replace(settings=settings, servers=servers)
     edited = compile_edit(after, previous)
     assert edited == compile_config(after)
     assert edited.scope is not previous[1].scope
@@ -300,7 +299,7 @@ def test_an_edit_keeps_the_count_of_vs_needing_each_shared_rule() -> None:
         servers = previous[0].servers | {name: server}
         if server is near_a:  # the same names in another order, the changed one last
             servers = {"c": servers["c"], "a": servers["a"]}
-        config = structs.replace(previous[0], servers=servers)
+        config = previous[0]._replace(servers=servers)
         edited = compile_edit(config, previous)
         assert edited == compile_config(config)
         assert edited.shared_users == from_scratch(edited)  # each edit moves a's or c's path

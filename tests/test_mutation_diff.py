@@ -8,15 +8,13 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from msgspec import structs
-
 from tests.strategies import kernel_holding
 from vsnetd.compile import compile_config
 from vsnetd.config import Config
 from vsnetd.diff import Affected, plan_changes
 from vsnetd.kinds import KINDS, Address, Link, Namespace, ResolverFile, Route, Rule, Sysctl
 from vsnetd.kinds.confinement import ForeignPins
-from vsnetd.state import SHARED, Change, DesiredState, ObservedState, Plan
+from vsnetd.state import SHARED, Change, DesiredState, ObservedState, Plan, keyed
 
 ROOT_LINKS = {"eth0": 2, "eth1": 3, "eth2": 4}
 PBR = {"id": 1, "mode": "pbr", "uplink": "eth0", "addresses": [{"address": "10.0.0.5/24"}]}
@@ -139,8 +137,7 @@ def test_a_vs_waits_for_its_uplink_unless_it_is_lent_to_it_already() -> None:
 def test_leftovers_of_removed_vs_are_attributed_to_their_former_names() -> None:
     before = desired_of({"a": PBR | {"addresses": [{"address": "10.0.0.5/24",
                                                     "gateway": "10.0.0.1"}]}, "b": NETNS})
-    empty = structs.replace(desired_of({}), former_names={1: "a"},
-                                former_namespaces={"vs-b": "b"})
+    empty = desired_of({})._replace(former_names={1: "a"}, former_namespaces={"vs-b": "b"})
     plan = plan_changes(empty, holding(before))
     owners: dict[str, set[str | None]] = {}
     for change in plan.changes:
@@ -310,9 +307,9 @@ def test_without_confinement_the_vs_is_built_and_says_it_is_not_confined() -> No
     assert plan.servers["a"].reasons == ("not confined: no cgroup2 mount",)
     assert plan.servers["b"].reasons == ()
     # whichever place confinement has among the VS's objects
-    first = structs.replace(desired.servers["a"], keyed={}, objects=(
-        desired.servers["a"].objects[-1], *desired.servers["a"].objects[:-1]))
-    reordered = structs.replace(desired, servers={"a": first})
+    objects = (desired.servers["a"].objects[-1], *desired.servers["a"].objects[:-1])
+    first = desired.servers["a"]._replace(objects=objects, keyed=keyed(objects))
+    reordered = desired._replace(servers={"a": first})
     assert [c.obj for c in plan_changes(reordered, observed).changes if c.server == "a"] == [
         c.obj for c in plan.changes if c.server == "a"]
     with_it = plan_changes(desired, ObservedState(links={"": dict(ROOT_LINKS)}))
@@ -360,7 +357,7 @@ def test_an_observed_change_concerns_its_owner_or_the_vs_it_would_collide_with()
     b_rule = next(o for o in desired.servers["b"].objects if isinstance(o, Rule))
     assert affected([a_rule, b_rule._replace(table=99)]) == {"a", "b"}
     assert affected([b_rule._replace(table=98)]) == {"b"}
-    former = structs.replace(desired, former_names={7: "gone"})
+    former = desired._replace(former_names={7: "gone"})
     assert Affected(former)([Route(socket.AF_INET, 10000 + 16 * 7, "0.0.0.0/0", 0)]) == set()
 
 

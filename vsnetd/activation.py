@@ -16,8 +16,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from msgspec import structs
-
 from vsnetd.config import Config
 from vsnetd.state import DesiredState, ServerVerdict
 
@@ -76,8 +74,7 @@ def select(desired: DesiredState, config: Config, active: frozenset[str]) -> Des
                 if server.placement == "cluster" and name not in active}
     if not inactive:
         return desired
-    return structs.replace(
-        desired,
+    return desired._replace(
         servers={name: s for name, s in desired.servers.items() if name not in inactive},
         former_names=desired.former_names | {config.servers[name].id: name for name in inactive},
         former_namespaces=desired.former_namespaces | {

@@ -21,8 +21,6 @@ import itertools
 from collections.abc import Callable, Iterable
 from operator import attrgetter
 
-from msgspec import Struct, field
-
 from vsnetd import metrics
 from vsnetd.kernel import Kernel
 from vsnetd.kinds import KINDS
@@ -36,10 +34,13 @@ GONE = {-errno.ENOENT, -errno.ESRCH, -errno.EADDRNOTAVAIL, -errno.ENODEV}
 _kind_of = attrgetter("obj.kind")
 
 
-class ApplyResult(Struct):
-    applied: list[Change] = field(default_factory=list)
-    failed: list[tuple[Change, str]] = field(default_factory=list)
-    links: dict[str, dict[str, int]] = field(default_factory=dict)  # devices known after
+class ApplyResult:
+    __slots__ = ("applied", "failed", "links")
+
+    def __init__(self, links: dict[str, dict[str, int]]) -> None:
+        self.applied: list[Change] = []
+        self.failed: list[tuple[Change, str]] = []
+        self.links = links  # devices known after
 
     def failures_by_server(self) -> dict[str, str]:
         """The first error of each VS (later ones usually follow from it)."""

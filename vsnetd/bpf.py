@@ -12,8 +12,7 @@ import ctypes
 import errno
 import os
 import struct
-
-from msgspec import Struct
+from typing import NamedTuple
 
 SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351,
            "riscv64": 280}.get(os.uname().machine, 321)
@@ -198,7 +197,7 @@ def prog_fd_by_id(prog_id: int) -> int:
     return _call(BPF_PROG_GET_FD_BY_ID, _attr(12, (0, "<I", prog_id)), f"program {prog_id}")
 
 
-class ProgInfo(Struct, frozen=True):
+class ProgInfo(NamedTuple):
     type: int
     id: int
     tag: str

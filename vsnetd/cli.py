@@ -263,8 +263,6 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_teardown(args: argparse.Namespace) -> int:
     # Everything carrying vsnet's protocol goes, whatever the config says now; the config
     # (when readable) only lends its settings, so deletes are attributed to their VS.
-    from msgspec import structs
-
     from vsnetd.compile import compile_config
     from vsnetd.config import Config, ConfigError
     from vsnetd.kernel import Kernel
@@ -274,8 +272,7 @@ def cmd_teardown(args: argparse.Namespace) -> int:
         base = _load(args)
     except ConfigError:
         base = Config(version=1)
-    empty = structs.replace(
-        compile_config(Config(version=1, settings=base.settings)),
+    empty = compile_config(Config(version=1, settings=base.settings))._replace(
         former_names={server.id: name for name, server in base.servers.items()},
         former_namespaces={server.namespace_name(name): name
                            for name, server in base.servers.items() if server.mode == "netns"},

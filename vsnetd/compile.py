@@ -47,7 +47,7 @@ from vsnetd.kinds.route import (
     RT_TABLE_MAIN,
 )
 from vsnetd.kinds.rule import FULL_MASK
-from vsnetd.state import VSNET_PROTOCOL, DesiredServer, DesiredState, ObjectKey, Scope
+from vsnetd.state import VSNET_PROTOCOL, DesiredServer, DesiredState, ObjectKey, Scope, keyed
 
 
 def _family(version: int) -> int:
@@ -221,6 +221,7 @@ def compile_server(name: str, server: ServerConfig, settings: Settings) -> Desir
         objects.append(confinement.desired(
             name, settings.cgroup_root, settings.bpf_pin_root, numbers.mark,
             tuple(_text(entry.address.ip) for entry in server.addresses)))
+    built = tuple(objects)
     return DesiredServer(
         name=name,
         id=server.id,
@@ -228,7 +229,8 @@ def compile_server(name: str, server: ServerConfig, settings: Settings) -> Desir
         uplink=server.uplink,
         numbers=numbers,
         addresses=tuple(str(entry.address) for entry in server.addresses),
-        objects=tuple(objects),
+        objects=built,
+        keyed=keyed(built),
         netns=server.namespace_name(name),
         device=device,
         moves_uplink=server.mode == "netns" and server.link_type() == "move",
@@ -283,6 +285,7 @@ def compile_config(config: Config, previous: tuple[Config, DesiredState] | None 
         scope=scope_of(config.settings, servers.values()),
         servers=servers,
         shared=_union_of_shared(servers.values()),
+        shared_users={},  # counted when first asked for
     )
 
 

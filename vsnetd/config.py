@@ -25,9 +25,7 @@ import re
 import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-
-from msgspec import Struct, field
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from vsnetd import numbering
 
@@ -58,60 +56,60 @@ PRINCIPAL_PATTERN = r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}$"  # a user or group na
 
 # --------------------------------------------------------------------------- the config
 #
-# Plain frozen classes: what every other module reads. msgspec's, as vsnet's state classes
-# are, not dataclasses: those compile their methods from source at each import, and build
-# an instance ~3x slower (docs/benchmarks.md). Their structure (types, ranges, unknown
-# keys) is checked when a file is read, by hand for the common valid file
-# (:func:`_fast_servers`), else by the pydantic models of :mod:`vsnetd.config_models`,
-# which also give the JSON Schema; field names, defaults and descriptions are theirs.
+# Plain frozen classes (NamedTuples: vsnetd/state.py says why), what every other module
+# reads; their list and dict defaults are shared, never changed in place. Their structure
+# (types, ranges, unknown keys) is checked when a file is read, by hand for the common
+# valid file (:func:`_fast_servers`), else by the pydantic models of
+# :mod:`vsnetd.config_models`, which also give the JSON Schema; field names, defaults and
+# descriptions are theirs.
 
 
-class AddressConfig(Struct, frozen=True):
+class AddressConfig(NamedTuple):
     """One address of a virtual server, with the gateway its replies leave through."""
 
     address: IpInterface
     gateway: IpAddress | None = None
 
 
-class RouteConfig(Struct, frozen=True):
+class RouteConfig(NamedTuple):
     """An extra route, placed in every table of the VS that can reach ``via``."""
 
     to: IpNetwork
     via: IpAddress
 
 
-class DnsConfig(Struct, frozen=True):
+class DnsConfig(NamedTuple):
     """Resolver settings of a netns VS."""
 
     servers: list[IpAddress]
-    search: list[str] = field(default_factory=list)
-    options: list[str] = field(default_factory=list)
+    search: list[str] = []  # noqa: RUF012
+    options: list[str] = []  # noqa: RUF012
 
 
-class SocketsConfig(Struct, frozen=True):
+class SocketsConfig(NamedTuple):
     """Who may fetch this VS's sockets from the broker (root always may)."""
 
-    allow_users: list[str] = field(default_factory=list)
-    allow_groups: list[str] = field(default_factory=list)
+    allow_users: list[str] = []  # noqa: RUF012
+    allow_groups: list[str] = []  # noqa: RUF012
     privileged_ports: bool = False
 
 
-class ServerConfig(Struct, frozen=True):
+class ServerConfig(NamedTuple):
     """One virtual server."""
 
     id: int
     mode: Literal["pbr", "netns"]
     uplink: str
     addresses: list[AddressConfig]
-    gateway: list[IpAddress] = field(default_factory=list)
-    routes: list[RouteConfig] = field(default_factory=list)
+    gateway: list[IpAddress] = []  # noqa: RUF012
+    routes: list[RouteConfig] = []  # noqa: RUF012
     mark: int | None = None
     vlan: int | None = None
     link: Literal["vlan", "macvlan", "move"] | None = None
     namespace: str | None = None
-    sysctl: dict[str, int | str] = field(default_factory=dict)
+    sysctl: dict[str, int | str] = {}  # noqa: RUF012
     dns: DnsConfig | None = None
-    sockets: SocketsConfig = field(default_factory=SocketsConfig)
+    sockets: SocketsConfig = SocketsConfig()
     placement: Literal["local", "cluster"] = "local"
 
     def namespace_name(self, name: str) -> str:
@@ -124,7 +122,7 @@ class ServerConfig(Struct, frozen=True):
         return self.link or ("vlan" if self.vlan is not None else "macvlan")
 
 
-class Settings(Struct, frozen=True):
+class Settings(NamedTuple):
     """Numbering ranges (changing them renumbers every VS: an explicit operator action), and
     where pbr confinement lives."""
 
@@ -137,12 +135,12 @@ class Settings(Struct, frozen=True):
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
 
 
-class Config(Struct, frozen=True):
+class Config(NamedTuple):
     """The whole of ``servers.yaml``."""
 
     version: Literal[1]
-    settings: Settings = field(default_factory=Settings)
-    servers: dict[str, ServerConfig] = field(default_factory=dict)
+    settings: Settings = Settings()
+    servers: dict[str, ServerConfig] = {}  # noqa: RUF012
 
     @classmethod
     def model_validate(cls, data: Any) -> Config:
@@ -166,7 +164,7 @@ class Config(Struct, frozen=True):
 FieldPath = tuple[str | int, ...]
 
 
-class ConfigIssue(Struct, frozen=True):
+class ConfigIssue(NamedTuple):
     """One problem in a config file, pointing at the exact place."""
 
     file: str
@@ -210,7 +208,7 @@ def render_path(path: FieldPath) -> str:
 # --------------------------------------------------------------------------- YAML
 
 
-class _Position(Struct, frozen=True):
+class _Position(NamedTuple):
     line: int
     column: int
 
@@ -514,13 +512,13 @@ _IPV4_INTERFACE = re.compile(
     r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})"
     r"/(0|[1-9][0-9]?)").fullmatch
 
-_SERVER_KEYS = frozenset(ServerConfig.__struct_fields__)
-_SETTINGS_KEYS = frozenset(Settings.__struct_fields__)
-_ADDRESS_KEYS = frozenset(AddressConfig.__struct_fields__)
-_ROUTE_KEYS = frozenset(RouteConfig.__struct_fields__)
-_DNS_KEYS = frozenset(DnsConfig.__struct_fields__)
-_SOCKETS_KEYS = frozenset(SocketsConfig.__struct_fields__)
-_MAIN_KEYS = frozenset(Config.__struct_fields__)
+_SERVER_KEYS = frozenset(ServerConfig._fields)
+_SETTINGS_KEYS = frozenset(Settings._fields)
+_ADDRESS_KEYS = frozenset(AddressConfig._fields)
+_ROUTE_KEYS = frozenset(RouteConfig._fields)
+_DNS_KEYS = frozenset(DnsConfig._fields)
+_SOCKETS_KEYS = frozenset(SocketsConfig._fields)
+_MAIN_KEYS = frozenset(Config._fields)
 
 
 class _Unsure(Exception):
@@ -1173,18 +1171,33 @@ def read_config_text(path: Path | str, limit: int = DEFAULT_MAX_FILE_BYTES) -> s
 # --------------------------------------------------------------------------- one file
 
 
-class ParsedFile(Struct):
+class ParsedFile:
     """One file as read: the valid part of it, and what is wrong within it."""
 
-    file: str
-    text: str
-    main: bool
-    settings: Settings | None = None  # the main file's, when valid
-    servers: dict[str, ServerConfig] = field(default_factory=dict)
-    issues: list[ConfigIssue] = field(default_factory=list)
-    smap: SourceMap | None = None  # built only when a problem needs positions
-    problems: tuple[Settings, Problems] | None = None  # server_problems, per settings
-    claims: tuple[Settings, dict[str, Claims]] | None = None
+    __slots__ = (
+        "claims",
+        "file",
+        "issues",
+        "main",
+        "problems",
+        "servers",
+        "settings",
+        "smap",
+        "text",
+    )
+
+    def __init__(self, file: str, text: str, main: bool, settings: Settings | None = None,
+                 servers: dict[str, ServerConfig] | None = None,
+                 issues: list[ConfigIssue] | None = None, smap: SourceMap | None = None) -> None:
+        self.file = file
+        self.text = text
+        self.main = main
+        self.settings = settings  # the main file's, when valid
+        self.servers = {} if servers is None else servers
+        self.issues = [] if issues is None else issues
+        self.smap = smap  # built only when a problem needs positions
+        self.problems: tuple[Settings, Problems] | None = None  # server_problems, per settings
+        self.claims: tuple[Settings, dict[str, Claims]] | None = None
 
     def positions(self, limit: int) -> SourceMap:
         if self.smap is None:
@@ -1334,16 +1347,19 @@ def json_schema(*, drop_in: bool = False) -> dict[str, Any]:
     return config_models.json_schema(drop_in=drop_in)
 
 
-class _Index(Struct):
+class _Index:
     """What a valid config's VS hold, by owner: the cross-VS checks of one more VS, in
     constant time (:meth:`ConfigLoader._edit_in_place`)."""
 
-    config: Config
-    origin: dict[str, ParsedFile]
-    ids: dict[int, str]
-    slots: dict[tuple[str, int, int], str]
-    marks: dict[int, str]
-    moved_uplinks: set[str]  # uplinks handed whole to a VS (link: move)
+    __slots__ = ("config", "ids", "marks", "moved_uplinks", "origin", "slots")
+
+    def __init__(self, config: Config, origin: dict[str, ParsedFile]) -> None:
+        self.config = config
+        self.origin = origin
+        self.ids: dict[int, str] = {}
+        self.slots: dict[tuple[str, int, int], str] = {}
+        self.marks: dict[int, str] = {}
+        self.moved_uplinks: set[str] = set()  # uplinks handed whole to a VS (link: move)
 
     @classmethod
     def of(cls, config: Config, files: Sequence[ParsedFile]) -> _Index:
@@ -1351,7 +1367,7 @@ class _Index(Struct):
         for parsed in files:
             for name in parsed.servers:
                 origin.setdefault(name, parsed)
-        index = cls(config, origin, {}, {}, {}, set())
+        index = cls(config, origin)
         for name, server in config.servers.items():
             index.add(name, origin[name].server_claims(config.settings)[name])
             if server.mode == "netns" and server.link_type() == "move":

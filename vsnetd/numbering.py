@@ -24,9 +24,7 @@ sits at ``priority_base + i``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from msgspec import Struct
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from vsnetd.config import Settings
@@ -39,7 +37,7 @@ USABLE_RESIDUES = 253  # 253-255 modulo 256: the buckets of default, main and lo
 MAIN_RULE_PRIORITY = 32766  # vsnet's rules must be looked at before the main table
 
 
-class ServerNumbers(Struct, frozen=True):
+class ServerNumbers(NamedTuple):
     """The numbers one VS owns: its block of table slots (numbered on demand, a VS uses
     two or three of them) and its mark."""
 

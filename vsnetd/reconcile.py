@@ -14,8 +14,6 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from msgspec import Struct, field, structs
-
 from vsnetd.apply import ApplyResult, apply_plan
 from vsnetd.diff import plan_changes
 from vsnetd.kernel import Kernel
@@ -38,13 +36,18 @@ from vsnetd.state import (
 MAX_ROUNDS = 3
 
 
-class ConvergeResult(Struct):
-    first_plan: Plan
-    final_plan: Plan
-    applied: list[Change] = field(default_factory=list)
-    failures: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-    observed: ObservedState | None = None  # the kernel as last seen (after verification)
+class ConvergeResult:
+    __slots__ = ("applied", "failures", "final_plan", "first_plan", "observed", "seconds")
+
+    def __init__(self, first_plan: Plan, final_plan: Plan, applied: list[Change] | None = None,
+                 failures: dict[str, str] | None = None, seconds: float = 0.0,
+                 observed: ObservedState | None = None) -> None:
+        self.first_plan = first_plan
+        self.final_plan = final_plan
+        self.applied = [] if applied is None else applied
+        self.failures = {} if failures is None else failures
+        self.seconds = seconds
+        self.observed = observed  # the kernel as last seen (after verification)
 
     @property
     def servers(self) -> dict[str, ServerVerdict]:
@@ -233,8 +236,7 @@ class Reconciler:
         # only objects of the changed VS are planned: their former names are all it takes
         # to attribute deletes (not a pass over every VS)
         before = [server for name in changed if (server := previous.servers.get(name))]
-        subset_desired = structs.replace(
-            desired,
+        subset_desired = desired._replace(
             servers={n: desired.servers[n] for n in sorted(  # in the order of the ids
                 (n for n in changed if n in desired.servers), key=lambda n: desired.servers[n].id)},
             shared={key: desired.shared[key] for key in paths if key in desired.shared},
@@ -243,7 +245,7 @@ class Reconciler:
         )
         keys = paths.union(*(server.keyed for server in _each(previous, desired, changed)))
         # the foreign objects are all there
-        subset = structs.replace(observed, owned=_held(observed, keys))
+        subset = observed.with_owned(_held(observed, keys))
         plan = plan_changes(subset_desired, subset)
         outcome = apply_plan(self.kernel, plan, observed.links, desired.scope.protocol)
         _record(observed, outcome)
@@ -252,7 +254,7 @@ class Reconciler:
             # the kernel may have dropped routes of the VS silently: look, and finish
             touched = list({s.name: s for s in _each(previous, desired, changed)}.values())
             refresh(self.kernel, observed, desired.scope, touched)
-            subset = structs.replace(observed, owned=_held(observed, keys))
+            subset = observed.with_owned(_held(observed, keys))
             more = apply_plan(self.kernel, plan_changes(subset_desired, subset), observed.links,
                               desired.scope.protocol)
             _record(observed, more)
@@ -346,12 +348,15 @@ RETRY_MAX_SECONDS = 10.0  # a failing VS is tried again at least this often
 RESYNC_SECONDS = 60.0
 
 
-class Pending(Struct):
+class Pending:
     """Why a VS (or the whole kernel: ``"*"``) waits for a run, and when that run comes."""
 
-    why: str
-    tries: int = 0
-    next_at: float = 0.0  # time.monotonic()
+    __slots__ = ("next_at", "tries", "why")
+
+    def __init__(self, why: str, tries: int = 0, next_at: float = 0.0) -> None:
+        self.why = why
+        self.tries = tries
+        self.next_at = next_at  # time.monotonic()
 
     def as_json(self, now: float) -> dict[str, object]:
         return {"why": self.why, "tries": self.tries,

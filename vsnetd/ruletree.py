@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import socket
 from functools import lru_cache
-from typing import Any
-
-from msgspec import Struct
+from typing import Any, NamedTuple
 
 from vsnetd.kinds.rule import FULL_MASK, Rule
 from vsnetd.numbering import MAIN_RULE_PRIORITY
@@ -64,7 +62,7 @@ def rule_family_bits(family: int) -> int:
 SharedRules = dict[tuple[str, tuple[Any, ...]], Rule]
 
 
-class Trie(Struct, frozen=True):
+class Trie(NamedTuple):
     """One trie's place in the rule list."""
 
     family: int
@@ -120,7 +118,7 @@ class Trie(Struct, frozen=True):
         return Rule.goto(self.family, priority, target, source=source)
 
 
-class Layout(Struct, frozen=True):
+class Layout(NamedTuple):
     """The tree of one family's rule list."""
 
     family: int

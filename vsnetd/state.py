@@ -1,14 +1,16 @@
 """The data that flows through the pipeline: desired state, observed state, plans.
 
 All plain, immutable-by-convention data: compile and diff produce and consume it
-without touching the kernel.
+without touching the kernel. The immutable records are NamedTuples (their dict and list
+defaults, here and in vsnetd/config.py, are shared and never changed in place) and the
+others plain classes with slots: a dataclass compiles its methods from source at every
+import, and the ~28 of them on a ``vsnetctl`` run cost ~25 ms of each
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from msgspec import Struct, field
+from typing import Any, Literal, NamedTuple
 
 from vsnetd.config import Settings
 from vsnetd.kinds import KINDS, KernelObject
@@ -29,18 +31,23 @@ def object_key(obj: KernelObject) -> ObjectKey:
     return (obj.kind, obj.key)
 
 
-class Scope(Struct, frozen=True):
+class Scope(NamedTuple):
     """Where vsnet looks for foreign objects that would collide with its own."""
 
     protocol: int = VSNET_PROTOCOL
     tables: range = range(0)
     priorities: range = range(0)
-    sysctls: dict[str, tuple[str, ...]] = field(default_factory=dict)  # by namespace
+    sysctls: dict[str, tuple[str, ...]] = {}  # noqa: RUF012 (by namespace)
     cgroup_root: str | None = None  # pbr confinement (settings.cgroup_root); None: off
     pin_root: str = ""
 
 
-class DesiredServer(Struct, frozen=True):
+def keyed(objects: tuple[KernelObject, ...]) -> dict[ObjectKey, KernelObject]:
+    """Objects by identity (DesiredServer.keyed)."""
+    return {object_key(obj): obj for obj in objects}
+
+
+class DesiredServer(NamedTuple):
     name: str
     id: int
     mode: str
@@ -48,45 +55,43 @@ class DesiredServer(Struct, frozen=True):
     numbers: ServerNumbers
     addresses: tuple[str, ...]
     objects: tuple[KernelObject, ...]
+    keyed: dict[ObjectKey, KernelObject]  # the objects by identity: keyed(objects)
     netns: str = ""  # the VS's namespace; "" for pbr (the namespace vsnet runs in)
     device: str = ""  # the device carrying its addresses
     moves_uplink: bool = False  # netns with link: move
-    keyed: dict[ObjectKey, KernelObject] = field(default_factory=dict)  # objects by identity
     # shared objects it needs (the rule tree's rules on the way to its own rules)
-    shared: dict[ObjectKey, KernelObject] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.keyed:
-            self.keyed.update((object_key(obj), obj) for obj in self.objects)
+    shared: dict[ObjectKey, KernelObject] = {}  # noqa: RUF012
 
 
-class DesiredState(Struct, frozen=True):
+class DesiredState(NamedTuple):
     settings: Settings
     scope: Scope
     servers: dict[str, DesiredServer]
-    shared: dict[ObjectKey, KernelObject] = field(default_factory=dict)  # every VS's, once
-    # Names of VS ids that are not desired but whose leftovers may still be in the kernel
-    # (a teardown knows the config it tears down): deletes are attributed to them.
-    former_names: dict[int, str] = field(default_factory=dict)
-    former_namespaces: dict[str, str] = field(default_factory=dict)  # namespace -> VS name
+    shared: dict[ObjectKey, KernelObject]  # every VS's, once
     # how many VS need each shared object (compile.count_shared_users fills it, the
     # daemon's reader thread after a read): an edit then finds what no VS needs any more
-    # without a pass over every VS
-    shared_users: dict[ObjectKey, int] = field(default_factory=dict)
+    # without a pass over every VS. Not compared: it follows from the rest.
+    shared_users: dict[ObjectKey, int]
+    # Names of VS ids that are not desired but whose leftovers may still be in the kernel
+    # (a teardown knows the config it tears down): deletes are attributed to them.
+    former_names: dict[int, str] = {}  # noqa: RUF012
+    former_namespaces: dict[str, str] = {}  # noqa: RUF012 (namespace -> VS name)
 
-    def __eq__(self, other: object) -> bool:  # shared_users follows from the rest
-        return type(other) is DesiredState and all(
-            getattr(self, name) == getattr(other, name) for name in _DESIRED_COMPARED)
+    def __eq__(self, other: object) -> bool:
+        return type(other) is DesiredState and self._compared() == other._compared()
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def _compared(self) -> tuple[Any, ...]:
+        return (self.settings, self.scope, self.servers, self.shared, self.former_names,
+                self.former_namespaces)
 
     def names_by_id(self) -> dict[int, str]:
         return self.former_names | {server.id: server.name for server in self.servers.values()}
 
 
-_DESIRED_COMPARED = tuple(name for name in DesiredState.__struct_fields__
-                          if name != "shared_users")
-
-
-class ObservedState(Struct):
+class ObservedState:
     """What the kernel holds: vsnet's own objects, and foreign ones that could collide.
 
     Namespaces are named as in the config; "" is the namespace vsnet runs in. Foreign
@@ -94,10 +99,36 @@ class ObservedState(Struct):
     (``Kind.slot`` of vsnetd/kinds/kind.py): a VS wanting an object there is a conflict.
     """
 
-    links: dict[str, dict[str, int]] = field(default_factory=dict)  # netns -> name -> ifindex
-    owned: dict[ObjectKey, KernelObject] = field(default_factory=dict)
-    foreign: dict[str, dict[Slot, list[Any]]] = field(default_factory=dict)
-    unavailable: dict[str, str] = field(default_factory=dict)  # kind -> what the machine lacks
+    __slots__ = ("foreign", "links", "owned", "unavailable")
+
+    def __init__(self, links: dict[str, dict[str, int]] | None = None,
+                 owned: dict[ObjectKey, KernelObject] | None = None,
+                 foreign: dict[str, dict[Slot, list[Any]]] | None = None,
+                 unavailable: dict[str, str] | None = None) -> None:
+        self.links = {} if links is None else links  # netns -> name -> ifindex
+        self.owned = {} if owned is None else owned
+        self.foreign = {} if foreign is None else foreign
+        self.unavailable = {} if unavailable is None else unavailable  # kind -> what lacks
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is ObservedState and all(
+            getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]  # it changes
+
+    def __repr__(self) -> str:
+        return f"ObservedState({len(self.owned)} owned, {len(self.links)} namespaces)"
+
+    def __getstate__(self) -> tuple[Any, ...]:  # pickled by vsnetd/forked.py
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+    def with_owned(self, owned: dict[ObjectKey, KernelObject]) -> ObservedState:
+        """The same kernel, another set of owned objects (the rest shared, not copied)."""
+        return ObservedState(self.links, owned, self.foreign, self.unavailable)
 
     def add(self, obj: KernelObject) -> None:
         self.owned[(obj.kind, obj.key)] = obj
@@ -148,7 +179,7 @@ ACTION_SIGNS: dict[str, str] = {"add": "+", "replace": "~", "delete": "-"}
 ServerState = Literal["in-sync", "pending", "waiting", "conflict", "failed"]
 
 
-class Change(Struct, frozen=True):
+class Change(NamedTuple):
     action: Action
     obj: KernelObject
     server: str | None  # None: no VS of the config claims it any more
@@ -160,7 +191,7 @@ class Change(Struct, frozen=True):
         return {"action": self.action, "server": self.server, "object": self.obj.as_json()}
 
 
-class ServerVerdict(Struct, frozen=True):
+class ServerVerdict(NamedTuple):
     state: ServerState
     reasons: tuple[str, ...] = ()
 
@@ -168,7 +199,7 @@ class ServerVerdict(Struct, frozen=True):
         return {"state": self.state, "reasons": list(self.reasons)}
 
 
-class Plan(Struct, frozen=True):
+class Plan(NamedTuple):
     """Ordered changes that take the kernel from observed to desired."""
 
     changes: tuple[Change, ...]

@@ -34,8 +34,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
-from msgspec import Struct
-
 from vsnetd import bpf
 from vsnetd.kinds.kind import Applier, Kind, Looking, Owners
 
@@ -59,7 +57,7 @@ PROC_MOUNTS = Path("/proc/self/mounts")
 HookState = tuple[str, tuple[str, ...], str]
 
 
-class Confinement(Struct, frozen=True):
+class Confinement(NamedTuple):
     server: str
     cgroup: str  # relative to the cgroup-v2 mount: "vsnet/nas1"
     pins: str  # "/sys/fs/bpf/vsnet/nas1"
@@ -74,6 +72,9 @@ class Confinement(Struct, frozen=True):
 
     def __eq__(self, other: object) -> bool:
         return type(other) is Confinement and self._compared() == other._compared()
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
 
     def __hash__(self) -> int:
         return hash(self._compared())

@@ -33,8 +33,6 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
-from msgspec import Struct, field
-
 if TYPE_CHECKING:
     from vsnetd.kernel import Kernel
     from vsnetd.netlink import DumpMemo, RtnlSocket
@@ -71,28 +69,35 @@ Slot = Hashable
 Request = tuple[int, int, bytes]
 
 
-class Looking(Struct):
+class Looking:
     """One observe pass, as the kinds see it."""
 
-    kernel: Kernel
-    scope: Scope
-    state: ObservedState
-    # the network namespaces to look into besides vsnet's own, each with the inode its
-    # name mounts (found by the kind whose objects are namespaces)
-    namespaces: dict[str, int] = field(default_factory=dict)
+    __slots__ = ("kernel", "namespaces", "scope", "state")
+
+    def __init__(self, kernel: Kernel, scope: Scope, state: ObservedState) -> None:
+        self.kernel = kernel
+        self.scope = scope
+        self.state = state
+        # the network namespaces to look into besides vsnet's own, each with the inode its
+        # name mounts (found by the kind whose objects are namespaces)
+        self.namespaces: dict[str, int] = {}
 
 
-class Inside(Struct):
+class Inside:
     """One network namespace, in an observe pass or for a notification."""
 
-    netns: str
-    scope: Scope
-    state: ObservedState
-    names: dict[int, str]  # its devices by ifindex (the link kind's dump fills it first)
-    root_names: dict[int, str]  # those of vsnet's own namespace (the parents of VS devices)
-    # what the pass before this one decoded (vsnetd/netlink.py DumpMemo): a converge's
-    # verification decodes only what its apply changed
-    memo: DumpMemo | None = None
+    __slots__ = ("memo", "names", "netns", "root_names", "scope", "state")
+
+    def __init__(self, netns: str, scope: Scope, state: ObservedState, names: dict[int, str],
+                 root_names: dict[int, str], memo: DumpMemo | None = None) -> None:
+        self.netns = netns
+        self.scope = scope
+        self.state = state
+        self.names = names  # its devices by ifindex (the link kind's dump fills it first)
+        self.root_names = root_names  # those of vsnet's own namespace (the VS devices' parents)
+        # what the pass before this one decoded (vsnetd/netlink.py DumpMemo): a converge's
+        # verification decodes only what its apply changed
+        self.memo = memo
 
 
 # What a kind does in each network namespace of an observe pass: (object, owned) for each
