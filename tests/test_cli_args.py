@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vsnetd import cli
+from vsnetd.ctl import split
 
 WORDS = ["plan", "apply", "validate", "status", "schema", "teardown", "reload", "metrics",
          "activate", "nas1", "-c", "--config", "a.yaml", "--config=b.yaml", "--config=",
@@ -57,6 +58,17 @@ def test_the_options_in_any_order_are_read_as_the_parser_reads_them(argv: list[s
     plain = cli.plain_args(argv)
     if plain is not None:
         assert vars(plain) == parsed(argv)
+
+
+@given(plain_lines(), st.lists(st.sampled_from(["nas1", "nas2"]), min_size=1, max_size=2))
+def test_the_switches_front_door_reads_as_the_parser(argv: list[str], names: list[str]) -> None:
+    """vsnetd.ctl reads ``activate``/``deactivate``/``is-active`` lines the same way."""
+    argv = ["activate" if word in cli.COMMANDS else word for word in argv] + names
+    fast = split(argv)
+    if fast is not None:
+        command, config, as_json, seen = fast
+        assert {"command": command, "config": Path(config), "json": as_json,
+                "names": seen} == parsed(argv)
 
 
 def test_the_plain_lines_are_read_without_the_parser() -> None:

@@ -414,31 +414,20 @@ def _exit_now(status: int) -> NoReturn:
 
 def plain_args(argv: Sequence[str]) -> Any:
     """The arguments of a plain command line, as the parser would give them, read without
-    argparse: a command taking no arguments of its own, with ``-c FILE``, ``--config
-    FILE``, ``--config=FILE`` and ``--json`` before or after it (the last ``-c`` wins).
-    None for anything else (help, an abbreviation, a mistake), which the parser reads.
-    Importing argparse and building the parser are ~12 ms of every ``vsnetctl plan``
-    (docs/benchmarks.md); tests/test_cli_args.py checks that both read alike."""
-    command = None
-    config = DEFAULT_CONFIG_PATH
-    as_json = False
-    args = iter(argv)
-    for arg in args:
-        if arg in ("-c", "--config"):
-            value = next(args, None)
-            if value is None or value.startswith("-"):
-                return None
-            config = value
-        elif arg.startswith("--config="):
-            config = arg.removeprefix("--config=")
-        elif arg == "--json":
-            as_json = True
-        elif command is None and arg in COMMANDS and arg not in SWITCHES:
-            command = arg
-        else:
-            return None
-    if command is None:
+    argparse (by :func:`vsnetd.ctl.split`): a command taking no arguments of its own, with
+    ``-c FILE``, ``--config FILE``, ``--config=FILE`` and ``--json`` before or after it
+    (the last ``-c`` wins). None for anything else (help, an abbreviation, a mistake),
+    which the parser reads. Importing argparse, building the parser and parsing cost ~20
+    ms of a cold process (docs/benchmarks.md); tests/test_cli_args.py checks that both
+    read alike."""
+    from vsnetd.ctl import split
+
+    parsed = split(argv)
+    if parsed is None:
         return None
+    command, config, as_json, names = parsed
+    if command not in COMMANDS or command in SWITCHES or names:
+        return None  # a command's own arguments: the parser knows them
     from types import SimpleNamespace
 
     return SimpleNamespace(command=command, config=_path(config), json=as_json,

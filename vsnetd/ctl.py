@@ -42,8 +42,8 @@ def split(argv: Sequence[str]) -> tuple[str | None, str, bool, list[str]] | None
     for arg in args:
         if arg in ("-c", "--config"):
             value = next(args, None)
-            if value is None:
-                return None
+            if value is None or value.startswith("-"):
+                return None  # argparse refuses an option where the file should be
             config = value
         elif arg.startswith("--config="):
             config = arg.removeprefix("--config=")
