@@ -3,6 +3,7 @@ one process alone sees, and a child that fails is made up for."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -113,3 +114,18 @@ def test_a_helper_killed_is_made_up_for(netns_vs: DesiredState) -> None:
     assert shared == alone
     assert not any(key == ("route", ("vs-v6", 2, 254, "0.0.0.0/0", 0)) for key in shared.owned)
     assert ("route", ("vs-v5", 2, 254, "0.0.0.0/0", 0)) in shared.owned  # the child's half
+
+
+def test_no_process_to_spare_looks_at_everything_here(netns_vs: DesiredState) -> None:
+    ip("route", "del", "default", netns="vs-v6")
+    with Kernel() as kernel:
+        alone = observe(kernel, netns_vs.scope)
+
+    def no_process() -> int:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    with Kernel(helper_from=2) as kernel, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fork", no_process)
+        shared = observe(kernel, netns_vs.scope)
+    assert shared == alone
+    assert ("route", ("vs-v5", 2, 254, "0.0.0.0/0", 0)) in shared.owned  # the second half

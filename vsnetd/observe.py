@@ -45,9 +45,14 @@ def observe(kernel: Kernel, scope: Scope, memo: DumpMemo | None = None) -> Obser
         # the second half in a child process while this one looks at the first (a memo
         # stays with the process that decodes: passes that keep one look alone)
         half = len(namespaces) // 2
-        namespaces, theirs = namespaces[:half], dict(namespaces[half:])
-        helper = Helper(lambda: _observe_namespaces(kernel, theirs, observers, scope,
-                                                    ObservedState(), root_names, None))
+        theirs = dict(namespaces[half:])
+        try:
+            helper = Helper(lambda: _observe_namespaces(kernel, theirs, observers, scope,
+                                                        ObservedState(), root_names, None))
+        except OSError:  # no process to spare (EAGAIN, ENOMEM): all of it here
+            pass
+        else:
+            namespaces = namespaces[:half]
     try:
         _observe_namespaces(kernel, dict(namespaces), observers, scope, state, root_names,
                             memo)
