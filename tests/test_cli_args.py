@@ -81,11 +81,15 @@ def test_the_plain_lines_are_read_without_the_parser() -> None:
         assert cli.plain_args(argv) is None, argv
 
 
-def test_vsnetctl_plan_does_not_import_argparse(tmp_path: Path) -> None:
+def test_a_one_shot_command_imports_no_argparse_dataclasses_or_logging(tmp_path: Path) -> None:
+    """What keeps `vsnetctl validate/plan/apply` cheap to start (docs/benchmarks.md): the
+    pipeline's modules imported, and none of these."""
     config = tmp_path / "servers.yaml"
     config.write_text("version: 1\nservers: {}\n")
     code = ("import sys; from vsnetd import cli; status = cli.main(['validate', '-c', "
-            f"{str(config)!r}]); print(status, 'argparse' in sys.modules)")
+            f"{str(config)!r}]); import vsnetd.reconcile, vsnetd.observe; "
+            "print(status, *(m in sys.modules for m in ('argparse', 'dataclasses', "
+            "'logging', 'inspect')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
-    assert out[-2:] == ["0", "False"]
+    assert out[-5:] == ["0", "False", "False", "False", "False"]
