@@ -782,8 +782,6 @@ _YAML_DECIMAL = re.compile(r"0|[1-9][0-9]*").fullmatch
 _YAML_HEX = re.compile(r"0x[0-9a-fA-F]+").fullmatch
 # a plain scalar: no indicator first, no ": " or " #" inside, printable ASCII only
 _YAML_PLAIN = re.compile(r"[^-?:,\[\]{}#&*!|>'\"%@` ](?:[^:#]|:(?! )|(?<! )#)*(?<![: ])").fullmatch
-# a plain scalar inside a flow collection: no indicator, no ": ", no space
-_YAML_FLOW_TOKEN = re.compile(r"[A-Za-z0-9_./](?:[A-Za-z0-9_./+=~-]|:(?=[A-Za-z0-9_./:]))*")
 _YAML_KEY_LINE = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_./-]*):(?: +(.*))?").fullmatch
 _YAML_OUTSIDE = re.compile(r"[^\x20-\x7e\n]|^(?:---|\.\.\.|%)", re.M).search
 _YAML_MAX_DEPTH = 32  # MAX_DEPTH: deeper documents are left to libyaml, which refuses them
@@ -819,10 +817,11 @@ _YAML_FLOW_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*").fullmatch
 
 
 # A flow line's lexemes, the spaces before each skipped: a bracket or a comma, or a plain
-# scalar with the ": " after it when it is a key ("" where a group did not take part).
-# The scalar's repetition is possessive: "abc" is one lexeme, never "a" + "bc", so the
-# line's check cannot backtrack over the ways to cut a long word.
-_FLOW_SCALAR = _YAML_FLOW_TOKEN.pattern.removesuffix("*") + "*+"
+# scalar (no indicator, no ": ", no space) with the ": " after it when it is a key (""
+# where a group did not take part). The scalar's repetition is possessive: "abc" is one
+# lexeme, never "a" + "bc", so the line's check cannot backtrack over the ways to cut a
+# long word.
+_FLOW_SCALAR = r"[A-Za-z0-9_./](?:[A-Za-z0-9_./+=~-]|:(?=[A-Za-z0-9_./:]))*+"
 _FLOW_LEXEME = r" *(?:([\[\]{},])|(" + _FLOW_SCALAR + r")(: )?)"
 _YAML_FLOW_LEXEMES = re.compile(_FLOW_LEXEME).findall
 _YAML_FLOW_LINE = re.compile(f"(?:{_FLOW_LEXEME})* *").fullmatch

@@ -119,13 +119,6 @@ class ObservedState:
     def __repr__(self) -> str:
         return f"ObservedState({len(self.owned)} owned, {len(self.links)} namespaces)"
 
-    def __getstate__(self) -> tuple[Any, ...]:  # pickled by vsnetd/forked.py
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        for name, value in zip(self.__slots__, state, strict=True):
-            setattr(self, name, value)
-
     def with_owned(self, owned: dict[ObjectKey, KernelObject]) -> ObservedState:
         """The same kernel, another set of owned objects (the rest shared, not copied)."""
         return ObservedState(self.links, owned, self.foreign, self.unavailable)
