@@ -36,7 +36,7 @@ OPTIONS: dict[str, common.Option] = {
 PHASES = """
 import gc, json, sys, time
 started = time.perf_counter()
-import vsnetd.cli, vsnetd.reconcile, vsnetd.kernel
+import vsnetd.cli, vsnetd.reconcile, vsnetd.kernel, vsnetd.observe
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.diff import plan_changes
@@ -44,22 +44,23 @@ from vsnetd.kernel import Kernel
 from vsnetd.observe import observe
 imported = time.perf_counter()
 gc.disable()  # as plan_for does
-text = open(sys.argv[1]).read()
-t0 = time.perf_counter()
-config = parse_config(text, file=sys.argv[1])
-t1 = time.perf_counter()
-desired = compile_config(config)
-t2 = time.perf_counter()
-# as vsnetctl opens it (a revision before HELPER_FROM never shared its look)
+# as vsnetctl opens it (a revision before HELPER_FROM never shared its look), with its look
+# started ahead of reading the config (before look_ahead, observe started it)
 helper_from = getattr(vsnetd.cli, "HELPER_FROM", None)
 with Kernel(**({"helper_from": helper_from} if helper_from else {})) as kernel:
-    t3 = time.perf_counter()
+    getattr(vsnetd.observe, "look_ahead", lambda _kernel: None)(kernel)
+    text = open(sys.argv[1]).read()
+    t0 = time.perf_counter()
+    config = parse_config(text, file=sys.argv[1])
+    t1 = time.perf_counter()
+    desired = compile_config(config)
+    t2 = time.perf_counter()
     observed = observe(kernel, desired.scope)
     t4 = time.perf_counter()
 plan = plan_changes(desired, observed)
 t5 = time.perf_counter()
 print(json.dumps({"import": imported - started, "parse": t1 - t0, "compile": t2 - t1,
-                  "observe": t4 - t3, "diff": t5 - t4, "changes": len(plan.changes),
+                  "observe": t4 - t2, "diff": t5 - t4, "changes": len(plan.changes),
                   "package": vsnetd.__file__}))
 """
 PHASE_NAMES = ("import", "parse", "compile", "observe", "diff")

@@ -74,7 +74,7 @@ def previous_namespaces() -> tuple[list[str], list[str]]:
 
 def previous_observe_in(sock: RtnlSocket, netns: str, scope: Scope, state: ObservedState,
                         root_names: dict[int, str]) -> dict[int, str]:
-    devices = sock.dump(netlink.RTM_GETLINK, link.IFINFOMSG.pack(0, 0, 0, 0, 0), link.decode)
+    devices = sock.dump(link.DUMP, link.decode)
     names = {found.ifindex: found.name for found in devices}
     state.links[netns] = {found.name: found.ifindex for found in devices}
     parents = root_names if netns else names

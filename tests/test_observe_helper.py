@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, cast
 
 import pytest
 
@@ -18,20 +20,37 @@ from vsnetd.apply import apply_plan
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.kernel import Kernel
-from vsnetd.observe import observe
+from vsnetd.kinds import link
+from vsnetd.netlink import DumpMemo, RtnlSocket
+from vsnetd.observe import look_ahead, observe
 from vsnetd.reconcile import converge, plan_for
-from vsnetd.state import DesiredState
+from vsnetd.state import DesiredState, ObservedState
 
 
 def test_a_helper_hands_back_what_its_work_returns() -> None:
-    assert forked.Helper(lambda: {"found": [1, 2]}).result() == {"found": [1, 2]}
-    assert forked.Helper(os.getpid).result() != os.getpid()  # it ran in another process
-    with pytest.raises(forked.HelperFailed):
-        forked.Helper(lambda: 1 // 0).result()
+    assert forked.Helper(lambda _orders: b"found", bytes.decode).result() == "found"
+    child = forked.Helper(lambda _orders: str(os.getpid()).encode(), int).result()
+    assert child != os.getpid()  # it ran in another process
+    with pytest.raises(forked.HelperFailed):  # the work failed
+        forked.Helper(lambda _orders: bytes(1 // 0), bytes).result()
+    with pytest.raises(forked.HelperFailed):  # what it returned does not load
+        forked.Helper(lambda _orders: b"x", int).result()
+
+
+def test_a_helper_is_handed_what_the_parent_sends() -> None:
+    helper = forked.Helper(lambda orders: pickle.dumps((os.getpid(), orders())), pickle.loads)
+    sent = {"names": [f"vs-v{i}" for i in range(20_000)]}  # more than a pipe holds
+    helper.send(sent)
+    child, received = helper.result()
+    assert child == helper.pid and received == sent
+    closed = forked.Helper(lambda orders: pickle.dumps(orders()), pickle.loads)
+    closed.send(None)
+    assert closed.result() is None
 
 
 def test_a_stopped_helper_is_reaped() -> None:
-    helper = forked.Helper(lambda: signal.pause())
+    # waiting for what is never sent
+    helper = forked.Helper(lambda orders: pickle.dumps(orders()), pickle.loads)
     helper.stop()
     with pytest.raises(ChildProcessError):
         os.waitpid(helper.pid, os.WNOHANG)
@@ -129,3 +148,81 @@ def test_no_process_to_spare_looks_at_everything_here(netns_vs: DesiredState) ->
         shared = observe(kernel, netns_vs.scope)
     assert shared == alone
     assert ("route", ("vs-v5", 2, 254, "0.0.0.0/0", 0)) in shared.owned  # the second half
+
+
+def test_a_dump_made_ahead_is_decoded_once_then_made_again(netns: None) -> None:
+    with RtnlSocket() as sock:
+        sock.dump_ahead([link.DUMP])
+        ip("link", "add", "ahead0", "type", "veth", "peer", "name", "ahead1")
+        then = {found.name for found in sock.dump(link.DUMP, link.decode)}
+        now = {found.name for found in sock.dump(link.DUMP, link.decode)}
+    in_kernel = {device["ifname"] for device in ip_json("link")}
+    assert {"ahead0", "ahead1"} <= in_kernel
+    assert now == in_kernel
+    assert then == in_kernel - {"ahead0", "ahead1"}  # as it was when it was made
+
+
+def test_a_look_started_ahead_sees_what_one_look_does(netns_vs: DesiredState) -> None:
+    ip("route", "del", "default", netns="vs-v6")  # the child's share (vs-v3..vs-v6)
+    ip("route", "add", "10.99.0.0/16", "dev", "v5", "proto", "vsnet", netns="vs-v5")  # stale
+    ip("route", "add", "10.98.0.0/16", "dev", "v4", netns="vs-v4")  # foreign
+    ip("route", "del", "default", netns="vs-v1")  # this process's
+    with Kernel() as kernel:
+        alone = observe(kernel, netns_vs.scope)
+    assert forked.may_fork(), threading.enumerate()
+    with Kernel(helper_from=2) as kernel, counted_forks() as children:
+        look_ahead(kernel)
+        assert len(children) == 1  # before the scope is known
+        shared = observe(kernel, netns_vs.scope)
+        assert len(children) == 1 and kernel.helper is None
+    assert shared == alone
+    assert ("route", ("vs-v6", 2, 254, "0.0.0.0/0", 0)) not in shared.owned
+    assert ("route", ("vs-v5", 2, 254, "10.99.0.0/16", 0)) in shared.owned
+    assert ("route", ("vs-v3", 2, 254, "0.0.0.0/0", 0)) in shared.owned
+
+
+def test_a_look_travels_between_processes_whole(netns_vs: DesiredState) -> None:
+    ip("route", "add", "10.98.0.0/16", "dev", "v4", netns="vs-v4")  # foreign
+    with Kernel() as kernel:
+        seen = observe(kernel, netns_vs.scope)
+    assert any(seen.foreign.values()) and seen.links and seen.owned
+    assert ObservedState.unpacked(seen.packed()) == seen
+    seen.owned[("route", ("odd",))] = cast(Any, frozenset({1}))  # not a kernel object
+    with pytest.raises(ValueError, match="not a tuple"):
+        seen.packed()
+
+
+def test_a_look_started_ahead_and_killed_is_made_up_for(netns_vs: DesiredState) -> None:
+    ip("route", "del", "default", netns="vs-v6")
+    with Kernel() as kernel:
+        alone = observe(kernel, netns_vs.scope)
+
+    def kill(pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+
+    with Kernel(helper_from=2) as kernel, counted_forks(after=kill) as children:
+        look_ahead(kernel)
+        shared = observe(kernel, netns_vs.scope)
+    assert len(children) == 1
+    assert shared == alone
+    assert ("route", ("vs-v5", 2, 254, "0.0.0.0/0", 0)) in shared.owned  # the child's share
+
+
+def test_a_look_started_ahead_and_not_made_ends_its_child(netns_vs: DesiredState) -> None:
+    with Kernel(helper_from=2) as kernel, counted_forks() as children:
+        look_ahead(kernel)  # then the config is refused, say: no look
+    with Kernel(helper_from=2) as kernel, counted_forks() as remembering:
+        look_ahead(kernel)
+        observe(kernel, netns_vs.scope, DumpMemo())  # a look that keeps a memo is not shared
+        assert kernel.helper is None
+    for pid in children + remembering:
+        with pytest.raises(ChildProcessError):  # reaped
+            os.waitpid(pid, os.WNOHANG)
+    assert len(children) == len(remembering) == 1
+
+
+def test_too_few_namespaces_start_no_look_ahead(netns_vs: DesiredState) -> None:
+    with Kernel(helper_from=SERVERS + 1) as kernel, counted_forks() as children:
+        look_ahead(kernel)
+        observe(kernel, netns_vs.scope)
+    assert children == []

@@ -94,11 +94,12 @@ def _render_verdicts(verdicts: dict[str, ServerVerdict]) -> str:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from vsnetd.kernel import Kernel
+    from vsnetd.observe import look_ahead
     from vsnetd.reconcile import plan_for
 
-    desired = _desired(_load(args))
     with Kernel(helper_from=HELPER_FROM) as kernel:
-        plan = plan_for(kernel, desired)
+        look_ahead(kernel)  # the kernel's share of the look made while the config is read
+        plan = plan_for(kernel, _desired(_load(args)))
     in_sync = all(v.state == "in-sync" for v in plan.servers.values()) and not plan
     if args.json:
         _print_json({"in_sync": in_sync, **plan.as_json()})
@@ -202,12 +203,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     from vsnetd import activation
     from vsnetd.compile import compile_config
     from vsnetd.kernel import Kernel
+    from vsnetd.observe import look_ahead
     from vsnetd.reconcile import plan_for
     from vsnetd.status import render_status, server_status
 
-    config = _load(args)
-    compiled, active = compile_config(config), activation.read_active()
     with Kernel(helper_from=HELPER_FROM) as kernel:
+        look_ahead(kernel)  # as in cmd_plan
+        config = _load(args)
+        compiled, active = compile_config(config), activation.read_active()
         plan = plan_for(kernel, activation.select(compiled, config, active))
     report = _only(activation.annotate(server_status(compiled, plan.servers, plan), config,
                                        active), args.servers, args)

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import os
 import resource
+from typing import TYPE_CHECKING
 
 from vsnetd.kinds import namespace
 from vsnetd.netlink import RtnlSocket
 from vsnetd.syscalls import CLONE_NEWNET, entered_netns, setns
+
+if TYPE_CHECKING:
+    from vsnetd.forked import Helper
+    from vsnetd.state import ObservedState
 
 ROOT = ""  # the namespace vsnet itself runs in
 
@@ -27,6 +32,8 @@ class Kernel:
     def __init__(self, helper_from: int | None = None) -> None:
         _raise_fd_limit()
         self.helper_from = helper_from
+        # the child of the next look, started ahead of it (vsnetd/observe.py look_ahead)
+        self.helper: Helper[ObservedState] | None = None
         self.root_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self.root = RtnlSocket()
         self._sockets: dict[str, RtnlSocket] = {ROOT: self.root}
@@ -39,6 +46,9 @@ class Kernel:
         self.close()
 
     def close(self) -> None:
+        if self.helper is not None:  # a look started ahead and never made
+            self.helper.stop()
+            self.helper = None
         for name in list(self._fds):
             self.forget(name)
         self.root.close()
@@ -58,6 +68,13 @@ class Kernel:
         fd = namespace.open_fd(name)
         self._fds[name] = (fd, inode)
         return fd
+
+    def named_namespaces(self) -> int:
+        """How many names /run/netns holds (vsnet's namespaces and others)."""
+        try:
+            return len(os.listdir(namespace.NETNS_DIR))
+        except OSError:
+            return 0
 
     def socket(self, name: str) -> RtnlSocket:
         """The netlink socket inside namespace ``name`` (ROOT: vsnet's own)."""

@@ -169,6 +169,52 @@ def _remembering(decode: Decoder[T], last: dict[bytes, Any], now: dict[bytes, An
     return remembered
 
 
+_DONE, _INTERRUPTED = 1, 2  # what _take saw
+
+
+def _take(data: bytearray, received: int, seq: int, decode: Decoder[T],
+          found: list[T]) -> int:
+    """The messages of dump ``seq`` in one received chunk, each decoded into ``found``;
+    whether the dump ended there (_DONE) and whether the kernel marked any of them
+    interrupted by a change (_INTERRUPTED). Written out (no generator, no tuple per
+    message): at 1,000 namespaces a plan makes ~4,000 dumps and this loop is most of
+    their Python cost."""
+    unpack = NLMSGHDR.unpack_from
+    status = 0
+    offset = 0
+    while offset + 16 <= received:
+        length, mtype, flags, mseq, _pid = unpack(data, offset)
+        if length < 16:
+            break
+        if mseq == seq:
+            if flags & NLM_F_DUMP_INTR:
+                status |= _INTERRUPTED
+            if mtype == NLMSG_DONE:
+                return status | _DONE
+            if mtype == NLMSG_ERROR:
+                error = I32.unpack_from(data, offset + 16)[0]
+                if error:
+                    raise NetlinkError(-error, os.strerror(-error))
+            else:
+                item = decode(data, offset + 16, offset + length)
+                if item is not None:
+                    found.append(item)
+        offset += (length + 3) & ~3
+    return status
+
+
+def _decode_nothing(_data: bytearray, _start: int, _end: int) -> None:
+    return None
+
+
+class DumpRequest(NamedTuple):
+    """A dump as a kind asks for it: the message type, its header, its attributes."""
+
+    kind: int
+    header: bytes
+    attrs: bytes = b""
+
+
 class RtnlSocket:
     """A NETLINK_ROUTE socket in the network namespace of the thread that opened it."""
 
@@ -186,6 +232,8 @@ class RtnlSocket:
         # each of 1,000 namespaces only to dump (dumps are paced by the kernel to the
         # default receive buffer), and three system calls each are ~10 % of its sockets.
         self._batch_ready = False
+        # dump_ahead's replies: (type, body) -> (sequence number, the chunks received)
+        self._ahead: dict[tuple[int, bytes], tuple[int, list[bytearray]]] | None = None
 
     def _prepare_batches(self) -> None:
         sock = self._sock
@@ -230,13 +278,26 @@ class RtnlSocket:
 
     # ------------------------------------------------------------------ dumps
 
-    def dump(self, kind: int, header: bytes, decode: Decoder[T], attrs: bytes = b"",
+    def dump(self, request: DumpRequest, decode: Decoder[T],
              memo: tuple[DumpMemo, object] | None = None) -> list[T]:
         """A dump request, each message passed to ``decode`` straight from the receive
         buffer (no copy); what it returns, None excepted, is collected. Retried while the
         kernel reports the dump was interrupted by a change. With ``memo`` (a DumpMemo and
         what, besides the message, the decoder's result depends on) a message the last
-        such dump decoded is not decoded again."""
+        such dump decoded is not decoded again. A reply :meth:`dump_ahead` received is
+        decoded instead of asking again, once."""
+        kind, header, attrs = request
+        if self._ahead:
+            made = self._ahead.pop((kind, header + attrs), None)
+            if made is not None:
+                if memo is not None:
+                    last, now = memo[0].turn((kind, header, attrs, memo[1]))
+                    decode = _remembering(decode, last, now)
+                seq, chunks = made
+                found: list[T] = []
+                for chunk in chunks:
+                    _take(chunk, len(chunk), seq, decode, found)
+                return found
         for _attempt in range(10):
             try:
                 if memo is None:
@@ -247,9 +308,34 @@ class RtnlSocket:
                 continue
         raise NetlinkError(errno.EAGAIN, "netlink dump kept being interrupted")
 
+    def dump_ahead(self, requests: Iterable[DumpRequest]) -> None:
+        """Make these dumps now and keep their replies undecoded, for :meth:`dump` to
+        decode later: a process that does not know yet how to decode (``look_ahead`` in
+        vsnetd/observe.py) has the kernel's share of the work done meanwhile. A reply
+        the kernel marked interrupted, or refused, is not kept: that dump is made again."""
+        ahead = self._ahead
+        if ahead is None:
+            ahead = self._ahead = {}
+        sock = self._sock
+        data = _receive_buffer()
+        for kind, header, attrs in requests:
+            body = header + attrs
+            seq = self._next_seq()
+            sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), kind,
+                                    NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+            chunks: list[bytearray] = []
+            status = 0
+            try:
+                while not status & _DONE:
+                    received = sock.recv_into(data)
+                    chunks.append(data[:received])  # a copy
+                    status |= _take(data, received, seq, _decode_nothing, [])
+            except NetlinkError:
+                continue
+            if not status & _INTERRUPTED:
+                ahead[(kind, body)] = (seq, chunks)
+
     def _dump_once(self, kind: int, body: bytes, decode: Decoder[T]) -> list[T]:
-        # the receive loop is written out (no generator, no per-message tuple): at 1,000
-        # namespaces a plan makes ~4,000 dumps and this loop is most of their Python cost
         seq = self._next_seq()
         sock = self._sock
         sock.send(
@@ -257,32 +343,13 @@ class RtnlSocket:
             + body
         )
         data = _receive_buffer()
-        unpack = NLMSGHDR.unpack_from
         found: list[T] = []
-        interrupted = False
-        while True:
-            received = sock.recv_into(data)
-            offset = 0
-            while offset + 16 <= received:
-                length, mtype, flags, mseq, _pid = unpack(data, offset)
-                if length < 16:
-                    break
-                if mseq == seq:
-                    if flags & NLM_F_DUMP_INTR:
-                        interrupted = True
-                    if mtype == NLMSG_DONE:
-                        if interrupted:
-                            raise DumpInterrupted
-                        return found
-                    if mtype == NLMSG_ERROR:
-                        error = I32.unpack_from(data, offset + 16)[0]
-                        if error:
-                            raise NetlinkError(-error, os.strerror(-error))
-                    else:
-                        item = decode(data, offset + 16, offset + length)
-                        if item is not None:
-                            found.append(item)
-                offset += (length + 3) & ~3
+        status = 0
+        while not status & _DONE:
+            status |= _take(data, sock.recv_into(data), seq, decode, found)
+        if status & _INTERRUPTED:
+            raise DumpInterrupted
+        return found
 
     # ------------------------------------------------------------------ batches
 

@@ -9,14 +9,19 @@ decoding, straight from the receive buffer.
 
 A pass looks first at what lives outside network namespaces (the namespaces themselves,
 cgroups), then into vsnet's own namespace and each of its namespaces, every kind in the
-registry's order there: devices first, as the other kinds name them by ifindex. A
-one-shot process (``Kernel(helper_from=...)``) hands half of many namespaces to a forked
-child (vsnetd/forked.py): the kernel fills two dumps at once, on two CPUs.
+registry's order there: devices first, as the other kinds name them by ifindex.
+
+A one-shot process (``Kernel(helper_from=...)``) hands a share of many namespaces to a
+forked child (vsnetd/forked.py): the kernel fills two dumps at once, on two CPUs. The
+child starts at :func:`look_ahead`, before the process has read its config: it lists the
+namespaces and has the kernel fill the dumps of its share (``RtnlSocket.dump_ahead``)
+while the parent parses and compiles; :func:`observe` sends it the scope and its share,
+and it decodes them while the parent looks at the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from vsnetd.forked import Helper, HelperFailed, may_fork
@@ -27,6 +32,53 @@ from vsnetd.netlink import DumpMemo, RtnlSocket
 from vsnetd.state import DesiredServer, ObservedState, Scope
 
 Observers = list[tuple[str, NamespaceObserver[Any]]]
+# What the child is sent: the scope, its namespaces (name -> inode), vsnet's own devices.
+Orders = tuple[Scope, dict[str, int], dict[int, str]]
+
+
+def look_ahead(kernel: Kernel) -> None:
+    """Start the child of the next :func:`observe` now, if ``kernel`` shares its looks
+    and there are enough namespaces to share: call it before reading the config."""
+    if (kernel.helper is None and kernel.helper_from is not None and may_fork()
+            and kernel.named_namespaces() >= kernel.helper_from):
+        kernel.helper = _start_helper(kernel, ahead=True)
+
+
+def _start_helper(kernel: Kernel, ahead: bool) -> Helper[ObservedState] | None:
+    try:
+        return Helper(lambda orders: _look_in_child(kernel, orders, ahead),
+                      ObservedState.unpacked)
+    except OSError:  # no process to spare (EAGAIN, ENOMEM): the look stays whole here
+        return None
+
+
+def _look_in_child(kernel: Kernel, orders: Callable[[], Orders | None], ahead: bool) -> bytes:
+    """The child: the dumps of the share it expects, made ahead; then its share decoded,
+    packed for the way back (ObservedState.packed: an object it cannot pack fails the
+    child, and the parent looks at that share itself)."""
+    look = Looking(kernel, Scope(), ObservedState())
+    for kind in REGISTRY:  # the namespaces (the scope matters to none of their kinds)
+        kind.observe_machine(look)
+    expected = _shares(list(look.namespaces.items()), ahead)[1]
+    dumps = [request for kind in REGISTRY for request in kind.namespace_dumps]
+    for sock in kernel.open_sockets(expected).values():
+        sock.dump_ahead(dumps)
+    sent = orders()
+    state = ObservedState()
+    if sent is not None:
+        scope, theirs, root_names = sent  # a share other than expected: dumped now
+        _observe_namespaces(kernel, theirs, _observers(Looking(kernel, scope, state)),
+                            scope, state, root_names, None)
+    return state.packed()
+
+
+def _shares(namespaces: list[tuple[str, int]], ahead: bool
+            ) -> tuple[dict[str, int], dict[str, int]]:
+    """(the parent's share, the child's). A child started ahead has had its dumps made
+    by the time the parent knows the scope: it has only to decode them (about half of a
+    namespace's cost) while the parent also waits for the kernel, so it takes more."""
+    split = len(namespaces) * (7 if ahead else 10) // 20
+    return dict(namespaces[:split]), dict(namespaces[split:])
 
 
 def observe(kernel: Kernel, scope: Scope, memo: DumpMemo | None = None) -> ObservedState:
@@ -38,24 +90,23 @@ def observe(kernel: Kernel, scope: Scope, memo: DumpMemo | None = None) -> Obser
         kind.observe_machine(look)
     observers = _observers(look)
     root_names = _observe_in(kernel.root, ROOT, observers, scope, state, {}, memo)
-    namespaces = list(look.namespaces.items())
-    helper: Helper[ObservedState] | None = None
-    if (memo is None and kernel.helper_from is not None
-            and len(namespaces) >= kernel.helper_from and may_fork()):
-        # the second half in a child process while this one looks at the first (a memo
-        # stays with the process that decodes: passes that keep one look alone)
-        half = len(namespaces) // 2
-        theirs = dict(namespaces[half:])
-        try:
-            helper = Helper(lambda: _observe_namespaces(kernel, theirs, observers, scope,
-                                                        ObservedState(), root_names, None))
-        except OSError:  # no process to spare (EAGAIN, ENOMEM): all of it here
-            pass
-        else:
-            namespaces = namespaces[:half]
+    namespaces = mine = look.namespaces
+    theirs: dict[str, int] = {}
+    helper, kernel.helper = kernel.helper, None  # a child serves one look
+    ahead = helper is not None
+    # a memo stays with the process that decodes: passes that keep one look alone
+    shared = (memo is None and kernel.helper_from is not None
+              and len(namespaces) >= kernel.helper_from)
+    if not shared and helper is not None:
+        helper.stop()
+        helper = None
+    elif shared and helper is None and may_fork():
+        helper = _start_helper(kernel, ahead=False)
+    if helper is not None:
+        mine, theirs = _shares(list(namespaces.items()), ahead)
+        helper.send((scope, theirs, root_names))
     try:
-        _observe_namespaces(kernel, dict(namespaces), observers, scope, state, root_names,
-                            memo)
+        _observe_namespaces(kernel, mine, observers, scope, state, root_names, memo)
     except BaseException:
         if helper is not None:
             helper.stop()

@@ -136,12 +136,14 @@ def decoder(names: dict[int, str], netns: str = "") -> netlink.Decoder[tuple[Add
     return decode
 
 
+DUMP = netlink.DumpRequest(netlink.RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+
+
 def observe(
     sock: netlink.RtnlSocket, names: dict[int, str], netns: str = ""
 ) -> list[tuple[Address, int]]:
     """Every IPv4/IPv6 address as (address, IFA_PROTO)."""
-    return sock.dump(netlink.RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0),
-                     decoder(names, netns))
+    return sock.dump(DUMP, decoder(names, netns))
 
 
 class AddressKind(NetlinkKind[Address]):
@@ -154,6 +156,7 @@ class AddressKind(NetlinkKind[Address]):
     # the kernel lists addresses oldest first: secondaries go before their primary, so no
     # deletion makes the kernel promote (and re-route) another one
     newest_first = True
+    namespace_dumps: ClassVar[tuple[netlink.DumpRequest, ...]] = (DUMP,)
     notifications: ClassVar[dict[int, bool]] = {netlink.RTM_NEWADDR: False,
                                                 netlink.RTM_DELADDR: True}
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from vsnetd.kernel import Kernel
-    from vsnetd.netlink import DumpMemo, RtnlSocket
+    from vsnetd.netlink import DumpMemo, DumpRequest, RtnlSocket
     from vsnetd.state import Change, DesiredServer, ObservedState, Scope
 
 
@@ -157,6 +157,11 @@ class Kind(Generic[Obj]):
     def observer(self, look: Looking) -> NamespaceObserver[Obj] | None:
         """What to do in each network namespace of this pass; None: nothing."""
         return None
+
+    # The dumps :meth:`observer` makes in each namespace, exactly as it asks for them: a
+    # look may have them made ahead, before it knows how to decode them (``look_ahead``
+    # in vsnetd/observe.py). One missing here is made when asked for: only slower.
+    namespace_dumps: ClassVar[tuple[DumpRequest, ...]] = ()
 
     # netlink message type -> whether it reports a deletion
     notifications: ClassVar[dict[int, bool]] = {}

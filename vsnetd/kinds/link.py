@@ -195,12 +195,15 @@ def as_owned(found: ObservedLink, netns: str, parents: dict[int, str]) -> Link |
     return None
 
 
+# Every device of a namespace. Without counters (nothing here reads them) each device's
+# message is a third of the size: less for the kernel to fill and for decode to walk.
+DUMP = netlink.DumpRequest(netlink.RTM_GETLINK, IFINFOMSG.pack(0, 0, 0, 0, 0),
+                           netlink.attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS))
+
+
 def observe(sock: netlink.RtnlSocket) -> list[ObservedLink]:
     """Every device of the namespace of ``sock``."""
-    # without counters (nothing here reads them) each device's message is a third of the
-    # size: less for the kernel to fill and for decode to walk
-    return sock.dump(netlink.RTM_GETLINK, IFINFOMSG.pack(0, 0, 0, 0, 0), decode,
-                     netlink.attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS))
+    return sock.dump(DUMP, decode)
 
 
 def observe_links(sock: netlink.RtnlSocket) -> dict[str, int]:
@@ -216,6 +219,7 @@ class LinkKind(Kind[Link]):
     rebuilds = True
     cascades = True  # the kernel drops the routes through a device without a word
     unique_slots = True  # one device per name
+    namespace_dumps: ClassVar[tuple[netlink.DumpRequest, ...]] = (DUMP,)
     notifications: ClassVar[dict[int, bool]] = {netlink.RTM_NEWLINK: False,
                                                 netlink.RTM_DELLINK: True}
 

@@ -154,6 +154,13 @@ def decoder(
     return decode
 
 
+def dump_request(family: int, only_table: int | None = None) -> netlink.DumpRequest:
+    """The routes of ``family`` (AF_UNSPEC: both), of table ``only_table`` or all."""
+    return netlink.DumpRequest(
+        netlink.RTM_GETROUTE, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0),
+        netlink.attr_u32(RTA_TABLE, only_table) if only_table is not None else b"")
+
+
 def observe(
     sock: netlink.RtnlSocket, family: int, names: dict[int, str], protocol: int,
     tables: range | frozenset[int], netns: str = "", only_table: int | None = None,
@@ -164,11 +171,10 @@ def observe(
     (the host's own tables are small next to vsnet's, and foreign routes in vsnet's tables
     must be seen), or only ``only_table``, filtered by the kernel. With ``memo``, decoded
     again only where they changed (devices are named from ``names``: part of the key)."""
-    header = RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
-    attrs = netlink.attr_u32(RTA_TABLE, only_table) if only_table is not None else b""
     try:
-        return sock.dump(netlink.RTM_GETROUTE, header, decoder(names, protocol, tables, netns),
-                         attrs, None if memo is None else
+        return sock.dump(dump_request(family, only_table),
+                         decoder(names, protocol, tables, netns),
+                         None if memo is None else
                          (memo, (protocol, tables, netns, tuple(names.items()))))
     except netlink.NetlinkError as exc:
         if only_table is not None and exc.errno == errno.ENOENT:
@@ -182,6 +188,7 @@ class RouteKind(NetlinkKind[Route]):
 
     name = "route"
     uses_others = True
+    namespace_dumps: ClassVar[tuple[netlink.DumpRequest, ...]] = (dump_request(socket.AF_UNSPEC),)
     notifications: ClassVar[dict[int, bool]] = {netlink.RTM_NEWROUTE: False,
                                                 netlink.RTM_DELROUTE: True}
 

@@ -163,15 +163,20 @@ def decoder(
     return decode
 
 
+def dump_request(family: int) -> netlink.DumpRequest:
+    """The rules of ``family`` (AF_UNSPEC: both)."""
+    return netlink.DumpRequest(netlink.RTM_GETRULE,
+                               FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
+
+
 def observe(
     sock: netlink.RtnlSocket, family: int, protocol: int, priorities: range, netns: str = "",
     memo: netlink.DumpMemo | None = None,
 ) -> list[tuple[Rule, bool]]:
     """Rules of ``family`` (AF_UNSPEC: IPv4 then IPv6, one dump) as (rule, owned), see
     :func:`decoder`; with ``memo``, decoded again only where they changed."""
-    header = FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
-    return sock.dump(netlink.RTM_GETRULE, header, decoder(protocol, priorities, netns),
-                     memo=None if memo is None else (memo, (protocol, priorities, netns)))
+    return sock.dump(dump_request(family), decoder(protocol, priorities, netns),
+                     None if memo is None else (memo, (protocol, priorities, netns)))
 
 
 class RuleKind(NetlinkKind[Rule]):
@@ -180,6 +185,7 @@ class RuleKind(NetlinkKind[Rule]):
     no VS (docs/rule-tree.md)."""
 
     name = "rule"
+    namespace_dumps: ClassVar[tuple[netlink.DumpRequest, ...]] = (dump_request(socket.AF_UNSPEC),)
     notifications: ClassVar[dict[int, bool]] = {netlink.RTM_NEWRULE: False,
                                                 netlink.RTM_DELRULE: True}
 
