@@ -90,6 +90,10 @@ def counted_forks(after: Callable[[int], None] = lambda _pid: None) -> Iterator[
         yield children
 
 
+def kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+
+
 def routes(netns: str) -> list[str]:
     # ip -j leaves out the protocol "boot" (the default of ip route add)
     return sorted(f"{r['dst']} {r.get('protocol', 'boot')}" for r in ip_json("route", netns=netns))
@@ -122,9 +126,6 @@ def test_a_helper_killed_is_made_up_for(netns_vs: DesiredState) -> None:
     ip("route", "del", "default", netns="vs-v6")
     with Kernel() as kernel:
         alone = observe(kernel, netns_vs.scope)
-
-    def kill(pid: int) -> None:
-        os.kill(pid, signal.SIGKILL)
 
     assert forked.may_fork(), threading.enumerate()
     with Kernel(helper_from=2) as kernel, counted_forks(after=kill) as children:
@@ -196,9 +197,6 @@ def test_a_look_started_ahead_and_killed_is_made_up_for(netns_vs: DesiredState) 
     ip("route", "del", "default", netns="vs-v6")
     with Kernel() as kernel:
         alone = observe(kernel, netns_vs.scope)
-
-    def kill(pid: int) -> None:
-        os.kill(pid, signal.SIGKILL)
 
     with Kernel(helper_from=2) as kernel, counted_forks(after=kill) as children:
         look_ahead(kernel)

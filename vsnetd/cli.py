@@ -135,7 +135,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from vsnetd.reconcile import converge
 
     desired = _desired(_load(args))
-    with Kernel(helper_from=HELPER_FROM) as kernel:
+    with Kernel() as kernel:  # a converge's looks keep a memo: never shared (observe.py)
         result = converge(kernel, desired)
     _report_converge(result, args)
     return EXIT_OK if result.converged else EXIT_ERROR
@@ -280,7 +280,7 @@ def cmd_teardown(args: argparse.Namespace) -> int:
         former_namespaces={server.namespace_name(name): name
                            for name, server in base.servers.items() if server.mode == "netns"},
     )
-    with Kernel(helper_from=HELPER_FROM) as kernel:
+    with Kernel() as kernel:  # as in cmd_apply
         result = converge(kernel, empty)
     _report_converge(result, args)
     return EXIT_OK if result.converged else EXIT_ERROR
