@@ -413,6 +413,57 @@ def test_a_hostile_config_is_refused_and_healing_goes_on(
     assert answers(daemon)["daemon"]["config_errors"] == []
 
 
+def address_space(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmSize")
+
+
+def costly_config(addresses: int) -> str:
+    """A file far below settings.max_file_bytes (6 MiB for 200,000) whose reading takes
+    hundreds of MiB: one VS with that many addresses (in the end refused: a VS holds 15)."""
+    lines = ["version: 1", "servers:", "  big:", "    id: 7", "    mode: pbr",
+             "    uplink: eth0", "    addresses:"]
+    lines += [f"      - address: 10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}/32"
+              for n in range(addresses)]
+    return "\n".join(lines) + "\n"
+
+
+def test_running_out_of_memory_refuses_the_read_and_healing_goes_on(
+    daemon: Daemon, config_file: Path
+) -> None:
+    """vsnetd may grow by 64 MiB of address space (RLIMIT_AS, as systemd's LimitAS= or
+    vm.overcommit_memory=2 would have it); a file that needs more to be read is refused
+    like a bad one (naming it), the last good state stays, healing goes on, and the
+    next valid file converges under the same limit."""
+    pid = daemon.proc.pid
+    rules = vsnet_rules()
+    limit = address_space(pid) + (64 << 20)
+    # the soft limit is the one enforced; lowering the hard one could not be undone
+    resource.prlimit(pid, resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+    try:
+        save(config_file, costly_config(200_000))
+
+        def refused() -> dict[str, Any] | None:
+            status = answers(daemon)  # "out of memory, try again" while memory runs out
+            return status if status.get("daemon", {}).get("config_errors") else None
+
+        status = wait_until(refused, 60.0, "the refusal")
+        [error] = status["daemon"]["config_errors"]
+        assert (error["file"], error["line"]) == (str(config_file), 0)
+        assert "ran out of memory" in error["message"]
+        assert status["daemon"]["generation"] == 1
+        assert vsnet_rules() == rules  # the last good state stays
+        still_healing(daemon)
+        save(config_file, CONFIG.replace("10.0.1.5/24", "10.0.1.6/24"))
+        wait_until(lambda: addresses() == {"10.0.0.5", "10.0.1.6"}, what="the valid file")
+        assert answers(daemon)["daemon"]["config_errors"] == []
+        assert any(r.get("src") == "10.0.1.6" for r in vsnet_rules())
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_AS, (resource.RLIM_INFINITY,) * 2)
+
+
 def test_a_full_broker_does_not_stop_healing(
     uplink: str, config_file: Path, tmp_path: Path
 ) -> None:

@@ -59,6 +59,19 @@ def test_an_unexpected_error_backs_off_instead_of_spinning() -> None:
     assert schedule.due(1.0) == (False, set(), "")
 
 
+def test_an_error_in_the_loop_wants_a_full_run_after_a_backoff_once() -> None:
+    schedule = Schedule(resync_seconds=60, now=0)
+    schedule.lost_track("error: MemoryError()", 1.0)
+    assert schedule.due(1.0) == (False, set(), "")  # not at once: an error may repeat
+    first = schedule.pending[WHOLE].next_at
+    assert first > 1.0
+    schedule.lost_track("error: MemoryError()", 1.0)  # one pending keeps its backoff
+    assert (schedule.pending[WHOLE].tries, schedule.pending[WHOLE].next_at) == (1, first)
+    assert schedule.due(first) == (True, set(), "error: MemoryError()")
+    schedule.done(True, set(), {}, first)
+    assert schedule.pending == {}
+
+
 def test_vs_gone_from_the_config_wait_for_nothing() -> None:
     schedule = Schedule(resync_seconds=60, now=0)
     schedule.want({"a", "b"}, "edit", 0)

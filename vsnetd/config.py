@@ -1413,6 +1413,11 @@ class ConfigLoader:
     def concerns(self, path: Path) -> bool:
         return path == self.path or (path.parent == self.directory and is_drop_in(path))
 
+    def forget(self) -> None:
+        """Drop every file read so far (a read that failed half-way may have replaced
+        some): the next :meth:`load` reads every file."""
+        self._main, self._drop_ins, self._order, self._index = None, {}, None, None
+
     def load(self, changed: Iterable[Path] | None = None) -> Config:
         """Read the files in ``changed`` again (None: every file), then assemble."""
         replaced: list[tuple[ParsedFile | None, ParsedFile | None]] = []

@@ -401,6 +401,13 @@ class Schedule:
         entry.why, entry.tries = why, entry.tries + 1
         entry.next_at = now + backoff(entry.tries)
 
+    def lost_track(self, why: str, now: float) -> None:
+        """Something may have gone unseen (an error in the daemon's loop between reading
+        notifications and acting on them): a full run, after a backoff; one already
+        pending keeps its own."""
+        if WHOLE not in self.pending:
+            self.failed_full(why, now)
+
     def deadline(self) -> float:
         return min([self.next_resync, *(p.next_at for p in self.pending.values())])
 

@@ -179,7 +179,9 @@ class Daemon:
                 try:
                     self._loop_once()
                 except Exception as exc:  # a bad moment must not stop vsnet
-                    log.event(logging.ERROR, f"reconcile failed: {exc!r}", op="error")
+                    log.event(logging.ERROR, f"daemon loop: {exc!r}", op="error")
+                    # notifications it had read (e.g. before a MemoryError) are gone
+                    self.schedule.lost_track(f"error: {exc!r}", time.monotonic())
         finally:
             notify("STOPPING=1")
             log.event(logging.INFO, "stopping; the kernel state stays as it is", op="stop")

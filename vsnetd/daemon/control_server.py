@@ -90,7 +90,10 @@ class ControlServer:
             return
         self.selector.unregister(conn)
         del self.reading[conn]
-        reply = self._answer(conn, data)
+        try:
+            reply = self._answer(conn, data)
+        except MemoryError:  # e.g. while the reader thread reads a costly file: say so
+            reply = {"ok": False, "error": "vsnetd ran out of memory answering; try again"}
         if reply is not None:
             self.reply(conn, reply)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import queue
@@ -120,6 +121,7 @@ class ConfigReader:
         self._asked: list[int] = []
         self._asked_lock = threading.Lock()
         self._stopping = False
+        self._read_all = False  # events were lost (an error): read every file next time
         self._previous: tuple[Config, DesiredState] | None = None
         self.inotify = Inotify()
         self._wd_parent = self.inotify.watch(self.path.parent, DIRECTORY_EVENTS)
@@ -166,6 +168,8 @@ class ConfigReader:
                 self._once()
             except Exception as exc:  # a bug here must not end the watching
                 log.event(logging.ERROR, f"config reader: {exc!r}", op="reload")
+                # the events it had taken are gone: the next read is of every file
+                self._read_all = True
                 time.sleep(0.1)
 
     def _once(self) -> None:
@@ -173,7 +177,7 @@ class ConfigReader:
             os.read(self._ask_r, 4096)
         with self._asked_lock:
             requests, self._asked = self._asked, []
-        changed: set[Path] | None = None if requests else set()
+        changed: set[Path] | None = None if requests or self._read_all else set()
         netns = False
         for wd, mask, name in self.inotify.read():
             if mask & IN_Q_OVERFLOW:
@@ -197,6 +201,7 @@ class ConfigReader:
         if netns:
             self.on_netns()
         if changed is None or changed:
+            self._read_all = False
             self.results.put(self._load(changed, requests))
         if changed is None or changed or netns:
             self._poke()  # after the put: the loop finds what it is woken for
@@ -214,18 +219,37 @@ class ConfigReader:
     def _load(self, changed: set[Path] | None, requests: list[int]) -> Loaded:
         started = time.perf_counter()
         result = Loaded(requests, files=sorted(str(p) for p in changed or ()))
+        starved = False
         with gc_paused():  # 1,000 VS of small objects, no cycles: no collector passes
             try:
                 config = self.loader.load(changed)
+                desired = compile_edit(config, self._previous)
             except ConfigError as exc:
                 result.issues = exc.issues
+            except MemoryError:
+                starved = True
             else:
-                result.config = config
-                result.desired = compile_edit(config, self._previous)
-                self._previous = (config, result.desired)
+                result.config, result.desired = config, desired
+                self._previous = (config, desired)
+        if starved:  # out of the handler: what the read had built is garbage by now
+            result.issues = self._out_of_memory(changed)
         result.done_at = time.perf_counter()
         result.seconds = result.done_at - started
         return result
+
+    def _out_of_memory(self, changed: set[Path] | None) -> list[ConfigIssue]:
+        """A read that ran out of memory (a file too costly for the memory vsnetd may
+        use, or pressure from elsewhere) is refused like a bad file, naming the files it
+        was reading; the last good config stays. What the loader kept of each file, and
+        the state edits are compiled against, may be half-replaced: forgotten, so that the
+        next read is of every file and compiles the whole config."""
+        self.loader.forget()
+        self._previous = None
+        gc.collect()
+        message = ("not read: vsnetd ran out of memory reading the config (MemoryError); "
+                   "the last good config stays; `vsnetctl reload` reads every file again")
+        return [ConfigIssue(str(path), 0, 0, "", message)
+                for path in (sorted(changed, key=str) if changed else [self.path])]
 
     def _poke(self) -> None:
         with contextlib.suppress(BlockingIOError):
