@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ import pytest
 
 from tests.conftest import EXAMPLE_CONFIG, ROOT
 from tests.examples import ISSUE_EXAMPLE
+from tests.hostile import costly_config
 from vsnetd.config import ConfigError, json_schema, load_config, parse_config
 
 
@@ -251,6 +253,22 @@ def test_validate_cli_exit_codes(tmp_path: Path) -> None:
     refused = subprocess.run([*cli, str(bad)], capture_output=True, text=True)
     assert refused.returncode == 1
     assert refused.stderr == f"{bad}:1:10: version: 2: Input should be 1\n"
+
+
+def test_validate_refuses_a_file_that_runs_it_out_of_memory(tmp_path: Path) -> None:
+    """Within 320 MiB of address space (a box with strict overcommit, or LimitAS=), a file
+    that needs more to be read is refused naming it, not with a traceback."""
+    costly = tmp_path / "servers.yaml"
+    costly.write_text(costly_config())
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (320 << 20, resource.RLIM_INFINITY))
+
+    refused = subprocess.run([sys.executable, "-m", "vsnetd.cli", "validate", "-c", str(costly)],
+                             capture_output=True, text=True, preexec_fn=limited)
+    assert refused.returncode == 1
+    assert refused.stderr == (f"{costly}:0:0: not read: vsnetctl ran out of memory reading the "
+                              "config (MemoryError)\n")
 
 
 def test_netns_mode_checks() -> None:

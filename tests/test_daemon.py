@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.daemons import Daemon, addresses, save, vsnet_rules, wait_until
+from tests.hostile import costly_config
 from tests.sandbox import ip, ip_json
 from vsnetd import control
 from vsnetd.client import servers as client_servers
@@ -420,16 +421,6 @@ def address_space(pid: int) -> int:
     raise AssertionError("no VmSize")
 
 
-def costly_config(addresses: int) -> str:
-    """A file far below settings.max_file_bytes (6 MiB for 200,000) whose reading takes
-    hundreds of MiB: one VS with that many addresses (in the end refused: a VS holds 15)."""
-    lines = ["version: 1", "servers:", "  big:", "    id: 7", "    mode: pbr",
-             "    uplink: eth0", "    addresses:"]
-    lines += [f"      - address: 10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}/32"
-              for n in range(addresses)]
-    return "\n".join(lines) + "\n"
-
-
 def test_running_out_of_memory_refuses_the_read_and_healing_goes_on(
     daemon: Daemon, config_file: Path
 ) -> None:
@@ -443,7 +434,7 @@ def test_running_out_of_memory_refuses_the_read_and_healing_goes_on(
     # the soft limit is the one enforced; lowering the hard one could not be undone
     resource.prlimit(pid, resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
     try:
-        save(config_file, costly_config(200_000))
+        save(config_file, costly_config())
 
         def refused() -> dict[str, Any] | None:
             status = answers(daemon)  # "out of memory, try again" while memory runs out

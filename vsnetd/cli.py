@@ -58,9 +58,14 @@ def _print_json(document: dict[str, Any]) -> None:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    from vsnetd.config import load_config
+    from vsnetd.config import ConfigError, ConfigIssue, load_config
 
-    return load_config(args.config)
+    try:
+        return load_config(args.config)
+    except MemoryError:
+        pass  # refused below, once what the read had built is garbage
+    raise ConfigError([ConfigIssue(str(args.config), 0, 0, "", "not read: vsnetctl ran out "
+                                   "of memory reading the config (MemoryError)")])
 
 
 def _desired(config: Config) -> DesiredState:
