@@ -255,6 +255,33 @@ def test_validate_cli_exit_codes(tmp_path: Path) -> None:
     assert refused.stderr == f"{bad}:1:10: version: 2: Input should be 1\n"
 
 
+@pytest.mark.parametrize(("text", "issue"), [
+    ("<<: 3\n", "f.yaml:2:1: YAML: merge keys (<<) are not supported"),
+    ("servers: {<<: {a: 1}}\n", "f.yaml:2:11: servers: YAML: merge keys (<<) are not supported"),
+    ("servers: !!python/object:os.system {}\n",
+     "f.yaml:2:10: servers: YAML tag tag:yaml.org,2002:python/object:os.system is not "
+     "supported here"),
+    ("servers: !!set {a}\n", "f.yaml:2:10: servers: YAML tag tag:yaml.org,2002:set is not "
+                             "supported here"),
+    ("servers: {a: !foo bar}\n", "f.yaml:2:14: servers.a: YAML: could not determine a "
+                                 "constructor for the tag '!foo'"),
+    ("servers: {a: !!binary xx}\n",
+     "f.yaml:2:14: servers.a: YAML: failed to decode base64 data: Incorrect padding"),
+    ("servers: {a: !!timestamp 2020-13-45}\n", "f.yaml:2:14: servers.a: YAML: '2020-13-45' "
+     "is no tag:yaml.org,2002:timestamp (month must be in 1..12)"),
+    ("servers: {a: !!bool maybe}\n",
+     "f.yaml:2:14: servers.a: YAML: 'maybe' is no tag:yaml.org,2002:bool ('maybe')"),
+], ids=["merge", "merge-inside", "python-tag", "set", "local-tag", "binary", "timestamp",
+        "bool"])
+def test_what_the_safe_loader_cannot_build_is_refused_where_it_stands(text: str, issue: str
+                                                                     ) -> None:
+    """libyaml's constructors raise on these (merge keys, tags, values a tag refuses):
+    an issue in its place, never an exception out of the reader."""
+    with pytest.raises(ConfigError) as info:
+        parse_config("version: 1\n" + text, "f.yaml")
+    assert [str(i) for i in info.value.issues] == [issue]
+
+
 def test_validate_refuses_a_file_that_runs_it_out_of_memory(tmp_path: Path) -> None:
     """Within 320 MiB of address space (a box with strict overcommit, or LimitAS=), a file
     that needs more to be read is refused naming it, not with a traceback."""

@@ -392,3 +392,39 @@ def test_equal_lines_holding_collections_give_collections_of_their_own() -> None
                              "c:\n  k: {b: 1}\n  l: [{b: 1}]\n")
     data["a"]["k"]["b"] = data["a"]["l"][0]["b"] = 5
     assert data == {"a": {"k": {"b": 5}, "l": [{"b": 5}]}, "c": {"k": {"b": 1}, "l": [{"b": 1}]}}
+
+
+@st.composite
+def paths_in(draw: st.DrawFn, known: list[config.FieldPath]) -> config.FieldPath:
+    """A path of the document, maybe longer (a field it lacks), or one of its own."""
+    base = draw(st.sampled_from(known)) if known else ()
+    extra = draw(st.lists(st.sampled_from(["servers", "addresses", "x", 0, 1, 2]), max_size=2))
+    return (*base, *extra)
+
+
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=yaml_texts(), data=st.data())
+def test_a_problem_is_located_where_the_whole_map_locates_it(text: str, data: st.DataObject
+                                                             ) -> None:
+    """The positions of a few paths (assemble's problems) are those a full source map of
+    the document gives them, for a value and for a key."""
+    try:
+        _data, whole = config._parse_yaml(text, "f.yaml")
+    except (config.ConfigError, yaml.YAMLError):
+        return  # refused before any problem could be located
+    known = sorted({*whole.values, *whole.keys}, key=repr)
+    paths = data.draw(st.lists(paths_in(known), max_size=4))
+    located = config._locate(text, "f.yaml", paths)
+    for path in paths:
+        for key in (False, True):
+            assert located.locate(path, key=key) == whole.locate(path, key=key)
+
+
+def test_a_problem_behind_an_alias_is_located_in_what_it_names() -> None:
+    text = "a: &shared {b: 1, c: [x, y]}\nd: *shared\n"
+    _data, whole = config._parse_yaml(text, "f.yaml")
+    paths = [("d", "c", 1), ("d", "b"), ("a",), ("e", "f")]
+    located = config._locate(text, "f.yaml", paths)
+    for path in paths:
+        assert located.locate(path) == whole.locate(path)
+    assert located.locate(("d", "c", 1)) == (("d", "c", 1), config._Position(1, 26))

@@ -247,10 +247,16 @@ def _construct(
     import yaml
 
     smap.values[path] = _mark(node)
+    if node.tag in _OTHER_COLLECTIONS or (
+            node.tag not in _PLAIN_COLLECTIONS and not isinstance(node, yaml.ScalarNode)):
+        issues.append(smap.issue(path, f"YAML tag {node.tag} is not supported here"))
+        return None
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)  # a list key whole, to name it
+            key = _built(key_node, path, loader, smap, issues)  # a list key whole, to name it
+            if key is _UNBUILT:
+                continue
             if not isinstance(key, str | int):
                 issues.append(smap.issue(path, f"mapping key {key!r} must be a string"))
                 continue
@@ -267,7 +273,82 @@ def _construct(
             _construct(item, (*path, index), loader, smap, issues)
             for index, item in enumerate(node.value)
         ]
-    return loader.construct_object(node)
+    value = _built(node, path, loader, smap, issues)
+    return None if value is _UNBUILT else value
+
+
+# The tags of the collections a config is made of; a collection tagged otherwise (!!set,
+# !!omap, !!python/...) is refused rather than read as a plain one.
+_PLAIN_COLLECTIONS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
+_OTHER_COLLECTIONS = frozenset({"tag:yaml.org,2002:set", "tag:yaml.org,2002:omap",
+                                "tag:yaml.org,2002:pairs"})
+_UNBUILT = object()
+
+
+def _built(node: yaml.Node, path: FieldPath, loader: yaml.SafeLoader, smap: SourceMap,
+           issues: list[ConfigIssue]) -> Any:
+    """What the safe loader builds of ``node``, or _UNBUILT with an issue where it stands
+    when it cannot (a merge key ``<<``, an unknown tag, ``!!binary`` that is not base64)."""
+    import yaml
+
+    if node.tag == "tag:yaml.org,2002:merge":
+        problem, mark = "merge keys (<<) are not supported", node.start_mark
+    else:
+        try:
+            return loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as exc:
+            problem, mark = str(exc.problem), exc.problem_mark or node.start_mark
+        except (yaml.YAMLError, ValueError, KeyError, OverflowError) as exc:  # !!bool maybe
+            problem, mark = f"{node.value!r} is no {node.tag} ({exc})", node.start_mark
+    issues.append(ConfigIssue(smap.file, mark.line + 1, mark.column + 1, render_path(path),
+                              f"YAML: {problem}"))
+    return _UNBUILT
+
+
+def _locate(text: str, file: str, paths: Iterable[FieldPath]) -> SourceMap:
+    """Where the values and mapping keys along ``paths`` stand, as :func:`_parse_yaml`
+    records them, walking only those paths: a problem found in a list of 200,000 items
+    costs the document's nodes while they are walked, not a position kept for each."""
+    import yaml
+
+    smap = SourceMap(file)
+    wanted = {path[:end] for path in paths for end in range(len(path) + 1)}
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    try:
+        root = loader.get_single_node()
+        if root is not None:
+            _walk(root, (), loader, smap, wanted)
+    except (yaml.YAMLError, RecursionError):
+        pass  # read once already (parse_file): what was found stands, the rest at 1:1
+    finally:
+        loader.dispose()
+    return smap
+
+
+def _walk(node: yaml.Node, path: FieldPath, loader: yaml.SafeLoader, smap: SourceMap,
+          wanted: set[FieldPath]) -> None:
+    """:func:`_construct`'s positions, for the nodes whose path is ``wanted`` only."""
+    import yaml
+
+    smap.values[path] = _mark(node)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str | int] = set()
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int):
+                continue
+            child = (*path, key)
+            if child in wanted:
+                smap.keys[child] = _mark(key_node)  # a duplicate's own, as _construct
+            if key in seen:
+                continue
+            seen.add(key)
+            if child in wanted:
+                _walk(value_node, child, loader, smap, wanted)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            if (*path, index) in wanted:
+                _walk(item, (*path, index), loader, smap, wanted)
 
 
 def _parse_yaml(text: str, file: str, limit: int = 0) -> tuple[Any, SourceMap]:
@@ -1177,6 +1258,7 @@ class ParsedFile:
         "claims",
         "file",
         "issues",
+        "located",
         "main",
         "problems",
         "servers",
@@ -1194,17 +1276,20 @@ class ParsedFile:
         self.settings = settings  # the main file's, when valid
         self.servers = {} if servers is None else servers
         self.issues = [] if issues is None else issues
-        self.smap = smap  # built only when a problem needs positions
+        self.smap = smap  # of a file read the slow way (its problems needed positions)
+        self.located: tuple[frozenset[FieldPath], SourceMap] | None = None  # positions()
         self.problems: tuple[Settings, Problems] | None = None  # server_problems, per settings
         self.claims: tuple[Settings, dict[str, Claims]] | None = None
 
-    def positions(self, limit: int) -> SourceMap:
-        if self.smap is None:
-            try:
-                _data, self.smap = _parse_yaml(self.text, self.file, limit)
-            except ConfigError:
-                self.smap = SourceMap(self.file)
-        return self.smap
+    def positions(self, paths: Sequence[FieldPath]) -> SourceMap:
+        """Where ``paths`` stand: the whole map of a file read the slow way, else those
+        paths' (kept while they are the ones asked for: each assemble asks again)."""
+        if self.smap is not None:
+            return self.smap
+        asked = frozenset(paths)
+        if self.located is None or self.located[0] != asked:
+            self.located = (asked, _locate(self.text, self.file, asked))
+        return self.located[1]
 
     def server_claims(self, settings: Settings) -> dict[str, Claims]:
         if self.claims is None or not (self.claims[0] is settings or self.claims[0] == settings):
@@ -1250,7 +1335,10 @@ def parse_file(text: str, file: str, *, main: bool,
     except RecursionError:
         return ParsedFile(file, text, main, issues=[ConfigIssue(
             file, 1, 1, "", f"nested deeper than {MAX_DEPTH} levels")])
-    except (yaml.YAMLError, ValidationError, _DuplicateKey):
+    # what libyaml's constructors refuse (!!timestamp 2020-13-45, !!bool maybe: ValueError,
+    # KeyError) is read again below, to say where
+    except (yaml.YAMLError, ValidationError, _DuplicateKey, ValueError, KeyError,
+            OverflowError):
         pass
     try:
         data, smap = _parse_yaml(text, file, limit)
@@ -1289,9 +1377,16 @@ def drop_in_files(directory: Path) -> list[Path]:
 def assemble(main: ParsedFile, drop_ins: Sequence[ParsedFile]) -> Config:
     """One config from the main file and the drop-ins (in name order); every issue of
     every file, and those between files, raised together."""
-    limit = DEFAULT_MAX_FILE_BYTES
     settings = main.settings or Settings()
     issues = [*main.issues]
+    # issues found here, to be located once every one of a file is known: (its index in
+    # ``issues``, the file, the field, the message, whether it is about the key)
+    unlocated: list[tuple[int, ParsedFile, FieldPath, str, bool]] = []
+
+    def locate_later(parsed: ParsedFile, path: FieldPath, message: str, key: bool) -> None:
+        unlocated.append((len(issues), parsed, path, message, key))
+        issues.append(ConfigIssue(parsed.file, 0, 0, "", message))
+
     servers: dict[str, ServerConfig] = {}
     origin: dict[str, ParsedFile] = {}
     for parsed in (main, *drop_ins):
@@ -1300,8 +1395,8 @@ def assemble(main: ParsedFile, drop_ins: Sequence[ParsedFile]) -> Config:
         for name, server in parsed.servers.items():
             first = origin.get(name)
             if first is not None:
-                issues.append(parsed.positions(limit).issue(
-                    ("servers", name), f"{name} is already defined in {first.file}", key=True))
+                locate_later(parsed, ("servers", name), f"{name} is already defined in "
+                                                        f"{first.file}", True)
                 continue
             servers[name] = server
             origin[name] = parsed
@@ -1314,8 +1409,12 @@ def assemble(main: ParsedFile, drop_ins: Sequence[ParsedFile]) -> Config:
         problems.extend(p for p in parsed.server_problems(settings) if origin[str(p[0][1])]
                         is parsed)
     for path, message in problems:
-        parsed = origin[str(path[1])]
-        issues.append(parsed.positions(limit).issue(path, message, key=len(path) == 2))
+        locate_later(origin[str(path[1])], path, message, len(path) == 2)
+    asked: dict[int, list[FieldPath]] = {}
+    for _index, parsed, path, _message, _key in unlocated:
+        asked.setdefault(id(parsed), []).append(path)
+    for index, parsed, path, message, key in unlocated:
+        issues[index] = parsed.positions(asked[id(parsed)]).issue(path, message, key=key)
     if issues:
         order = {parsed.file: index for index, parsed in enumerate((main, *drop_ins))}
         raise ConfigError(sorted(issues, key=lambda i: (order.get(i.file, 0), i.line, i.column)))
