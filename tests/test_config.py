@@ -256,8 +256,10 @@ def test_validate_cli_exit_codes(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "issue"), [
-    ("<<: 3\n", "f.yaml:2:1: YAML: merge keys (<<) are not supported"),
-    ("servers: {<<: {a: 1}}\n", "f.yaml:2:11: servers: YAML: merge keys (<<) are not supported"),
+    ("<<: 3\n", "f.yaml:2:5: YAML: expected a mapping or list of mappings for merging, but "
+                "found scalar"),
+    ("servers: {<<: [3]}\n",
+     "f.yaml:2:16: servers: YAML: expected a mapping for merging, but found scalar"),
     ("servers: !!python/object:os.system {}\n",
      "f.yaml:2:10: servers: YAML tag tag:yaml.org,2002:python/object:os.system is not "
      "supported here"),
@@ -271,15 +273,31 @@ def test_validate_cli_exit_codes(tmp_path: Path) -> None:
      "is no tag:yaml.org,2002:timestamp (month must be in 1..12)"),
     ("servers: {a: !!bool maybe}\n",
      "f.yaml:2:14: servers.a: YAML: 'maybe' is no tag:yaml.org,2002:bool ('maybe')"),
-], ids=["merge", "merge-inside", "python-tag", "set", "local-tag", "binary", "timestamp",
+], ids=["merge", "merge-list", "python-tag", "set", "local-tag", "binary", "timestamp",
         "bool"])
 def test_what_the_safe_loader_cannot_build_is_refused_where_it_stands(text: str, issue: str
                                                                      ) -> None:
-    """libyaml's constructors raise on these (merge keys, tags, values a tag refuses):
+    """libyaml's constructors raise on these (merges of what is no mapping, tags, values a
+    tag refuses):
     an issue in its place, never an exception out of the reader."""
     with pytest.raises(ConfigError) as info:
         parse_config("version: 1\n" + text, "f.yaml")
     assert [str(i) for i in info.value.issues] == [issue]
+
+
+def test_a_merged_mapping_is_read_and_its_problems_located_where_they_are_written() -> None:
+    text = """\
+version: 1
+servers:
+  a: &vs {id: 1, mode: pbr, uplink: eth0, addresses: [{address: 10.0.0.5/24}]}
+  b: {<<: *vs, id: 2, addresses: [{address: 10.0.0.6/24}]}
+"""
+    config = parse_config(text, "f.yaml")
+    assert (config.servers["b"].id, config.servers["b"].uplink) == (2, "eth0")
+    with pytest.raises(ConfigError) as info:
+        parse_config(text.replace("uplink: eth0", "uplink: eth0, bogus: 1"), "f.yaml")
+    assert [str(i) for i in info.value.issues] == [
+        "f.yaml:3:43: servers.a.bogus: unknown key", "f.yaml:3:43: servers.b.bogus: unknown key"]
 
 
 def test_validate_refuses_a_file_that_runs_it_out_of_memory(tmp_path: Path) -> None:

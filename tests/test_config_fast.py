@@ -428,3 +428,37 @@ def test_a_problem_behind_an_alias_is_located_in_what_it_names() -> None:
     for path in paths:
         assert located.locate(path) == whole.locate(path)
     assert located.locate(("d", "c", 1)) == (("d", "c", 1), config._Position(1, 26))
+
+
+@st.composite
+def merging_texts(draw: st.DrawFn) -> str:
+    """Anchored mappings, and mappings that merge one or several of them (``<<``) at any
+    place among keys of their own, some the same."""
+    keys = st.sampled_from(["a", "b", "c", "d"])
+    bases = draw(st.lists(st.dictionaries(keys, st.integers(0, 9), max_size=3), min_size=1,
+                          max_size=3))
+    lines = [f"base{number}: &b{number} {flow(base, draw)}" for number, base in enumerate(bases)]
+    for number in range(draw(st.integers(1, 3))):
+        refs = [f"*b{ref}" for ref in draw(st.lists(st.integers(0, len(bases) - 1), min_size=1,
+                                                     max_size=3))]
+        merge = refs[0] if len(refs) == 1 and draw(st.booleans()) else f"[{', '.join(refs)}]"
+        own = [f"{key}: {value}" for key, value in
+               draw(st.dictionaries(keys, st.integers(10, 19), max_size=3)).items()]
+        own.insert(draw(st.integers(0, len(own))), f"<<: {merge}")
+        lines.append(f"m{number}: {{{', '.join(own)}}}")
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(text=merging_texts(), data=st.data())
+def test_merge_keys_read_as_the_safe_loader_reads_them(text: str, data: st.DataObject) -> None:
+    """The slow path (positions recorded) builds what libyaml builds, in the same order,
+    and locates the merged keys where they are written."""
+    built, whole = config._parse_yaml(text, "f.yaml")
+    assert json.dumps(built) == json.dumps(libyaml(text))
+    known = sorted({*whole.values, *whole.keys}, key=repr)
+    paths = data.draw(st.lists(paths_in(known), max_size=4))
+    located = config._locate(text, "f.yaml", paths)
+    for path in paths:
+        for key in (False, True):
+            assert located.locate(path, key=key) == whole.locate(path, key=key)

@@ -373,6 +373,10 @@ def replace_with_billion_laughs(path: Path) -> None:
     save(path, "\n".join([*lines, "servers: {x: *a9}"]) + "\n")
 
 
+def replace_with_merge_key(path: Path) -> None:
+    save(path, "version: 1\n<<: 3\n")  # libyaml's safe constructor raises
+
+
 def replace_with_dev_zero(path: Path) -> None:
     link = path.with_name(".link")
     link.symlink_to("/dev/zero")
@@ -387,7 +391,9 @@ def replace_with_dev_zero(path: Path) -> None:
                              "(settings.max_file_bytes)"),
     (replace_with_billion_laughs, f"the document expands (aliases included) to more than "
                                   f"{16 << 20} bytes (settings.max_file_bytes)"),
-], ids=["dev-zero", "fifo", "directory", "huge", "billion-laughs"])
+    (replace_with_merge_key, "YAML: expected a mapping or list of mappings for merging, "
+                             "but found scalar"),
+], ids=["dev-zero", "fifo", "directory", "huge", "billion-laughs", "merge-key"])
 def test_a_hostile_config_is_refused_and_healing_goes_on(
     daemon: Daemon, config_file: Path, hostile: Callable[[Path], None], reason: str
 ) -> None:

@@ -23,7 +23,7 @@ import ipaddress
 import os
 import re
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -247,26 +247,14 @@ def _construct(
     import yaml
 
     smap.values[path] = _mark(node)
-    if node.tag in _OTHER_COLLECTIONS or (
-            node.tag not in _PLAIN_COLLECTIONS and not isinstance(node, yaml.ScalarNode)):
+    if node.tag not in _PLAIN_COLLECTIONS and not isinstance(node, yaml.ScalarNode):
         issues.append(smap.issue(path, f"YAML tag {node.tag} is not supported here"))
         return None
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = _built(key_node, path, loader, smap, issues)  # a list key whole, to name it
-            if key is _UNBUILT:
-                continue
-            if not isinstance(key, str | int):
-                issues.append(smap.issue(path, f"mapping key {key!r} must be a string"))
-                continue
-            child = (*path, key)
-            if key in result:
-                smap.keys[child] = _mark(key_node)
-                issues.append(smap.issue(child, "duplicate key", key=True))
-                continue
-            smap.keys[child] = _mark(key_node)
-            result[key] = _construct(value_node, child, loader, smap, issues)
+        for key, child, value_node in _entries(node, path, loader, smap, issues):
+            result[key] = (None if value_node is None
+                           else _construct(value_node, child, loader, smap, issues))
         return result
     if isinstance(node, yaml.SequenceNode):
         return [
@@ -280,9 +268,55 @@ def _construct(
 # The tags of the collections a config is made of; a collection tagged otherwise (!!set,
 # !!omap, !!python/...) is refused rather than read as a plain one.
 _PLAIN_COLLECTIONS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
-_OTHER_COLLECTIONS = frozenset({"tag:yaml.org,2002:set", "tag:yaml.org,2002:omap",
-                                "tag:yaml.org,2002:pairs"})
 _UNBUILT = object()
+
+
+def _entries(node: yaml.MappingNode, path: FieldPath, loader: yaml.SafeLoader,
+             smap: SourceMap, issues: list[ConfigIssue]
+             ) -> Iterator[tuple[str | int, FieldPath, yaml.Node | None]]:
+    """A mapping's entries as the safe loader builds its dict, each key's position
+    recorded: (key, its path, the node of its value), or None for the value where a key
+    first stands that a later entry overrides (the dict keeps that place). Merge keys
+    (``<<: *defaults``) bring their mappings' entries first, which the node's own
+    override; a key twice among the node's own is an issue at the second."""
+    import yaml
+
+    own = len(node.value) - sum(key.tag == _MERGE for key, _value in node.value)
+    try:
+        loader.flatten_mapping(node)
+    except yaml.MarkedYAMLError as exc:  # "<<: 3"
+        mark = exc.problem_mark or node.start_mark
+        issues.append(ConfigIssue(smap.file, mark.line + 1, mark.column + 1,
+                                  render_path(path), f"YAML: {exc.problem}"))
+        return
+    merged = len(node.value) - own
+    keys = [_built(key_node, path, loader, smap, issues) for key_node, _value in node.value]
+    winner: dict[Any, int] = {}  # the entry each key's value comes from
+    for index, key in enumerate(keys):
+        if isinstance(key, str | int) and (index < merged or winner.get(key, -1) < merged):
+            winner[key] = index
+    placed: set[Any] = set()
+    for index, ((key_node, value_node), key) in enumerate(zip(node.value, keys, strict=True)):
+        if key is _UNBUILT:
+            continue
+        if not isinstance(key, str | int):
+            issues.append(smap.issue(path, f"mapping key {key!r} must be a string"))
+            continue
+        child = (*path, key)
+        if winner[key] != index:
+            if index >= merged:  # the node's own key twice
+                smap.keys[child] = _mark(key_node)
+                issues.append(smap.issue(child, "duplicate key", key=True))
+            elif key not in placed:  # a merged entry overridden later: its place stays
+                placed.add(key)
+                yield key, child, None
+            continue
+        placed.add(key)
+        smap.keys[child] = _mark(key_node)
+        yield key, child, value_node
+
+
+_MERGE = "tag:yaml.org,2002:merge"
 
 
 def _built(node: yaml.Node, path: FieldPath, loader: yaml.SafeLoader, smap: SourceMap,
@@ -291,15 +325,12 @@ def _built(node: yaml.Node, path: FieldPath, loader: yaml.SafeLoader, smap: Sour
     when it cannot (a merge key ``<<``, an unknown tag, ``!!binary`` that is not base64)."""
     import yaml
 
-    if node.tag == "tag:yaml.org,2002:merge":
-        problem, mark = "merge keys (<<) are not supported", node.start_mark
-    else:
-        try:
-            return loader.construct_object(node, deep=True)
-        except yaml.MarkedYAMLError as exc:
-            problem, mark = str(exc.problem), exc.problem_mark or node.start_mark
-        except (yaml.YAMLError, ValueError, KeyError, OverflowError) as exc:  # !!bool maybe
-            problem, mark = f"{node.value!r} is no {node.tag} ({exc})", node.start_mark
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.MarkedYAMLError as exc:
+        problem, mark = str(exc.problem), exc.problem_mark or node.start_mark
+    except (yaml.YAMLError, ValueError, KeyError, OverflowError) as exc:  # !!bool maybe
+        problem, mark = f"{node.value!r} is no {node.tag} ({exc})", node.start_mark
     issues.append(ConfigIssue(smap.file, mark.line + 1, mark.column + 1, render_path(path),
                               f"YAML: {problem}"))
     return _UNBUILT
@@ -332,18 +363,8 @@ def _walk(node: yaml.Node, path: FieldPath, loader: yaml.SafeLoader, smap: Sourc
 
     smap.values[path] = _mark(node)
     if isinstance(node, yaml.MappingNode):
-        seen: set[str | int] = set()
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if not isinstance(key, str | int):
-                continue
-            child = (*path, key)
-            if child in wanted:
-                smap.keys[child] = _mark(key_node)  # a duplicate's own, as _construct
-            if key in seen:
-                continue
-            seen.add(key)
-            if child in wanted:
+        for _key, child, value_node in _entries(node, path, loader, smap, []):
+            if value_node is not None and child in wanted:
                 _walk(value_node, child, loader, smap, wanted)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
