@@ -433,7 +433,7 @@ def test_a_problem_behind_an_alias_is_located_in_what_it_names() -> None:
 @st.composite
 def merging_texts(draw: st.DrawFn) -> str:
     """Anchored mappings, and mappings that merge one or several of them (``<<``) at any
-    place among keys of their own, some the same."""
+    place among keys of their own, some the same; and aliases of those."""
     keys = st.sampled_from(["a", "b", "c", "d"])
     bases = draw(st.lists(st.dictionaries(keys, st.integers(0, 9), max_size=3), min_size=1,
                           max_size=3))
@@ -445,7 +445,9 @@ def merging_texts(draw: st.DrawFn) -> str:
         own = [f"{key}: {value}" for key, value in
                draw(st.dictionaries(keys, st.integers(10, 19), max_size=3)).items()]
         own.insert(draw(st.integers(0, len(own))), f"<<: {merge}")
-        lines.append(f"m{number}: {{{', '.join(own)}}}")
+        lines.append(f"m{number}: &m{number} {{{', '.join(own)}}}")
+        if draw(st.booleans()):  # the same node again, through an alias
+            lines.append(f"again{number}: *m{number}")
     return "\n".join(lines) + "\n"
 
 

@@ -281,15 +281,18 @@ def _entries(node: yaml.MappingNode, path: FieldPath, loader: yaml.SafeLoader,
     override; a key twice among the node's own is an issue at the second."""
     import yaml
 
-    own = len(node.value) - sum(key.tag == _MERGE for key, _value in node.value)
-    try:
-        loader.flatten_mapping(node)
-    except yaml.MarkedYAMLError as exc:  # "<<: 3"
-        mark = exc.problem_mark or node.start_mark
-        issues.append(ConfigIssue(smap.file, mark.line + 1, mark.column + 1,
-                                  render_path(path), f"YAML: {exc.problem}"))
-        return
-    merged = len(node.value) - own
+    merged: int | None = getattr(node, _MERGED, None)
+    if merged is None:  # not flattened yet (an alias brings the same node again)
+        own = len(node.value) - sum(key.tag == _MERGE for key, _value in node.value)
+        try:
+            loader.flatten_mapping(node)
+        except yaml.MarkedYAMLError as exc:  # "<<: 3"
+            mark = exc.problem_mark or node.start_mark
+            issues.append(ConfigIssue(smap.file, mark.line + 1, mark.column + 1,
+                                      render_path(path), f"YAML: {exc.problem}"))
+            return
+        merged = len(node.value) - own
+        setattr(node, _MERGED, merged)  # how many of its entries came from merge keys
     keys = [_built(key_node, path, loader, smap, issues) for key_node, _value in node.value]
     winner: dict[Any, int] = {}  # the entry each key's value comes from
     for index, key in enumerate(keys):
@@ -317,12 +320,13 @@ def _entries(node: yaml.MappingNode, path: FieldPath, loader: yaml.SafeLoader,
 
 
 _MERGE = "tag:yaml.org,2002:merge"
+_MERGED = "vsnet_merged"
 
 
 def _built(node: yaml.Node, path: FieldPath, loader: yaml.SafeLoader, smap: SourceMap,
            issues: list[ConfigIssue]) -> Any:
     """What the safe loader builds of ``node``, or _UNBUILT with an issue where it stands
-    when it cannot (a merge key ``<<``, an unknown tag, ``!!binary`` that is not base64)."""
+    when it cannot (an unknown tag, ``!!binary`` that is not base64, ``!!bool maybe``)."""
     import yaml
 
     try:
