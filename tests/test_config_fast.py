@@ -420,6 +420,19 @@ def test_a_problem_is_located_where_the_whole_map_locates_it(text: str, data: st
             assert located.locate(path, key=key) == whole.locate(path, key=key)
 
 
+def test_locating_walks_only_the_paths_asked_for() -> None:
+    """What it keeps is those paths' positions (and their keys' and prefixes'), not one
+    per node of the document; a key it cannot build is passed over, as the full map does;
+    the same paths asked again of a file are answered from what was kept."""
+    text = "a: {!!int x: 1, b: [p, q, r]}\nc: {d: 2}\n"
+    located = config._locate(text, "f.yaml", [("a", "b", 1)])
+    assert set(located.values) == {(), ("a",), ("a", "b"), ("a", "b", 1)}
+    assert located.locate(("a", "b", 1)) == (("a", "b", 1), config._Position(1, 24))
+    parsed = config.ParsedFile("f.yaml", text, True)
+    assert parsed.positions([("c", "d")]) is parsed.positions([("c", "d")])
+    assert parsed.positions([("c", "d")]).locate(("c", "d")) == (("c", "d"), config._Position(2, 8))
+
+
 def test_a_problem_behind_an_alias_is_located_in_what_it_names() -> None:
     text = "a: &shared {b: 1, c: [x, y]}\nd: *shared\n"
     _data, whole = config._parse_yaml(text, "f.yaml")

@@ -261,8 +261,7 @@ def _construct(
             _construct(item, (*path, index), loader, smap, issues)
             for index, item in enumerate(node.value)
         ]
-    value = _built(node, path, loader, smap, issues)
-    return None if value is _UNBUILT else value
+    return _built(node, path, loader, smap, issues)  # _UNBUILT comes with an issue
 
 
 # The tags of the collections a config is made of; a collection tagged otherwise (!!set,
@@ -294,29 +293,29 @@ def _entries(node: yaml.MappingNode, path: FieldPath, loader: yaml.SafeLoader,
         merged = len(node.value) - own
         setattr(node, _MERGED, merged)  # how many of its entries came from merge keys
     keys = [_built(key_node, path, loader, smap, issues) for key_node, _value in node.value]
-    winner: dict[Any, int] = {}  # the entry each key's value comes from
-    for index, key in enumerate(keys):
-        if isinstance(key, str | int) and (index < merged or winner.get(key, -1) < merged):
-            winner[key] = index
-    placed: set[Any] = set()
-    for index, ((key_node, value_node), key) in enumerate(zip(node.value, keys, strict=True)):
+    # the entry each key's value comes from: the last merged one, or the first of its own
+    winner = {key: index for index, key in enumerate(keys[:merged]) if isinstance(key, str | int)}
+    first_own: dict[Any, int] = {}
+    for index in range(merged, len(keys)):
+        if isinstance(keys[index], str | int):
+            first_own.setdefault(keys[index], index)
+    winner.update(first_own)
+    for index, (key_node, value_node) in enumerate(node.value):
+        key = keys[index]
         if key is _UNBUILT:
             continue
         if not isinstance(key, str | int):
             issues.append(smap.issue(path, f"mapping key {key!r} must be a string"))
             continue
         child = (*path, key)
-        if winner[key] != index:
-            if index >= merged:  # the node's own key twice
-                smap.keys[child] = _mark(key_node)
-                issues.append(smap.issue(child, "duplicate key", key=True))
-            elif key not in placed:  # a merged entry overridden later: its place stays
-                placed.add(key)
-                yield key, child, None
-            continue
-        placed.add(key)
-        smap.keys[child] = _mark(key_node)
-        yield key, child, value_node
+        if winner[key] == index:
+            smap.keys[child] = _mark(key_node)
+            yield key, child, value_node
+        elif index < merged:  # overridden by a later entry: the dict keeps this place
+            yield key, child, None
+        else:  # its own key twice
+            smap.keys[child] = _mark(key_node)
+            issues.append(smap.issue(child, "duplicate key", key=True))
 
 
 _MERGE = "tag:yaml.org,2002:merge"
@@ -334,10 +333,18 @@ def _built(node: yaml.Node, path: FieldPath, loader: yaml.SafeLoader, smap: Sour
     except yaml.MarkedYAMLError as exc:
         problem, mark = str(exc.problem), exc.problem_mark or node.start_mark
     except (yaml.YAMLError, ValueError, KeyError, OverflowError) as exc:  # !!bool maybe
-        problem, mark = f"{node.value!r} is no {node.tag} ({exc})", node.start_mark
+        problem, mark = (f"{node.value!r} is no {node.tag} ({exc})"
+                         if isinstance(node, yaml.ScalarNode) else str(exc)), node.start_mark
     issues.append(ConfigIssue(smap.file, mark.line + 1, mark.column + 1, render_path(path),
                               f"YAML: {problem}"))
     return _UNBUILT
+
+
+def _safe_loader(text: str) -> yaml.SafeLoader:
+    import yaml
+
+    loader: yaml.SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)  # libyaml
+    return loader
 
 
 def _locate(text: str, file: str, paths: Iterable[FieldPath]) -> SourceMap:
@@ -348,7 +355,7 @@ def _locate(text: str, file: str, paths: Iterable[FieldPath]) -> SourceMap:
 
     smap = SourceMap(file)
     wanted = {path[:end] for path in paths for end in range(len(path) + 1)}
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    loader = _safe_loader(text)
     try:
         root = loader.get_single_node()
         if root is not None:
@@ -380,8 +387,7 @@ def _parse_yaml(text: str, file: str, limit: int = 0) -> tuple[Any, SourceMap]:
     import yaml
 
     smap = SourceMap(file)
-    loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster
-    loader = loader_cls(text)
+    loader = _safe_loader(text)
     try:
         try:
             root = loader.get_single_node()
@@ -1399,29 +1405,31 @@ def drop_in_files(directory: Path) -> list[Path]:
     return sorted(directory / name for name in names if is_drop_in(Path(name)))
 
 
+class _Unlocated(NamedTuple):
+    """A problem :func:`assemble` found, before it is given its place in the file."""
+
+    parsed: ParsedFile
+    path: FieldPath
+    message: str
+    key: bool  # about the key (else the value)
+
+
 def assemble(main: ParsedFile, drop_ins: Sequence[ParsedFile]) -> Config:
     """One config from the main file and the drop-ins (in name order); every issue of
     every file, and those between files, raised together."""
     settings = main.settings or Settings()
-    issues = [*main.issues]
-    # issues found here, to be located once every one of a file is known: (its index in
-    # ``issues``, the file, the field, the message, whether it is about the key)
-    unlocated: list[tuple[int, ParsedFile, FieldPath, str, bool]] = []
-
-    def locate_later(parsed: ParsedFile, path: FieldPath, message: str, key: bool) -> None:
-        unlocated.append((len(issues), parsed, path, message, key))
-        issues.append(ConfigIssue(parsed.file, 0, 0, "", message))
-
+    # the issues, those found here still to be located (once all of a file's are known)
+    found: list[ConfigIssue | _Unlocated] = [*main.issues]
     servers: dict[str, ServerConfig] = {}
     origin: dict[str, ParsedFile] = {}
     for parsed in (main, *drop_ins):
         if parsed is not main:
-            issues.extend(parsed.issues)
+            found.extend(parsed.issues)
         for name, server in parsed.servers.items():
             first = origin.get(name)
             if first is not None:
-                locate_later(parsed, ("servers", name), f"{name} is already defined in "
-                                                        f"{first.file}", True)
+                found.append(_Unlocated(parsed, ("servers", name),
+                                        f"{name} is already defined in {first.file}", True))
                 continue
             servers[name] = server
             origin[name] = parsed
@@ -1433,13 +1441,15 @@ def assemble(main: ParsedFile, drop_ins: Sequence[ParsedFile]) -> Config:
     for parsed in (main, *drop_ins):
         problems.extend(p for p in parsed.server_problems(settings) if origin[str(p[0][1])]
                         is parsed)
-    for path, message in problems:
-        locate_later(origin[str(path[1])], path, message, len(path) == 2)
+    found.extend(_Unlocated(origin[str(path[1])], path, message, len(path) == 2)
+                 for path, message in problems)
     asked: dict[int, list[FieldPath]] = {}
-    for _index, parsed, path, _message, _key in unlocated:
-        asked.setdefault(id(parsed), []).append(path)
-    for index, parsed, path, message, key in unlocated:
-        issues[index] = parsed.positions(asked[id(parsed)]).issue(path, message, key=key)
+    for entry in found:
+        if isinstance(entry, _Unlocated):
+            asked.setdefault(id(entry.parsed), []).append(entry.path)
+    issues = [entry if isinstance(entry, ConfigIssue) else entry.parsed.positions(
+        asked[id(entry.parsed)]).issue(entry.path, entry.message, key=entry.key)
+        for entry in found]
     if issues:
         order = {parsed.file: index for index, parsed in enumerate((main, *drop_ins))}
         raise ConfigError(sorted(issues, key=lambda i: (order.get(i.file, 0), i.line, i.column)))
