@@ -428,7 +428,7 @@ def test_locating_walks_only_the_paths_asked_for() -> None:
     located = config._locate(text, "f.yaml", [("a", "b", 1)])
     assert set(located.values) == {(), ("a",), ("a", "b"), ("a", "b", 1)}
     assert located.locate(("a", "b", 1)) == (("a", "b", 1), config._Position(1, 24))
-    parsed = config.ParsedFile("f.yaml", text, True)
+    parsed = config.ParsedFile("f.yaml", text)
     assert parsed.positions([("c", "d")]) is parsed.positions([("c", "d")])
     assert parsed.positions([("c", "d")]).locate(("c", "d")) == (("c", "d"), config._Position(2, 8))
 

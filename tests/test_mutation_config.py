@@ -641,33 +641,33 @@ def test_a_missing_file_cannot_be_read(tmp_path: Path) -> None:
 
 
 PARSE_FILE_CASES = [
-    (PLAIN, True, (True, 1, [])),                                  # the fast path
+    (PLAIN, True, (1, [])),                                  # the fast path
     ("version: 1\nservers: {a: {id: 1, mode: pbr, uplink: eth0, "
-     "addresses: [{address: 10.0.0.5/24}]}}\n", True, (True, 1, [])),  # libyaml, the models
-    ("", False, (False, 0, [])),                                   # an empty drop-in
-    ("# nothing\n", False, (False, 0, [])),
-    ("", True, (True, 0, ["f:1:1: the file is empty"])),
+     "addresses: [{address: 10.0.0.5/24}]}}\n", True, (1, [])),  # libyaml, the models
+    ("", False, (0, [])),                                   # an empty drop-in
+    ("# nothing\n", False, (0, [])),
+    ("", True, (0, ["f:1:1: the file is empty"])),
     ("version: 1\nservers: " + "[" * 500 + "]" * 500 + "\n", True,
-     (True, 0, ["f:2:42: nested deeper than 32 levels"])),
-    ("version: 1\n? [a, b]\n: x\n", True, (True, 0, ["f:1:1: mapping key ['a', 'b'] must be "
-                                                      "a string"])),
-    ("version: 1\n1.5: x\n2.5: y\n", True, (True, 0, ["f:1:1: mapping key 1.5 must be a string",
-                                                      "f:1:1: mapping key 2.5 must be a string"])),
+     (0, ["f:2:42: nested deeper than 32 levels"])),
+    ("version: 1\n? [a, b]\n: x\n", True, (0, ["f:1:1: mapping key ['a', 'b'] must be "
+                                                "a string"])),
+    ("version: 1\n1.5: x\n2.5: y\n", True, (0, ["f:1:1: mapping key 1.5 must be a string",
+                                                "f:1:1: mapping key 2.5 must be a string"])),
     ("version: 1\nservers: {a: &x [*x]}\n", True,
-     (True, 0, ["f:2:14: an alias refers to a node that contains it"])),
+     (0, ["f:2:14: an alias refers to a node that contains it"])),
     ("version: 1\nservers: [\n", True,
-     (True, 0, ["f:3:1: YAML syntax: did not find expected node content"])),
-    ("a: 'unterminated\n", True, (True, 0, ["f:2:1: YAML syntax: found unexpected end of "
-                                             "stream"])),  # the problem's place, not the quote's
-    ("a: 1\na: 2\nb: 1\nb: 2\n", True, (True, 0, ["f:2:1: a: duplicate key",
-                                                  "f:4:1: b: duplicate key"])),
-    ("version: 1\nlist: [{a: 1, a: 2}]\n", True, (True, 0, ["f:2:15: list[0].a: duplicate key"])),
-    ("servers:\n  a:\n    id: 0\n", False, (False, 0, ["f:3:9: servers.a.id: 0: Input should "
-                                                        "be greater than or equal to 1",
-                                                        *(f"f:2:3: servers.a: required key '{k}' "
-                                                          "is missing"
-                                                          for k in ("mode", "uplink",
-                                                                    "addresses"))])),
+     (0, ["f:3:1: YAML syntax: did not find expected node content"])),
+    ("a: 'unterminated\n", True, (0, ["f:2:1: YAML syntax: found unexpected end of "
+                                       "stream"])),  # the problem's place, not the quote's
+    ("a: 1\na: 2\nb: 1\nb: 2\n", True, (0, ["f:2:1: a: duplicate key",
+                                            "f:4:1: b: duplicate key"])),
+    ("version: 1\nlist: [{a: 1, a: 2}]\n", True, (0, ["f:2:15: list[0].a: duplicate key"])),
+    ("servers:\n  a:\n    id: 0\n", False, (0, ["f:3:9: servers.a.id: 0: Input should "
+                                                  "be greater than or equal to 1",
+                                                  *(f"f:2:3: servers.a: required key '{k}' "
+                                                    "is missing"
+                                                    for k in ("mode", "uplink",
+                                                              "addresses"))])),
     ]
 
 
@@ -676,7 +676,7 @@ PARSE_FILE_CASES = [
 def test_each_way_through_parse_file(text: str, main: bool, expected: Any) -> None:
     parsed = parse_file(text, "f", main=main)
     assert (parsed.file, parsed.text) == ("f", text)
-    assert (parsed.main, len(parsed.servers), [str(i) for i in parsed.issues]) == expected
+    assert (len(parsed.servers), [str(i) for i in parsed.issues]) == expected
     assert (parsed.settings is not None) == (main and not parsed.issues)
     assert all(isinstance(issue.as_json()["path"], str) for issue in parsed.issues)
 
@@ -824,8 +824,7 @@ def test_a_reader_running_out_of_stack_is_an_issue(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(config, "_load_fast", recursing)
     parsed = parse_file("a: [x, 'y']\n", "f", main=False)
-    assert (parsed.file, parsed.text, parsed.main, parsed.servers) == (
-        "f", "a: [x, 'y']\n", False, {})
+    assert (parsed.file, parsed.text, parsed.servers) == ("f", "a: [x, 'y']\n", {})
     assert [i.as_json() for i in parsed.issues] == [{
         "file": "f", "line": 1, "column": 1, "path": "",
         "message": "nested deeper than 32 levels"}]

@@ -1285,38 +1285,25 @@ def read_config_text(path: Path | str, limit: int = DEFAULT_MAX_FILE_BYTES) -> s
 class ParsedFile:
     """One file as read: the valid part of it, and what is wrong within it."""
 
-    __slots__ = (
-        "claims",
-        "file",
-        "issues",
-        "located",
-        "main",
-        "problems",
-        "servers",
-        "settings",
-        "smap",
-        "text",
-    )
+    __slots__ = ("claims", "file", "issues", "located", "problems", "servers", "settings",
+                 "text")
 
-    def __init__(self, file: str, text: str, main: bool, settings: Settings | None = None,
+    def __init__(self, file: str, text: str, settings: Settings | None = None,
                  servers: dict[str, ServerConfig] | None = None,
-                 issues: list[ConfigIssue] | None = None, smap: SourceMap | None = None) -> None:
+                 issues: list[ConfigIssue] | None = None) -> None:
         self.file = file
         self.text = text
-        self.main = main
         self.settings = settings  # the main file's, when valid
         self.servers = {} if servers is None else servers
         self.issues = [] if issues is None else issues
-        self.smap = smap  # of a file read the slow way (its problems needed positions)
         self.located: tuple[frozenset[FieldPath], SourceMap] | None = None  # positions()
         self.problems: tuple[Settings, Problems] | None = None  # server_problems, per settings
         self.claims: tuple[Settings, dict[str, Claims]] | None = None
 
     def positions(self, paths: Sequence[FieldPath]) -> SourceMap:
-        """Where ``paths`` stand: the whole map of a file read the slow way, else those
-        paths' (kept while they are the ones asked for: each assemble asks again)."""
-        if self.smap is not None:
-            return self.smap
+        """Where ``paths`` stand (kept while they are the ones asked for: each assemble
+        asks again). Found in the text again rather than kept from the first read: a
+        source map of every node of a large file would be kept as long as the file."""
         asked = frozenset(paths)
         if self.located is None or self.located[0] != asked:
             self.located = (asked, _locate(self.text, self.file, asked))
@@ -1348,7 +1335,7 @@ def parse_file(text: str, file: str, *, main: bool,
         data = _Declined
     checked = None if data is _Declined else _fast_file(data, main=main)
     if checked is not None:
-        return ParsedFile(file, text, main, checked[0], checked[1])
+        return ParsedFile(file, text, checked[0], checked[1])
     import yaml
     from pydantic import ValidationError
 
@@ -1358,13 +1345,13 @@ def parse_file(text: str, file: str, *, main: bool,
         if data is _Declined:
             data = _load_fast(text, file, limit)
         if data is None and not main:
-            return ParsedFile(file, text, main)  # an empty drop-in holds no servers
+            return ParsedFile(file, text)  # an empty drop-in holds no servers
         settings, servers = config_models.validate(data, main)
-        return ParsedFile(file, text, main, settings, servers)
+        return ParsedFile(file, text, settings, servers)
     except ConfigError as exc:
-        return ParsedFile(file, text, main, issues=exc.issues)
+        return ParsedFile(file, text, issues=exc.issues)
     except RecursionError:
-        return ParsedFile(file, text, main, issues=[ConfigIssue(
+        return ParsedFile(file, text, issues=[ConfigIssue(
             file, 1, 1, "", f"nested deeper than {MAX_DEPTH} levels")])
     # what libyaml's constructors refuse (!!timestamp 2020-13-45, !!bool maybe: ValueError,
     # KeyError) is read again below, to say where
@@ -1374,8 +1361,8 @@ def parse_file(text: str, file: str, *, main: bool,
     try:
         data, smap = _parse_yaml(text, file, limit)
     except ConfigError as exc:
-        return ParsedFile(file, text, main, issues=exc.issues)
-    parsed = ParsedFile(file, text, main, smap=smap)
+        return ParsedFile(file, text, issues=exc.issues)
+    parsed = ParsedFile(file, text)
     try:
         parsed.settings, parsed.servers = config_models.validate(data, main)
     except ValidationError as exc:
@@ -1461,8 +1448,9 @@ def parse_config(text: str, file: str = "servers.yaml") -> Config:
 
     A valid plain file takes the fast path (the line reader, the hand checks, the
     semantic checks: ~40 µs per VS); anything else goes through libyaml and the pydantic
-    models, and a file with problems is read again, recording where every value stands,
-    to say where each problem is.
+    models, and a file with problems is read again to say where each problem is: the
+    whole document's positions for what the models refuse, the paths of the semantic
+    problems only (:func:`_locate`) for those.
     """
     return assemble(parse_file(text, file, main=True), ())
 
@@ -1638,5 +1626,5 @@ class ConfigLoader:
         try:
             text = read_config_text(path, self.limit)
         except ConfigError as exc:
-            return ParsedFile(str(path), "", main, issues=exc.issues)
+            return ParsedFile(str(path), "", issues=exc.issues)
         return parse_file(text, str(path), main=main, limit=self.limit)
