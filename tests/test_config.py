@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -321,6 +322,22 @@ def test_validate_refuses_a_file_that_runs_it_out_of_memory(tmp_path: Path) -> N
     assert refused.returncode == 1
     assert refused.stderr == (f"{costly}:0:0: not read: vsnetctl ran out of memory reading the "
                               "config (MemoryError)\n")
+
+
+def test_validate_json_into_a_closed_pipe_still_refuses(tmp_path: Path) -> None:
+    """`vsnetctl validate --json | head -1`: whoever reads stdout may be gone before the
+    refusal is written; the exit status and the issues on stderr say it all the same."""
+    bad = tmp_path / "servers.yaml"
+    bad.write_text("version: 2\n")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # gone before anything is written: writing fails with EPIPE
+    try:
+        refused = subprocess.run([sys.executable, "-m", "vsnetd.cli", "validate", "--json", "-c",
+                                  str(bad)], stdout=write_end, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write_end)
+    assert (refused.returncode, refused.stderr) == (1, f"{bad}:1:10: version: 2: Input should "
+                                                        "be 1\n")
 
 
 def test_netns_mode_checks() -> None:

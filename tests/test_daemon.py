@@ -427,6 +427,28 @@ def address_space(pid: int) -> int:
     raise AssertionError("no VmSize")
 
 
+def test_a_drop_in_whose_name_is_not_utf8_is_refused_by_name_everywhere(
+    daemon: Daemon, config_file: Path
+) -> None:
+    """A file name the file system holds as bytes that are no UTF-8: its refusal names it
+    (with the undecodable byte escaped) in `vsnetctl status`, in STATUS= and after a heal,
+    and the daemon's loop meets no error on its way."""
+    directory = config_file.with_name("servers.d")
+    directory.mkdir()
+    bad = os.fsdecode(bytes(directory) + b"/bad\xff.yaml")
+    save(Path(bad), "servers: {web: 1}\n")
+    status = wait_until(lambda: (s := answers(daemon))["daemon"]["config_errors"] and s,
+                        what="the refusal")
+    assert [e["file"] for e in status["daemon"]["config_errors"]] == [bad]
+    still_healing(daemon)  # a heal sends STATUS= with the refusal in it
+    wait_until(lambda: any("bad\\xff.yaml" in m.get("STATUS", "")
+                           for m in daemon.notify.poll()), what="STATUS= naming the file")
+    assert "*" not in answers(daemon)["daemon"]["pending"]  # no error in the loop
+    shown = daemon.vsnetctl("status")
+    assert shown.returncode == 2, shown.stderr  # pending: a config is refused
+    assert f"config refused: {directory}/bad\\udcff.yaml:1:16: servers.web: 1: " in shown.stdout
+
+
 def test_running_out_of_memory_refuses_the_read_and_healing_goes_on(
     daemon: Daemon, config_file: Path
 ) -> None:

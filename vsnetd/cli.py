@@ -24,6 +24,7 @@ the lean front door :mod:`vsnetd.ctl`; without a daemon they work here, one shot
 from __future__ import annotations
 
 import gc
+import io
 import os
 import sys
 
@@ -399,6 +400,11 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
     # A one-shot process that allocates many small objects and no cycles: the cyclic
     # collector would only cost time (a third of a run at 1,000 VS).
     gc.disable()
+    # a config error may name a file whose name is no UTF-8: shown escaped, whatever the
+    # locale (strict under UTF-8 would raise, surrogateescape under C would write the byte)
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     status = _main(argv)
     if whole_process:
         _exit_now(status)
@@ -453,17 +459,26 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"vsnetctl: {exc.strerror or exc}: run as root (CAP_NET_ADMIN)", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:  # `vsnetctl status | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _stdout_gone()
         return EXIT_OK
     except Exception as exc:
         config = sys.modules.get("vsnetd.config")  # only a command that loaded it
         if config is None or not isinstance(exc, config.ConfigError):
             raise
-        if args.json:
-            _print_json({"valid": False, "errors": [i.as_json() for i in exc.issues]})
         for issue in exc.issues:
             print(issue, file=sys.stderr)
+        if args.json:
+            try:
+                _print_json({"valid": False, "errors": [i.as_json() for i in exc.issues]})
+            except BrokenPipeError:  # `vsnetctl validate --json | head`: refused all the same
+                _stdout_gone()
         return EXIT_ERROR
+
+
+def _stdout_gone() -> None:
+    """Whoever read stdout has gone: what is still buffered goes nowhere, quietly."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
 
 if __name__ == "__main__":
     sys.exit(main(whole_process=True))

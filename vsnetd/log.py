@@ -45,8 +45,17 @@ def setup(verbose: bool = False) -> logging.Logger:
     return LOGGER
 
 
+def printable(text: str) -> str:
+    """``text`` as UTF-8 can carry it (the journal, sd_notify): a byte of a file name that
+    is no UTF-8, which Python holds as a lone surrogate, shown as ``\\xff``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def event(level: int, message: str, *, server: str | None = None, op: str | None = None,
           obj: str | None = None) -> None:
-    fields = {name: value for name, value in (
+    fields = {name: printable(value) for name, value in (
         ("VSNET_SERVER", server), ("VSNET_OP", op), ("VSNET_OBJECT", obj)) if value}
-    LOGGER.log(level, message, extra=fields)
+    LOGGER.log(level, printable(message), extra=fields)

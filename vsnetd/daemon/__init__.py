@@ -72,6 +72,7 @@ def notify(state: str) -> None:
         return
     from systemd import daemon as sd  # type: ignore[attr-defined]
 
+    state = log.printable(state)  # a config error may name a file whose name is no UTF-8
     for _attempt in range(3):
         try:
             sd.notify(state)
