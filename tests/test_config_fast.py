@@ -412,6 +412,11 @@ def test_a_problem_is_located_where_the_whole_map_locates_it(text: str, data: st
         _data, whole = config._parse_yaml(text, "f.yaml")
     except (config.ConfigError, yaml.YAMLError):
         return  # refused before any problem could be located
+    assert_located_as(whole, text, data)
+
+
+def assert_located_as(whole: config.SourceMap, text: str, data: st.DataObject) -> None:
+    """A few paths of ``text`` (or longer), located alone, stand where ``whole`` has them."""
     known = sorted({*whole.values, *whole.keys}, key=repr)
     paths = data.draw(st.lists(paths_in(known), max_size=4))
     located = config._locate(text, "f.yaml", paths)
@@ -471,9 +476,4 @@ def test_merge_keys_read_as_the_safe_loader_reads_them(text: str, data: st.DataO
     and locates the merged keys where they are written."""
     built, whole = config._parse_yaml(text, "f.yaml")
     assert json.dumps(built) == json.dumps(libyaml(text))
-    known = sorted({*whole.values, *whole.keys}, key=repr)
-    paths = data.draw(st.lists(paths_in(known), max_size=4))
-    located = config._locate(text, "f.yaml", paths)
-    for path in paths:
-        for key in (False, True):
-            assert located.locate(path, key=key) == whole.locate(path, key=key)
+    assert_located_as(whole, text, data)
