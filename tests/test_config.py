@@ -11,11 +11,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import EXAMPLE_CONFIG, ROOT
 from tests.examples import ISSUE_EXAMPLE
 from tests.hostile import costly_config
-from vsnetd.config import ConfigError, json_schema, load_config, parse_config
+from tests.strategies import examples
+from vsnetd.config import ConfigError, json_schema, load_config, parse_config, parse_file
 
 
 def errors_of(text: str) -> list[str]:
@@ -273,16 +276,24 @@ def test_validate_cli_exit_codes(tmp_path: Path) -> None:
     ("servers: {a: !!timestamp 2020-13-45}\n", "f.yaml:2:14: servers.a: YAML: '2020-13-45' "
      "is no tag:yaml.org,2002:timestamp (month must be in 1..12)"),
     ("servers: {a: !!bool maybe}\n",
-     "f.yaml:2:14: servers.a: YAML: 'maybe' is no tag:yaml.org,2002:bool ('maybe')"),
+     "f.yaml:2:14: servers.a: YAML: 'maybe' is no tag:yaml.org,2002:bool"),
+    ("servers: {a: !!int }\n", "f.yaml:2:14: servers.a: YAML: '' is no tag:yaml.org,2002:int"),
+    ("servers: {a: !!timestamp x}\n",
+     "f.yaml:2:14: servers.a: YAML: 'x' is no tag:yaml.org,2002:timestamp"),
+    ("servers: {a\x00: 1}\n",
+     "f.yaml:2:12: YAML: control characters are not allowed (U+0000)"),
+    ("é: é\n\x01\n", "f.yaml:3:1: YAML: control characters are not allowed (U+0001)"),
     ("servers: {!!int x: 1, !!int y: 2}\n",
      "f.yaml:2:11: servers: YAML: 'x' is no tag:yaml.org,2002:int (invalid literal for int() "
      "with base 10: 'x')\nf.yaml:2:23: servers: YAML: 'y' is no tag:yaml.org,2002:int "
      "(invalid literal for int() with base 10: 'y')"),
     ("? [a, !foo x]\n: 1\n", "f.yaml:2:7: YAML: could not determine a constructor for the "
                            "tag '!foo'"),
-    ("? [a, !!int x]\n: 1\n", "f.yaml:2:3: YAML: invalid literal for int() with base 10: 'x'"),
+    ("? [a, !!int x]\n: 1\n", "f.yaml:2:3: YAML: what it holds cannot be built (invalid "
+                             "literal for int() with base 10: 'x')"),
 ], ids=["merge", "merge-list", "python-tag", "set", "local-tag", "binary", "timestamp",
-        "bool", "keys", "key-holding-a-tag", "key-holding-an-int"])
+        "bool", "empty-int", "no-timestamp", "nul", "control-after-utf8", "keys",
+        "key-holding-a-tag", "key-holding-an-int"])
 def test_what_the_safe_loader_cannot_build_is_refused_where_it_stands(text: str, issue: str
                                                                      ) -> None:
     """libyaml's constructors raise on these (merges of what is no mapping, tags, values a
@@ -306,6 +317,27 @@ servers:
         parse_config(text.replace("uplink: eth0", "uplink: eth0, bogus: 1"), "f.yaml")
     assert [str(i) for i in info.value.issues] == [
         "f.yaml:3:43: servers.a.bogus: unknown key", "f.yaml:3:43: servers.b.bogus: unknown key"]
+
+
+# Pieces of YAML that PyYAML's loader or constructors raise on, alone or together.
+YAML_PIECES = [*"abx01 :-[]{},&*!|>'\"#%@`?\n\t.~=", "<<", "!!int ", "!!bool ", "!!float ",
+               "!!binary ", "!!timestamp ", "!!null ", "!!str ", "!!map ", "!!seq ", "!!set ",
+               "!!omap ", "!!python/name:os.system ", "!x ", "&a ", "*a", "? ", "- ", "  ",
+               "version: 1\n", "servers:", "id: ", "addresses:", "%YAML 1.1\n", "---\n",
+               "...\n", "%TAG ! tag:x,2000:\n", "\x00", "\x85", "\ufeff", "\u2028", "é",
+               "\U0001f600", "\r"]
+
+
+@settings(max_examples=examples(2000), deadline=None, database=None)
+@given(text=st.lists(st.sampled_from(YAML_PIECES), max_size=40).map("".join))
+def test_no_text_makes_the_reader_raise(text: str) -> None:
+    """Whatever the text, a file is valid or refused with issues (found this way: `!!int `
+    raised IndexError, `!!timestamp x` AttributeError, a NUL ReaderError)."""
+    assert isinstance(parse_file(text, "f.yaml", main=False).issues, list)
+    try:
+        parse_config(text, "f.yaml")
+    except ConfigError as exc:
+        assert exc.issues
 
 
 def test_validate_refuses_a_file_that_runs_it_out_of_memory(tmp_path: Path) -> None:

@@ -332,9 +332,14 @@ def _built(node: yaml.Node, path: FieldPath, loader: yaml.SafeLoader, smap: Sour
         return loader.construct_object(node, deep=True)
     except yaml.MarkedYAMLError as exc:
         problem, mark = str(exc.problem), exc.problem_mark or node.start_mark
-    except (yaml.YAMLError, ValueError, KeyError, OverflowError) as exc:  # !!bool maybe
-        problem, mark = (f"{node.value!r} is no {node.tag} ({exc})"
-                         if isinstance(node, yaml.ScalarNode) else str(exc)), node.start_mark
+    except RecursionError:
+        raise  # parse_file says how deep is too deep
+    except Exception as exc:  # PyYAML's constructors raise anything on a value their tag
+        # refuses: `!!bool maybe` KeyError, `!!int ` IndexError, `!!timestamp x` AttributeError
+        why = f" ({exc})" if isinstance(exc, ValueError) else ""  # said for people
+        problem, mark = (f"{node.value!r} is no {node.tag}{why}"
+                         if isinstance(node, yaml.ScalarNode)
+                         else f"what it holds cannot be built{why}"), node.start_mark
     issues.append(ConfigIssue(smap.file, mark.line + 1, mark.column + 1, render_path(path),
                               f"YAML: {problem}"))
     return _UNBUILT
@@ -397,6 +402,13 @@ def _parse_yaml(text: str, file: str, limit: int = 0) -> tuple[Any, SourceMap]:
             raise ConfigError(
                 [ConfigIssue(file, line, col, "", f"YAML syntax: {exc.problem or exc}")]
             ) from None
+        except yaml.reader.ReaderError as exc:  # a character YAML forbids, such as NUL
+            before = text.encode()[:exc.position].decode(errors="ignore")  # a byte offset
+            line, col = before.count("\n") + 1, len(before) - before.rfind("\n")
+            character = (f"U+{exc.character:04X}" if isinstance(exc.character, int)
+                         else repr(exc.character))
+            raise ConfigError([ConfigIssue(file, line, col, "", f"YAML: {exc.reason} "
+                                                               f"({character})")]) from None
         if root is None:
             raise ConfigError([ConfigIssue(file, 1, 1, "", "the file is empty")])
         check_expansion(root, limit or DEFAULT_MAX_FILE_BYTES, file)
@@ -1336,7 +1348,6 @@ def parse_file(text: str, file: str, *, main: bool,
     checked = None if data is _Declined else _fast_file(data, main=main)
     if checked is not None:
         return ParsedFile(file, text, checked[0], checked[1])
-    import yaml
     from pydantic import ValidationError
 
     from vsnetd import config_models
@@ -1353,10 +1364,11 @@ def parse_file(text: str, file: str, *, main: bool,
     except RecursionError:
         return ParsedFile(file, text, issues=[ConfigIssue(
             file, 1, 1, "", f"nested deeper than {MAX_DEPTH} levels")])
-    # what libyaml's constructors refuse (!!timestamp 2020-13-45, !!bool maybe: ValueError,
-    # KeyError) is read again below, to say where
-    except (yaml.YAMLError, ValidationError, _DuplicateKey, ValueError, KeyError,
-            OverflowError):
+    # whatever else stopped this read is read again below, to say where: YAML errors,
+    # the models' refusals, and what PyYAML's constructors raise on a value their tag
+    # refuses (`!!int ` IndexError, `!!timestamp x` AttributeError, `!!bool maybe`
+    # KeyError...); a bug of the models' raises again there
+    except Exception:
         pass
     try:
         data, smap = _parse_yaml(text, file, limit)
