@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import resource
 import shutil
@@ -447,6 +448,31 @@ def test_a_drop_in_whose_name_is_not_utf8_is_refused_by_name_everywhere(
     shown = daemon.vsnetctl("status")
     assert shown.returncode == 2, shown.stderr  # pending: a config is refused
     assert f"config refused: {directory}/bad\\udcff.yaml:1:16: servers.web: 1: " in shown.stdout
+
+
+def control_raw(daemon: Daemon, line: bytes) -> dict[str, Any]:
+    """One request line as sent, its reply as read (a second at most)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        sock.connect(str(daemon.control))
+        sock.sendall(line)
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            assert chunk, f"the daemon closed the connection without a reply to {line[:40]!r}"
+            reply += chunk
+    answer: dict[str, Any] = json.loads(reply)
+    return answer
+
+
+def test_a_control_request_nested_too_deep_is_answered_and_healing_goes_on(
+    daemon: Daemon
+) -> None:
+    reply = control_raw(daemon, b"[" * 60_000 + b"\n")  # within the 64 KiB a request may be
+    assert reply["ok"] is False, reply
+    assert reply["error"].startswith("malformed JSON: maximum recursion depth exceeded")
+    still_healing(daemon)
+    assert "*" not in answers(daemon)["daemon"]["pending"]  # no error in the loop
 
 
 def test_running_out_of_memory_refuses_the_read_and_healing_goes_on(

@@ -79,7 +79,7 @@ def parse_request(line: bytes) -> dict[str, Any]:
     """One request line: an object with a string ``op`` (and whatever that op takes)."""
     try:
         message = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # [[[[...
         raise ValueError(f"malformed JSON: {exc}") from None
     if not isinstance(message, dict) or not isinstance(message.get("op"), str):
         raise ValueError('a request is an object like {"op": "status"}')

@@ -94,6 +94,9 @@ class ControlServer:
             reply = self._answer(conn, data)
         except MemoryError:  # e.g. while the reader thread reads a costly file: say so
             reply = {"ok": False, "error": "vsnetd ran out of memory answering; try again"}
+        except Exception as exc:  # a request no handler foresaw: its client hears of it
+            log.event(logging.ERROR, f"control: {exc!r}", op="control")
+            reply = {"ok": False, "error": f"vsnetd failed to answer: {exc!r}"}
         if reply is not None:
             self.reply(conn, reply)
 
