@@ -281,8 +281,8 @@ def test_validate_cli_exit_codes(tmp_path: Path) -> None:
     ("servers: {a: !!timestamp x}\n",
      "f.yaml:2:14: servers.a: YAML: 'x' is no tag:yaml.org,2002:timestamp"),
     ("servers: {a\x00: 1}\n",
-     "f.yaml:2:12: YAML: control characters are not allowed (U+0000)"),
-    ("é: é\n\x01\n", "f.yaml:3:1: YAML: control characters are not allowed (U+0001)"),
+     "f.yaml:2:12: YAML: control characters are not allowed"),
+    ("é: é\n\x01\n", "f.yaml:3:1: YAML: control characters are not allowed"),
     ("servers: {!!int x: 1, !!int y: 2}\n",
      "f.yaml:2:11: servers: YAML: 'x' is no tag:yaml.org,2002:int (invalid literal for int() "
      "with base 10: 'x')\nf.yaml:2:23: servers: YAML: 'y' is no tag:yaml.org,2002:int "

@@ -662,6 +662,7 @@ PARSE_FILE_CASES = [
     ("a: 1\na: 2\nb: 1\nb: 2\n", True, (0, ["f:2:1: a: duplicate key",
                                             "f:4:1: b: duplicate key"])),
     ("version: 1\nlist: [{a: 1, a: 2}]\n", True, (0, ["f:2:15: list[0].a: duplicate key"])),
+    ("a: é\x00\n", True, (0, ["f:1:5: YAML: control characters are not allowed"])),
     ("servers:\n  a:\n    id: 0\n", False, (0, ["f:3:9: servers.a.id: 0: Input should "
                                                   "be greater than or equal to 1",
                                                   *(f"f:2:3: servers.a: required key '{k}' "

@@ -403,12 +403,10 @@ def _parse_yaml(text: str, file: str, limit: int = 0) -> tuple[Any, SourceMap]:
                 [ConfigIssue(file, line, col, "", f"YAML syntax: {exc.problem or exc}")]
             ) from None
         except yaml.reader.ReaderError as exc:  # a character YAML forbids, such as NUL
-            before = text.encode()[:exc.position].decode(errors="ignore")  # a byte offset
+            before = text.encode()[:exc.position].decode()  # libyaml counts bytes
             line, col = before.count("\n") + 1, len(before) - before.rfind("\n")
-            character = (f"U+{exc.character:04X}" if isinstance(exc.character, int)
-                         else repr(exc.character))
-            raise ConfigError([ConfigIssue(file, line, col, "", f"YAML: {exc.reason} "
-                                                               f"({character})")]) from None
+            raise ConfigError([ConfigIssue(file, line, col, "", f"YAML: {exc.reason}")]
+                              ) from None
         if root is None:
             raise ConfigError([ConfigIssue(file, 1, 1, "", "the file is empty")])
         check_expansion(root, limit or DEFAULT_MAX_FILE_BYTES, file)
@@ -1231,8 +1229,14 @@ def check_expansion(root: yaml.Node, limit: int, file: str) -> None:
     size(root, 0)
 
 
+class _Unbuildable(Exception):
+    """A value its YAML tag refuses: the slow path says where."""
+
+
 def _load_fast(text: str, file: str, limit: int) -> Any:
     """libyaml's load, with the expansion bound checked between composing and building."""
+    import yaml
+
     loader = _libyaml_loader()(text)
     try:
         node = loader.get_single_node()
@@ -1240,7 +1244,13 @@ def _load_fast(text: str, file: str, limit: int) -> Any:
             return None
         if "*" in text:  # no alias without one: the document is the text, under the cap
             check_expansion(node, limit, file)
-        return loader.construct_document(node)
+        try:
+            return loader.construct_document(node)
+        except (yaml.YAMLError, _DuplicateKey, RecursionError):
+            raise
+        except Exception as exc:  # PyYAML's constructors raise anything on a value their
+            # tag refuses: `!!int ` IndexError, `!!timestamp x` AttributeError...
+            raise _Unbuildable from exc
     finally:
         loader.dispose()
 
@@ -1348,6 +1358,7 @@ def parse_file(text: str, file: str, *, main: bool,
     checked = None if data is _Declined else _fast_file(data, main=main)
     if checked is not None:
         return ParsedFile(file, text, checked[0], checked[1])
+    import yaml
     from pydantic import ValidationError
 
     from vsnetd import config_models
@@ -1364,12 +1375,8 @@ def parse_file(text: str, file: str, *, main: bool,
     except RecursionError:
         return ParsedFile(file, text, issues=[ConfigIssue(
             file, 1, 1, "", f"nested deeper than {MAX_DEPTH} levels")])
-    # whatever else stopped this read is read again below, to say where: YAML errors,
-    # the models' refusals, and what PyYAML's constructors raise on a value their tag
-    # refuses (`!!int ` IndexError, `!!timestamp x` AttributeError, `!!bool maybe`
-    # KeyError...); a bug of the models' raises again there
-    except Exception:
-        pass
+    except (yaml.YAMLError, ValidationError, _DuplicateKey, _Unbuildable):
+        pass  # read again below, to say where
     try:
         data, smap = _parse_yaml(text, file, limit)
     except ConfigError as exc:
