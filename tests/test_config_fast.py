@@ -402,7 +402,7 @@ def paths_in(draw: st.DrawFn, known: list[config.FieldPath]) -> config.FieldPath
     return (*base, *extra)
 
 
-@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=yaml_texts(), data=st.data())
 def test_a_problem_is_located_where_the_whole_map_locates_it(text: str, data: st.DataObject
                                                              ) -> None:
@@ -469,7 +469,7 @@ def merging_texts(draw: st.DrawFn) -> str:
     return "\n".join(lines) + "\n"
 
 
-@settings(max_examples=examples(300), deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(text=merging_texts(), data=st.data())
 def test_merge_keys_read_as_the_safe_loader_reads_them(text: str, data: st.DataObject) -> None:
     """The slow path (positions recorded) builds what libyaml builds, in the same order,

@@ -488,7 +488,7 @@ def test_running_out_of_memory_refuses_the_read_and_healing_goes_on(
     # the soft limit is the one enforced; lowering the hard one could not be undone
     resource.prlimit(pid, resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
     try:
-        save(config_file, costly_config())
+        save(config_file, costly_config(200_000))  # ~400 MiB to read
 
         def refused() -> dict[str, Any] | None:
             status = answers(daemon)  # "out of memory, try again" while memory runs out
