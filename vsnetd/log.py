@@ -56,6 +56,8 @@ def printable(text: str) -> str:
 
 def event(level: int, message: str, *, server: str | None = None, op: str | None = None,
           obj: str | None = None) -> None:
+    if not LOGGER.isEnabledFor(level):  # a DEBUG line per change of a large apply
+        return
     fields = {name: printable(value) for name, value in (
         ("VSNET_SERVER", server), ("VSNET_OP", op), ("VSNET_OBJECT", obj)) if value}
     LOGGER.log(level, printable(message), extra=fields)
