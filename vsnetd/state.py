@@ -133,8 +133,8 @@ class ObservedState:
         tuples in marshal's format, each object as its class's place in a list of class
         names and its fields. Pickling the objects (NamedTuples: a Python call each way
         per object) cost twice as much: ~13 + 7 ms for 6,000 routes, against ~4 + 5 here.
-        ValueError: an object that is not a tuple, or a field marshal cannot carry (the
-        caller pickles instead)."""
+        ValueError: an object that is not a tuple, or a field marshal cannot carry (in
+        the look's child: it fails, and the parent looks at that share itself)."""
         classes: dict[type, int] = {}
 
         def fields(obj: object) -> tuple[int, tuple[Any, ...]]:
