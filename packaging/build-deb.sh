@@ -20,7 +20,8 @@ build=$project/build/deb
 root=$build/root
 deb=$project/dist/vsnet_${version}_${arch}.deb
 
-rm -rf "$build"
+# setuptools copies the package into build/lib and leaves there what the tree no longer has
+rm -rf "$build" "$project/build/lib"
 mkdir -p "$root/DEBIAN" "$project/dist"
 
 # --- the application and its dependencies ----------------------------------------------

@@ -26,8 +26,8 @@ from pydantic import ValidationError
 
 from tests.conftest import ROOT
 from tests.strategies import examples, server_specs
-from vsnetd import config, config_models
-from vsnetd.config import parse_file
+from vsnetd import config
+from vsnetd.config import fast_check, libyaml, models, parse_file, plain_yaml
 
 # --------------------------------------------------------------------------- the reader
 
@@ -128,21 +128,21 @@ def yaml_texts(draw: st.DrawFn) -> str:
     return "\n".join(render(draw(documents()), draw(st.sampled_from([0, 0, 2])), draw)) + "\n"
 
 
-def libyaml(text: str) -> Any:
-    return yaml.load(text, Loader=config._libyaml_loader())  # a safe loader, refusing duplicates
+def libyaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=libyaml._libyaml_loader())  # a safe loader, refusing duplicates
 
 
 @settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=yaml_texts())
 def test_the_reader_loads_what_libyaml_loads_or_declines(text: str) -> None:
     try:
-        fast = config._fast_yaml(text)
-    except config._Declined:
+        fast = plain_yaml.load(text)
+    except plain_yaml.Declined:
         return
-    assert type(fast) is type(libyaml(text))
-    assert fast == libyaml(text)
+    assert type(fast) is type(libyaml_load(text))
+    assert fast == libyaml_load(text)
     assert json.dumps(fast, sort_keys=False, default=str) == json.dumps(
-        libyaml(text), sort_keys=False, default=str)  # same key order, same types inside
+        libyaml_load(text), sort_keys=False, default=str)  # same key order, same types inside
 
 
 def test_the_reader_takes_the_shipped_example_and_the_benchmark_file() -> None:
@@ -150,7 +150,7 @@ def test_the_reader_takes_the_shipped_example_and_the_benchmark_file() -> None:
 
     for text in ((ROOT / "etc/vsnet/servers.yaml").read_text(),
                  pbr_yaml(make_pbr_servers(50))):
-        assert config._fast_yaml(text) == libyaml(text)
+        assert plain_yaml.load(text) == libyaml_load(text)
 
 
 @pytest.mark.parametrize("text", [
@@ -169,8 +169,8 @@ def test_the_reader_takes_the_shipped_example_and_the_benchmark_file() -> None:
 ], ids=["duplicate", "alias", "quotes", "flow-comma", "flow-colon", "flow-lines", "block",
         "continued", "tab", "float", "octal", "marker"])  # plain ids: mutmut runs tests by id
 def test_the_reader_declines_what_it_does_not_know(text: str) -> None:
-    with pytest.raises(config._Declined):
-        config._fast_yaml(text)
+    with pytest.raises(plain_yaml.Declined):
+        plain_yaml.load(text)
 
 
 # --------------------------------------------------------------------------- the checks
@@ -245,9 +245,9 @@ def documents_to_check(draw: st.DrawFn) -> tuple[Any, bool]:
 @given(case=documents_to_check())
 def test_the_checks_agree_with_the_models(case: tuple[Any, bool]) -> None:
     data, main = case
-    fast = config._fast_file(data, main=main)
+    fast = fast_check.fast_file(data, main=main)
     try:
-        full = config_models.validate(data, main)
+        full = models.validate(data, main)
     except ValidationError:
         assert fast is None, "the fast checks accepted what the models refuse"
         return
@@ -274,26 +274,26 @@ def draw_style(data: Any) -> bool:
 
 def full_path(text: str, main: bool) -> config.ParsedFile:
     """parse_file as it reads a file its fast path declines."""
-    fast_yaml, fast_file = config._fast_yaml, config._fast_file
+    load = plain_yaml.load
     try:
-        config._fast_yaml = _declines  # type: ignore[assignment]
+        plain_yaml.load = _declines  # type: ignore[assignment]
         return parse_file(text, "servers.yaml", main=main)
     finally:
-        config._fast_yaml, config._fast_file = fast_yaml, fast_file
+        plain_yaml.load = load
 
 
 def _declines(text: str) -> Any:
-    raise config._Declined
+    raise plain_yaml.Declined
 
 
 def test_the_plain_classes_have_the_models_fields() -> None:
-    pairs = [(config.AddressConfig, config_models.AddressConfig),
-             (config.RouteConfig, config_models.RouteConfig),
-             (config.DnsConfig, config_models.DnsConfig),
-             (config.SocketsConfig, config_models.SocketsConfig),
-             (config.ServerConfig, config_models.ServerConfig),
-             (config.Settings, config_models.Settings),
-             (config.Config, config_models.Config)]
+    pairs = [(config.AddressConfig, models.AddressConfig),
+             (config.RouteConfig, models.RouteConfig),
+             (config.DnsConfig, models.DnsConfig),
+             (config.SocketsConfig, models.SocketsConfig),
+             (config.ServerConfig, models.ServerConfig),
+             (config.Settings, models.Settings),
+             (config.Config, models.Config)]
     for plain, model in pairs:
         assert plain.__name__ == model.__name__
         assert list(plain._fields) == list(model.model_fields)
@@ -304,7 +304,7 @@ def test_the_plain_classes_have_the_models_fields() -> None:
             if has_default:
                 theirs = info.get_default(call_default_factory=True)
                 mine = defaults[name]
-                assert mine == config_models.to_runtime(theirs), (plain.__name__, name)
+                assert mine == models.to_runtime(theirs), (plain.__name__, name)
 
 
 def test_a_valid_file_costs_neither_pyyaml_nor_pydantic(tmp_path: Any) -> None:
@@ -331,11 +331,11 @@ def test_an_ipv4_interface_is_built_as_ipaddress_builds_it(ip: int, prefix: int,
         text = text.replace("/", "/0")
     elif spelling == "leading zero":
         text = "0" + text
-    addresses = config._Addresses()
+    addresses = fast_check._Addresses()
     try:
         expected = ipaddress.IPv4Interface(text)
     except ValueError:
-        with pytest.raises(config._Unsure):
+        with pytest.raises(fast_check._Unsure):
             addresses.interface(text)
         return
     built = addresses.interface(text)
@@ -361,7 +361,7 @@ def test_an_ipv4_interface_is_built_as_ipaddress_builds_it(ip: int, prefix: int,
     "a: {b: 1,c: [x,y]}\n",
 ], ids=["nested", "list", "spaced", "dashes", "netns-vs", "plain-x", "unspaced"])
 def test_the_reader_takes_one_line_flow_collections(text: str) -> None:
-    assert config._fast_yaml(text) == libyaml(text)
+    assert plain_yaml.load(text) == libyaml_load(text)
 
 
 @pytest.mark.parametrize("text", [
@@ -372,23 +372,23 @@ def test_the_reader_takes_one_line_flow_collections(text: str) -> None:
     "a: [x, ]\n",         # a trailing comma in a flow list
 ], ids=["after", "duplicate", "key", "comma", "trailing"])
 def test_the_reader_declines_other_flow_collections(text: str) -> None:
-    with pytest.raises(config._Declined):
-        config._fast_yaml(text)
+    with pytest.raises(plain_yaml.Declined):
+        plain_yaml.load(text)
 
 
 @pytest.mark.parametrize("opening, closing", [("[", "]"), ("{b: ", "}")], ids=["list", "map"])
 def test_flow_collections_nest_as_deep_as_block_ones(opening: str, closing: str) -> None:
-    deepest = config._YAML_MAX_DEPTH  # the innermost scalar's depth: the last one taken
+    deepest = config.MAX_DEPTH  # the innermost scalar's depth: the last one taken
     text = f"a: {opening * deepest}x{closing * deepest}\n"
-    assert config._fast_yaml(text) == libyaml(text)
-    with pytest.raises(config._Declined):
-        config._fast_yaml(f"a: {opening * (deepest + 1)}x{closing * (deepest + 1)}\n")
+    assert plain_yaml.load(text) == libyaml_load(text)
+    with pytest.raises(plain_yaml.Declined):
+        plain_yaml.load(f"a: {opening * (deepest + 1)}x{closing * (deepest + 1)}\n")
 
 
 def test_equal_lines_holding_collections_give_collections_of_their_own() -> None:
-    """Lines read once are shared (vsnetd/config.py, _YamlLines.entry): a nested flow value
+    """Lines read once are shared (vsnetd/config/plain_yaml.py, _YamlLines.entry): a nested flow value
     must not be, or changing one VS's value would change another's."""
-    data = config._fast_yaml("a:\n  k: {b: 1}\n  l: [{b: 1}]\n"
+    data = plain_yaml.load("a:\n  k: {b: 1}\n  l: [{b: 1}]\n"
                              "c:\n  k: {b: 1}\n  l: [{b: 1}]\n")
     data["a"]["k"]["b"] = data["a"]["l"][0]["b"] = 5
     assert data == {"a": {"k": {"b": 5}, "l": [{"b": 5}]}, "c": {"k": {"b": 1}, "l": [{"b": 1}]}}
@@ -409,7 +409,7 @@ def test_a_problem_is_located_where_the_whole_map_locates_it(text: str, data: st
     """The positions of a few paths (assemble's problems) are those a full source map of
     the document gives them, for a value and for a key."""
     try:
-        _data, whole = config._parse_yaml(text, "f.yaml")
+        _data, whole = libyaml.load_located(text, "f.yaml")
     except (config.ConfigError, yaml.YAMLError):
         return  # refused before any problem could be located
     assert_located_as(whole, text, data)
@@ -419,7 +419,7 @@ def assert_located_as(whole: config.SourceMap, text: str, data: st.DataObject) -
     """A few paths of ``text`` (or longer), located alone, stand where ``whole`` has them."""
     known = sorted({*whole.values, *whole.keys}, key=repr)
     paths = data.draw(st.lists(paths_in(known), max_size=4))
-    located = config._locate(text, "f.yaml", paths)
+    located = libyaml.locate(text, "f.yaml", paths)
     for path in paths:
         for key in (False, True):
             assert located.locate(path, key=key) == whole.locate(path, key=key)
@@ -430,22 +430,22 @@ def test_locating_walks_only_the_paths_asked_for() -> None:
     per node of the document; a key it cannot build is passed over, as the full map does;
     the same paths asked again of a file are answered from what was kept."""
     text = "a: {!!int x: 1, b: [p, q, r]}\nc: {d: 2}\n"
-    located = config._locate(text, "f.yaml", [("a", "b", 1)])
+    located = libyaml.locate(text, "f.yaml", [("a", "b", 1)])
     assert set(located.values) == {(), ("a",), ("a", "b"), ("a", "b", 1)}
-    assert located.locate(("a", "b", 1)) == (("a", "b", 1), config._Position(1, 24))
+    assert located.locate(("a", "b", 1)) == (("a", "b", 1), libyaml._Position(1, 24))
     parsed = config.ParsedFile("f.yaml", text)
     assert parsed.positions([("c", "d")]) is parsed.positions([("c", "d")])
-    assert parsed.positions([("c", "d")]).locate(("c", "d")) == (("c", "d"), config._Position(2, 8))
+    assert parsed.positions([("c", "d")]).locate(("c", "d")) == (("c", "d"), libyaml._Position(2, 8))
 
 
 def test_a_problem_behind_an_alias_is_located_in_what_it_names() -> None:
     text = "a: &shared {b: 1, c: [x, y]}\nd: *shared\n"
-    _data, whole = config._parse_yaml(text, "f.yaml")
+    _data, whole = libyaml.load_located(text, "f.yaml")
     paths = [("d", "c", 1), ("d", "b"), ("a",), ("e", "f")]
-    located = config._locate(text, "f.yaml", paths)
+    located = libyaml.locate(text, "f.yaml", paths)
     for path in paths:
         assert located.locate(path) == whole.locate(path)
-    assert located.locate(("d", "c", 1)) == (("d", "c", 1), config._Position(1, 26))
+    assert located.locate(("d", "c", 1)) == (("d", "c", 1), libyaml._Position(1, 26))
 
 
 @st.composite
@@ -474,6 +474,6 @@ def merging_texts(draw: st.DrawFn) -> str:
 def test_merge_keys_read_as_the_safe_loader_reads_them(text: str, data: st.DataObject) -> None:
     """The slow path (positions recorded) builds what libyaml builds, in the same order,
     and locates the merged keys where they are written."""
-    built, whole = config._parse_yaml(text, "f.yaml")
-    assert json.dumps(built) == json.dumps(libyaml(text))
+    built, whole = libyaml.load_located(text, "f.yaml")
+    assert json.dumps(built) == json.dumps(libyaml_load(text))
     assert_located_as(whole, text, data)

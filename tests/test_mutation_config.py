@@ -1,7 +1,7 @@
 """Config loading at its edges (no root): the fast path takes every field of a valid
 file and each range up to its bounds (and steps aside past them), the line reader takes
 the block YAML a config is written in, and errors keep their exact words. Written so that
-mutants of vsnetd/config.py fail (CONTRIBUTING.md, "Mutation testing")."""
+mutants of vsnetd/config/ fail (CONTRIBUTING.md, "Mutation testing")."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from vsnetd import config, config_models, ruletree
+from vsnetd import config, ruletree
 from vsnetd.config import (
     ConfigError,
     ConfigIssue,
@@ -23,10 +23,14 @@ from vsnetd.config import (
     SourceMap,
     drop_in_dir,
     drop_in_files,
+    fast_check,
     is_drop_in,
+    libyaml,
     load_config,
+    models,
     parse_config,
     parse_file,
+    plain_yaml,
     read_config_text,
     render_path,
 )
@@ -56,18 +60,18 @@ RICH: dict[str, Any] = {
 
 
 def fast(data: Any, main: bool = True) -> Any:
-    return config._fast_file(copy.deepcopy(data), main=main)
+    return fast_check.fast_file(copy.deepcopy(data), main=main)
 
 
-def models(data: Any, main: bool = True) -> Any:
-    return config_models.validate(copy.deepcopy(data), main)
+def by_models(data: Any, main: bool = True) -> Any:
+    return models.validate(copy.deepcopy(data), main)
 
 
 def test_the_fast_checks_take_every_field_of_a_valid_file() -> None:
     taken = fast(RICH)
     assert taken is not None
-    assert taken == models(RICH)
-    assert repr(taken) == repr(models(RICH))
+    assert taken == by_models(RICH)
+    assert repr(taken) == repr(by_models(RICH))
     settings, servers = taken
     assert settings == config.Settings(20000, 3000, 0x100, 8, "vsnet/x", "/sys/fs/bpf/v", 8192)
     assert servers["web"].sockets == config.SocketsConfig(["www-data", "1000"], ["web"], True)
@@ -190,7 +194,7 @@ EDGES = [
 def test_the_fast_checks_take_what_they_can_up_to_each_bound(data: Any, taken: bool) -> None:
     if taken:
         assert fast(data) is not None
-        assert fast(data) == models(data)
+        assert fast(data) == by_models(data)
     else:  # the models decide: refuse it, or take it coerced (True for 1...)
         assert fast(data) is None
 
@@ -235,10 +239,10 @@ READ_AS_LIBYAML = [
                          ids=[f"case{i}" for i in range(len(READ_AS_LIBYAML))])
 def test_the_reader_reads_block_yaml_as_libyaml_does(text: str, expected: Any) -> None:
     if expected is None and text.startswith("a:\n  - - "):
-        with pytest.raises(config._Declined):
-            config._fast_yaml(text)
+        with pytest.raises(plain_yaml.Declined):
+            plain_yaml.load(text)
         return
-    assert config._fast_yaml(text) == expected
+    assert plain_yaml.load(text) == expected
     assert yaml.safe_load(text) == expected
 
 
@@ -252,8 +256,8 @@ DECLINED = [
 
 @pytest.mark.parametrize("text", DECLINED, ids=[f"case{i}" for i in range(len(DECLINED))])
 def test_the_reader_declines_what_it_cannot_read_as_libyaml_would(text: str) -> None:
-    with pytest.raises(config._Declined):
-        config._fast_yaml(text)
+    with pytest.raises(plain_yaml.Declined):
+        plain_yaml.load(text)
 
 
 def test_the_reader_declines_a_document_deeper_than_it_reads() -> None:
@@ -263,26 +267,26 @@ def test_the_reader_declines_a_document_deeper_than_it_reads() -> None:
         return "".join(f"{'  ' * i}k{i}:\n" for i in range(depth)) + f"{'  ' * depth}v: 1\n"
 
     for as_list in (False, True):
-        assert config._fast_yaml(nested(config._YAML_MAX_DEPTH, as_list)) == yaml.safe_load(
-            nested(config._YAML_MAX_DEPTH, as_list))
-        with pytest.raises(config._Declined):
-            config._fast_yaml(nested(config._YAML_MAX_DEPTH + 1, as_list))
+        assert plain_yaml.load(nested(config.MAX_DEPTH, as_list)) == yaml.safe_load(
+            nested(config.MAX_DEPTH, as_list))
+        with pytest.raises(plain_yaml.Declined):
+            plain_yaml.load(nested(config.MAX_DEPTH + 1, as_list))
 
     def dashes(depth: int) -> str:  # "- key:" lines, each a list and a mapping deeper
         return "".join(f"{'  ' * i}- k{i}:\n" for i in range(depth)) + "  " * depth + "v: 1\n"
 
-    assert config._fast_yaml(dashes(16)) == yaml.safe_load(dashes(16))
-    with pytest.raises(config._Declined):
-        config._fast_yaml(dashes(17))
+    assert plain_yaml.load(dashes(16)) == yaml.safe_load(dashes(16))
+    with pytest.raises(plain_yaml.Declined):
+        plain_yaml.load(dashes(17))
 
 
 def test_a_repeated_line_is_read_once_and_a_list_on_it_not_shared() -> None:
     text = "a:\n  x: [1, 2]\nb:\n  x: [1, 2]\n"
-    data = config._fast_yaml(text)
+    data = plain_yaml.load(text)
     assert data == {"a": {"x": [1, 2]}, "b": {"x": [1, 2]}}
     assert data["a"]["x"] is not data["b"]["x"]
     repeated = "a:\n  - v: 1\nb:\n  - v: 1\n"
-    assert config._fast_yaml(repeated) == {"a": [{"v": 1}], "b": [{"v": 1}]}
+    assert plain_yaml.load(repeated) == {"a": [{"v": 1}], "b": [{"v": 1}]}
 
 
 # --------------------------------------------------------------------------- errors
@@ -309,17 +313,17 @@ def test_a_path_renders_as_the_operator_writes_it() -> None:
 
 def test_a_problem_points_at_the_deepest_place_the_file_has() -> None:
     smap = SourceMap("f")
-    smap.values[()] = config._Position(1, 1)
-    smap.values[("servers",)] = config._Position(2, 1)
-    smap.values[("servers", "a")] = config._Position(3, 5)
-    smap.keys[("servers", "a")] = config._Position(3, 3)
-    assert smap.locate(("servers", "a", "id")) == (("servers", "a"), config._Position(3, 5))
-    assert smap.locate(("servers", "a"), key=True) == (("servers", "a"), config._Position(3, 3))
-    assert smap.locate(("servers", "a")) == (("servers", "a"), config._Position(3, 5))
+    smap.values[()] = libyaml._Position(1, 1)
+    smap.values[("servers",)] = libyaml._Position(2, 1)
+    smap.values[("servers", "a")] = libyaml._Position(3, 5)
+    smap.keys[("servers", "a")] = libyaml._Position(3, 3)
+    assert smap.locate(("servers", "a", "id")) == (("servers", "a"), libyaml._Position(3, 5))
+    assert smap.locate(("servers", "a"), key=True) == (("servers", "a"), libyaml._Position(3, 3))
+    assert smap.locate(("servers", "a")) == (("servers", "a"), libyaml._Position(3, 5))
     assert str(smap.issue(("servers", "a"), "bad")) == "f:3:5: servers.a: bad"
-    assert smap.locate(("servers", "b"), key=True) == (("servers",), config._Position(2, 1))
-    assert smap.locate(("other",)) == ((), config._Position(1, 1))
-    assert SourceMap("f").locate(("x",)) == ((), config._Position(1, 1))
+    assert smap.locate(("servers", "b"), key=True) == (("servers",), libyaml._Position(2, 1))
+    assert smap.locate(("other",)) == ((), libyaml._Position(1, 1))
+    assert SourceMap("f").locate(("x",)) == ((), libyaml._Position(1, 1))
     assert str(smap.issue(("servers", "a", "id"), "bad")) == "f:3:5: servers.a: bad"
 
 
@@ -328,15 +332,15 @@ def test_the_default_file_name_and_a_refusal_without_a_path() -> None:
         parse_config("version: 2\n")
     assert [str(i) for i in info.value.issues] == ["servers.yaml:1:10: version: 2: Input "
                                                    "should be 1"]
-    refusal = config._refusal("f", "no")
+    refusal = config.model.refusal("f", "no")
     assert refusal.issues[0].as_json() == {"file": "f", "line": 0, "column": 0, "path": "",
                                            "message": "no"}
 
 
 def test_a_pattern_is_matched_whole_without_its_anchors() -> None:
-    match = config._fullmatch("^a+$")
+    match = fast_check._fullmatch("^a+$")
     assert match("aa") and not match("aa\n") and not match("ba")
-    assert config._fullmatch(re.compile(r"^[0-9]$"))("7")
+    assert fast_check._fullmatch(re.compile(r"^[0-9]$"))("7")
 
 
 def test_semantic_errors_name_the_field() -> None:
@@ -420,7 +424,7 @@ def test_a_valid_document_takes_the_fast_path_only(monkeypatch: pytest.MonkeyPat
     def refuse(*args: Any) -> Any:
         raise AssertionError("the models were asked about a file the fast checks take")
 
-    monkeypatch.setattr(config_models, "validate", refuse)
+    monkeypatch.setattr(models, "validate", refuse)
     assert config.Config.model_validate(copy.deepcopy(RICH)).servers["db"].namespace == "ns.db"
     parsed = parse_file(PLAIN, "f", main=True)
     assert (parsed.issues, list(parsed.servers)) == ([], ["a"])
@@ -687,7 +691,7 @@ def test_a_document_the_fast_checks_leave_is_validated_by_the_models() -> None:
     assert fast(coerced) is None
     checked = config.Config.model_validate(copy.deepcopy(coerced))
     assert (checked.version, checked.settings, checked.servers) == (1, config.Settings(),
-                                                                     models(coerced)[1])
+                                                                     by_models(coerced)[1])
     with pytest.raises(ValueError):  # pydantic's ValidationError
         config.Config.model_validate({"version": 1, "servers": {"a": {"id": 0}}})
 
@@ -749,7 +753,7 @@ def test_an_edit_of_pbr_drop_ins_is_checked_in_place(tmp_path: Path,
         assembled.append(1)
         return whole(main, drop_ins)
 
-    monkeypatch.setattr(config, "assemble", counting)
+    monkeypatch.setattr(config.loader, "assemble", counting)
     main = tmp_path / "servers.yaml"
     directory = tmp_path / "servers.d"
     directory.mkdir()
@@ -823,7 +827,7 @@ def test_a_reader_running_out_of_stack_is_an_issue(monkeypatch: pytest.MonkeyPat
     def recursing(text: str, file: str, limit: int) -> Any:
         raise RecursionError
 
-    monkeypatch.setattr(config, "_load_fast", recursing)
+    monkeypatch.setattr(libyaml, "load", recursing)
     parsed = parse_file("a: [x, 'y']\n", "f", main=False)
     assert (parsed.file, parsed.text, parsed.servers) == ("f", "a: [x, 'y']\n", {})
     assert [i.as_json() for i in parsed.issues] == [{

@@ -2,7 +2,7 @@
 
 All plain, immutable-by-convention data: compile and diff produce and consume it
 without touching the kernel. The immutable records are NamedTuples (their dict and list
-defaults, here and in vsnetd/config.py, are shared and never changed in place) and the
+defaults, here and in vsnetd/config/model.py, are shared and never changed in place) and the
 others plain classes with slots: a dataclass compiles its methods from source at every
 import, and the ~28 of them on a ``vsnetctl`` run cost ~25 ms of each
 (docs/benchmarks.md).

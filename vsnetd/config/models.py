@@ -1,9 +1,9 @@
 """The structure of ``servers.yaml`` as pydantic models: the JSON Schema, and the full
-validation that names every structural error (:mod:`vsnetd.config` uses it only for a file
+validation that names every structural error (:mod:`vsnetd.config.files` uses it only for a file
 its fast checks did not accept: importing pydantic and building these models costs more than
 validating a thousand servers by hand).
 
-The models produce :mod:`vsnetd.config`'s plain types (:func:`to_runtime`); the names
+The models produce :mod:`vsnetd.config.model`'s plain types (:func:`to_runtime`); the names
 and fields of both agree (tests/test_config_fast.py checks it).
 """
 
@@ -27,9 +27,10 @@ from pydantic import (
     field_validator,
 )
 
-from vsnetd import config as runtime
 from vsnetd import numbering, ruletree
-from vsnetd.config import (
+from vsnetd.config import model as runtime
+from vsnetd.config.libyaml import SourceMap
+from vsnetd.config.model import (
     CGROUP_PATH_RE,
     DEFAULT_MAX_FILE_BYTES,
     DNS_OPTION_PATTERN,
@@ -42,7 +43,6 @@ from vsnetd.config import (
     SYSCTL_KEY_RE,
     ConfigIssue,
     FieldPath,
-    SourceMap,
 )
 
 
@@ -311,7 +311,7 @@ _RUNTIME: dict[type[BaseModel], type[Any]] = {
 
 
 def to_runtime(value: Any) -> Any:
-    """A validated model (and what it holds) as :mod:`vsnetd.config`'s plain types."""
+    """A validated model (and what it holds) as :mod:`vsnetd.config.model`'s plain types."""
     if isinstance(value, BaseModel):
         fields = {name: to_runtime(getattr(value, name)) for name in type(value).model_fields}
         if isinstance(value, ServersFile):
