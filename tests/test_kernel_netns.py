@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 
 from tests.examples import TWO_NETNS_VS as TWO_VS
 from tests.sandbox import ip, ip_json, sh, socket_in
+from vsnetd.apply import apply_plan
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.kernel import Kernel
@@ -303,3 +305,54 @@ servers:
         assert not plan_for(kernel, edited)  # a full look agrees: nothing missing
     assert [r["dst"] for r in ip_json("route", netns="vs-n") if r["protocol"] == "vsnet"] == [
         "default"]
+
+
+FOREIGN_RESOLVER = "nameserver 192.0.2.99\n"
+
+
+@pytest.fixture
+def foreign_resolver() -> Iterator[Path]:
+    """Someone else's resolver file for vs-a (removed after the test)."""
+    path = Path("/etc/netns/vs-a/resolv.conf")
+    path.parent.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        path.parent.rmdir()
+
+
+def test_a_foreign_resolver_file_of_a_namespace_yet_to_come_is_a_conflict(
+        two_vs: Path, foreign_resolver: Path) -> None:
+    """/etc/netns/<ns>/resolv.conf outlives its namespace: one written by someone else
+    before vsnet creates the namespace stands in the way, as it does beside an existing one."""
+    foreign = foreign_resolver
+    foreign.write_text(FOREIGN_RESOLVER)
+    result = vsnetctl("apply", "--json", "-c", str(two_vs))
+    assert result.returncode == 1, result.stdout + result.stderr
+    servers = json.loads(result.stdout)["servers"]
+    assert servers["a"] == {"state": "conflict", "reasons": [
+        "/etc/netns/vs-a/resolv.conf was not written by vsnet"]}
+    assert servers["b"]["state"] == "in-sync"
+    assert foreign.read_text() == FOREIGN_RESOLVER
+    assert vsnetctl("teardown", "-c", str(two_vs)).returncode == 0
+    assert foreign.read_text() == FOREIGN_RESOLVER and namespaces() == []
+
+
+def test_a_resolver_file_written_after_the_look_is_not_overwritten(
+        two_vs: Path, foreign_resolver: Path) -> None:
+    """A plan made before someone else wrote the file: its write is refused and fails
+    the VS, the file is kept."""
+    desired = compile_config(parse_config(two_vs.read_text(), file=str(two_vs)))
+    with Kernel() as kernel:
+        plan = plan_for(kernel, desired)
+        foreign = foreign_resolver
+        foreign.write_text(FOREIGN_RESOLVER)
+        result = apply_plan(kernel, plan, {"": {name: link["ifindex"]
+                                                for name, link in links().items()}},
+                            desired.scope.protocol)
+    failures = result.failures_by_server()
+    assert list(failures) == ["a"] and "was not written by vsnet" in failures["a"], failures
+    assert foreign.read_text() == FOREIGN_RESOLVER
+    assert vsnetctl("teardown", "-c", str(two_vs)).returncode == 0
+    assert foreign.read_text() == FOREIGN_RESOLVER

@@ -8,6 +8,7 @@ vsnet's header line; a resolv.conf without it is foreign and never overwritten.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
@@ -75,9 +76,23 @@ def observe(netns: str) -> tuple[ResolverFile | None, bool]:
     return None, True
 
 
+def _refuse_foreign(path: Path) -> None:
+    """Raise unless ``path`` is absent or vsnet's: the last look before a write or an
+    unlink (a file may appear after the observe that planned the change, or under a
+    namespace that did not exist then)."""
+    try:
+        with path.open() as file:
+            head = file.read(len(HEADER))
+    except FileNotFoundError:
+        return
+    if head != HEADER:
+        raise FileExistsError(errno.EEXIST, f"{path} was not written by vsnet: left as it is")
+
+
 def write(obj: ResolverFile) -> None:
     path = path_of(obj.netns)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_foreign(path)
     partial = path.with_name(".resolv.conf.vsnet")
     partial.write_text(HEADER + obj.content)
     partial.replace(path)  # readers see the old file or the new one, never half of one
@@ -85,6 +100,7 @@ def write(obj: ResolverFile) -> None:
 
 def delete(obj: ResolverFile) -> None:
     path = path_of(obj.netns)
+    _refuse_foreign(path)
     path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         path.parent.rmdir()  # only when vsnet's file was all there was
@@ -95,6 +111,17 @@ class ResolverKind(Kind[ResolverFile]):
     when it goes; a file without vsnet's header stands in the way."""
 
     name = "resolver"
+
+    def observe_machine(self, look: Looking) -> None:
+        """The files of namespaces that do not exist (yet): a VS about to be created
+        there must not take a foreign one for free room. Those of existing namespaces
+        are :meth:`observer`'s."""
+        for netns in namespaces_with_files() - look.namespaces.keys():
+            found, foreign = observe(netns)
+            if found is not None:
+                look.state.add(found)
+            elif foreign:
+                look.state.add_foreign(ResolverFile(netns, ""))
 
     def observer(self, look: Looking) -> NamespaceObserver[ResolverFile]:
         with_files = namespaces_with_files()
