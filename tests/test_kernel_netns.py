@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -152,7 +153,19 @@ def test_overlapping_address_plans_one_process_serves_both(two_vs: Path) -> None
         server.close()
 
 
-def test_edits_mode_switches_and_removal_leave_nothing_behind(two_vs: Path) -> None:
+@pytest.fixture
+def foreign_ns_files() -> Iterator[Path]:
+    """/etc/netns/foreign-ns, removed after the test (the sandbox's /etc/netns is the
+    whole run's)."""
+    path = Path("/etc/netns/foreign-ns")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_edits_mode_switches_and_removal_leave_nothing_behind(two_vs: Path,
+                                                              foreign_ns_files: Path) -> None:
     # foreign things that must survive everything
     ip("netns", "add", "foreign-ns")
     ip("link", "add", "fmv0", "link", "eth0", "type", "macvlan")
@@ -356,3 +369,24 @@ def test_a_resolver_file_written_after_the_look_is_not_overwritten(
     assert foreign.read_text() == FOREIGN_RESOLVER
     assert vsnetctl("teardown", "-c", str(two_vs)).returncode == 0
     assert foreign.read_text() == FOREIGN_RESOLVER
+
+
+def test_a_foreign_route_where_a_vs_wants_one_in_its_namespace_is_a_conflict(
+        two_vs: Path) -> None:
+    """The main table of a VS namespace is shared with the kernel's own routes: a foreign
+    route at the key of a wanted one stands in the way (and is kept); the others do not."""
+    apply_ok(two_vs)
+    ip("route", "add", "172.16.0.0/12", "via", "10.1.1.9", "proto", "static", netns="vs-b")
+    two_vs.write_text(TWO_VS.replace("    gateway: 10.1.1.1\n", "    gateway: 10.1.1.1\n"
+                                     "    routes: [{to: 172.16.0.0/12, via: 10.1.1.254}]\n"))
+    result = vsnetctl("apply", "--json", "-c", str(two_vs))
+    assert result.returncode == 1, result.stdout + result.stderr
+    servers = json.loads(result.stdout)["servers"]
+    assert servers["b"] == {"state": "conflict", "reasons": [
+        "namespace vs-b holds a foreign route 172.16.0.0/12 via 10.1.1.9 dev b netns vs-b"]}
+    assert servers["a"]["state"] == "in-sync"
+    assert [(r["dst"], r.get("gateway"), r["protocol"])
+            for r in ip_json("route", "show", netns="vs-b")] == [
+        ("default", "10.1.1.1", "vsnet"), ("10.1.1.0/24", None, "kernel"),
+        ("172.16.0.0/12", "10.1.1.9", "static")]
+    assert vsnetctl("teardown", "-c", str(two_vs)).returncode == 0

@@ -426,3 +426,37 @@ def test_reconciler_applies_one_vs_edits_without_full_dumps(uplink: str) -> None
             assert result.converged, result.failures
             assert {c.server for c in result.applied} - {SHARED} == {edited}
             assert not plan_for(sock, desired)  # a full look finds nothing left to do
+
+
+def test_a_foreign_route_of_any_type_in_a_vs_table_is_a_conflict(uplink: str, tmp_path: Path
+                                                                  ) -> None:
+    """A route ``replace`` takes the kernel's first route at its key, whoever made it:
+    a foreign blackhole in a VS's table must be seen, reported, and left alone."""
+    path = tmp_path / "servers.yaml"
+    text = """\
+version: 1
+servers:
+  a: {id: 1, mode: pbr, uplink: eth0, addresses: [{address: 10.0.0.5/24}], gateway: 10.0.0.1}
+  b: {id: 2, mode: pbr, uplink: eth0, addresses: [{address: 10.0.0.21/24}], gateway: 10.0.0.1}
+"""
+    path.write_text(text)
+    apply_ok(path)
+    tables = {r["table"] for r in ip_json("route", "show", "table", "all", "proto", "vsnet")
+              if r.get("prefsrc") == "10.0.0.5" and r["dst"] == "default"}
+    assert len(tables) == 1  # the table of its mark: the one a gateway edit replaces in
+    a_table = tables.pop()
+    ip("route", "prepend", "blackhole", "default", "table", a_table, "proto", "static")
+    path.write_text(text.replace("10.0.0.5/24}], gateway: 10.0.0.1", "10.0.0.5/24}], "
+                                 "gateway: 10.0.0.2"))
+    result = vsnetctl("apply", "--json", "-c", str(path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    servers = json.loads(result.stdout)["servers"]
+    assert servers["a"] == {"state": "conflict", "reasons": [
+        f"table {a_table} holds a foreign route blackhole default table {a_table}"]}
+    assert servers["b"]["state"] == "in-sync"
+    assert [(r.get("type", "unicast"), r.get("gateway"), r["protocol"])
+            for r in table(int(a_table)) if r["dst"] == "default"] == [
+        ("blackhole", None, "static"), ("unicast", "10.0.0.1", "vsnet")]
+    assert vsnetctl("teardown", "-c", str(path)).returncode == 0
+    assert [(r.get("type"), r["protocol"]) for r in table(int(a_table))] == [
+        ("blackhole", "static")]

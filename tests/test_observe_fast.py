@@ -124,6 +124,15 @@ def previous_observe(scope: Scope) -> ObservedState:
                 state.add(found)
             if foreign:
                 state.add_foreign(ResolverFile(name, ""))
+        # the resolver files of namespaces that do not exist: a VS created there later
+        # must not take a foreign one for free room
+        gone = set(os.listdir(resolver_kind.ETC_NETNS)) if resolver_kind.ETC_NETNS.is_dir() else set()
+        for name in sorted(gone - set(owned_namespaces)):
+            found, foreign = resolver_kind.observe(name)
+            if found is not None:
+                state.add(found)
+            if foreign:
+                state.add_foreign(ResolverFile(name, ""))
         confinement_kind.KIND.observe_machine(Looking(kernel, scope, state))
     return state
 

@@ -26,7 +26,11 @@ RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 6
 RT_TABLE_COMPAT, RT_TABLE_MAIN = 252, 254  # the header's 8-bit table field when the real one is in RTA_TABLE
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 RTN_UNICAST, RTN_UNREACHABLE = 1, 7
-ROUTE_TYPES = {RTN_UNICAST: "unicast", RTN_UNREACHABLE: "unreachable"}
+# linux/rtnetlink.h, as ip-route(8) names them: vsnet makes unicast and unreachable
+# routes; a foreign route of any type in its way must be seen to be reported
+ROUTE_TYPES = {0: "unspec", RTN_UNICAST: "unicast", 2: "local", 3: "broadcast", 4: "anycast",
+               5: "multicast", 6: "blackhole", RTN_UNREACHABLE: "unreachable", 8: "prohibit",
+               9: "throw", 10: "nat", 11: "xresolve"}
 ROUTE_TYPE_CODES = {name: code for code, name in ROUTE_TYPES.items()}
 IPV6_DEFAULT_METRIC = 1024  # what the kernel stores for an IPv6 route added with metric 0
 
@@ -105,8 +109,9 @@ def decoder(
     names: dict[int, str], protocol: int, tables: range | frozenset[int], netns: str = ""
 ) -> netlink.Decoder[tuple[Route, bool]]:
     """Decodes an RTM_NEWROUTE/RTM_DELROUTE (dump or notification) into (route, owned):
-    routes carrying ``protocol`` (vsnet's own) and foreign ones in ``tables`` (they could
-    collide); None for the rest. ``names`` maps the namespace's ifindexes to names."""
+    routes carrying ``protocol`` (vsnet's own) and foreign ones in ``tables`` or, in a VS
+    namespace (``netns``), in its main table (they could collide); None for the rest.
+    ``names`` maps the namespace's ifindexes to names."""
     unpack_attr = netlink.ATTR.unpack_from
     unpack_u32 = netlink.U32.unpack_from
     unpack_ip = _ip.unpack
@@ -114,12 +119,13 @@ def decoder(
     def decode(data: bytearray, start: int, end: int) -> tuple[Route, bool] | None:
         family, dst_len, src_len, _tos, table, proto, scope, rtype, _fl = RTMSG.unpack_from(
             data, start)
-        if src_len or (rtype != RTN_UNICAST and rtype != RTN_UNREACHABLE):
+        if src_len or rtype not in ROUTE_TYPES:
             return None
         if family != socket.AF_INET and family != socket.AF_INET6:
             return None  # an AF_UNSPEC dump also holds multicast (RTNL_FAMILY_IPMR...) ones
         owned = proto == protocol
-        if not owned and table != RT_TABLE_COMPAT and table not in tables:
+        if (not owned and table != RT_TABLE_COMPAT and table not in tables
+                and not (netns and table == RT_TABLE_MAIN)):
             return None  # a foreign route in a table vsnet never uses (main, local...)
         dst = gateway = source = None
         oif = metric = 0
@@ -141,13 +147,13 @@ def decoder(
             elif kind == RTA_PRIORITY:
                 metric = unpack_u32(data, pos + 4)[0]
             pos += (length + 3) & ~3
-        if not owned and table not in tables:
+        if not owned and table not in tables and not (netns and table == RT_TABLE_MAIN):
             return None
         unicast = rtype == RTN_UNICAST
         device = (names.get(oif) or f"if{oif}") if unicast and oif else None
         default = "::" if family == socket.AF_INET6 else "0.0.0.0"
         route = Route(family, table, f"{dst or default}/{dst_len}", metric,
-                      "unicast" if unicast else "unreachable", device, gateway, source, scope,
+                      ROUTE_TYPES[rtype], device, gateway, source, scope,
                       netns)
         return route, owned
 
@@ -233,10 +239,17 @@ class RouteKind(NetlinkKind[Route]):
     def uses(self, obj: Route) -> tuple[tuple[str, tuple[str, str]], ...]:
         return (("address", (obj.netns, obj.source)),) if obj.source is not None else ()
 
-    def slot(self, obj: Route) -> tuple[str, int] | None:
-        return None if obj.table == RT_TABLE_MAIN else (obj.netns, obj.table)
+    def slot(self, obj: Route) -> tuple[str, int] | RouteKey | None:
+        """A table of vsnet's is the VS's whole (any foreign route in it collides); in the
+        main table of a VS namespace, shared with the kernel's own routes, a route
+        collides with one at its key only; the root namespace's main table is not vsnet's."""
+        if obj.table != RT_TABLE_MAIN:
+            return (obj.netns, obj.table)
+        return obj.key if obj.netns else None
 
     def conflict(self, found: Route) -> str:
+        if found.table == RT_TABLE_MAIN:
+            return f"namespace {found.netns} holds a foreign {found.describe()}"
         return f"table {found.table} holds a foreign {found.describe()}"
 
     def request(self, action: str, obj: Route, protocol: int, links: dict[str, int]
