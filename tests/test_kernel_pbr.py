@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import select
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +19,12 @@ from pyroute2 import IPRoute
 from tests import lab
 from tests.examples import ISSUE_EXAMPLE
 from tests.sandbox import ip, ip_json
+from vsnetd import netlink
+from vsnetd.apply import apply_plan
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.kernel import Kernel
-from vsnetd.observe import observe
+from vsnetd.observe import NotificationFeed, observe
 from vsnetd.reconcile import Reconciler, plan_for
 from vsnetd.state import SHARED, VSNET_PROTOCOL
 
@@ -460,3 +464,48 @@ servers:
     assert vsnetctl("teardown", "-c", str(path)).returncode == 0
     assert [(r.get("type"), r["protocol"]) for r in table(int(a_table))] == [
         ("blackhole", "static")]
+
+
+def test_a_device_is_deleted_by_what_was_seen_not_by_its_name(uplink: str) -> None:
+    """A plan made from a look that is stale by now (as the daemon's kept state can be):
+    vsnet's device was renamed and a foreign one took its name. The delete reaches
+    vsnet's device under its new name; the foreign one is left."""
+    ip("link", "add", "mv0", "link", "eth0", "type", "macvlan")
+    ip("link", "set", "mv0", "alias", "vsnet")  # one of vsnet's, no VS wants it: deleted
+    empty = compile_config(parse_config("version: 1\n"))
+    with Kernel() as kernel:
+        plan = plan_for(kernel, empty)
+        assert [(c.action, c.obj.name) for c in plan.changes
+                if c.obj.kind == "link"] == [("delete", "mv0")]  # type: ignore[union-attr]
+        ip("link", "set", "mv0", "name", "old0")
+        ip("link", "add", "mv0", "type", "veth", "peer", "name", "mv1")
+        result = apply_plan(kernel, plan, {"": {link["ifname"]: link["ifindex"]
+                                                for link in ip_json("link", "show")}},
+                            VSNET_PROTOCOL)
+    assert not result.failed
+    names = {link["ifname"] for link in ip_json("link", "show")}
+    assert "old0" not in names and {"mv0", "mv1"} <= names
+
+
+def test_a_renamed_device_is_forgotten_at_its_old_name(uplink: str) -> None:
+    """The daemon's kept state follows a rename of vsnet's device: nothing of vsnet's is
+    left at the old name (a foreign device may take it)."""
+    ip("link", "add", "mv0", "link", "eth0", "type", "macvlan")
+    ip("link", "set", "mv0", "alias", "vsnet")
+    empty = compile_config(parse_config("version: 1\n"))
+    monitor = netlink.RtnlMonitor()
+    try:
+        with Kernel() as kernel:
+            state = observe(kernel, empty.scope)
+        assert ("link", ("", "mv0")) in state.owned
+        feed = NotificationFeed(state, empty.scope, "")
+        ip("link", "set", "mv0", "name", "old0")
+        deadline = time.monotonic() + 10
+        while ("link", ("", "old0")) not in state.owned:  # the witness: the rename was read
+            assert time.monotonic() < deadline, "no notification of the rename"
+            select.select([monitor], [], [], 1.0)
+            monitor.read(feed)
+        assert ("link", ("", "mv0")) not in state.owned
+        assert "mv0" not in state.links[""]
+    finally:
+        monitor.close()

@@ -249,6 +249,9 @@ class LinkKind(Kind[Link]):
         for name, index in list(names.items()):
             if index == found.ifindex:
                 del names[name]  # renamed or gone
+                if name != found.name:  # renamed: no device of vsnet's is left at the old
+                    # name (kept, a change planned there would reach whatever takes it)
+                    inside.state.owned.pop((self.name, (inside.netns, name)), None)
         if not gone:
             names[found.name] = found.ifindex
         owned = as_owned(found, inside.netns, inside.root_names)
@@ -289,7 +292,9 @@ class LinkKind(Kind[Link]):
                 if obj.type == "move":  # hand the uplink back to the root namespace
                     return kernel.socket(obj.netns), move_request(
                         here[obj.name], kernel.root_fd, "", obj.up)
-                return kernel.socket(obj.netns), delete_request(here[obj.name])
+                # by the index it was seen with, not by its name: a name may have
+                # passed to a foreign device since (renamed, and another made)
+                return kernel.socket(obj.netns), delete_request(obj.ifindex or here[obj.name])
             if change.action == "replace" or obj.type == "loopback":
                 return kernel.socket(obj.netns), set_up_request(here[obj.name], obj.up)
             target = kernel.netns_fd(obj.netns) if obj.netns else None
