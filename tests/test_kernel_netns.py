@@ -17,11 +17,14 @@ import pytest
 
 from tests.examples import TWO_NETNS_VS as TWO_VS
 from tests.sandbox import ip, ip_json, sh, socket_in
+from vsnetd import netlink
 from vsnetd.apply import apply_plan
 from vsnetd.compile import compile_config
 from vsnetd.config import parse_config
 from vsnetd.kernel import Kernel
+from vsnetd.kinds import address as address_kind
 from vsnetd.reconcile import converge, plan_for
+from vsnetd.syscalls import entered_netns
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -390,3 +393,40 @@ def test_a_foreign_route_where_a_vs_wants_one_in_its_namespace_is_a_conflict(
         ("default", "10.1.1.1", "vsnet"), ("10.1.1.0/24", None, "kernel"),
         ("172.16.0.0/12", "10.1.1.9", "static")]
     assert vsnetctl("teardown", "-c", str(two_vs)).returncode == 0
+
+
+def test_removing_a_first_address_keeps_the_others_of_its_subnet(tmp_path: Path) -> None:
+    """In a VS namespace too, deleting the primary IPv4 address of a subnet must promote
+    its secondaries, not delete them (with the routes through them) for a later round to
+    put back: the kernel's own notifications say no other address went."""
+    uplinks("eth0")
+    path = tmp_path / "servers.yaml"
+    text = """\
+version: 1
+servers:
+  x: {id: 1, mode: netns, uplink: eth0, gateway: 10.0.0.1,
+      addresses: [{address: 10.0.0.7/24}, {address: 10.0.0.8/24}]}
+"""
+    path.write_text(text)
+    apply_ok(path)
+    path.write_text(text.replace("{address: 10.0.0.7/24}, ", ""))
+    with open("/run/netns/vs-x") as netns, entered_netns(netns.fileno()):
+        monitor = netlink.RtnlMonitor()
+    deleted: list[str] = []
+
+    def note(message: int, data: bytearray, start: int, end: int) -> None:
+        found = address_kind.decoder({})(data, start, end) if message == netlink.RTM_DELADDR \
+            else None
+        if found is not None:
+            deleted.append(found[0].address)
+
+    try:
+        apply_ok(path)
+        monitor.read(note)
+    finally:
+        monitor.close()
+    assert deleted == ["10.0.0.7"]
+    assert [(a["local"], a["prefixlen"]) for link in ip_json("-4", "addr", "show", netns="vs-x")
+            for a in link["addr_info"] if link["ifname"] == "x"] == [("10.0.0.8", 24)]
+    assert [r["dst"] for r in ip_json("route", "show", netns="vs-x")] == ["default", "10.0.0.0/24"]
+    assert vsnetctl("teardown", "-c", str(path)).returncode == 0

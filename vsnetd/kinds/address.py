@@ -8,6 +8,7 @@ tables) can only be installed once the address is no longer tentative.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -25,6 +26,7 @@ from vsnetd.kinds.kind import (
     Owners,
     Request,
 )
+from vsnetd.syscalls import entered_netns
 
 if TYPE_CHECKING:
     from vsnetd.state import Change
@@ -80,8 +82,9 @@ def protect_secondaries(device: str) -> bool:
 
     Without ``promote_secondaries`` the kernel deletes every secondary address of a subnet
     with its primary: removing one vsnet address could take a foreign one (or another
-    VS's) with it. systemd enables it by default; vsnet turns it on for an uplink it is
-    about to delete an IPv4 address from when neither ``all`` nor the device has it.
+    VS's) with it. systemd enables it by default, but not in a namespace vsnet creates; vsnet
+    turns it on for a device it is about to delete an IPv4 address from (an uplink, or a VS
+    device in its namespace: call it there) when neither ``all`` nor the device has it.
     Returns True when it had to turn it on.
     """
     # read with os calls: on an edit's way, pathlib's text files cost ~0.1 ms each
@@ -193,17 +196,24 @@ class AddressKind(NetlinkKind[Address]):
         return request(action, obj, protocol, links)
 
     def apply(self, applier: Applier, changes: list[Change]) -> None:
-        for device in sorted({obj.device for c in changes if c.action == "delete"
-                              and not (obj := cast(Address, c.obj)).netns
-                              and obj.family == socket.AF_INET}):
-            if protect_secondaries(device):
+        for netns, device in sorted({(obj.netns, obj.device) for c in changes
+                                     if c.action == "delete"
+                                     and (obj := cast(Address, c.obj)).family == socket.AF_INET}):
+            try:  # /proc/sys/net is the namespace of the thread that opens it
+                with (entered_netns(applier.kernel.netns_fd(netns)) if netns
+                      else contextlib.nullcontext()):
+                    turned_on = protect_secondaries(device)
+            except OSError:  # the namespace is going: its addresses go with it
+                continue
+            if turned_on:
                 import logging  # here: a one-shot vsnetctl has no logging otherwise
 
                 from vsnetd import log
 
-                log.event(logging.INFO, f"promote_secondaries turned on for {device}: deleting "
-                          "a primary address must not delete the secondaries of its subnet",
-                          op="sysctl", obj=device)
+                where = f" in namespace {netns}" if netns else ""
+                log.event(logging.INFO, f"promote_secondaries turned on for {device}{where}: "
+                          "deleting a primary address must not delete the secondaries of its "
+                          "subnet", op="sysctl", obj=device)
         super().apply(applier, changes)
 
 
