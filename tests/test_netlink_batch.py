@@ -92,3 +92,19 @@ def test_an_abandoned_batch_leaves_the_socket_free() -> None:
         replies = sock.batch([add(route_in_table(count)), add(route_in_table(0))])
         assert [r.error for r in replies] == [0, -errno.EEXIST]
         assert select.select([sock.fileno()], [], [], 0)[0] == []  # nothing left behind
+
+
+def test_a_dump_that_fails_says_so() -> None:
+    """The kernel ends a dump that failed with its error in NLMSG_DONE (here: a table that
+    does not exist, asked for with the kernel's filter): a failed dump is not an empty one,
+    and the socket serves the next request."""
+    with netlink.RtnlSocket() as sock:
+        with pytest.raises(netlink.NetlinkError) as failed:
+            sock.dump(route.dump_request(socket.AF_INET, 4321),
+                      route.decoder({}, PROTOCOL, range(0)))
+        assert failed.value.errno == errno.ENOENT
+        assert route.observe(sock, socket.AF_INET, {}, PROTOCOL, range(0), only_table=4321) == []
+        sock.batch([add(route_in_table(7))])
+        assert [found.destination for found, owned in route.observe(
+            sock, socket.AF_INET, {}, PROTOCOL, range(0), only_table=TABLE) if owned] == [
+            "10.0.7.0/24"]

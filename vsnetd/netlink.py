@@ -190,6 +190,11 @@ def _take(data: bytearray, received: int, seq: int, decode: Decoder[T],
             if flags & NLM_F_DUMP_INTR:
                 status |= _INTERRUPTED
             if mtype == NLMSG_DONE:
+                # a dump that failed part-way ends here with its error (a table that
+                # went, a namespace torn down): what came before it is not the whole
+                error = I32.unpack_from(data, offset + 16)[0] if length >= 20 else 0
+                if error < 0:
+                    raise NetlinkError(-error, os.strerror(-error))
                 return status | _DONE
             if mtype == NLMSG_ERROR:
                 error = I32.unpack_from(data, offset + 16)[0]
