@@ -126,7 +126,7 @@ def save(path: Path, text: str) -> float:
 def vsnet_rules() -> list[dict[str, Any]]:
     """vsnet's rules that choose a table (the rule tree's goto and nop rules left out)."""
     return [r for family in ("-4", "-6") for r in ip_json(family, "rule")
-            if r.get("protocol") == "vsnet" and "table" in r]
+            if r.get("protocol") == "vsnet" and "table" in r and "goto" not in r]
 
 
 def addresses(dev: str = "eth0", netns: str | None = None) -> set[str]:

@@ -58,7 +58,7 @@ def rules(family: str = "-4") -> list[dict[str, Any]]:
 
 def lookup_rules(family: str = "-4") -> list[dict[str, Any]]:
     """The rules that choose a table (the rule tree's goto/nop rules left out)."""
-    return [r for r in rules(family) if "table" in r]
+    return [r for r in rules(family) if "table" in r and "goto" not in r]
 
 
 def table(number: int, family: str = "-4") -> list[dict[str, Any]]:

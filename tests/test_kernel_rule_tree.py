@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 
 from tests.sandbox import ip, ip_json
+from vsnetd import netlink
+from vsnetd.kinds import rule
+from vsnetd.state import VSNET_PROTOCOL
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -38,6 +41,10 @@ def config(ids: list[int]) -> str:
 
 def apply(path: Path, ids: list[int]) -> None:
     path.write_text(config(ids))
+    vsnetctl_apply(path)
+
+
+def vsnetctl_apply(path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "vsnetd.cli", "apply", "-c", str(path)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -96,3 +103,41 @@ def test_adding_or_removing_a_vs_in_the_middle_changes_only_its_rules(
 
     apply(path, others)
     assert all_rules() == before
+
+
+def test_removing_the_mark_zero_group_leaves_its_siblings(uplink: str, tmp_path: Path) -> None:
+    """The rule entering the group of marks 0x0xxxxxxx shares its priority with those
+    entering the groups of other first digits: deleting it must delete it, not the first
+    rule of its priority (the kernel's own notifications say which went)."""
+    path = tmp_path / "servers.yaml"
+    both = """\
+version: 1
+servers:
+  hi: {id: 1, mode: pbr, uplink: eth0, mark: 0x10000001, gateway: 10.1.0.1,
+       addresses: [{address: 10.1.0.11/16}]}
+  lo0: {id: 2, mode: pbr, uplink: eth0, gateway: 10.1.0.1, addresses: [{address: 10.1.0.12/16}]}
+"""
+    path.write_text(both)
+    vsnetctl_apply(path)
+    entering = {r["fwmark"]: (r.get("table"), r["goto"]) for r in ip_json("rule", "show")
+                if r.get("fwmask") == "0xf0000000"}
+    assert set(entering) == {"0", "0x10000000"}
+    assert entering["0"][0] == str(entering["0"][1]) and entering["0x10000000"][0] is None
+    monitor = netlink.RtnlMonitor()
+    deleted: list[tuple[int | None, int | None]] = []
+    decode = rule.decoder(VSNET_PROTOCOL, range(0))
+
+    def note(message: int, data: bytearray, start: int, end: int) -> None:
+        found = decode(data, start, end) if message == netlink.RTM_DELRULE else None
+        if found is not None and found[0].fwmask == 0xF0000000:
+            deleted.append((found[0].fwmark, found[0].target))
+
+    try:
+        path.write_text(both[:both.index("  lo0:")])
+        vsnetctl_apply(path)
+        monitor.read(note)
+    finally:
+        monitor.close()
+    assert [mark for mark, _target in deleted] == [0]
+    assert [r["fwmark"] for r in ip_json("rule", "show") if r.get("fwmask") == "0xf0000000"] == [
+        "0x10000000"]

@@ -111,8 +111,12 @@ class Trie(NamedTuple):
         length = self.lengths[depth]
         shift = self.bits - length
         if self.over_marks:
+            # A delete of ``fwmark 0/<mask>`` would take the first rule of its priority
+            # with that mask, a sibling's: the kernel compares a delete's mark only when
+            # it is not zero. It does compare the table, which a goto rule does not use:
+            # the rule's own target there sets it apart (docs/rule-tree.md).
             return Rule.goto(self.family, priority, target, fwmark=value << shift,
-                             fwmask=(FULL_MASK >> shift) << shift)
+                             fwmask=(FULL_MASK >> shift) << shift, table=0 if value else target)
         raw = (value << shift).to_bytes(self.bits // 8, "big")
         source = f"{socket.inet_ntop(self.family, raw)}/{length}"
         return Rule.goto(self.family, priority, target, source=source)

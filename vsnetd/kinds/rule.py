@@ -47,8 +47,11 @@ class Rule(NamedTuple):
 
     @classmethod
     def goto(cls, family: int, priority: int, target: int, source: str | None = None,
-             fwmark: int | None = None, fwmask: int | None = None) -> Rule:
-        return cls(family, priority, 0, source, fwmark, fwmask, action="goto", target=target)
+             fwmark: int | None = None, fwmask: int | None = None, table: int = 0) -> Rule:
+        """A goto rule; ``table``, which it does not use, may set it apart from the other
+        rules of its priority where its selector cannot (see vsnetd/ruletree.py Trie.enter)."""
+        return cls(family, priority, table, source, fwmark, fwmask, action="goto",
+                   target=target)
 
     @property
     def kind(self) -> Literal["rule"]:
@@ -91,9 +94,9 @@ class Rule(NamedTuple):
 def request(action: str, obj: Rule, protocol: int, links: dict[str, int]) -> tuple[int, int, bytes]:
     src_len = 0
     attrs = netlink.attr_u32(FRA_PRIORITY, obj.priority)
-    if obj.action == "lookup":
+    if obj.action == "lookup" or obj.table:
         attrs += netlink.attr_u32(FRA_TABLE, obj.table)
-    elif obj.action == "goto":
+    if obj.action == "goto":
         attrs += netlink.attr_u32(FRA_GOTO, obj.target)
     if obj.source:
         address, src_len = _ip.split_prefix(obj.source)
