@@ -268,6 +268,28 @@ servers:
     assert namespaces() == []
 
 
+def test_a_lent_uplink_is_handed_back_for_a_device_on_it(tmp_path: Path) -> None:
+    """From ``link: move`` to a macvlan on the same uplink: the uplink, lent to the VS, is
+    not missing; it is handed back and the macvlan made on it, in one apply."""
+    uplinks("eth0", "data0")
+    path = tmp_path / "servers.yaml"
+    moved = """\
+version: 1
+servers:
+  m: {id: 9, mode: netns, uplink: data0, link: move, addresses: [{address: 10.5.0.5/24}]}
+"""
+    path.write_text(moved)
+    apply_ok(path)
+    assert "data0" in links("vs-m")
+    path.write_text(moved.replace("link: move", "link: macvlan"))
+    apply_ok(path)
+    assert links()["data0"]["ifindex"] == links("vs-m")["m"]["link_index"]
+    assert links("vs-m")["m"]["linkinfo"]["info_kind"] == "macvlan"
+    assert "data0" not in links("vs-m")
+    assert vsnetctl("plan", "-c", str(path)).returncode == 0
+    assert vsnetctl("teardown", "-c", str(path)).returncode == 0
+
+
 def test_a_device_deleted_by_hand_is_planned_again(two_vs: Path) -> None:
     apply_ok(two_vs)
     ip("link", "del", "dev", "b", netns="vs-b")

@@ -117,15 +117,19 @@ def test_foreign_confinement_gives_its_own_reason() -> None:
 # ------------------------------------------------------------------------ waiting
 
 
-def test_a_vs_waits_for_its_uplink_unless_it_is_lent_to_it_already() -> None:
+def test_a_vs_waits_for_its_uplink_unless_it_is_lent_to_it() -> None:
     desired = desired_of({"b": NETNS, "c": MOVE})
-    # both uplinks sit in the VS's namespaces: only a lent (link: move) one is expected there
+    # both uplinks sit in the VS's namespaces: lent to them (c's still, b's before it
+    # became a macvlan on it: to be handed back), neither is missing
     observed = ObservedState(links={"": {"eth0": 2}, "vs-b": {"eth1": 3}, "vs-c": {"eth2": 4}})
+    observed.add(Link("vs-b", "eth1", "move", "eth1"))
     plan = plan_changes(desired, observed)
-    assert plan.servers["b"].state == "waiting"
-    assert plan.servers["b"].reasons == ("uplink eth1 does not exist",)
-    assert plan.servers["c"].state == "pending"
-    assert {c.server for c in plan.changes} == {"c"}
+    assert plan.servers["b"].state == "pending" and plan.servers["c"].state == "pending"
+    assert ("delete", Link("vs-b", "eth1", "move", "eth1")) in [
+        (c.action, c.obj) for c in plan.changes if c.server == "b"]
+    # the uplink nowhere: waiting
+    elsewhere = ObservedState(links={"": {"eth0": 2}, "vs-b": {}, "vs-c": {"eth2": 4}})
+    assert plan_changes(desired, elsewhere).servers["b"].reasons == ("uplink eth1 does not exist",)
     # nothing seen at all, not even the root namespace's devices
     assert {name: v.reasons for name, v in plan_changes(desired, ObservedState()).servers.items()
             } == {"b": ("uplink eth1 does not exist",), "c": ("uplink eth2 does not exist",)}

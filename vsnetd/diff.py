@@ -72,8 +72,8 @@ def find_conflicts(server: DesiredServer, observed: ObservedState) -> list[str]:
 def _waiting(server: DesiredServer, observed: ObservedState) -> str | None:
     if server.uplink in observed.links.get("", {}):
         return None
-    if server.moves_uplink and server.uplink in observed.links.get(server.netns, {}):
-        return None  # already lent to the VS
+    if server.netns and server.uplink in observed.links.get(server.netns, {}):
+        return None  # lent to the VS (still, or it is to be handed back for a device on it)
     return f"uplink {server.uplink} does not exist"
 
 

@@ -282,6 +282,15 @@ class LinkKind(Kind[Link]):
         return (("", server.uplink), (server.netns, server.device))
 
     def apply(self, applier: Applier, changes: list[Change]) -> None:
+        handed_back = [c for c in changes
+                       if c.action == "delete" and cast(Link, c.obj).type == "move"]
+        if handed_back and len(handed_back) < len(changes):
+            # a device may be made on an uplink handed back: it must be back (and its
+            # index known in the root namespace) before that device's request is encoded
+            self.apply(applier, handed_back)
+            back = {id(c) for c in handed_back}
+            self.apply(applier, [c for c in changes if id(c) not in back])
+            return
         kernel, links = applier.kernel, applier.links
 
         def encode(change: Change) -> tuple[netlink.RtnlSocket, Request]:
@@ -318,6 +327,8 @@ class LinkKind(Kind[Link]):
         # learn the indexes of devices that appeared where vsnet did not choose them
         touched = {c.obj.netns for c in changes
                    if c.action == "add" and (cast(Link, c.obj).type == "move" or not c.obj.netns)}
+        if any(c.action == "delete" and cast(Link, c.obj).type == "move" for c in acknowledged):
+            touched.add("")  # an uplink handed back: devices may be made on it next
         for change in created:
             obj = cast(Link, change.obj)
             if obj.netns:
