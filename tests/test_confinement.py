@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -62,7 +63,9 @@ def remove_pins(path: Path) -> None:
 
 @pytest.fixture
 def roots() -> Iterator[tuple[str, str]]:
-    """(cgroup root relative to the cgroup-v2 mount, pin root), unique to this test."""
+    """(cgroup root relative to the cgroup-v2 mount, pin root), unique to this test; the
+    cgroup ``<root>-foreign`` and the pin directory ``<pin root>-foreign`` (others', or
+    roots moved to) are removed afterwards too."""
     mount = confinement.cgroup2_mount()
     if mount is None:
         pytest.fail("this machine has no cgroup v2: confinement cannot be tested here")
@@ -72,8 +75,14 @@ def roots() -> Iterator[tuple[str, str]]:
         with cgroup_tree(mount / name), cgroup_tree(mount / f"{name}-foreign"):
             yield name, str(pins)
     finally:
-        if pins.exists():
-            remove_pins(pins)
+        for pin_root in (pins, Path(f"{pins}-foreign")):
+            if pin_root.exists():
+                remove_pins(pin_root)
+        # what vsnet recorded of them (in the sandbox's /run, shared by the tests of a run)
+        for tree, recorded in confinement.recorded().items():
+            for root in recorded:
+                if root.startswith((name, str(pins))):
+                    shutil.rmtree(confinement.record_dir(tree, root), ignore_errors=True)
     assert not (mount / name).exists() and not pins.exists()
 
 
@@ -147,13 +156,15 @@ def program_exists(prog_id: int) -> bool:
     tuple(f"10.0.{i}.5" for i in range(8)) + tuple(f"2001:db8:{i}::5" for i in range(7)),
 ])
 def test_the_verifier_accepts_every_program(addresses: tuple[str, ...]) -> None:
-    for hook, code in confinement.programs_of(0xFFFFFFFF, addresses).items():
+    programs = confinement.programs_of(0xFFFFFFFF, addresses)
+    assert sorted(programs) == sorted(confinement.HOOKS)
+    for hook, code in programs.items():
         name = confinement.program_name(hook, code)
-        fd = bpf.prog_load(code, name, bpf.BPF_PROG_TYPE_CGROUP_SOCK,
-                           confinement.ATTACH_TYPES[hook])
+        hook_of = confinement.HOOK[hook]
+        fd = bpf.prog_load(code, name, hook_of.prog_type, hook_of.attach_type)
         try:
             info = bpf.prog_info(fd)
-            assert (info.type, info.name) == (bpf.BPF_PROG_TYPE_CGROUP_SOCK, name)
+            assert (info.type, info.name) == (hook_of.prog_type, name)
         finally:
             os.close(fd)
 
@@ -234,6 +245,176 @@ def shared_cgroup(roots: tuple[str, str]) -> Iterator[tuple[Confinement, Any]]:
     finally:
         binder.kill()
         binder.wait()
+
+
+# --------------------------------------------------------------------------- source addresses
+
+NOBODY = 65534
+VS_ADDRESSES = ("10.0.0.5", "2001:db8::5")
+
+# Run as nobody in the VS's cgroup: each attempt to leave from an address, and how it ended.
+LEAVER = """\
+import errno, json, socket, struct, sys
+IP_BIND_ADDRESS_NO_PORT, IP_PKTINFO = 24, 8
+V4, V6, TCP, UDP = socket.AF_INET, socket.AF_INET6, socket.SOCK_STREAM, socket.SOCK_DGRAM
+port = int(sys.argv[1])
+
+def no_port(family, kind, source, peer):
+    s = socket.socket(family, kind)
+    s.settimeout(10)
+    s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+    try:
+        s.bind((source, 0))
+    except OSError as exc:
+        return "bind " + errno.errorcode[exc.errno]
+    try:
+        if kind == TCP:
+            s.connect((peer, port))
+        else:
+            s.sendto(f"no_port {source}".encode(), (peer, port))
+    except OSError as exc:
+        return "send " + errno.errorcode[exc.errno]
+    return "from " + s.getsockname()[0]
+
+def bind(family, source):
+    try:
+        socket.socket(family, UDP).bind((source, 0))
+    except OSError as exc:
+        return "bind " + errno.errorcode[exc.errno]
+    return "bound"
+
+def pktinfo(family, source, peer, connected=False):
+    s = socket.socket(family, UDP)
+    if family == V4:
+        control = (socket.IPPROTO_IP, IP_PKTINFO,
+                   struct.pack("=I4s4s", 0, socket.inet_aton(source), bytes(4)))
+    else:
+        control = (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO,
+                   socket.inet_pton(V6, source) + struct.pack("=I", 0))
+    target = [(peer, port)]
+    if connected:
+        s.connect(target.pop())
+    try:
+        s.sendmsg([f"pktinfo {source}".encode()], [control], 0, *target)
+    except OSError as exc:
+        return "send " + errno.errorcode[exc.errno]
+    return "sent"
+
+report = {
+    "no_port tcp 10.0.0.7": no_port(V4, TCP, "10.0.0.7", "10.0.0.1"),
+    "no_port udp 10.0.0.7": no_port(V4, UDP, "10.0.0.7", "10.0.0.1"),
+    "no_port tcp 2001:db8::7": no_port(V6, TCP, "2001:db8::7", "2001:db8::1"),
+    "no_port tcp ::ffff:10.0.0.7": no_port(V6, TCP, "::ffff:10.0.0.7", "::ffff:10.0.0.1"),
+    "no_port tcp 10.0.0.5": no_port(V4, TCP, "10.0.0.5", "10.0.0.1"),
+    "no_port udp 2001:db8::5": no_port(V6, UDP, "2001:db8::5", "2001:db8::1"),
+    "bind 10.0.0.7": bind(V4, "10.0.0.7"),
+    "bind 2001:db8::7": bind(V6, "2001:db8::7"),
+    "bind 10.0.0.5": bind(V4, "10.0.0.5"),
+    "pktinfo 10.0.0.7": pktinfo(V4, "10.0.0.7", "10.0.0.1"),
+    "pktinfo 10.0.0.7 connected": pktinfo(V4, "10.0.0.7", "10.0.0.1", connected=True),
+    "pktinfo 2001:db8::7": pktinfo(V6, "2001:db8::7", "2001:db8::1"),
+    "pktinfo ::ffff:10.0.0.7": pktinfo(V6, "::ffff:10.0.0.7", "::ffff:10.0.0.1"),
+    "pktinfo 10.0.0.5": pktinfo(V4, "10.0.0.5", "10.0.0.1"),
+    "pktinfo 2001:db8::5 connected": pktinfo(V6, "2001:db8::5", "2001:db8::1", connected=True),
+    "pktinfo ::ffff:10.0.0.5": pktinfo(V6, "::ffff:10.0.0.5", "::ffff:10.0.0.1"),
+    "pktinfo 0.0.0.0": pktinfo(V4, "0.0.0.0", "10.0.0.1"),
+}
+print(json.dumps(report))
+"""
+
+
+@contextlib.contextmanager
+def listeners() -> Iterator[tuple[int, list[socket.socket]]]:
+    """TCP and UDP, IPv4 and IPv6, on one port of this test's namespace."""
+    port, sockets = 0, []
+    try:
+        for family, kind in itertools.product((socket.AF_INET, socket.AF_INET6),
+                                              (socket.SOCK_STREAM, socket.SOCK_DGRAM)):
+            sock = socket.socket(family, kind)
+            sockets.append(sock)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+            port = sock.getsockname()[1]
+            if kind == socket.SOCK_STREAM:
+                sock.listen()
+            sock.setblocking(False)
+        yield port, sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def arrivals(sockets: list[socket.socket]) -> set[tuple[str, str]]:
+    """(source address, what) of every connection and datagram waiting at ``sockets``."""
+    seen = set()
+    for sock in sockets:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                if sock.type == socket.SOCK_STREAM:
+                    conn, peer = sock.accept()
+                    conn.close()
+                    seen.add((peer[0], "connection"))
+                else:
+                    data, peer = sock.recvfrom(64)
+                    seen.add((peer[0], data.decode()))
+    return seen
+
+
+def test_an_unprivileged_process_leaves_only_from_the_vs_addresses(
+        roots: tuple[str, str]) -> None:
+    """Binds are checked before they happen (bind4/bind6), so IP_BIND_ADDRESS_NO_PORT binds
+    too, which take no port and skip the post-bind hooks; a datagram's source named in an
+    IP_PKTINFO/IPV6_PKTINFO control message is checked at sendmsg4/sendmsg6. A refused
+    bind fails with EPERM at bind(), a refused datagram at sendmsg()."""
+    ip("link", "set", "lo", "up")
+    for address in ("10.0.0.1", "10.0.0.5", "10.0.0.7"):
+        ip("addr", "add", f"{address}/32", "dev", "lo")
+    for address in ("2001:db8::1", "2001:db8::5", "2001:db8::7"):
+        ip("addr", "add", f"{address}/128", "dev", "lo", "nodad")
+    vs = confinement.desired("vs", roots[0], roots[1], MARK1, VS_ADDRESSES)
+    confinement.ensure(vs)
+    cgroup = cgroup_of(roots, "vs")
+    # the kernel's view: vsnet's five programs, the pinned ones, and no post_bind hooks
+    hooks = by_hook(cgroup)
+    assert sorted(hooks) == ["cgroup_inet4_bind", "cgroup_inet6_bind", "cgroup_inet_sock_create",
+                             "cgroup_udp4_sendmsg", "cgroup_udp6_sendmsg"]
+    for (hook, found), pin in zip(sorted(hooks.items()), ["bind4", "bind6", "sock_create",
+                                                         "sendmsg4", "sendmsg6"], strict=True):
+        assert [name[:6] for _id, name in found] == [f"vsnet{confinement.HOOK[pin].letter}"]
+        assert pinned_id(Path(vs.pins) / pin) == found[0][0], hook
+    with listeners() as (port, sockets):
+        leaver = subprocess.run(
+            ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec setpriv --reuid {NOBODY} '
+             f'--regid {NOBODY} --clear-groups "$@"', "leaver", sys.executable, "-I", "-c",
+             LEAVER, str(port)], capture_output=True, text=True, timeout=60, cwd="/")
+        assert leaver.returncode == 0, leaver.stderr
+        report = json.loads(leaver.stdout)
+        seen = arrivals(sockets)
+    assert report == {
+        "no_port tcp 10.0.0.7": "bind EPERM",
+        "no_port udp 10.0.0.7": "bind EPERM",
+        "no_port tcp 2001:db8::7": "bind EPERM",
+        "no_port tcp ::ffff:10.0.0.7": "bind EPERM",
+        "no_port tcp 10.0.0.5": "from 10.0.0.5",
+        "no_port udp 2001:db8::5": "from 2001:db8::5",
+        "bind 10.0.0.7": "bind EPERM",
+        "bind 2001:db8::7": "bind EPERM",
+        "bind 10.0.0.5": "bound",
+        "pktinfo 10.0.0.7": "send EPERM",
+        "pktinfo 10.0.0.7 connected": "send EPERM",
+        "pktinfo 2001:db8::7": "send EPERM",
+        "pktinfo ::ffff:10.0.0.7": "send EPERM",
+        "pktinfo 10.0.0.5": "sent",
+        "pktinfo 2001:db8::5 connected": "sent",
+        "pktinfo ::ffff:10.0.0.5": "sent",
+        "pktinfo 0.0.0.0": "sent",  # no source named: the route's (here 10.0.0.1's own)
+    }
+    assert ("10.0.0.5", "connection") in seen and ("10.0.0.5", "pktinfo 10.0.0.5") in seen
+    assert ("2001:db8::5", "no_port 2001:db8::5") in seen
+    assert ("2001:db8::5", "pktinfo 2001:db8::5") in seen
+    assert ("10.0.0.5", "pktinfo ::ffff:10.0.0.5") in seen  # the IPv4 listener's view
+    assert not {source for source, _what in seen} & {"10.0.0.7", "2001:db8::7"}, seen
 
 
 # --------------------------------------------------------------------------- traffic
@@ -435,8 +616,9 @@ def test_heal_update_and_removal_leave_foreign_programs_alone(
     cgroup, pins = cgroup_of(roots, "nas1"), Path(roots[1]) / "nas1"
     try:
         hooks = by_hook(cgroup)
-        assert sorted(hooks) == ["cgroup_inet4_post_bind", "cgroup_inet6_post_bind",
-                                 "cgroup_inet_sock_create"]
+        assert sorted(hooks) == ["cgroup_inet4_bind", "cgroup_inet6_bind",
+                                 "cgroup_inet_sock_create", "cgroup_udp4_sendmsg",
+                                 "cgroup_udp6_sendmsg"]
         assert all(len(found) == 1 and found[0][1].startswith("vsnet")
                    for found in hooks.values())
         (create_id, _), = hooks["cgroup_inet_sock_create"]
@@ -448,22 +630,23 @@ def test_heal_update_and_removal_leave_foreign_programs_alone(
         wait_until(lambda: (create_id, hooks["cgroup_inet_sock_create"][0][1]) in
                    by_hook(cgroup).get("cgroup_inet_sock_create", []), 10, "re-attached")
         # unpinned by hand: pinned again
-        (pins / "post_bind4").unlink()
-        wait_until(lambda: (pins / "post_bind4").exists(), 10, "pinned again")
-        assert pinned_id(pins / "post_bind4") == hooks["cgroup_inet4_post_bind"][0][0]
+        (pins / "bind4").unlink()
+        wait_until(lambda: (pins / "bind4").exists(), 10, "pinned again")
+        assert pinned_id(pins / "bind4") == hooks["cgroup_inet4_bind"][0][0]
 
         # an address more: the bind programs are replaced in place, the mark's stays
         save(daemon.config, config(roots, NAS1.replace(
             "    gateway:", "      - {address: 10.0.2.9/24}\n    gateway:")))
-        wait_until(lambda: by_hook(cgroup)["cgroup_inet4_post_bind"][0][0]
-                   != hooks["cgroup_inet4_post_bind"][0][0], 10, "replaced")
+        wait_until(lambda: by_hook(cgroup)["cgroup_inet4_bind"][0][0]
+                   != hooks["cgroup_inet4_bind"][0][0], 10, "replaced")
         now = by_hook(cgroup)
-        assert [len(now[h]) for h in sorted(now)] == [1, 1, 2]  # + the foreign one
+        assert [len(now[h]) for h in sorted(now)] == [1, 1, 2, 1, 1]  # + the foreign one
+        assert all(now[h] != hooks[h] for h in now if h != "cgroup_inet_sock_create")
         assert (create_id, hooks["cgroup_inet_sock_create"][0][1]) in now[
             "cgroup_inet_sock_create"]
         assert mine in [i for i, _ in now["cgroup_inet_sock_create"]]
-        assert pinned_id(pins / "post_bind4") == now["cgroup_inet4_post_bind"][0][0]
-        wait_until(lambda: not program_exists(hooks["cgroup_inet4_post_bind"][0][0]), 10,
+        assert pinned_id(pins / "bind4") == now["cgroup_inet4_bind"][0][0]
+        wait_until(lambda: not program_exists(hooks["cgroup_inet4_bind"][0][0]), 10,
                    "the replaced program freed")
 
         # a new mark: the mark's program swapped in place, the foreign one still there
@@ -500,6 +683,174 @@ def test_heal_update_and_removal_leave_foreign_programs_alone(
             (elsewhere, "admin_mark")]
     finally:
         daemon.stop()
+
+
+def vsnetctl(command: str, config_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "servers.yaml"
+    path.write_text(config_text)
+    return subprocess.run([sys.executable, "-m", "vsnetd.cli", command, "-c", str(path)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def vsnet_ids(cgroup: Path) -> list[int]:
+    return [i for found in by_hook(cgroup).values() for i, name in found
+            if name.startswith("vsnet")]
+
+
+def load_pinned(code: bytes, name: str, hook: confinement.Hook, pin: Path | None = None,
+                cgroup: Path | None = None) -> int:
+    """Load a program, pin it and attach it where asked, as another program would: its id."""
+    fd = bpf.prog_load(code, name, hook.prog_type, hook.attach_type)
+    try:
+        if pin is not None:
+            bpf.obj_pin(fd, str(pin))
+        if cgroup is not None:
+            cgroup_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                bpf.prog_attach(cgroup_fd, fd, hook.attach_type)
+            finally:
+                os.close(cgroup_fd)
+        return bpf.prog_info(fd).id
+    finally:
+        os.close(fd)
+
+
+ALLOW = bpf.mov64_imm(0, 1) + bpf.exit_()
+
+
+def test_an_earlier_versions_post_bind_programs_are_detached_and_unpinned(
+    uplink: str, roots: tuple[str, str], tmp_path: Path
+) -> None:
+    """What an earlier vsnet left on a VS's cgroup (no record of it, post_bind programs
+    named vsnet4_/vsnet6_ attached and pinned) converges to the bind and sendmsg hooks; a
+    foreign post_bind program stays."""
+    cgroup, pins = cgroup_of(roots, "nas1"), Path(roots[1]) / "nas1"
+    cgroup.mkdir(parents=True)
+    pins.mkdir(parents=True)
+    addresses = ("10.0.0.5", "10.0.1.5")
+    earlier = []
+    for hook, offset, allowed in (("post_bind4", 24, confinement.allowed4),
+                                  ("post_bind6", 28, confinement.allowed6)):
+        # the programs as earlier versions emitted them: the bpf_sock source address checked
+        code = confinement._address_program(offset, allowed(addresses))
+        earlier.append(load_pinned(code, f"vsnet{hook[-1]}_{confinement.digest(code)}",
+                                   confinement.HOOK[hook], pins / hook, cgroup))
+    theirs = load_pinned(ALLOW, "admin_bind", confinement.HOOK["post_bind4"], cgroup=cgroup)
+    assert sorted(by_hook(cgroup)) == ["cgroup_inet4_post_bind", "cgroup_inet6_post_bind"]
+
+    applied = vsnetctl("apply", config(roots, NAS1), tmp_path)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    hooks = by_hook(cgroup)
+    assert hooks.pop("cgroup_inet4_post_bind") == [(theirs, "admin_bind")]
+    assert sorted(hooks) == ["cgroup_inet4_bind", "cgroup_inet6_bind", "cgroup_inet_sock_create",
+                             "cgroup_udp4_sendmsg", "cgroup_udp6_sendmsg"]
+    assert sorted(os.listdir(pins)) == sorted(confinement.HOOKS)
+    wait_until(lambda: not any(program_exists(i) for i in earlier), 10, "earlier ones freed")
+    assert vsnetctl("plan", config(roots, NAS1), tmp_path).returncode == 0  # in sync
+
+
+def test_turning_confinement_off_removes_what_it_made_and_nothing_else(
+    uplink: str, roots: tuple[str, str], tmp_path: Path
+) -> None:
+    mount = confinement.cgroup2_mount()
+    assert mount is not None
+    elsewhere = foreign_program(mount / f"{roots[0]}-foreign")
+    applied = vsnetctl("apply", config(roots, NAS1, NAS2), tmp_path)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    nas1, nas2 = cgroup_of(roots, "nas1"), cgroup_of(roots, "nas2")
+    ours = {cgroup: vsnet_ids(cgroup) for cgroup in (nas1, nas2)}
+    assert all(len(ids) == len(confinement.HOOKS) for ids in ours.values())
+    mine = foreign_program(nas1)  # someone else's, on vsnet's cgroup
+
+    # off: cgroup_root gone from the config. Before, nothing was looked at any more and
+    # status said in sync; now what vsnet recorded is looked at and removed
+    off = config(None, NAS1, NAS2)
+    assert vsnetctl("plan", off, tmp_path).returncode == 2
+    applied = vsnetctl("apply", off, tmp_path)
+    assert applied.returncode == 1 and "holds programs vsnet did not attach" in applied.stdout, (
+        applied.stdout + applied.stderr)
+    assert not nas2.exists() and not (Path(roots[1]) / "nas2").exists()
+    assert not (Path(roots[1]) / "nas1").exists()
+    # vsnet's programs are detached and freed (the kernel's view), the foreign one stays
+    assert [(e["id"], e["name"]) for e in attached(nas1)] == [(mine, "admin_mark")]
+    wait_until(lambda: not any(program_exists(i) for ids in ours.values() for i in ids), 10,
+               "vsnet's programs freed")
+
+    # once its owner takes it away, the cgroup goes, and the roots vsnet made
+    detach(nas1, "sock_create", mine)
+    applied = vsnetctl("apply", off, tmp_path)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert not nas1.exists() and not (mount / roots[0]).exists()
+    assert not Path(roots[1]).exists()
+    assert not any(confinement.recorded().values())
+    assert vsnetctl("plan", off, tmp_path).returncode == 0
+    assert [(e["id"], e["name"]) for e in attached(mount / f"{roots[0]}-foreign")] == [
+        (elsewhere, "admin_mark")]
+
+
+def test_moving_the_roots_moves_the_confinement(
+    uplink: str, roots: tuple[str, str], tmp_path: Path
+) -> None:
+    mount = confinement.cgroup2_mount()
+    assert mount is not None
+    applied = vsnetctl("apply", config(roots, NAS1), tmp_path)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    programs = sorted(vsnet_ids(cgroup_of(roots, "nas1")))
+    moved = (f"{roots[0]}-foreign/moved", f"{roots[1]}-foreign")
+    # one root at a time: the programs kept at the other place move along, none is loaded
+    for step in ((moved[0], roots[1]), moved):
+        applied = vsnetctl("apply", config(step, NAS1), tmp_path)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert vsnetctl("plan", config(step, NAS1), tmp_path).returncode == 0
+        assert sorted(vsnet_ids(cgroup_of(step, "nas1"))) == programs
+        assert sorted(os.listdir(f"{step[1]}/nas1")) == sorted(confinement.HOOKS)
+        assert not (mount / roots[0]).exists()
+    assert not Path(roots[1]).exists()
+    # both back at once: made anew, and the directories vsnet made for the moved roots go
+    applied = vsnetctl("apply", config(roots, NAS1), tmp_path)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert not (mount / f"{roots[0]}-foreign").exists() and not Path(moved[1]).exists()
+    assert len(vsnet_ids(cgroup_of(roots, "nas1"))) == len(programs)
+    wait_until(lambda: not any(program_exists(i) for i in programs), 10, "moved ones freed")
+    assert vsnetctl("plan", config(roots, NAS1), tmp_path).returncode == 0
+
+
+def test_directories_and_pins_vsnet_did_not_make_under_its_roots_stay(
+    uplink: str, roots: tuple[str, str], tmp_path: Path
+) -> None:
+    """Roots that are shared directories: another service's cgroup, another program's pin
+    directory and pin beside the VS's. Only what vsnet recorded is removed, and the roots,
+    which vsnet did not make, stay even when empty."""
+    mount = confinement.cgroup2_mount()
+    assert mount is not None
+    cgroup_root, pin_root = mount / roots[0], Path(roots[1])
+    service = cgroup_root / "other.service"
+    service.mkdir(parents=True)
+    (pin_root / "xdp").mkdir(parents=True)
+    theirs = [load_pinned(ALLOW, "admin_x", confinement.HOOK["bind4"], pin_root / "xdp" / "prog"),
+              load_pinned(ALLOW, "admin_y", confinement.HOOK["bind4"], pin_root / "admin")]
+    applied = vsnetctl("apply", config(roots, NAS1, NAS2), tmp_path)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+
+    for step in (config(roots, NAS2), config(roots), config(None)):  # one VS, none, off
+        applied = vsnetctl("apply", step, tmp_path)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert vsnetctl("plan", step, tmp_path).returncode == 0
+        assert not cgroup_of(roots, "nas1").exists() and not (pin_root / "nas1").exists()
+        assert service.is_dir() and sorted(os.listdir(pin_root)) in (
+            ["admin", "nas2", "xdp"], ["admin", "xdp"])
+        assert [pinned_id(pin_root / "xdp" / "prog"), pinned_id(pin_root / "admin")] == theirs
+    assert sorted(p.name for p in cgroup_root.iterdir() if p.is_dir()) == ["other.service"]
+
+    # emptied by their owner, the roots still stay: vsnet did not make them
+    service.rmdir()
+    remove_pins(pin_root / "xdp")
+    (pin_root / "admin").unlink()
+    for step in (config(roots, NAS1), config(None)):
+        applied = vsnetctl("apply", step, tmp_path)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert cgroup_root.is_dir() and not [p for p in cgroup_root.iterdir() if p.is_dir()]
+    assert pin_root.is_dir() and not os.listdir(pin_root)
 
 
 def test_the_pins_confine_a_unit_the_way_systemd_attaches_them(

@@ -27,12 +27,23 @@ BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_QUERY = 16
 
+# program types (enum bpf_prog_type)
 BPF_PROG_TYPE_CGROUP_SOCK = 9
+BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
 
 # attach types (enum bpf_attach_type)
 BPF_CGROUP_INET_SOCK_CREATE = 2
+BPF_CGROUP_INET4_BIND = 8
+BPF_CGROUP_INET6_BIND = 9
 BPF_CGROUP_INET4_POST_BIND = 12
 BPF_CGROUP_INET6_POST_BIND = 13
+BPF_CGROUP_UDP4_SENDMSG = 14
+BPF_CGROUP_UDP6_SENDMSG = 15
+# every attach type of cgroups: ingress/egress, sock_create, sock_ops, device, the socket
+# address hooks (bind, connect, post_bind, sendmsg), sysctl, recvmsg, get/setsockopt,
+# getpeername/getsockname, sock_release, lsm_cgroup, and the AF_UNIX address hooks
+CGROUP_ATTACH_TYPES = (0, 1, 2, 3, 6, *range(8, 16), *range(18, 23), *range(29, 33), 34, 43,
+                       *range(49, 54))
 
 BPF_F_ALLOW_MULTI = 1 << 1
 BPF_F_REPLACE = 1 << 2
