@@ -5,11 +5,13 @@ from __future__ import annotations
 import array
 import contextlib
 import ctypes
+import errno
 import fcntl
 import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -17,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from hypothesis import given, settings
@@ -27,8 +30,13 @@ from tests.daemons import Daemon, save, wait_until
 from tests.sandbox import ip, sh
 from vsnetd import client
 from vsnetd.broker import BrokerError, Request, parse_request
+from vsnetd.broker import server as broker_server
+from vsnetd.broker.access import Peer
 from vsnetd.broker.protocol import Batch
 from vsnetd.broker.sockets import SPARE_BATCH
+from vsnetd.compile import compile_config
+from vsnetd.config import Config
+from vsnetd.kernel import Kernel
 from vsnetd.syscalls import mount, umount
 
 pytestmark = pytest.mark.usefixtures("netns")
@@ -436,16 +444,21 @@ def test_bad_input_gets_an_error_and_the_daemon_carries_on(
             sock.send(request)
             reply = answer(sock)
             assert reply["ok"] is False and reply["error"]["code"] == code, (request, reply)  # type: ignore[index]
-        # descriptors sent to the broker are closed, and refused (also with a request
-        # that would be served on the fast path, and with a batch)
+        # descriptors sent to the broker: refused by the kernel where it can (the sender
+        # gets EPERM); else closed by the broker, and the request refused (also one that
+        # would be served on the fast path, and a batch)
         for request in (b'{"v": 1, "op": "servers"}',
                         b'{"v":1,"op":"listen","server":"nas1","proto":"tcp","port":7201}',
                         b'{"v":1,"op":"batch","requests":[{"op":"socket","server":"nas1"}]}'):
             pipe_r, pipe_w = os.pipe()
-            data, ancdata, _flags, _ = _sendmsg_and_receive(sock, request, pipe_r)
-            assert json.loads(data)["error"]["code"] == "bad-request" and not ancdata
+            if kernel_refuses_passed_descriptors():
+                with pytest.raises(PermissionError):
+                    _send_with_descriptor(sock, request, pipe_r)
+            else:
+                data, ancdata, _flags, _ = _sendmsg_and_receive(sock, request, pipe_r)
+                assert json.loads(data)["error"]["code"] == "bad-request" and not ancdata
             os.close(pipe_r)
-            assert not _has_reader(pipe_w)  # the daemon closed the copy it was sent
+            _wait_for_no_reader(pipe_w)  # the daemon's copy closed (by its closer), or none
             os.close(pipe_w)
         # the same connection still works
         sock.send(b'{"v": 1, "op": "servers"}')
@@ -474,10 +487,31 @@ def test_bad_input_gets_an_error_and_the_daemon_carries_on(
     wait_until(lambda: daemon_fds(pbr_daemon) <= before, 10, "the daemon's fds to settle")
 
 
+def kernel_refuses_passed_descriptors() -> bool:
+    """Whether this kernel has SO_PASSRIGHTS (Linux >= 6.16), which the broker sets to 0:
+    a message with descriptors for it then fails at the sender with EPERM."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, broker_server.SO_PASSRIGHTS, 0)
+        except OSError as exc:
+            if exc.errno != errno.ENOPROTOOPT:
+                raise
+            return False
+    return True
+
+
+def _send_with_descriptor(sock: socket.socket, request: bytes, fd: int) -> None:
+    sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+
+
 def _sendmsg_and_receive(sock: socket.socket, request: bytes, fd: int
                          ) -> tuple[bytes, list[tuple[int, int, bytes]], int, object]:
-    sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+    _send_with_descriptor(sock, request, fd)
     return sock.recvmsg(1 << 16, socket.CMSG_SPACE(253 * 4))
+
+
+def _wait_for_no_reader(pipe_w: int) -> None:
+    wait_until(lambda: not _has_reader(pipe_w), 10, "the read end of the pipe to be closed")
 
 
 def _has_reader(pipe_w: int) -> bool:
@@ -487,6 +521,181 @@ def _has_reader(pipe_w: int) -> bool:
     except BrokenPipeError:
         return False
     return True
+
+
+# --------------------------------------------------------------------------- clients that stall
+
+
+@contextlib.contextmanager
+def lingering_socket() -> Iterator[socket.socket]:
+    """A TCP connection on the loopback whose peer never reads, its send queue full and
+    SO_LINGER 60 s: the last close of the sending socket waits for data that cannot leave,
+    until the linger time has passed or the peer resets the connection (on leaving)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        sender = socket.create_connection(listener.getsockname())
+        peer, _ = listener.accept()
+    try:
+        sender.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                sender.send(b"x" * 65536)
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 60))
+        yield sender
+    finally:
+        # the reset first: it ends a close waiting for the data, this process's own included
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()
+        sender.close()
+
+
+def test_a_lingering_socket_passed_to_the_broker_stalls_nobody(pbr_daemon: Daemon,
+                                                              broker_path: Path) -> None:
+    """A client passes a socket whose last close blocks: the kernel refuses it (EPERM),
+    or the broker closes it on a thread of its own; either way its other clients are
+    served meanwhile."""
+    with lingering_socket() as sender, raw(broker_path) as passer, \
+            raw(broker_path) as other:
+        passer.settimeout(30)  # far beyond a reply, well within the linger time
+        other.settimeout(30)
+        try:
+            _send_with_descriptor(passer, b'{"v": 1, "op": "servers"}', sender.fileno())
+        except PermissionError:
+            assert kernel_refuses_passed_descriptors()
+            handed = False
+        else:
+            assert not kernel_refuses_passed_descriptors()
+            handed = True
+            # the broker's copy is now the last (unless it was quicker than this close,
+            # which then waits here instead)
+            sender.close()
+        other.send(b'{"v": 1, "op": "servers"}')
+        assert answer(other)["ok"] is True
+        if handed:
+            assert answer(passer)["error"]["code"] == "bad-request"  # type: ignore[index]
+        assert pbr_daemon.status()["servers"]["nas1"]["state"] == "in-sync"
+
+
+def connected(broker: broker_server.Broker) -> socket.socket:
+    """A client of an in-process broker, accepted."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.settimeout(30)  # far beyond a reply, well within the linger time
+    sock.connect(str(broker.path))
+    assert broker.accept() is not None
+    return sock
+
+
+def test_without_passrights_passed_descriptors_are_closed_off_the_serving_thread(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A kernel without SO_PASSRIGHTS (an option it does not know stands for it here) lets
+    descriptors reach the broker: with a request, and queued behind the end of a
+    connection it drops. Their closes, which wait for the linger time, are its closer's:
+    the other clients are served meanwhile."""
+    monkeypatch.setattr(broker_server, "SO_PASSRIGHTS", 0x7FFF)  # ENOPROTOOPT, as Linux 6.1
+    broker = broker_server.Broker(cast(Kernel, None), tmp_path / "broker.sock")
+    broker.open()
+    assert not broker.refuses_rights
+    broker.start()
+    try:
+        with lingering_socket() as first, lingering_socket() as second, \
+                connected(broker) as passer, connected(broker) as leaving, \
+                connected(broker) as other:
+            with broker.lock:  # nothing is read meanwhile: the broker's copies are the last
+                _send_with_descriptor(passer, b'{"v": 1, "op": "servers"}', first.fileno())
+                leaving.send(b"")  # the end of the connection, for the broker: dropped
+                _send_with_descriptor(leaving, b'{"v": 1, "op": "servers"}', second.fileno())
+                first.close()
+                second.close()
+            other.send(b'{"v": 1, "op": "servers"}')
+            assert answer(other)["ok"] is True
+            assert answer(passer)["error"]["code"] == "bad-request"  # type: ignore[index]
+            with pytest.raises(ConnectionResetError):  # dropped, a message of it unread
+                leaving.recv(100)
+            other.send(b'{"v": 1, "op": "servers"}')
+            assert answer(other)["ok"] is True
+    finally:
+        broker.close()
+
+
+def sockets_bound_to(address: str) -> int:
+    """The UDP and TCP sockets bound to an IPv4 address in this thread's namespace, from
+    the kernel's tables (those held in flight by a message included)."""
+    hexed = socket.inet_aton(address)[::-1].hex().upper()
+    count = 0
+    for table in ("udp", "tcp"):
+        with open(f"/proc/thread-self/net/{table}") as lines:
+            next(lines)
+            count += sum(1 for line in lines if line.split()[1].startswith(hexed + ":"))
+    return count
+
+
+def test_a_client_that_does_not_read_its_replies_is_dropped(pbr_daemon: Daemon,
+                                                            broker_path: Path) -> None:
+    """Requests pipelined without reading: the sockets of the replies wait in the
+    client's receive queue, pinned. Once more than UNREAD_MAX waits, the broker drops the
+    client; everything it made is gone with the connection."""
+    before = settled_fds(pbr_daemon)
+    requests = (b'{"v":1,"op":"socket","server":"nas1","proto":"udp"}',
+                b'{"v":1,"op":"listen","server":"nas1","proto":"tcp","port":7600,'
+                b'"address":"10.0.1.5","reuseport":true}')
+    sent = received = 0
+    with raw(broker_path) as sock:
+        sock.settimeout(30)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while sent < 5000:  # blocks while the broker reads; fails once it has dropped us
+                sock.send(requests[sent % 2])
+                sent += 1
+        pinned = sockets_bound_to("10.0.1.5")
+        while True:  # the replies, up to the end of the connection: the witness of the drop
+            data, ancdata, _flags, _ = sock.recvmsg(1 << 16, socket.CMSG_SPACE(253 * 4))
+            fds = array.array("i")
+            for _level, _kind, payload in ancdata:
+                fds.frombytes(payload)
+            for fd in fds:
+                os.close(fd)
+            if not data:
+                break
+            assert json.loads(data)["ok"] is True and len(fds) == 1
+            received += 1
+    assert received == pinned < sent
+    # a reply with its socket takes more than 512 bytes of kernel memory
+    assert pinned <= broker_server.UNREAD_MAX // 512 + 1
+    wait_until(lambda: sockets_bound_to("10.0.1.5") == 0, 10, "the sockets to be freed")
+    wait_until(lambda: daemon_fds(pbr_daemon) <= before, 10, "the daemon's fds to settle")
+    with raw(broker_path) as sock:  # and the broker serves on
+        sock.send(b'{"v": 1, "op": "servers"}')
+        assert answer(sock)["ok"] is True
+
+
+def test_a_subscriber_that_does_not_read_its_events_is_dropped() -> None:
+    """An event goes to a subscriber that reads; one that left more than UNREAD_MAX
+    unread is dropped instead."""
+    broker = broker_server.Broker(cast(Kernel, None))
+    config = Config.model_validate({"version": 1, "servers": {"a": {
+        "id": 1, "mode": "pbr", "uplink": "eth0", "addresses": [{"address": "10.0.0.5/24"}]}}})
+    served = {name: broker_server.Served(server, config.servers[name], "in-sync")
+              for name, server in compile_config(config).servers.items()}
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
+    reading, idle = (broker_server.Client(ours, Peer(os.getpid(), 0, 0), subscribed=True)
+                     for ours, _theirs in pairs)
+    for subscriber in (reading, idle):
+        subscriber.conn.setsockopt(socket.SOL_SOCKET, broker_server.SO_SNDBUFFORCE, 8 << 20)
+        broker.clients[subscriber.fd] = subscriber
+    unread = b"x" * (broker_server.UNREAD_MAX + 1)
+    idle.conn.send(unread)
+    try:
+        broker.update(served, 1)
+        assert list(broker.clients) == [reading.fd]
+        event = json.loads(pairs[0][1].recv(1 << 16))
+        assert event["event"] == "changed" and event["changed"] == ["a"]
+        idle_end = pairs[1][1]
+        idle_end.settimeout(10)
+        assert idle_end.recv(len(unread) + 1) == unread  # and no event after it:
+        assert idle_end.recv(1 << 16) == b""  # the connection closed
+    finally:
+        broker.close()
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
 
 
 REQUEST_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000),
@@ -570,6 +779,29 @@ def test_vsnet_exec_without_a_broker_says_where_it_looked(tmp_path: Path) -> Non
     assert result.stderr == (
         f"vsnet-exec: cannot reach the broker at {missing}: No such file or directory (is "
         "vsnetd running? a caller other than root must be in the vsnet group)\n")
+
+
+def test_vsnet_exec_announces_only_the_sockets_it_passes(pbr_daemon: Daemon,
+                                                          broker_path: Path) -> None:
+    """Inside a socket-activated unit (here: LISTEN_* set and fd 3 open by a shell),
+    vsnet-exec without --listen leaves the unit's sockets and their announcement as they
+    are; with --listen, it announces its own."""
+    program = ("import os; print(os.environ.get('LISTEN_FDS'), "
+               "os.environ.get('LISTEN_PID') == str(os.getpid()), "
+               "os.environ.get('LISTEN_FDNAMES'), os.readlink('/proc/self/fd/3')[:7])")
+    unit = ('export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=unit-socket; '
+            'exec "$@" 3</dev/null')
+
+    def run(*listen: str) -> str:
+        result = subprocess.run(
+            ["sh", "-c", unit, "sh", str(Path(sys.executable).parent / "vsnet-exec"),
+             "--broker", str(broker_path), "--server", "nas1", *listen, "--",
+             sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert run() == "1 True unit-socket /dev/nu"
+    assert run("--listen", "tcp:7700") == "2 True tcp-7700:tcp-7700 socket:"
 
 
 def test_udp_marks_per_datagram_and_receive_marks(pbr_daemon: Daemon, broker_path: Path) -> None:
@@ -797,3 +1029,90 @@ def test_authorization_holds_per_item_and_per_generation(netns_daemon: Daemon,
     finally:
         app.kill()
         app.wait()
+
+
+# --------------------------------------------------------------------------- the Python client
+
+
+@contextlib.contextmanager
+def fake_broker(tmp_path: Path, timeout: float | None = 10.0
+                ) -> Iterator[tuple[client.Broker, socket.socket]]:
+    """A client connected to a broker of the test's own: the test's end answers what it
+    wants, when it wants (a reply queued before the request is its answer)."""
+    path = tmp_path / "fake-broker.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as listener:
+        listener.bind(str(path))
+        listener.listen()
+        with client.Broker(path, timeout=timeout) as broker:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(10)
+                # room for any message, as the broker's connections have
+                conn.setsockopt(socket.SOL_SOCKET, broker_server.SO_SNDBUFFORCE, 8 << 20)
+                yield broker, conn
+
+
+def sockets_reply(port: int, part: int = 1, parts: int = 1) -> bytes:
+    return (b'{"v":1,"ok":true,"generation":1,"sockets":[{"server":"vs","address":"127.0.0.1",'
+            b'"port":%d,"proto":"tcp","family":4,"mark":0,"namespace":""}],"part":%d,'
+            b'"parts":%d}' % (port, part, parts))
+
+
+def send_with(conn: socket.socket, data: bytes, fd: int) -> None:
+    conn.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+
+
+def test_a_late_reply_never_answers_the_next_request(tmp_path: Path) -> None:
+    """A request that timed out closes the connection: its reply, arriving late, can never
+    be taken for the answer to the next request (another VS's socket)."""
+    with fake_broker(tmp_path, timeout=0.2) as (broker, conn), socket.socket() as late:
+        with pytest.raises(TimeoutError):
+            broker.listen("vs-a", "tcp", 1111)
+        assert b'"server":"vs-a"' in conn.recv(1 << 16)
+        with contextlib.suppress(BrokenPipeError):  # the late answer: nobody to take it
+            send_with(conn, sockets_reply(1111), late.fileno())
+        with pytest.raises(ConnectionError, match="incomplete exchange"):
+            broker.listen("vs-b", "tcp", 2222)
+        assert conn.recv(1 << 16) == b""  # the client closed its end, the request unsent
+
+
+def test_a_reply_broken_between_its_parts_closes_the_connection(tmp_path: Path) -> None:
+    """The first part came, the second is unreadable: the sockets received are closed with
+    the connection; a refusal before that left the connection usable."""
+    with fake_broker(tmp_path) as (broker, conn):
+        conn.send(b'{"v":1,"ok":false,"error":{"code":"forbidden","message":"no"}}')
+        with pytest.raises(client.BrokerRefused):
+            broker.listen("vs", "tcp", 80)
+        handed, kept = socket.socketpair()
+        with handed, kept:
+            send_with(conn, sockets_reply(8080, 1, 2), handed.fileno())
+            handed.close()
+            conn.send(b"{not json")
+            with pytest.raises(ValueError):
+                broker.listen("vs", "tcp", 8080)
+            kept.settimeout(10)
+            assert kept.recv(1) == b""  # the first part's socket closed by the client
+        with pytest.raises(ConnectionError, match="incomplete exchange"):
+            broker.request(op="servers")
+
+
+def test_a_servers_reply_of_many_vs_fits(tmp_path: Path) -> None:
+    """The broker's connections let a message of up to 16 MiB through; the client takes
+    one of tens of thousands of VS."""
+    servers = [{"server": f"vs{n}", "mode": "pbr", "addresses": [f"10.{n >> 8}.{n & 255}.5/24"],
+                "mark": 90177536 + n, "namespace": "", "state": "in-sync"}
+               for n in range(30_000)]
+    reply = json.dumps({"v": 1, "ok": True, "generation": 1, "servers": servers},
+                       separators=(",", ":")).encode()
+    assert len(reply) > 3 << 20
+    with fake_broker(tmp_path) as (broker, conn):
+        conn.send(reply)
+        assert broker.request(op="servers")[0]["servers"] == servers
+        conn.send(b'{"v":1,"ok":true,"generation":1,"servers":[]}')  # and the next one
+        assert broker.request(op="servers")[0]["servers"] == []
+
+
+@pytest.mark.parametrize("timeout", [0, 0.0, -1])
+def test_a_timeout_is_positive_or_none(timeout: float) -> None:
+    with pytest.raises(ValueError, match="None waits forever"):
+        client.Broker("/nonexistent", timeout=timeout)

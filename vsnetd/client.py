@@ -15,6 +15,7 @@ was sent to (IP_PKTINFO / IPV6_PKTINFO). See docs/udp.md.
 from __future__ import annotations
 
 import json
+import mmap
 import socket
 import struct
 from collections.abc import Iterator, Sequence
@@ -31,7 +32,10 @@ SO_RCVMARK = 75
 IP_PKTINFO = 8
 IPV6_RECVPKTINFO = 49
 IPV6_PKTINFO = 50
-REPLY_MAX = 1 << 20
+# The longest message the broker can send: its connections' SO_SNDBUFFORCE of 8 MiB
+# (vsnetd/broker/server.py, Broker.accept), which the kernel doubles, less 32 bytes. The
+# buffer is an anonymous mapping: only the pages a reply writes take memory.
+REPLY_MAX = 16 << 20
 CONTROL_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
 FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
 TYPES = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
@@ -53,12 +57,24 @@ class Broker:
     ``timeout`` (seconds, None: wait forever) bounds each send and receive; it is set as
     SO_SNDTIMEO/SO_RCVTIMEO on a blocking socket rather than with ``settimeout``, which
     would add a ``poll`` before every system call.
+
+    A request whose exchange does not complete -- a timeout, the connection closed or a
+    message truncated or unreadable before the reply's last part, an interruption --
+    closes the connection: the rest of that reply may still come, and the next request
+    would take it for its own (another VS's socket). Later requests then raise
+    ``ConnectionError``; open a new ``Broker``. A refusal (:class:`BrokerRefused`) is a
+    complete exchange: the connection stays usable. :meth:`send` and :meth:`receive` are
+    the two halves, for a caller that keeps track of the exchange itself.
     """
 
     def __init__(self, path: Path | str = BROKER_PATH, timeout: float | None = 10.0) -> None:
+        if timeout is not None and not timeout > 0:  # a zero timeval would mean no timeout
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r} "
+                             "(None waits forever)")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self.timeout = timeout
-        self._buffer: bytearray | None = None  # REPLY_MAX bytes, on the first receive
+        self._buffer: mmap.mmap | None = None  # REPLY_MAX bytes, on the first receive
+        self._broken_by = ""  # what closed it half-way
         try:
             if timeout is not None:
                 seconds = int(timeout)
@@ -72,6 +88,9 @@ class Broker:
 
     def close(self) -> None:
         self.sock.close()
+        if self._buffer is not None:
+            self._buffer.close()
+            self._buffer = None
 
     def __enter__(self) -> Broker:
         return self
@@ -83,7 +102,11 @@ class Broker:
         """One message and the sockets it carries."""
         buffer = self._buffer
         if buffer is None:
-            buffer = self._buffer = bytearray(REPLY_MAX)
+            # private: a forked child's replies must not land in its parent's buffer
+            buffer = self._buffer = mmap.mmap(-1, REPLY_MAX, flags=mmap.MAP_PRIVATE)
+            # small pages: with transparent huge pages always on, a reply of 200 bytes
+            # would take (and clear) 2 MiB
+            buffer.madvise(mmap.MADV_NOHUGEPAGE)
         try:
             size, ancdata, flags, _ = self.sock.recvmsg_into(
                 (buffer,), CONTROL_SPACE, socket.MSG_CMSG_CLOEXEC)
@@ -116,22 +139,38 @@ class Broker:
         return self._ask(_encode(fields))
 
     def _ask(self, data: bytes) -> tuple[dict[str, Any], list[socket.socket]]:
-        self.sock.send(data)
-        reply, sockets = self.receive()
-        while "event" in reply:  # a subscription's event came first: not the answer
+        sockets: list[socket.socket] = []
+        try:  # free in Python 3.11 while nothing is raised: this is the hot path
+            self.sock.send(data)
             reply, sockets = self.receive()
-        if reply.get("ok") is not True:
-            for sock in sockets:
-                sock.close()
-            error = reply.get("error", {})
-            raise BrokerRefused(error.get("code", "error"), error.get("message", ""))
-        parts = reply.get("parts", 1)
-        while reply.get("part", 1) < parts:
-            more, more_sockets = self.receive()
-            reply["sockets"] = reply.get("sockets", []) + more.get("sockets", [])
-            reply["part"] = more.get("part", parts)
-            sockets += more_sockets
-        return reply, sockets
+            while "event" in reply:  # a subscription's event came first: not the answer
+                reply, sockets = self.receive()
+            if reply.get("ok") is True:
+                parts = reply.get("parts", 1)
+                while reply.get("part", 1) < parts:
+                    more, more_sockets = self.receive()
+                    reply["sockets"] = reply.get("sockets", []) + more.get("sockets", [])
+                    reply["part"] = more.get("part", parts)
+                    sockets += more_sockets
+                return reply, sockets
+        except BaseException as exc:
+            self._break(exc, sockets)
+            raise
+        for sock in sockets:
+            sock.close()
+        error = reply.get("error", {})
+        raise BrokerRefused(error.get("code", "error"), error.get("message", ""))
+
+    def _break(self, exc: BaseException, sockets: list[socket.socket]) -> None:
+        """The exchange is incomplete: close the connection (and the sockets of the
+        reply's parts already received); a later request says why it cannot be made."""
+        for sock in sockets:
+            sock.close()
+        if self._broken_by:
+            raise ConnectionError(f"this broker connection was closed after an incomplete "
+                                  f"exchange ({self._broken_by}): open a new one") from exc
+        self._broken_by = repr(exc)
+        self.close()
 
     def listen(self, server: str, proto: str, port: int, address: str | None = None, *,
                backlog: int = 128, reuseport: bool = False) -> list[socket.socket]:

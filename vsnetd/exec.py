@@ -5,11 +5,14 @@
 The sockets come from the broker, are placed at fd 3, 4, ... and announced with
 ``LISTEN_FDS``, ``LISTEN_PID`` (the program's own pid: exec keeps it) and
 ``LISTEN_FDNAMES`` (``tcp-8080``...), as systemd socket activation does: gunicorn, nginx
-and anything built on sd_listen_fds(3) take them as they are. ``--join`` also enters the
-VS's network namespace (netns mode; needs CAP_SYS_ADMIN), so the program's outgoing
-connections stay inside the VS. In pbr mode with confinement on, the program runs in the
-VS's cgroup (with or without ``--listen``): every socket it and its children create
-carries the VS mark and may bind only the VS's addresses (needs root to enter it).
+and anything built on sd_listen_fds(3) take them as they are. Without ``--listen`` it
+passes no socket and leaves the ``LISTEN_*`` variables as it found them (inside a
+socket-activated unit: the unit's own sockets, at the same fds and pid after exec).
+``--join`` also enters the VS's network namespace (netns mode; needs CAP_SYS_ADMIN), so
+the program's outgoing connections stay inside the VS. In pbr mode with confinement on,
+the program runs in the VS's cgroup (with or without ``--listen``): every socket it and
+its children create carries the VS mark and may bind only the VS's addresses (needs root
+to enter it).
 """
 
 from __future__ import annotations
@@ -132,8 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(fd, target, inheritable=True)
         if fd != target:
             os.close(fd)
-    env = dict(os.environ, LISTEN_FDS=str(len(moved)), LISTEN_PID=str(os.getpid()),
-               LISTEN_FDNAMES=":".join(names))
+    env = dict(os.environ)
+    if moved:  # else the environment's, if any, announce the fds this process was given
+        env.update(LISTEN_FDS=str(len(moved)), LISTEN_PID=str(os.getpid()),
+                   LISTEN_FDNAMES=":".join(names))
     if server["mode"] == "pbr" and server.get("cgroup"):  # "": confinement is off
         missing = confine(server["cgroup"])
         if missing:

@@ -13,21 +13,30 @@ whoever takes the lock after a reply was received finds that request counted.
 :meth:`readable` serves one request of one client in the calling thread (the thread's
 loop, or a benchmark without one).
 
+No descriptor passed by a client is ever closed on the broker's thread: the last close
+of a TCP socket with ``SO_LINGER`` waits until its data and FIN are gone (up to the linger
+time), and would stall every client and the daemon's loop (waiting for :attr:`lock`). Where the kernel has
+``SO_PASSRIGHTS`` (Linux >= 6.16) the listener refuses them, so that a sender's
+``sendmsg`` fails with ``EPERM`` and none arrives; elsewhere they are closed by
+:class:`Closer`, and so are the connections dropped (their unread messages may hold some).
+
 The hot path (``listen``/``socket``, a profile showed where the time went): one
-``recvmsg_into`` into a buffer kept for the broker's life, :func:`parse_request`, a dict
-lookup of the VS's :class:`~vsnetd.broker.sockets.Target` (built once per picture), the
-caller's verdict for that VS (decided once per connection and generation), the socket's
-system calls, the port put between the two preframed halves of the reply, one
-``sendmsg``.
+``recvmsg_into`` into a buffer kept for the broker's life, one ``ioctl`` (how much the
+client left unread: :data:`UNREAD_MAX`), :func:`parse_request`, a dict lookup of the
+VS's :class:`~vsnetd.broker.sockets.Target` (built once per picture), the caller's
+verdict for that VS (decided once per connection and generation), the socket's system
+calls, the port put between the two preframed halves of the reply, one ``sendmsg``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import grp
 import logging
 import os
+import queue
 import select
 import socket
 import struct
@@ -71,6 +80,17 @@ __all__ = ["BROKER_PATH", "Broker", "Client", "Observer", "Served"]
 
 MAX_CLIENTS = 4096
 SO_SNDBUFFORCE = 32
+SO_PASSRIGHTS = 83  # Linux >= 6.16; 0: the kernel refuses SCM_RIGHTS sent to the socket
+SIOCOUTQ = 0x5411  # AF_UNIX: the kernel memory of the messages sent and not read yet
+# What a connection may leave unread (the kernel memory of the messages: 768 bytes for a
+# reply of one socket, a large message's rounded up to a power of two) before the broker
+# serves it again: room for an unread `servers` reply or event of ~4,500 VS of one
+# address. Without a bound, a client pipelining requests without reading pins every
+# socket its 16 MiB send buffer holds replies for (21,000; over 100,000 in batches).
+UNREAD_MAX = 1 << 20
+# Threads closing what a client may have passed (kernels without SO_PASSRIGHTS): one close
+# that waits, for the linger time or for good, leaves the others to close the rest.
+CLOSERS = 4
 CONTROL_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
 # plain ints: the socket module's flags are enums, whose operators are Python functions
 SEND_FLAGS = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
@@ -84,6 +104,7 @@ DROPPED_ERRNOS = frozenset({errno.EAGAIN, errno.EPIPE, errno.ECONNRESET, errno.E
                             errno.EMSGSIZE})
 SOL_SOCKET, SCM_RIGHTS = int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS)
 _perf = time.perf_counter_ns
+_ioctl = fcntl.ioctl
 
 # A request's observer: (op, result, nanoseconds) -- result is "ok", an error code, or
 # "dropped" (the reply could not be handed over). The one place where a request's op,
@@ -117,10 +138,57 @@ class Served:
                 "cgroup": getattr(confinement.of(d.objects), "cgroup", "")}
 
 
+class Closer:
+    """Closes descriptors on threads of their own (at most :data:`CLOSERS`, started as
+    needed), in order: a last close that waits (a socket with ``SO_LINGER`` whose data
+    cannot leave) holds up one of them, never the broker's thread."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[int | socket.socket | None] = queue.SimpleQueue()
+        self.lock = threading.Lock()  # the serving thread and the daemon's loop both close
+        self.threads = 0  # running
+        self.idle = 0  # waiting for something to close
+        self.pending = 0  # queued, not taken yet
+
+    def close(self, closable: int | socket.socket) -> None:
+        """Close a descriptor number or a socket, soon."""
+        with self.lock:
+            self.queue.put(closable)
+            self.pending += 1
+            if self.pending > self.idle and self.threads < CLOSERS:
+                self.threads += 1
+                threading.Thread(target=self._run, name="broker-closer", daemon=True).start()
+
+    def stop(self) -> None:
+        """End the threads once what they were given is closed (without waiting)."""
+        with self.lock:
+            for _thread in range(self.threads):
+                self.queue.put(None)
+                self.pending += 1
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                self.idle += 1
+            closable = self.queue.get()
+            with self.lock:
+                self.idle -= 1
+                self.pending -= 1
+                if closable is None:
+                    self.threads -= 1
+                    return
+            with contextlib.suppress(OSError):
+                if isinstance(closable, int):
+                    os.close(closable)
+                else:
+                    closable.close()
+
+
 @dataclass(slots=True)
 class Client:
     conn: socket.socket
     peer: Peer
+    fd: int = field(init=False)  # the connection's, while it is open
     subscribed: bool = False
     # verdicts (access.DENIED...) by VS, valid for one generation of the config
     verdicts: dict[str, int] = field(default_factory=dict)
@@ -128,6 +196,9 @@ class Client:
     # read again at once after a reply while that finds the next request (see _serve);
     # after a miss, only after SKIP_AFTER_MISS more requests
     eager: int = 0
+
+    def __post_init__(self) -> None:
+        self.fd = self.conn.fileno()
 
 
 def _reply_head(generation: int) -> bytes:
@@ -157,12 +228,31 @@ class Broker:
     wake: int = -1
     stopping: bool = False
     missed: bool = False  # the last read found nothing (readable)
+    # the kernel refuses descriptors sent to the broker (SO_PASSRIGHTS, see open); else
+    # those that arrive, and the connections that may hold some, go to the closer
+    refuses_rights: bool = False
+    closer: Closer = field(default_factory=Closer)
+    # SIOCOUTQ's answer, written in place: no allocation per request
+    unread: bytearray = field(default_factory=lambda: bytearray(4))
+    unread_bytes: memoryview = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.unread_bytes = memoryview(self.unread).cast("i")
 
     def open(self) -> socket.socket:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX,
                              socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        # before listen(): a connection inherits it from the listener as it is made, so
+        # even what a client sends before it is accepted is refused
+        try:
+            sock.setsockopt(SOL_SOCKET, SO_PASSRIGHTS, 0)
+            self.refuses_rights = True
+        except OSError as exc:
+            if exc.errno != errno.ENOPROTOOPT:  # an older kernel: Closer instead
+                sock.close()
+                raise
         sock.bind(str(self.path))
         group = -1
         with contextlib.suppress(KeyError):
@@ -247,12 +337,13 @@ class Broker:
         for client in list(self.clients.values()):
             self.drop(client)
         if self.listener is not None:
-            self.listener.close()
+            self._close_connection(self.listener)  # its unaccepted ones go with it
             with contextlib.suppress(OSError):
                 self.path.unlink()
         for target in self.targets.values():
             target.close()
         self.targets = {}
+        self.closer.stop()
 
     # ------------------------------------------------------------------ the picture
 
@@ -278,7 +369,11 @@ class Broker:
                    and verdict(client.peer, s.policy) != DENIED}
             changed = sorted(n for n in new if old.get(n) != new[n])
             removed = sorted(n for n in old if n not in new)
-            if (changed or removed) and not self._send(client, encode({
+            if not changed and not removed:
+                continue
+            # a subscriber that does not read its events is dropped like any other client
+            # that leaves too much unread
+            if self._unread(client) > UNREAD_MAX or not self._send(client, encode({
                 "v": VERSION, "event": "changed", "generation": generation,
                 "changed": changed, "removed": removed, "servers": [new[n] for n in changed],
             })):
@@ -316,13 +411,16 @@ class Broker:
         except (BlockingIOError, InterruptedError):
             return None
         if len(self.clients) >= MAX_CLIENTS:
-            conn.close()  # one over the limit goes; the next one waiting may fit
+            self._close_connection(conn)  # one over the limit goes; the next one may fit
             return self.accept() if len(self.clients) < MAX_CLIENTS else None
         conn.setblocking(False)
-        with contextlib.suppress(OSError):  # room for a `servers` reply of thousands of VS
+        # room for a `servers` reply of tens of thousands of VS (the kernel doubles it:
+        # vsnetd/client.py's REPLY_MAX receives the largest message it lets through);
+        # UNREAD_MAX, not this, bounds what a client may leave unread
+        with contextlib.suppress(OSError):
             conn.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 8 << 20)
         client = Client(conn, peer_of(conn))
-        fd = conn.fileno()
+        fd = client.fd
         with self.lock:
             self.clients[fd] = client
             if self.epoll is not None:
@@ -332,13 +430,28 @@ class Broker:
     def drop(self, client: Client) -> None:
         """Forget a client and close its connection (with :attr:`lock` held, or no
         thread: its descriptor number may be reused by the next accept)."""
-        fd = client.conn.fileno()
+        fd = client.fd
         if self.clients.pop(fd, None) is None:
             return
         if self.epoll is not None:
             with contextlib.suppress(OSError, ValueError):
                 self.epoll.unregister(fd)
-        client.conn.close()
+        self._close_connection(client.conn)
+
+    def _close_connection(self, conn: socket.socket) -> None:
+        """Close a connection (or the listener); on the closer's thread where messages
+        the broker never read may hold descriptors: their last close is then the
+        broker's."""
+        if self.refuses_rights:
+            conn.close()
+        else:
+            self.closer.close(conn)
+
+    def _unread(self, client: Client) -> int:
+        """The bytes (kernel memory) of the messages sent to the client that it has not
+        read yet."""
+        _ioctl(client.fd, SIOCOUTQ, self.unread)
+        return self.unread_bytes[0]
 
     def readable(self, client: Client) -> bool:
         """Serve one request of the client; False when it is gone (the caller drops it)."""
@@ -351,11 +464,19 @@ class Broker:
         except OSError:
             return False
         started = _perf()
-        if ancdata and _close_fds(ancdata):
+        if ancdata and self._close_passed(ancdata):
+            if self._unread(client) > UNREAD_MAX:
+                return self._done("?", "dropped", started, False)
             return self._refuse(client, "?", started, BrokerError(
                 "bad-request", "the broker takes no file descriptors"))
         if not size:
             return False  # end of file: the client went away
+        # A client that sends requests without reading the replies would pin every socket
+        # they carry (and their memory) in its receive queue: it is dropped before it gets
+        # more. _unread written out: this is the hot path.
+        _ioctl(client.fd, SIOCOUTQ, self.unread)
+        if self.unread_bytes[0] > UNREAD_MAX:
+            return self._done("?", "dropped", started, False)
         if flags & MSG_TRUNC:
             return self._refuse(client, "?", started, BrokerError(
                 "too-large", f"a request is at most {MAX_MESSAGE} bytes"))
@@ -504,6 +625,19 @@ class Broker:
                 return False
         return True
 
+    def _close_passed(self, ancdata: list[tuple[int, int, bytes]]) -> int:
+        """Have the descriptors a client passed closed (the broker takes none; only a
+        kernel without SO_PASSRIGHTS lets them through) on the closer's thread; how many
+        there were."""
+        count = 0
+        for level, kind, payload in ancdata:
+            if level == SOL_SOCKET and kind == SCM_RIGHTS:
+                usable = len(payload) - len(payload) % 4
+                for fd in struct.unpack(f"{usable // 4}i", payload[:usable]):
+                    self.closer.close(fd)
+                    count += 1
+        return count
+
     def _refuse(self, client: Client, op: str, started: int, error: BrokerError) -> bool:
         sent = self._send(client, error.encoded())
         return self._done(op, error.code if sent else "dropped", started, sent)
@@ -534,16 +668,3 @@ _FD = struct.Struct("i")
 def _forbidden(client: Client, name: str, port: int, where: str = "") -> BrokerError:
     return BrokerError("forbidden", f"{where}uid {client.peer.uid} may not use {name!r}"
                        + (f" port {port}" if 0 < port < PRIVILEGED_PORTS else ""))
-
-
-def _close_fds(ancdata: list[tuple[int, int, bytes]]) -> int:
-    """Close descriptors a client passed (the broker takes none); how many there were."""
-    count = 0
-    for level, kind, payload in ancdata:
-        if level == SOL_SOCKET and kind == SCM_RIGHTS:
-            usable = len(payload) - len(payload) % 4
-            for fd in struct.unpack(f"{usable // 4}i", payload[:usable]):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-                count += 1
-    return count
