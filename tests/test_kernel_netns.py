@@ -377,6 +377,17 @@ def test_a_foreign_resolver_file_of_a_namespace_yet_to_come_is_a_conflict(
     assert foreign.read_text() == FOREIGN_RESOLVER and namespaces() == []
 
 
+def test_a_resolver_file_that_is_not_text_is_foreign_too(two_vs: Path,
+                                                        foreign_resolver: Path) -> None:
+    foreign_resolver.write_bytes(b"nameserver 192.0.2.99 # \xff\xfe\n")
+    result = vsnetctl("apply", "--json", "-c", str(two_vs))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert json.loads(result.stdout)["servers"]["a"] == {"state": "conflict", "reasons": [
+        "/etc/netns/vs-a/resolv.conf was not written by vsnet"]}
+    assert foreign_resolver.read_bytes() == b"nameserver 192.0.2.99 # \xff\xfe\n"
+    assert vsnetctl("teardown", "-c", str(two_vs)).returncode == 0
+
+
 def test_a_resolver_file_written_after_the_look_is_not_overwritten(
         two_vs: Path, foreign_resolver: Path) -> None:
     """A plan made before someone else wrote the file: its write is refused and fails

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 ETC_NETNS = Path("/etc/netns")
 HEADER = "# managed by vsnet: edit /etc/vsnet/servers.yaml instead\n"
+HEADER_BYTES = HEADER.encode()
 
 
 class ResolverFile(NamedTuple):
@@ -71,6 +72,8 @@ def observe(netns: str) -> tuple[ResolverFile | None, bool]:
         text = path_of(netns).read_text()
     except OSError:
         return None, False
+    except UnicodeDecodeError:  # not text vsnet wrote (it writes ASCII): someone else's
+        return None, True
     if text.startswith(HEADER):
         return ResolverFile(netns, text[len(HEADER):]), False
     return None, True
@@ -81,11 +84,11 @@ def _refuse_foreign(path: Path) -> None:
     unlink (a file may appear after the observe that planned the change, or under a
     namespace that did not exist then)."""
     try:
-        with path.open() as file:
-            head = file.read(len(HEADER))
+        with path.open("rb") as file:
+            head = file.read(len(HEADER_BYTES))
     except FileNotFoundError:
         return
-    if head != HEADER:
+    if head != HEADER_BYTES:
         raise FileExistsError(errno.EEXIST, f"{path} was not written by vsnet: left as it is")
 
 
