@@ -22,6 +22,27 @@ from tests.sandbox import NotifySocket, ip_json
 # daemons started and not yet closed: conftest closes them after each test (killing what
 # a failed test left running)
 RUNNING: list[Daemon] = []
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "vsnetd.service"
+# a user that owns nothing of vsnet's
+OTHER_UID = 65534
+
+
+def patched(prelude: str) -> list[str]:
+    """``Daemon(command=...)``: vsnetd, once ``prelude`` ran in its process (an error
+    injected where no real condition reaches that place alone)."""
+    return [sys.executable, "-c",
+            f"{prelude}\nimport sys\nfrom vsnetd.daemon import main\nsys.exit(main(sys.argv[1:]))\n"]
+
+
+def unit_capabilities() -> list[str]:
+    """A wrapper (``Daemon(wrapper=...)``) that leaves the command, though root, only the
+    capabilities the unit's ``CapabilityBoundingSet=`` leaves vsnetd: no CAP_DAC_OVERRIDE
+    nor CAP_DAC_READ_SEARCH, so that what another user owns, or what its mode denies its
+    owner, cannot be read (as under systemd)."""
+    line = next(line for line in UNIT.read_text().splitlines()
+                if line.startswith("CapabilityBoundingSet="))
+    kept = [cap.removeprefix("CAP_").lower() for cap in line.split("=", 1)[1].split()]
+    return ["setpriv", f"--bounding-set=-all,{','.join('+' + cap for cap in kept)}", "--"]
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from vsnetd.reconcile import RETRY_MAX_SECONDS, WHOLE, Schedule, gc_paused
+from vsnetd.reconcile import RETRY_MAX_SECONDS, WHOLE, Pending, Schedule, gc_paused
 
 
 def test_a_changed_vs_is_due_at_once_and_done_after_a_clean_run() -> None:
@@ -99,3 +99,36 @@ def test_the_collector_comes_back_when_the_last_hold_is_left() -> None:
         assert not gc.isenabled()
     finally:
         (gc.enable if was_enabled else gc.disable)()
+
+
+def test_a_failing_full_run_holds_back_the_resync_and_the_vs_until_its_backoff_ends() -> None:
+    """A full run that raises again and again (no descriptor left) must not be run again
+    at every turn of the loop once the periodic resync is due, nor through a VS whose
+    heal raised (its heal would be a full run: the kept state is gone)."""
+    schedule = Schedule(resync_seconds=2, now=0)
+    # a heal of "a" raised: the Reconciler wants a full run after a backoff
+    schedule.want({"a"}, "changed in the kernel", 1.0)
+    assert schedule.due(1.0) == (False, {"a"}, "changed in the kernel")
+    schedule.failed_full("error: OSError(24, 'Too many open files')", 1.0)
+    retry = schedule.pending[WHOLE].next_at
+    assert retry > 1.0
+    assert schedule.due(1.0) == (False, set(), "")
+    assert schedule.deadline() == retry
+    # the resync falls due while the full run waits out its backoff
+    schedule.failed_full("error: OSError(24, 'Too many open files')", 2.5)
+    retry = schedule.pending[WHOLE].next_at
+    assert retry > 2.5
+    schedule.want({"b"}, "changed in the kernel", 2.5)
+    assert schedule.due(2.5) == (False, set(), "")
+    assert schedule.deadline() == retry  # the loop sleeps until then
+    assert schedule.as_json(2.5)[WHOLE]["tries"] == 2
+    assert schedule.due(retry) == (True, set(), "error: OSError(24, 'Too many open files')")
+    schedule.done(True, set(), {}, retry)
+    assert schedule.pending == {} and schedule.next_resync == retry + 2
+
+
+def test_the_backoff_of_a_run_away_count_is_the_cap() -> None:
+    schedule = Schedule(resync_seconds=60, now=0)
+    schedule.pending[WHOLE] = Pending("error", 100_000, 0.0)
+    schedule.failed_full("error", 1.0)
+    assert schedule.pending[WHOLE].next_at == 1.0 + RETRY_MAX_SECONDS

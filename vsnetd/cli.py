@@ -238,10 +238,23 @@ def cmd_reload(args: argparse.Namespace) -> int:
     except control.DaemonUnavailable:
         print(f"vsnetctl: no vsnetd answers on {control.CONTROL_PATH}", file=sys.stderr)
         return EXIT_ERROR
+    except TimeoutError:  # before OSError, whose kind it is
+        print(f"vsnetctl: vsnetd did not answer the reload within {control.TIMEOUT:g} s; "
+              "it may still be reading or converging: see `vsnetctl status`", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"vsnetctl: cannot ask vsnetd on {control.CONTROL_PATH}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except ValueError as exc:  # not JSON: whatever answers there is no vsnetd
+        print(f"vsnetctl: no valid answer on {control.CONTROL_PATH}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     if "daemon" not in reply:
         print(f"vsnetctl: {reply.get('error', 'reload failed')}", file=sys.stderr)
         return EXIT_ERROR
     _print_daemon(reply, args)
+    if reply.get("error"):  # read, but converging it failed (retried by vsnetd)
+        print(f"vsnetctl: {reply['error']}", file=sys.stderr)
     return EXIT_OK if reply.get("ok") else EXIT_ERROR
 
 

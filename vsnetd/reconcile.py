@@ -144,12 +144,16 @@ def _converge(kernel: Kernel, desired: DesiredState) -> ConvergeResult:
 class Reconciler:
     """Converges the kernel again and again, keeping what it last saw.
 
-    The first call (and any call with ``full=True``, or after new settings or a failure)
+    The first call (and any call with ``full=True``, or after new settings or an error)
     runs the whole pipeline. Later calls diff only the VS whose desired objects changed,
     against the kept observed state, which the ACKs of every applied change keep up to
     date: a one-VS edit costs one VS, not a dump of 12,000 objects. Whoever changes the
     kernel behind vsnet's back is caught by a full run (the daemon's periodic resync, or
     its netlink notifications).
+
+    A VS the kernel refused is the only one whose kept state is in doubt (a create
+    refused with "File exists" means an object vsnet has not seen): its retry is a full
+    run, at its own backoff; the state is kept for the others, whose heals stay scoped.
     """
 
     def __init__(self, kernel: Kernel, schedule: Schedule | None = None) -> None:
@@ -158,6 +162,7 @@ class Reconciler:
         self.observed: ObservedState | None = None
         self.verdicts: dict[str, ServerVerdict] = {}
         self.schedule = schedule or Schedule(now=time.monotonic())
+        self.doubted: set[str] = set()  # VS the kernel refused: converged by a full run
 
     def edit(self, desired: DesiredState) -> ConvergeResult:
         """A new config: converge what it changed at once (everything when nothing is
@@ -166,10 +171,13 @@ class Reconciler:
         full = (previous is None or observed is None or previous.settings != desired.settings)
         changed: set[str] = set()
         try:
+            if not full and previous is not None:
+                changed = changed_servers(previous, desired)
+                full = not self.doubted.isdisjoint(changed)
             if full or previous is None or observed is None:
+                changed = set()
                 result = self._full(desired)
             else:
-                changed = changed_servers(previous, desired)
                 with gc_paused():
                     result = self._scoped(previous, observed, desired, changed)
         except Exception as exc:
@@ -205,15 +213,18 @@ class Reconciler:
         previous, observed = self.desired, self.observed
         if full or previous is None or observed is None or previous.settings != desired.settings:
             return self._full(desired)
+        changed = changed_servers(previous, desired)
+        if not self.doubted.isdisjoint(changed):
+            return self._full(desired)
         with gc_paused():
-            return self._scoped(previous, observed, desired, changed_servers(previous, desired))
+            return self._scoped(previous, observed, desired, changed)
 
     def heal(self, names: set[str]) -> ConvergeResult:
         """Converge these VS again against the kept state (which notifications keep
         current): an object of theirs changed or vanished, or a foreign one appeared."""
         desired, observed = self.desired, self.observed
         assert desired is not None, "heal() comes after a first converge()"
-        if observed is None:
+        if observed is None or not self.doubted.isdisjoint(names):
             return self._full(desired)
         with gc_paused():
             return self._scoped(desired, observed, desired, names & desired.servers.keys())
@@ -222,8 +233,7 @@ class Reconciler:
         result = converge(self.kernel, desired)
         self.desired, self.observed = desired, result.observed
         self.verdicts = result.servers
-        if result.failures:
-            self.observed = None  # the next call looks at the whole kernel again
+        self.doubted = set(result.failures)
         return result
 
     def _scoped(
@@ -274,8 +284,7 @@ class Reconciler:
             if name in desired.servers:  # a shared rule that failed is retried, not a VS's
                 verdicts[name] = ServerVerdict("failed", (reason,))
         self.desired, self.verdicts = desired, verdicts
-        if failures:
-            self.observed = None
+        self.doubted = (self.doubted - changed) | set(failures)
         return ConvergeResult(
             first_plan=plan,
             final_plan=Plan(changes=(), servers=verdicts),
@@ -364,7 +373,10 @@ class Pending:
 
 
 def backoff(tries: int) -> float:
-    return float(min(RETRY_FIRST_SECONDS * 2 ** max(0, tries - 1), RETRY_MAX_SECONDS))
+    # the exponent capped: past the cap the wait is the cap anyway, and 2 ** tries of a
+    # count that ran away would not convert to a float
+    doublings = min(max(0, tries - 1), 16)
+    return float(min(RETRY_FIRST_SECONDS * 2 ** doublings, RETRY_MAX_SECONDS))
 
 
 WHOLE = "*"  # the key of a pending full run
@@ -377,6 +389,11 @@ class Schedule:
 
     The daemon feeds it and asks :meth:`due`; a run's outcome goes back through
     :meth:`done`. Pure bookkeeping: no kernel access, clock passed in.
+
+    A full run that failed (it raised: no descriptor left, a dump refused) holds back
+    everything else until its backoff ends: the resync and the VS waiting would each be
+    a run meeting the same error (a VS's heal is a full run once the kept state is
+    lost), and the full run converges them all anyway.
     """
 
     def __init__(self, resync_seconds: float = RESYNC_SECONDS, now: float = 0.0) -> None:
@@ -408,7 +425,15 @@ class Schedule:
         if WHOLE not in self.pending:
             self.failed_full(why, now)
 
+    def _failing_full(self) -> Pending | None:
+        """The full run pending after it failed, which everything else waits for."""
+        whole = self.pending.get(WHOLE)
+        return whole if whole is not None and whole.tries else None
+
     def deadline(self) -> float:
+        failing = self._failing_full()
+        if failing is not None:
+            return failing.next_at
         return min([self.next_resync, *(p.next_at for p in self.pending.values())])
 
     def due(self, now: float) -> tuple[bool, set[str], str]:
@@ -416,6 +441,8 @@ class Schedule:
         whole = self.pending.get(WHOLE)
         if whole is not None and whole.next_at <= now:
             return True, set(), whole.why
+        if whole is not None and whole.tries:
+            return False, set(), ""  # a failing full run waits out its backoff: all wait
         if now >= self.next_resync:
             return True, set(), "resync"
         names = {name for name, p in self.pending.items() if p.next_at <= now and name != WHOLE}

@@ -337,7 +337,7 @@ class Broker:
         for client in list(self.clients.values()):
             self.drop(client)
         if self.listener is not None:
-            self._close_connection(self.listener)  # its unaccepted ones go with it
+            self.close_connection(self.listener)  # its unaccepted ones go with it
             with contextlib.suppress(OSError):
                 self.path.unlink()
         for target in self.targets.values():
@@ -411,7 +411,7 @@ class Broker:
         except (BlockingIOError, InterruptedError):
             return None
         if len(self.clients) >= MAX_CLIENTS:
-            self._close_connection(conn)  # one over the limit goes; the next one may fit
+            self.close_connection(conn)  # one over the limit goes; the next one may fit
             return self.accept() if len(self.clients) < MAX_CLIENTS else None
         conn.setblocking(False)
         # room for a `servers` reply of tens of thousands of VS (the kernel doubles it:
@@ -436,9 +436,9 @@ class Broker:
         if self.epoll is not None:
             with contextlib.suppress(OSError, ValueError):
                 self.epoll.unregister(fd)
-        self._close_connection(client.conn)
+        self.close_connection(client.conn)
 
-    def _close_connection(self, conn: socket.socket) -> None:
+    def close_connection(self, conn: socket.socket) -> None:
         """Close a connection (or the listener); on the closer's thread where messages
         the broker never read may hold descriptors: their last close is then the
         broker's."""

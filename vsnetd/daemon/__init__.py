@@ -51,7 +51,7 @@ from vsnetd.kinds import namespace
 from vsnetd.neighbours import Announcer, announce_servers
 from vsnetd.observe import recheck
 from vsnetd.reconcile import ConvergeResult, Reconciler, Schedule, gc_paused
-from vsnetd.state import ACTION_SIGNS, DesiredState, Plan, ServerVerdict
+from vsnetd.state import ACTION_SIGNS, DesiredState, ObservedState, Plan, ServerVerdict
 from vsnetd.status import server_status, summary
 
 DEFAULT_RESYNC_SECONDS = 60.0
@@ -146,10 +146,14 @@ class Daemon:
         self.namespaces_touched = False
         self.reload_token = 0
         self.waiting_reloads: dict[int, Any] = {}  # token -> control connection
+        self.hangup = False  # SIGHUP seen: the loop asks the reader for a full read
+        self.status_sent: str | None = None  # the last STATUS= line systemd was given
+        self.verdicts_shown: dict[str, ServerVerdict] | None = None  # what it was made of
         self.watchdog = watchdog_interval()
         self.next_watchdog = now
         self.next_confinement_check = now + CONFINEMENT_CHECK_SECONDS
-        self.confinement_seen: dict[str, tuple[Any, ...]] = {}
+        self.confinement_seen: dict[Any, tuple[Any, ...]] = {}
+        self.confinement_errors: dict[str, str] = {}  # VS -> the error its check last met
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # ------------------------------------------------------------------ life cycle
@@ -163,7 +167,10 @@ class Daemon:
         self.selector.register(self.reader.wake, selectors.EVENT_READ, self._on_loaded)
         # subscribe before the first look, so nothing between the two goes unseen
         self.monitors.open(ROOT)
-        self.config_loaded(self.reader.load_now(), why="start")
+        try:
+            self.config_loaded(self.reader.load_now(), why="start")
+        except Exception as exc:  # e.g. the first look refused: retried like any run
+            self._loop_error(exc)
         # the config and kernel state of the start are kept for long: spare the collector
         # them (an unfrozen full collection of 1,000 VS paused edits by 40-90 ms)
         gc.freeze()
@@ -174,15 +181,13 @@ class Daemon:
         self._publish()
         log.event(logging.INFO, f"started: {self.config_path}, control {self.control.path}, "
                   f"{self.fd_limit} descriptors", op="start")
-        notify(f"READY=1\nSTATUS={self._status_line()}")
+        notify(f"READY=1\nSTATUS={self._shown_status()}")
         try:
             while not self.stopping:
                 try:
                     self._loop_once()
                 except Exception as exc:  # a bad moment must not stop vsnet
-                    log.event(logging.ERROR, f"daemon loop: {exc!r}", op="error")
-                    # notifications it had read (e.g. before a MemoryError) are gone
-                    self.schedule.lost_track(f"error: {exc!r}", time.monotonic())
+                    self._loop_error(exc)
         finally:
             notify("STOPPING=1")
             log.event(logging.INFO, "stopping; the kernel state stays as it is", op="stop")
@@ -193,6 +198,11 @@ class Daemon:
             self.reader.close()
             self.kernel.close()
         return 0
+
+    def _loop_error(self, exc: Exception) -> None:
+        log.event(logging.ERROR, f"daemon loop: {exc!r}", op="error")
+        # notifications it had read (e.g. before a MemoryError) are gone
+        self.schedule.lost_track(f"error: {exc!r}", time.monotonic())
 
     def _loop_once(self) -> None:
         deadlines = [self.schedule.deadline() if self.reconciler.desired is not None
@@ -208,6 +218,10 @@ class Daemon:
             callback()
         if self.stopping:
             return
+        if self.hangup:
+            self.hangup = False
+            self.reload_token += 1
+            self.reader.request(self.reload_token)
         now = time.monotonic()
         self.control.tick(now)
         self._broker_resume(now)
@@ -224,9 +238,10 @@ class Daemon:
     # ------------------------------------------------------------------ events
 
     def _on_signal(self, signum: int, _frame: object) -> None:
+        # only flags: the handler runs between any two bytecodes of the loop, which may
+        # hold a lock the reader's request takes (the wakeup fd ends the loop's select)
         if signum == signal.SIGHUP:
-            self.reload_token += 1
-            self.reader.request(self.reload_token)
+            self.hangup = True
         else:
             self.stopping = True
 
@@ -246,15 +261,31 @@ class Daemon:
                 pass
         while not self.reader.results.empty():
             loaded = self.reader.results.get()
-            self.config_loaded(loaded, why="reload")
-            for token in loaded.requests:
-                conn = self.waiting_reloads.pop(token, None)
-                if conn is not None:
-                    reply = self.status()
-                    reply["ok"] = not self.config_issues
-                    self.control.reply(conn, reply)
-            if loaded.requests:
-                notify(f"READY=1\nSTATUS={self._status_line()}")
+            error: str | None = None
+            try:
+                self.config_loaded(loaded, why="reload")
+            except Exception as exc:  # the retry is scheduled; the reads after still come
+                self._loop_error(exc)
+                error = f"converging the config failed: {exc!r}; retried after a backoff"
+            finally:
+                if loaded.requests:
+                    self._answer_reloads(loaded.requests, error)
+
+    def _answer_reloads(self, requests: list[int], error: str | None) -> None:
+        """Every reload a read answers hears how it ended, and systemd that it is over."""
+        try:
+            reply = self.status()
+            reply["ok"] = not self.config_issues and error is None
+            if error is not None:
+                reply["error"] = error
+        except Exception as exc:  # e.g. MemoryError: still an answer
+            reply = {"ok": False, "error": f"vsnetd failed to answer: {exc!r}"}
+        # first: a reload answered is over for systemd too
+        notify(f"READY=1\nSTATUS={self._shown_status()}")
+        for token in requests:
+            conn = self.waiting_reloads.pop(token, None)
+            if conn is not None:
+                self.control.reply(conn, reply)
 
     # ------------------------------------------------------------------ work
 
@@ -288,6 +319,7 @@ class Daemon:
         for issue in issues:
             log.event(logging.ERROR, f"config refused, last good config stays: {issue}",
                       op="reload")
+        self._send_status()
 
     def heal(self, now: float) -> None:
         """Whatever the schedule says is due: the VS the kernel's notifications concern,
@@ -314,13 +346,51 @@ class Daemon:
     def _check_confinement(self) -> None:
         """Confinement changed behind vsnet's back becomes work like a notification."""
         started = time.monotonic()
-        observed, desired = self.reconciler.observed, self.desired
-        if observed is not None and desired is not None:
-            self.monitors.changed.extend(recheck(
-                desired.scope, desired.servers.values(), observed, self.confinement_seen))
-        now = time.monotonic()
-        self.next_confinement_check = now + max(
-            CONFINEMENT_CHECK_SECONDS, (now - started) * CONFINEMENT_CHECK_SPACING)
+        # moved on first: a check that raises must not fall due again at once (a turn
+        # that ends in it never reaches heal() or the watchdog)
+        self.next_confinement_check = started + CONFINEMENT_CHECK_SECONDS
+        try:
+            observed, desired = self.reconciler.observed, self.desired
+            if observed is not None and desired is not None:
+                self._recheck(desired, observed)
+        finally:
+            now = time.monotonic()
+            self.next_confinement_check = now + max(
+                CONFINEMENT_CHECK_SECONDS, (now - started) * CONFINEMENT_CHECK_SPACING)
+
+    def _recheck(self, desired: DesiredState, observed: ObservedState) -> None:
+        """One look at every VS; when it raises, a look at each VS alone, and those whose
+        look raises (a cgroup it may not open, no descriptor left) are healed as if they
+        had changed: one VS's error stops neither the others' checks nor the turn."""
+        seen = self.confinement_seen
+        before = dict(seen)
+        try:
+            changed = recheck(desired.scope, desired.servers.values(), observed, seen)
+        except Exception:
+            changed = None  # which VS it was is found below, looking at each alone
+        if changed is not None:
+            self.monitors.changed.extend(changed)
+            self.confinement_errors.clear()
+            return
+        # what the failed look updated in the kept state it reported to no one: the VS
+        # of those objects (``seen`` is keyed by object) are healed too
+        looked = {key for key, value in seen.items() if before.get(key) != value}
+        suspects = {server.name for server in desired.servers.values()
+                    if not looked.isdisjoint(server.keyed)}
+        failed: dict[str, str] = {}
+        for server in desired.servers.values():
+            try:
+                self.monitors.changed.extend(recheck(desired.scope, (server,), observed, seen))
+            except Exception as exc:
+                failed[server.name] = repr(exc)
+        for name, error in failed.items():
+            if self.confinement_errors.get(name) != error:  # once per error, not per look
+                log.event(logging.ERROR, f"confinement check failed: {error}", server=name,
+                          op="recheck")
+        self.confinement_errors = failed
+        if suspects or failed:
+            self.schedule.want(suspects | failed.keys(), "confinement check failed",
+                               time.monotonic())
 
     def _after(self, result: ConvergeResult, why: str) -> None:
         metrics.reconciled(result, why, self.reconciler.verdicts, self.config_path)
@@ -337,15 +407,33 @@ class Daemon:
             log.event(logging.ERROR, f"{why}: failed: {reason}", server=name, op=why)
         self._publish()
         if why == "changed in the kernel" and not result.applied and not result.failures:
-            return  # the echo of vsnet's own changes: nothing happened
+            # the echo of vsnet's own changes: nothing happened, unless a VS healed turned
+            # out to be a conflict (its verdict is all the line can have changed)
+            shown, verdicts = self.verdicts_shown, self.reconciler.verdicts
+            if shown is None or any(shown.get(name) != verdicts.get(name)
+                                    for name in result.first_plan.servers):
+                self._send_status()
+            return
         self.last = {
             "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "seconds": round(result.seconds, 6),
             "why": why,
             "changes": len(result.applied),
         }
-        if result.applied or result.failures:
-            notify(f"STATUS={self._status_line()}")
+        self._send_status()
+
+    def _send_status(self) -> None:
+        """STATUS= whenever its line changed (a refusal, its fix, a VS's state)."""
+        before = self.status_sent
+        line = self._shown_status()
+        if line != before:
+            notify(f"STATUS={line}")
+
+    def _shown_status(self) -> str:
+        """The status line, remembered as the one systemd is given, with what it shows."""
+        self.verdicts_shown = self.reconciler.verdicts
+        self.status_sent = self._status_line()
+        return self.status_sent
 
     # ------------------------------------------------------------------ broker
 
@@ -399,7 +487,7 @@ class Daemon:
     def refuse_client(self, listener: Any) -> None:
         """The broker is full: the one waiting is told so by a closed connection, at once."""
         conn, _ = listener.accept()
-        conn.close()
+        self.broker.close_connection(conn)  # what it sent may hold descriptors
         self.broker_refused += 1
         if self.broker_refused in (1, 10, 100) or self.broker_refused % 1000 == 0:
             log.event(logging.WARNING, f"broker: {len(self.broker.clients)} clients hold the "

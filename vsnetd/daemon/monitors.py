@@ -74,12 +74,14 @@ class Monitors:
         do: not a pass over every object per reconcile. (A namespace unmounted by hand
         asks for a full run: :meth:`check_namespaces`.)"""
         observed = self.reconciler.observed
-        if (observed is not None and observed is self._synced
+        if observed is None:
+            return  # the kernel unknown (a run raised): not a reason to stop listening
+        if (observed is self._synced
                 and not any(isinstance(change.obj, Namespace) for change in applied)):
             return
         self._synced = observed
-        wanted = {ROOT} | ({obj.name for obj in observed.owned.values()
-                            if isinstance(obj, Namespace)} if observed else set())
+        wanted = {ROOT} | {obj.name for obj in observed.owned.values()
+                           if isinstance(obj, Namespace)}
         for netns in set(self.monitors) - {ROOT}:
             if netns not in wanted or _inode(namespace.NETNS_DIR / netns) != (
                 self.inodes.get(netns)

@@ -1,7 +1,9 @@
 """The config reader: its own thread, woken by inotify, never by a timer.
 
-Events that mark a complete write (a file renamed into place, closed after writing, removed)
-are acted on at once, without debounce; what arrives together is read together. Each file
+Events that mark a complete write (a file renamed into place, closed after writing,
+hard-linked into place, removed) are acted on at once, without debounce; what arrives
+together is read together. The config's directory replaced or removed is watched again
+where it comes back, and read whole. Each file
 that changed is read again on its own (:class:`vsnetd.config.ConfigLoader`), compiled
 against the previous desired state, and handed to the daemon's loop as a :class:`Loaded`.
 Parsing never runs on the thread that heals and serves the control socket: a slow or
@@ -33,6 +35,7 @@ from vsnetd.reconcile import gc_paused
 from vsnetd.state import DesiredState
 
 # inotify(7)
+IN_ATTRIB = 0x4
 IN_CLOSE_WRITE = 0x8
 IN_MOVED_FROM = 0x40
 IN_MOVED_TO = 0x80
@@ -49,9 +52,20 @@ _EVENT = struct.Struct("iIII")
 
 # A write is complete when the file is closed or renamed into place; a removal is
 # complete at once. IN_CREATE only counts for what has no close to wait for (a symlink,
-# a pipe): a regular file is judged when its writer closes it.
+# a pipe, a file hard-linked into place): a regular file created by its writer is judged
+# when the writer closes it.
 DIRECTORY_EVENTS = (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_CREATE
                     | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
+# The config's directory also says when the drop-in directory's owner or mode changed
+# (it may have become readable, or stopped being so): IN_ATTRIB, acted on for that name
+# only (a file's attributes may change before its writer is done with it).
+CONFIG_DIRECTORY_EVENTS = DIRECTORY_EVENTS | IN_ATTRIB
+# While the config's directory does not exist: the nearest directory above it that does,
+# for the next name on the way appearing (or that directory going in turn).
+ANCESTOR_EVENTS = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+# A watch that ends: its directory removed or moved away (a moved one would report what
+# happens under its new name), or the file system unmounted.
+WATCH_ENDS = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
 
 
 class Inotify:
@@ -70,6 +84,10 @@ class Inotify:
             errno = ctypes.get_errno()
             raise OSError(errno, os.strerror(errno), str(path))
         return wd
+
+    def unwatch(self, wd: int) -> None:
+        """Stop a watch (one of a directory moved away); one already ended is no error."""
+        self._libc.inotify_rm_watch(self.fd, wd)
 
     def read(self) -> list[tuple[int, int, str]]:
         """Every event waiting, as (watch, mask, name)."""
@@ -124,7 +142,10 @@ class ConfigReader:
         self._read_all = False  # events were lost (an error): read every file next time
         self._previous: tuple[Config, DesiredState] | None = None
         self.inotify = Inotify()
-        self._wd_parent = self.inotify.watch(self.path.parent, DIRECTORY_EVENTS)
+        self._wd_parent: int | None = None
+        self._wd_ancestor: int | None = None
+        self._ancestor_awaits = ""  # the name whose arrival the ancestor's watch waits for
+        self._watch_config_directory()
         self._wd_drop_ins = self._watch_drop_ins()
         netns_dir.mkdir(parents=True, exist_ok=True)
         self._wd_netns = self.inotify.watch(netns_dir, IN_DELETE | IN_MOVED_FROM | IN_CREATE
@@ -135,14 +156,46 @@ class ConfigReader:
         try:
             return self.inotify.watch(self.directory, DIRECTORY_EVENTS)
         except OSError:
-            return None  # none yet: its creation in the parent directory is seen
+            # none yet, or unreadable: its creation, or its mode changing, is seen in the
+            # config's directory
+            return None
+
+    def _watch_config_directory(self) -> None:
+        """Watch the config's directory; while it does not exist (removed, or moved away
+        to be replaced), the nearest existing directory above it, until it is back."""
+        directory = self.path.parent
+        if self._wd_ancestor is not None:
+            self.inotify.unwatch(self._wd_ancestor)
+            self._wd_ancestor = None
+        attempts = len(directory.parts)  # a name on the way may be made meanwhile, each once
+        while True:
+            try:
+                self._wd_parent = self.inotify.watch(directory, CONFIG_DIRECTORY_EVENTS)
+                return
+            except OSError:
+                self._wd_parent = None
+            ancestor = directory.parent
+            while not ancestor.is_dir() and ancestor != ancestor.parent:
+                ancestor = ancestor.parent
+            try:
+                self._wd_ancestor = self.inotify.watch(ancestor, ANCESTOR_EVENTS)
+            except OSError:
+                return  # nothing left to watch from: SIGHUP and reload still read
+            self._ancestor_awaits = directory.relative_to(ancestor).parts[0]
+            attempts -= 1
+            # the next name on the way made before the watch above saw it: go on down
+            # (one there that cannot be watched keeps this watch: it may be replaced)
+            if not (ancestor / self._ancestor_awaits).is_dir() or attempts <= 0:
+                return
+            self.inotify.unwatch(self._wd_ancestor)
+            self._wd_ancestor = None
 
     def start(self) -> None:
         self.thread.start()
 
     def request(self, token: int) -> None:
         """Read every file again (SIGHUP, ``vsnetctl reload``); ``token`` comes back in
-        :attr:`Loaded.requests`."""
+        :attr:`Loaded.requests`. Not from a signal handler: it takes a lock."""
         with self._asked_lock:
             self._asked.append(token)
         with contextlib.suppress(BlockingIOError):
@@ -179,25 +232,11 @@ class ConfigReader:
             requests, self._asked = self._asked, []
         changed: set[Path] | None = None if requests or self._read_all else set()
         netns = False
-        for wd, mask, name in self.inotify.read():
-            if mask & IN_Q_OVERFLOW:
-                changed = None  # events were lost: read everything
-            elif wd == self._wd_netns:
-                netns = True
-            elif wd == self._wd_parent:
-                if name == self.directory.name:
-                    self._wd_drop_ins = self._watch_drop_ins()
-                    changed = None  # the directory came or went: every drop-in with it
-                elif changed is not None and name == self.path.name and _complete(mask, self.path):
-                    changed.add(self.path)
-            elif wd == self._wd_drop_ins:
-                if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
-                    self._wd_drop_ins = None
-                    changed = None
-                elif changed is not None and name and _complete(mask, self.directory / name):
-                    path = self.directory / name
-                    if self.loader.concerns(path):
-                        changed.add(path)
+        try:
+            changed, netns = self._events(changed)
+        except Exception as exc:  # the requests taken are still answered, by a full read
+            log.event(logging.ERROR, f"config reader: {exc!r}", op="reload")
+            changed = None
         if netns:
             self.on_netns()
         if changed is None or changed:
@@ -206,6 +245,58 @@ class ConfigReader:
         if changed is None or changed or netns:
             self._poke()  # after the put: the loop finds what it is woken for
         self._count_shared_users()
+
+    def _events(self, changed: set[Path] | None) -> tuple[set[Path] | None, bool]:
+        """The files the waiting events say changed (None: read every file), and whether
+        something left or entered the namespace directory."""
+        netns = False
+        for wd, mask, name in self.inotify.read():
+            if mask & IN_Q_OVERFLOW:
+                changed = None  # events were lost: read everything
+            elif wd == self._wd_netns:
+                netns = True
+            elif wd == self._wd_parent:
+                if mask & WATCH_ENDS:  # the directory itself went: watch where it comes back
+                    self._replaced(wd, mask)
+                    changed = None
+                elif name == self.directory.name:
+                    self._rewatch_drop_ins()
+                    changed = None  # the directory came or went: every drop-in with it
+                elif (changed is not None and name == self.path.name and not mask & IN_ATTRIB
+                      and _complete(mask, self.path)):
+                    changed.add(self.path)
+            elif wd == self._wd_ancestor:
+                if not mask & WATCH_ENDS and name != self._ancestor_awaits:
+                    continue  # something else appeared beside it
+                self._watch_config_directory()
+                if self._wd_parent is not None:  # back: everything in it is new
+                    self._rewatch_drop_ins()
+                    changed = None
+            elif wd == self._wd_drop_ins:
+                if mask & WATCH_ENDS:
+                    if mask & IN_MOVE_SELF:
+                        self.inotify.unwatch(wd)
+                    self._wd_drop_ins = None
+                    changed = None
+                elif changed is not None and name and _complete(mask, self.directory / name):
+                    path = self.directory / name
+                    if self.loader.concerns(path):
+                        changed.add(path)
+        return changed, netns
+
+    def _replaced(self, wd: int, mask: int) -> None:
+        """The config's directory was removed or moved away (an edit that replaces the
+        whole directory): watch the one now at its path, or wait for it."""
+        if mask & IN_MOVE_SELF:
+            self.inotify.unwatch(wd)  # it would report the old directory's files
+        self._wd_parent = None
+        self._watch_config_directory()
+        self._rewatch_drop_ins()
+
+    def _rewatch_drop_ins(self) -> None:
+        if self._wd_drop_ins is not None:
+            self.inotify.unwatch(self._wd_drop_ins)
+        self._wd_drop_ins = self._watch_drop_ins()
 
     def _count_shared_users(self) -> None:
         """After a read is handed over (and at the start): what the next edit of a path in
@@ -220,19 +311,33 @@ class ConfigReader:
         started = time.perf_counter()
         result = Loaded(requests, files=sorted(str(p) for p in changed or ()))
         starved = False
+        failed: ConfigIssue | None = None
         with gc_paused():  # 1,000 VS of small objects, no cycles: no collector passes
             try:
+                if changed:
+                    _reachable(changed)
                 config = self.loader.load(changed)
                 desired = compile_edit(config, self._previous)
             except ConfigError as exc:
                 result.issues = exc.issues
             except MemoryError:
                 starved = True
+            except OSError as exc:  # a drop-in directory vsnetd may not list, ...
+                failed = ConfigIssue(str(exc.filename or self.path), 0, 0, "",
+                                     f"cannot read: {exc.strerror or repr(exc)}")
+            except Exception as exc:  # a bug: still a refusal, so that every read ends
+                log.event(logging.ERROR, f"config reader: {exc!r}", op="reload")
+                failed = ConfigIssue(str(self.path), 0, 0, "", f"not read: {exc!r}")
             else:
                 result.config, result.desired = config, desired
                 self._previous = (config, desired)
         if starved:  # out of the handler: what the read had built is garbage by now
             result.issues = self._out_of_memory(changed)
+        elif failed is not None:
+            # the loader may have replaced some files' reads and not others: start whole
+            self.loader.forget()
+            self._previous = None
+            result.issues = [failed]
         result.done_at = time.perf_counter()
         result.seconds = result.done_at - started
         return result
@@ -262,11 +367,26 @@ class ConfigReader:
                 os.close(fd)
 
 
+def _reachable(changed: set[Path]) -> None:
+    """Raise the OSError of a changed file that vsnetd may not even look at (its directory
+    made unreadable): the loader would take it for a file removed."""
+    for path in changed:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # removed indeed
+            path.lstat()
+
+
 def _complete(mask: int, path: Path) -> bool:
-    """Whether this event ends a change worth reading now (see DIRECTORY_EVENTS)."""
+    """Whether this event ends a change worth reading now (see DIRECTORY_EVENTS).
+
+    A regular file that appears is complete when it arrives with more than one link:
+    open(O_CREAT) makes a file with one link, which its writer closes when done, and a
+    link() of an existing file (``ln``, ``cp -l``) adds one to a file that is written
+    already and sends no close. (A writer that links a file it has not finished
+    writing errs as one that renames it into place half-written would.)"""
     if mask & IN_CREATE:
         try:
-            return not stat.S_ISREG(path.lstat().st_mode)
+            found = path.lstat()
         except OSError:
             return True
+        return not stat.S_ISREG(found.st_mode) or found.st_nlink > 1
     return True
