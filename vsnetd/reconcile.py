@@ -173,7 +173,10 @@ class Reconciler:
         try:
             if not full and previous is not None:
                 changed = changed_servers(previous, desired)
-                full = not self.doubted.isdisjoint(changed)
+                # a refused VS among them, or a failure no VS of the config retries (a
+                # removed VS's leftovers, the rule tree's shared rules): a full run
+                full = (not self.doubted.isdisjoint(changed)
+                        or not self.doubted <= desired.servers.keys())
             if full or previous is None or observed is None:
                 changed = set()
                 result = self._full(desired)
