@@ -15,10 +15,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import EXAMPLE_CONFIG, ROOT
+from tests.daemons import OTHER_UID, unit_capabilities
 from tests.examples import ISSUE_EXAMPLE
 from tests.hostile import costly_config
 from tests.strategies import examples
-from vsnetd.config import ConfigError, json_schema, load_config, parse_config, parse_file
+from vsnetd.config import (
+    ConfigError,
+    drop_in_dir,
+    json_schema,
+    load_config,
+    parse_config,
+    parse_file,
+)
 
 
 def errors_of(text: str) -> list[str]:
@@ -257,6 +265,21 @@ def test_validate_cli_exit_codes(tmp_path: Path) -> None:
     refused = subprocess.run([*cli, str(bad)], capture_output=True, text=True)
     assert refused.returncode == 1
     assert refused.stderr == f"{bad}:1:10: version: 2: Input should be 1\n"
+
+
+def test_validate_refuses_a_drop_in_directory_it_may_not_list(tmp_path: Path) -> None:
+    """As vsnetd runs under its unit (no CAP_DAC_OVERRIDE), another user's servers.d of
+    mode 0750 cannot be listed: a refusal naming it, not a traceback."""
+    main = tmp_path / "servers.yaml"
+    main.write_text(EXAMPLE_CONFIG.read_text())
+    directory = drop_in_dir(main)
+    directory.mkdir(mode=0o750)
+    os.chown(directory, OTHER_UID, OTHER_UID)
+    tmp_path.chmod(0o755)
+    refused = subprocess.run([*unit_capabilities(), sys.executable, "-m", "vsnetd.cli",
+                              "validate", "-c", str(main)], capture_output=True, text=True)
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr == f"{directory}:0:0: cannot read: Permission denied\n"
 
 
 @pytest.mark.parametrize(("text", "issue"), [

@@ -176,10 +176,14 @@ def is_drop_in(path: Path) -> bool:
 
 
 def drop_in_files(directory: Path) -> list[Path]:
+    """The drop-ins of ``directory`` in name order (none where it does not exist); a
+    directory that cannot be listed (its mode, its owner) is refused."""
     try:
         names = os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError):
         return []
+    except OSError as exc:
+        raise refusal(str(directory), f"cannot read: {exc.strerror}") from None
     return sorted(directory / name for name in names if is_drop_in(Path(name)))
 
 

@@ -97,10 +97,10 @@ class ConfigLoader:
         """Read the files in ``changed`` again (None: every file), then assemble."""
         replaced: list[tuple[ParsedFile | None, ParsedFile | None]] = []
         if changed is None or self._main is None:
-            self._main = self._read(self.path, main=True)
+            main = self._read(self.path, main=True)  # kept only with its drop-ins
             self._drop_ins = {path: self._read(path, main=False)
                               for path in drop_in_files(self.directory)}
-            self._index = None
+            self._main, self._index = main, None
         else:
             for path in changed:
                 if path == self.path:
