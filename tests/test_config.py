@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -280,6 +281,27 @@ def test_validate_refuses_a_drop_in_directory_it_may_not_list(tmp_path: Path) ->
                               "validate", "-c", str(main)], capture_output=True, text=True)
     assert refused.returncode == 1, refused.stderr
     assert refused.stderr == f"{directory}:0:0: cannot read: Permission denied\n"
+
+
+def test_a_drop_in_directory_that_cannot_be_listed_is_refused_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same in this process (root reads anything: the listing is made to fail here)."""
+    main = tmp_path / "servers.yaml"
+    main.write_text(EXAMPLE_CONFIG.read_text())
+    directory = drop_in_dir(main)
+    directory.mkdir()
+    listdir = os.listdir
+
+    def denied(path: Any) -> list[str]:
+        if Path(path) == directory:
+            raise PermissionError(13, "Permission denied", str(path))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", denied)
+    with pytest.raises(ConfigError) as refused:
+        load_config(main)
+    assert [str(issue) for issue in refused.value.issues] == [
+        f"{directory}:0:0: cannot read: Permission denied"]
 
 
 @pytest.mark.parametrize(("text", "issue"), [
