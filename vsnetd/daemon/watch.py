@@ -322,7 +322,7 @@ class ConfigReader:
                 result.issues = exc.issues
             except MemoryError:
                 starved = True
-            except OSError as exc:  # a drop-in directory vsnetd may not list, ...
+            except OSError as exc:  # a changed file vsnetd may not look at (_reachable)...
                 failed = ConfigIssue(str(exc.filename or self.path), 0, 0, "",
                                      f"cannot read: {exc.strerror or repr(exc)}")
             except Exception as exc:  # a bug: still a refusal, so that every read ends
