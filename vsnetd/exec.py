@@ -11,8 +11,8 @@ socket-activated unit: the unit's own sockets, at the same fds and pid after exe
 ``--join`` also enters the VS's network namespace (netns mode; needs CAP_SYS_ADMIN), so
 the program's outgoing connections stay inside the VS. In pbr mode with confinement on,
 the program runs in the VS's cgroup (with or without ``--listen``): every socket it and
-its children create carries the VS mark and may bind only the VS's addresses (needs root
-to enter it).
+its children create carries the VS mark and may bind, or send UDP from, only the VS's
+addresses (needs root to enter it).
 """
 
 from __future__ import annotations

@@ -224,7 +224,7 @@ class Settings(_Strict):
         default=None,
         description="pbr mode: confine each VS's programs in the cgroup <cgroup_root>/<VS> "
                     "under the cgroup-v2 mount (e.g. vsnet): their sockets get the VS mark and "
-                    "may bind only VS addresses. Unset: no confinement.",
+                    "may bind, or send UDP from, only VS addresses. Unset: no confinement.",
     )
     bpf_pin_root: Annotated[str, Field(pattern=PIN_PATH_RE.pattern)] = Field(
         default="/sys/fs/bpf/vsnet",
