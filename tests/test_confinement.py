@@ -588,17 +588,8 @@ def test_marked_unbound_traffic_leaves_by_the_gateway_of_the_second_address(
 def foreign_program(cgroup: Path) -> int:
     """A program someone else attached (not named vsnet...): its id."""
     cgroup.mkdir(parents=True, exist_ok=True)
-    fd = bpf.prog_load(confinement.sock_create_program(0x1234), "admin_mark",
-                       bpf.BPF_PROG_TYPE_CGROUP_SOCK, bpf.BPF_CGROUP_INET_SOCK_CREATE)
-    try:
-        cgroup_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            bpf.prog_attach(cgroup_fd, fd, bpf.BPF_CGROUP_INET_SOCK_CREATE)
-        finally:
-            os.close(cgroup_fd)
-        return bpf.prog_info(fd).id
-    finally:
-        os.close(fd)
+    return load_pinned(confinement.sock_create_program(0x1234), "admin_mark",
+                       confinement.HOOK["sock_create"], cgroup=cgroup)
 
 
 def detach(cgroup: Path, hook: str, prog_id: int) -> None:
